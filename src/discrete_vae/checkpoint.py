@@ -1,0 +1,94 @@
+"""Checkpoints: one safetensors file each, written atomically, loaded without executing code.
+
+Tensors (model, optimizer moments, RNG states) go into the safetensors body; everything else
+(step, schedule, data order, config, optimizer hyper-parameters) into its JSON metadata. A file is
+written to a temporary name in the same folder, flushed, fsynced and renamed over the old one, so a
+``kill -9`` at any moment leaves either the old checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from .errors import UserError
+
+_TENSOR = "__tensor__"
+
+
+def flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move every tensor of a nested dict/list into ``tensors``; return the JSON-able skeleton."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous()
+        return {_TENSOR: prefix}
+    if isinstance(obj, dict):
+        return {str(k): flatten(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    return obj
+
+
+def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten`."""
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {_TENSOR}:
+            return tensors[skeleton[_TENSOR]]
+        return {k: unflatten(v, tensors) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [unflatten(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Save a nested dict of tensors and JSON-able values atomically as one safetensors file."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = flatten(state, "s", tensors)
+    atomic_write_bytes(Path(path), save(tensors, metadata={"state": json.dumps(skeleton)}))
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (no code is executed)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    try:
+        tensors = load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+        skeleton = json.loads(metadata["state"])
+    except (SafetensorError, KeyError, ValueError) as e:
+        raise UserError(
+            f"checkpoint {path} is corrupt or not a discrete-vae checkpoint ({e})"
+        ) from None
+    if str(device) != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return unflatten(skeleton, tensors)

@@ -1,0 +1,251 @@
+"""The ``dvae`` command line: a thin map from subcommands to typed functions.
+
+``dvae train`` flags are generated from :class:`~discrete_vae.config.TrainConfig`; bad input of any
+kind ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import types
+import typing
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import NonFiniteLossError, UserError
+
+RESUME_OVERRIDES = {"steps", "epochs", "device", "eval_every", "checkpoint_every", "log_every"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _field_type(tp: Any) -> Any:
+    if isinstance(tp, str):
+        tp = eval(tp, vars(typing), {})  # annotations are strings under `from __future__`
+    if isinstance(tp, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from .config import TrainConfig, parse_hidden
+
+    for f in fields(TrainConfig):
+        tp = _field_type(f.type)
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if tp is bool:
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        elif f.name == "hidden":
+            parser.add_argument(
+                flag,
+                type=parse_hidden,
+                default=argparse.SUPPRESS,
+                metavar="W1,W2",
+                help=help_text + "; 'none' for a linear map",
+            )
+        else:
+            parser.add_argument(flag, type=tp, default=argparse.SUPPRESS, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dvae", description="Discrete-latent VAEs: train, evaluate, sample.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a model (or resume a run)")
+    _add_config_flags(p)
+    p.add_argument("--config", type=Path, help="YAML or TOML file of the options above")
+    p.add_argument("--preset", help="named preset of options (see `dvae list`)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+
+    p = sub.add_parser("eval", help="importance-weighted bound of the discrete model")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--samples", type=int, default=5000, help="importance samples per example")
+    p.add_argument("--split", default="test", choices=["test", "valid", "train"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
+
+    for name, what in (
+        ("sample", "images from the prior"),
+        ("reconstruct", "data and reconstructions"),
+    ):
+        p = sub.add_parser(name, help=f"PNG grid of {what}")
+        p.add_argument("run_dir", type=Path)
+        p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+        p.add_argument("--n", type=int, default=64 if name == "sample" else 32)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+        if name == "reconstruct":
+            p.add_argument("--split", default="test", choices=["test", "valid", "train"])
+            p.add_argument("--data-dir", default=None)
+
+    p = sub.add_parser("demo", help="figures that explain the methods")
+    p.add_argument("which", choices=["gumbel-max"])
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNG figures")
+    p.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("list", help="registered models, priors, datasets and presets")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from .config import PRESETS, TrainConfig, load_config_file
+    from .train import CONFIG, train
+
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    if args.resume:
+        if args.config or args.preset:
+            raise UserError("--resume takes its options from the run folder, not --config/--preset")
+        changed = sorted(set(given) - RESUME_OVERRIDES)
+        if changed:
+            raise UserError(
+                f"cannot change {', '.join('--' + c.replace('_', '-') for c in changed)} "
+                f"when resuming; only {', '.join(sorted(RESUME_OVERRIDES))}"
+            )
+        path = args.resume / CONFIG
+        if not path.is_file() or not (args.resume / "last.safetensors").is_file():
+            raise UserError(
+                f"{args.resume} holds no resumable run (config.yaml and last.safetensors)"
+            )
+        values = {**yaml.safe_load(path.read_text()), **given}
+        if "steps" in given or "epochs" in given:  # a new length replaces the old one
+            values["epochs" if "steps" in given else "steps"] = None
+        config = TrainConfig.from_dict(values)
+        path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return train(config, resume=args.resume, progress=args.progress)
+    values: dict[str, Any] = {}
+    if args.preset:
+        values.update(PRESETS.get(args.preset))
+    if args.config:
+        values.update(load_config_file(args.config))
+    values.update(given)
+    return train(TrainConfig.from_dict(values), progress=args.progress)
+
+
+def _eval(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import load_dataset
+    from .evaluate import evaluate
+    from .train import model_from_run, resolve_device, temperature_schedule
+
+    if args.samples < 1:
+        raise UserError("--samples must be at least 1")
+    device = resolve_device(args.device)
+    model, config, state = model_from_run(args.run_dir, args.checkpoint, str(device))
+    data = load_dataset(config.dataset, args.data_dir or config.data_dir, seed=config.seed)
+    x = data.split(args.split)[: args.limit].to(device)
+    start = time.perf_counter()
+    tau = temperature_schedule(config)(int(state["step"]))
+    metrics = evaluate(model, x, samples=args.samples, tau=tau, seed=args.seed)
+    seconds = time.perf_counter() - start
+    result = {
+        **metrics,
+        "split": args.split,
+        "seed": args.seed,
+        "step": int(state["step"]),
+        "checkpoint": args.checkpoint,
+        "seconds": round(seconds, 3),
+    }
+    print(
+        f"{args.split}: NLL <= {metrics['nll']:.2f} nats (importance-weighted bound, S={args.samples}); "
+        f"-ELBO {-metrics['elbo']:.2f}; relaxed objective {metrics['relaxed_objective']:.2f} "
+        f"(not a bound); {seconds:.1f} s",
+        file=sys.stderr,
+    )
+    (args.run_dir / f"eval_{args.split}_S{args.samples}.json").write_text(json.dumps(result) + "\n")
+    return result
+
+
+def _images(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from .data import load_dataset
+    from .train import model_from_run
+    from .viz.grids import reconstruction_grid, save_png, tile
+
+    if args.n < 1:
+        raise UserError("--n must be at least 1")
+    model, config, _ = model_from_run(args.run_dir, args.checkpoint)
+    torch.manual_seed(args.seed)
+    if args.command == "sample":
+        shape = load_dataset(config.dataset, config.data_dir, seed=config.seed).image_shape
+        grid = tile(model.sample_images(args.n), shape, ncol=8)
+    else:
+        data = load_dataset(config.dataset, args.data_dir or config.data_dir, seed=config.seed)
+        x = data.split(args.split)[: args.n]
+        grid = reconstruction_grid(x, model.reconstruct(x), data.image_shape)
+    return {"out": str(save_png(grid, args.out)), "n": args.n}
+
+
+def _demo(args: argparse.Namespace) -> dict[str, Any]:
+    from .viz.gumbel_max import gumbel_max_figures
+
+    paths = gumbel_max_figures(args.out, seed=args.seed)
+    return {name: str(path) for name, path in paths.items()}
+
+
+def _list(args: argparse.Namespace) -> dict[str, Any]:  # noqa: ARG001
+    from .config import PRESETS
+    from .data import DATASETS
+    from .latents import LATENT_FAMILIES
+    from .priors import PRIORS
+
+    return {
+        "models": LATENT_FAMILIES.names(),
+        "priors": PRIORS.names(),
+        "datasets": DATASETS.names(),
+        "presets": PRESETS.names(),
+    }
+
+
+COMMANDS = {
+    "train": _train,
+    "eval": _eval,
+    "sample": _images,
+    "reconstruct": _images,
+    "demo": _demo,
+    "list": _list,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"dvae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"dvae {args.command}: stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"dvae {args.command}: interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Typed training configuration: one dataclass, a docstring per field, checks in ``__post_init__``.
+
+The CLI's ``dvae train`` flags are generated from these fields (``batch_size`` -> ``--batch-size``),
+a ``--config FILE`` (YAML or TOML) holds the same names, and named presets live in :data:`PRESETS`.
+Precedence: defaults < preset < config file < command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+import yaml
+
+from .errors import ConfigError
+from .latents import LATENT_FAMILIES, LatentSpec
+from .priors import PRIORS
+from .registry import Registry
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; stored as ``config.yaml`` in the run folder."""
+
+    model: str = _f("gs", "latent family / method (gs, st-gs, ...)")
+    latent: str = _f("20x10", "N x K: N latent variables of K classes (200x2 means binary)")
+    binary: bool = _f(False, "Bernoulli latents (K = 2) relaxed by the binary Concrete")
+    prior: str = _f("uniform", "prior over the latents: uniform or learnable")
+    dataset: str = _f("binarized_mnist", "dataset name (binarized_mnist, mnist, digits, ...)")
+    data_dir: str | None = _f(None, "data folder (else $DVAE_DATA_DIR, else the user cache)")
+    steps: int | None = _f(None, "optimizer steps (default 100000 unless --epochs is given)")
+    epochs: int | None = _f(None, "train for this many epochs instead of --steps")
+    batch_size: int = _f(100, "examples per optimizer step")
+    lr: float = _f(1e-3, "Adam learning rate")
+    lr_schedule: str = _f("cosine", "learning-rate schedule: constant, or cosine to lr_final")
+    lr_final: float = _f(1e-4, "final learning rate of the cosine schedule")
+    weight_decay: float = _f(0.0, "decoupled weight decay (AdamW); 0 for plain Adam")
+    temperature: float = _f(1.0, "initial (or constant) temperature tau_0")
+    min_temperature: float = _f(0.5, "floor of the annealed temperature")
+    anneal_rate: float = _f(3e-5, "r in tau_t = max(tau_min, tau_0 exp(-r t)); 0 = constant")
+    anneal_every: int = _f(1000, "update the annealed temperature every this many steps")
+    learn_temperature: bool = _f(False, "learn tau (positive by construction) instead of annealing")
+    kl: str = _f("analytic", "KL term: analytic (categorical KL) or relaxed (ExpConcrete MC)")
+    prior_temperature: float | None = _f(
+        None, "temperature of the relaxed prior for --kl relaxed (default: the posterior's)"
+    )
+    samples: int = _f(1, "relaxed samples per example in the training objective")
+    hidden: tuple[int, ...] = _f((512, 256), "encoder hidden widths; the decoder mirrors them")
+    activation: str = _f("relu", "hidden activation: relu or tanh")
+    seed: int = _f(0, "random seed (weights, noise, data order)")
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
+    out: str | None = _f(None, "run folder (default runs/<model>-<latent>-<time>)")
+    eval_every: int = _f(5000, "validate (and save image grids) every this many steps")
+    val_samples: int = _f(10, "importance samples for the validation bound")
+    checkpoint_every: int = _f(1000, "write the resumable checkpoint every this many steps")
+    log_every: int = _f(100, "write a training line to metrics.jsonl every this many steps")
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        LATENT_FAMILIES.get(self.model)
+        PRIORS.get(self.prior)
+        self.latent_spec()
+        if self.steps is not None and self.epochs is not None:
+            raise ConfigError("give --steps or --epochs, not both")
+        positive = [
+            "batch_size",
+            "anneal_every",
+            "eval_every",
+            "checkpoint_every",
+            "log_every",
+            "samples",
+            "val_samples",
+        ]
+        positive += [n for n in ("steps", "epochs") if getattr(self, n) is not None]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("lr", "temperature", "min_temperature"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.anneal_rate < 0 or self.weight_decay < 0 or self.lr_final < 0:
+            raise ConfigError("--anneal-rate, --weight-decay and --lr-final must be non-negative")
+        if self.prior_temperature is not None and not self.prior_temperature > 0:
+            raise ConfigError("--prior-temperature must be positive")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
+        if self.kl not in ("analytic", "relaxed"):
+            raise ConfigError(f"--kl must be analytic or relaxed, got {self.kl!r}")
+        if self.activation not in ("relu", "tanh"):
+            raise ConfigError(f"--activation must be relu or tanh, got {self.activation!r}")
+
+    def latent_spec(self) -> LatentSpec:
+        return LatentSpec.parse(self.latent, self.binary)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        clean = {k.replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(clean) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+        if "hidden" in clean:
+            clean["hidden"] = parse_hidden(clean["hidden"])
+        try:
+            return cls(**clean)
+        except TypeError as e:
+            raise ConfigError(f"bad config: {e}") from None
+
+
+def parse_hidden(value: Any) -> tuple[int, ...]:
+    """``"512,256"``, ``[512, 256]``, ``""`` or ``"none"`` (linear) -> a tuple of widths."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "none", "linear"):
+            return ()
+        try:
+            return tuple(int(v) for v in text.replace(" ", "").split(","))
+        except ValueError:
+            raise ConfigError(f"--hidden must be comma-separated widths, got {value!r}") from None
+    return tuple(int(v) for v in value)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file of config values."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"cannot parse config file {path}: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option names to values")
+    return data
+
+
+PRESETS: Registry = Registry("preset")
+PRESETS.register("jang2017-notebook")(
+    {
+        "latent": "30x10",
+        "steps": 50_000,
+        "lr": 1e-3,
+        "lr_schedule": "constant",
+        "anneal_rate": 3e-5,
+        "anneal_every": 1000,
+        "min_temperature": 0.5,
+    }
+)
+PRESETS.register("jang2017-categorical")(
+    {
+        "latent": "20x10",
+        "steps": 100_000,
+        "lr": 1e-3,
+        "lr_schedule": "constant",
+        "anneal_rate": 1e-4,
+        "anneal_every": 1000,
+        "min_temperature": 0.5,
+    }
+)
+PRESETS.register("jang2017-bernoulli")(
+    {
+        "latent": "200x2",
+        "steps": 100_000,
+        "lr": 1e-3,
+        "lr_schedule": "constant",
+        "anneal_rate": 1e-4,
+        "anneal_every": 1000,
+        "min_temperature": 0.5,
+    }
+)
+PRESETS.register("digits-quick")(
+    {
+        "dataset": "digits",
+        "latent": "8x4",
+        "hidden": (64, 32),
+        "steps": 2000,
+        "batch_size": 50,
+        "eval_every": 500,
+        "checkpoint_every": 250,
+        "log_every": 50,
+        "anneal_every": 100,
+        "anneal_rate": 1e-3,
+    }
+)

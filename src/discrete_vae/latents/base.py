@@ -1,0 +1,84 @@
+"""The latent-family contract.
+
+Training: ``relaxed(params, prior, tau, n_samples)`` returns a :class:`LatentSample` — the decoder
+input and either per-sample log densities (``log_q``, ``log_p``: a Monte Carlo KL, usable in an
+importance-weighted bound) or a per-example analytic ``kl``.
+Evaluation: ``discrete_posterior(params)`` is the *discrete* posterior the family implies, with
+hard ``sample`` and exact ``log_prob``; ``decoder_input(z)`` embeds hard latents for the decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from ..errors import ConfigError
+from ..priors import Prior
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    """``n`` latent variables of ``k`` classes each; ``binary`` means Bernoulli latents (k = 2)."""
+
+    n: int
+    k: int
+    binary: bool = False
+
+    @classmethod
+    def parse(cls, text: str, binary: bool = False) -> LatentSpec:
+        """``"20x10"`` -> 20 variables of 10 classes; ``"200x2"`` or ``binary`` -> 200 Bernoullis."""
+        try:
+            n_text, _, k_text = text.lower().partition("x")
+            n, k = int(n_text), int(k_text) if k_text else 2
+        except ValueError:
+            raise ConfigError(f"--latent must look like NxK (e.g. 20x10), got {text!r}") from None
+        if n < 1 or k < 2:
+            raise ConfigError(f"--latent needs N >= 1 and K >= 2, got {text!r}")
+        if binary and k != 2:
+            raise ConfigError(f"--binary latents have K = 2, got --latent {text!r}")
+        return cls(n=n, k=k, binary=binary or k == 2)
+
+    def __str__(self) -> str:
+        return f"{self.n}x{self.k}" + (" (binary)" if self.binary else "")
+
+
+class LatentSample(NamedTuple):
+    """One relaxed draw per (sample, example).
+
+    ``z``: decoder input (S, B, D). Either ``log_q`` and ``log_p`` (S, B), the log densities of the
+    relaxed sample under posterior and (relaxed) prior, or ``kl`` (B,), an analytic KL.
+    """
+
+    z: Tensor
+    log_q: Tensor | None = None
+    log_p: Tensor | None = None
+    kl: Tensor | None = None
+
+
+class LatentFamily(nn.Module):
+    """Base class of latent families; ``param_dim`` encoder outputs -> ``decoder_dim`` inputs."""
+
+    spec: LatentSpec
+    param_dim: int
+    decoder_dim: int
+
+    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int) -> LatentSample:
+        raise NotImplementedError
+
+    def discrete_posterior(self, params: Tensor) -> Distribution:
+        raise NotImplementedError
+
+    def decoder_input(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+LATENT_FAMILIES: Registry = Registry("model")
+
+
+def build_family(model: str, spec: LatentSpec, **options) -> LatentFamily:
+    """The family registered as ``model`` (the ``--model`` name), for latents ``spec``."""
+    return LATENT_FAMILIES.get(model)(spec, **options)

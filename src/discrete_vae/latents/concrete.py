@@ -1,0 +1,116 @@
+"""Gumbel-Softmax (Concrete) latent families: ``gs`` and straight-through ``st-gs``.
+
+Papers: Jang, Gu, Poole (2017) https://arxiv.org/abs/1611.01144 and Maddison, Mnih, Teh (2017)
+https://arxiv.org/abs/1611.00712.
+
+- ``kl="analytic"``: the decoder sees the relaxed (or ST one-hot) sample; the KL term is the
+  exact categorical KL between posterior and prior probabilities (Jang et al.).
+- ``kl="relaxed"``: a single-sample Monte Carlo KL between the ExpConcrete posterior at ``tau`` and
+  the relaxed prior at ``prior_temperature`` (Maddison et al.); with it the training objective is a
+  bound on the *relaxed* model's likelihood, never on the discrete model's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributions import Bernoulli, Independent, OneHotCategorical, kl_divergence
+
+from ..distributions import (
+    ExpConcrete,
+    LogitBinaryConcrete,
+    straight_through_binary,
+    straight_through_one_hot,
+)
+from ..errors import ConfigError
+from ..priors import Prior
+from .base import LATENT_FAMILIES, LatentFamily, LatentSample, LatentSpec
+
+KL_KINDS = ("analytic", "relaxed")
+
+
+class _Concrete(LatentFamily):
+    def __init__(
+        self,
+        spec: LatentSpec,
+        straight_through: bool = False,
+        kl: str = "analytic",
+        prior_temperature: float | None = None,
+    ):
+        super().__init__()
+        if kl not in KL_KINDS:
+            raise ConfigError(f"--kl must be one of {', '.join(KL_KINDS)}, got {kl!r}")
+        self.spec = spec
+        self.straight_through = straight_through
+        self.kl = kl
+        self.prior_temperature = prior_temperature
+
+    def _prior_tau(self, tau: Tensor) -> Tensor | float:
+        return tau.detach() if self.prior_temperature is None else self.prior_temperature
+
+
+class ConcreteCategorical(_Concrete):
+    """``N`` categorical latents of ``K`` classes relaxed by Gumbel-Softmax; params are logits."""
+
+    def __init__(self, spec: LatentSpec, **options):
+        super().__init__(spec, **options)
+        self.param_dim = self.decoder_dim = spec.n * spec.k
+
+    def _logits(self, params: Tensor) -> Tensor:
+        return params.view(*params.shape[:-1], self.spec.n, self.spec.k)  # (B, N, K)
+
+    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int) -> LatentSample:
+        logits = self._logits(params)
+        q = ExpConcrete(tau, logits, validate_args=False)
+        y = q.rsample((n_samples,))  # (S, B, N, K) log-space
+        z = straight_through_one_hot(y) if self.straight_through else y.exp()
+        z = z.flatten(-2)  # (S, B, N*K)
+        if self.kl == "analytic":
+            kl = kl_divergence(self.discrete_posterior(params), prior.distribution())  # (B,)
+            return LatentSample(z, kl=kl)
+        log_q = q.log_prob(y).sum(-1)  # (S, B)
+        log_p = prior.relaxed(self._prior_tau(tau)).log_prob(y)  # (S, B)
+        return LatentSample(z, log_q=log_q, log_p=log_p)
+
+    def discrete_posterior(self, params: Tensor) -> Independent:
+        return Independent(OneHotCategorical(logits=self._logits(params), validate_args=False), 1)
+
+    def decoder_input(self, z: Tensor) -> Tensor:
+        return z.flatten(-2)  # one-hot (..., N, K) -> (..., N*K)
+
+
+class ConcreteBinary(_Concrete):
+    """``N`` Bernoulli latents relaxed by the binary Concrete; params are Bernoulli logits."""
+
+    def __init__(self, spec: LatentSpec, **options):
+        super().__init__(spec, **options)
+        self.param_dim = self.decoder_dim = spec.n
+
+    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int) -> LatentSample:
+        q = LogitBinaryConcrete(tau, params, validate_args=False)
+        y = q.rsample((n_samples,))  # (S, B, N) logit-space
+        z = straight_through_binary(y) if self.straight_through else torch.sigmoid(y)
+        if self.kl == "analytic":
+            kl = kl_divergence(self.discrete_posterior(params), prior.distribution())  # (B,)
+            return LatentSample(z, kl=kl)
+        log_q = q.log_prob(y).sum(-1)  # (S, B)
+        log_p = prior.relaxed(self._prior_tau(tau)).log_prob(y)  # (S, B)
+        return LatentSample(z, log_q=log_q, log_p=log_p)
+
+    def discrete_posterior(self, params: Tensor) -> Independent:
+        return Independent(Bernoulli(logits=params, validate_args=False), 1)
+
+    def decoder_input(self, z: Tensor) -> Tensor:
+        return z
+
+
+def _concrete_family(straight_through: bool):
+    def build(spec: LatentSpec, **options) -> LatentFamily:
+        cls = ConcreteBinary if spec.binary else ConcreteCategorical
+        return cls(spec, straight_through=straight_through, **options)
+
+    return build
+
+
+LATENT_FAMILIES.register("gs")(_concrete_family(straight_through=False))
+LATENT_FAMILIES.register("st-gs")(_concrete_family(straight_through=True))

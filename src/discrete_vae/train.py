@@ -1,0 +1,337 @@
+"""The training loop, top to bottom: one function, :func:`train`.
+
+data (index slices of one in-memory tensor) -> model (encoder, relaxation, prior, decoder) ->
+relaxed objective -> Adam. Every ``checkpoint_every`` steps the whole state (model, optimizer, RNG,
+data order, step; the temperature schedule is a function of the step) is written atomically to
+``last.safetensors``, so ``dvae train --resume RUN_DIR`` continues bitwise where it stopped.
+Every ``eval_every`` steps the discrete model is validated with the importance-weighted bound and
+the best model is kept in ``best.safetensors``. Under ``torchrun`` the same loop runs with
+DistributedDataParallel (gloo on CPU, nccl on CUDA); rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from . import __version__
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import BatchIterator, DataSplits, load_dataset
+from .errors import ConfigError, NonFiniteLossError, UserError
+from .evaluate import evaluate
+from .latents import build_family
+from .models import DiscreteVAE, MLPConfig
+from .objectives import relaxed_elbo
+from .priors import build_prior
+from .schedules import Schedule, constant, exponential_decay
+from .viz.grids import reconstruction_grid, save_png, tile
+
+DEFAULT_STEPS = 100_000
+LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.yaml", "metrics.jsonl"
+
+
+def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
+    """The model a config describes (weights drawn from the current RNG state)."""
+    spec = config.latent_spec()
+    family = build_family(
+        config.model,
+        spec,
+        kl=config.kl,
+        prior_temperature=config.prior_temperature,
+    )
+    encoder = MLPConfig(tuple(config.hidden), config.activation)
+    return DiscreteVAE(
+        data_dim,
+        family,
+        build_prior(config.prior, spec.n, spec.k, spec.binary),
+        encoder,
+        encoder.mirrored(),
+        learnable_temperature=config.temperature if config.learn_temperature else None,
+    )
+
+
+def temperature_schedule(config: TrainConfig) -> Schedule:
+    if config.learn_temperature or config.anneal_rate == 0:
+        return constant(config.temperature)
+    return exponential_decay(
+        config.temperature, config.anneal_rate, config.min_temperature, config.anneal_every
+    )
+
+
+def learning_rate(config: TrainConfig, step: int, total: int) -> float:
+    """Constant, or cosine from ``lr`` at step 0 to ``lr_final`` at the last step."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    progress = min(1.0, step / max(1, total))
+    return config.lr_final + 0.5 * (config.lr - config.lr_final) * (
+        1 + math.cos(math.pi * progress)
+    )
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but CUDA is not available")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported --device {name!r}; use cpu, cuda, cuda:N or auto")
+    return device
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, device_name: str) -> Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        if not dist.is_initialized():
+            backend = "nccl" if device_name.startswith("cuda") else "gloo"
+            dist.init_process_group(backend)
+        return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.model}-{config.latent}-{stamp}"
+
+
+def model_from_run(
+    run_dir: Path, which: str = "best", device: str = "cpu"
+) -> tuple[DiscreteVAE, TrainConfig, dict]:
+    """Load the model of a run folder (``best`` or ``last`` checkpoint) for eval/sample/reconstruct."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise UserError(f"{run_dir} is not a run folder (no {CONFIG})")
+    path = run_dir / (BEST if which == "best" else LAST)
+    if which == "best" and not path.is_file():
+        path = run_dir / LAST
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no checkpoint yet ({BEST} or {LAST})")
+    state = load_checkpoint(path)
+    config = TrainConfig.from_dict(state["config"])
+    model = build_model(config, int(state["data_dim"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config, state
+
+
+class RunLog:
+    """metrics.jsonl and TensorBoard, written by rank 0 only."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = run_dir / METRICS
+        if resume_step is not None and self.path.exists():  # drop lines after the checkpoint
+            lines = self.path.read_text().splitlines()
+            kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        self.file = self.path.open("a")
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        self.file.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
+        self.file.flush()
+        for name, value in metrics.items():
+            if isinstance(value, float | int):
+                self.writer.add_scalar(f"{split}/{name}", value, step)
+
+    def image(self, tag: str, grid: torch.Tensor, step: int) -> None:
+        self.writer.add_image(tag, grid.unsqueeze(0), step)
+
+    def close(self) -> None:
+        self.file.close()
+        self.writer.close()
+
+
+def save_images(
+    model: DiscreteVAE, data: DataSplits, run_dir: Path, log: RunLog, step: int, seed: int
+) -> None:
+    with torch.random.fork_rng(devices=[data.valid.device] if data.valid.is_cuda else []):
+        torch.manual_seed(seed)
+        x = data.valid[:32]
+        recon = reconstruction_grid(x, model.reconstruct(x), data.image_shape)
+        samples = tile(model.sample_images(64), data.image_shape, 8)
+    save_png(recon, run_dir / "images" / f"reconstructions_{step:07d}.png")
+    save_png(samples, run_dir / "images" / f"samples_{step:07d}.png")
+    log.image("reconstructions", recon, step)
+    log.image("samples", samples, step)
+
+
+def train(
+    config: TrainConfig, resume: Path | None = None, progress: bool | None = None
+) -> dict[str, Any]:
+    """Train (or resume) a run; returns the final validation metrics."""
+    ddp = Distributed.from_env(config.device)
+    device = resolve_device(config.device, ddp.local_rank)
+    run_dir = (
+        Path(resume) if resume else Path(config.out) if config.out else default_run_dir(config)
+    )
+    torch.manual_seed(config.seed)
+    data = load_dataset(config.dataset, config.data_dir, seed=config.seed).to(device)
+    model = build_model(config, data.dim).to(device)
+    model.init_decoder_bias(data.train_mean.to(device))
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        fused=device.type in ("cpu", "cuda"),
+    )
+    batches = BatchIterator(
+        data.train,
+        config.batch_size,
+        config.seed,
+        dynamic_binarization=data.dynamic_binarization,
+        rank=ddp.rank,
+        world_size=ddp.world,
+    )
+    total = config.steps or (
+        config.epochs * batches.steps_per_epoch if config.epochs else DEFAULT_STEPS
+    )
+    schedule = temperature_schedule(config)
+    torch.manual_seed(config.seed * 7919 + ddp.rank)  # per-rank noise; weights came from `seed`
+    step, best = 0, {"step": -1, "nll": math.inf}
+
+    if resume:
+        state = load_checkpoint(run_dir / LAST, device)
+        model.load_state_dict(state["model"])
+        opt_state = state["optimizer"]
+        opt_state["state"] = {int(k): v for k, v in opt_state["state"].items()}
+        optimizer.load_state_dict(opt_state)
+        batches.load_state_dict(state["data"])
+        step, best = int(state["step"]), state["best"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["cpu"][ddp.rank].cpu())
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"][ddp.rank].cpu(), device)
+    elif ddp.main:
+        if (run_dir / LAST).exists():
+            raise UserError(
+                f"{run_dir} already holds a run; use --resume {run_dir} or another --out"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    net = DistributedDataParallel(model) if ddp.world > 1 else model
+    log = RunLog(run_dir, step if resume else None) if ddp.main else None
+
+    def checkpoint() -> None:
+        rng = {"cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        if ddp.world > 1:
+            gathered: list[Any] = [None] * ddp.world
+            dist.all_gather_object(gathered, rng)
+            rng = {k: [g[k] for g in gathered] for k in rng}
+        else:
+            rng = {k: [v] for k, v in rng.items()}
+        if ddp.main:
+            save_checkpoint(
+                run_dir / LAST,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rng,
+                    "data": batches.state_dict(),
+                    "step": step,
+                    "best": best,
+                    "config": config.to_dict(),
+                    "data_dim": data.dim,
+                    "version": __version__,
+                },
+            )
+
+    def validate() -> dict[str, float]:
+        metrics = evaluate(
+            model,
+            data.valid,
+            samples=config.val_samples,
+            tau=schedule(step),
+            seed=config.seed + step,
+        )
+        if metrics["nll"] < best["nll"]:
+            best.update(step=step, nll=metrics["nll"])
+            save_checkpoint(
+                run_dir / BEST,
+                {
+                    "model": model.state_dict(),
+                    "config": config.to_dict(),
+                    "data_dim": data.dim,
+                    "step": step,
+                    "metrics": metrics,
+                },
+            )
+        log.write(step, "valid", metrics)
+        save_images(model, data, run_dir, log, step, config.seed)
+        return metrics
+
+    quiet = True if not ddp.main else (None if progress is None else not progress)  # None: tty only
+    bar = tqdm(total=total, initial=step, disable=quiet, dynamic_ncols=True, unit="step")
+    metrics: dict[str, float] = {}
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    model.train()
+    while step < total:
+        x = batches.next()  # (B, D)
+        tau = schedule(step)
+        lr = learning_rate(config, step, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        out = net(x, tau, config.samples)
+        terms = relaxed_elbo(out.log_px, out.latent)
+        optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        if not torch.isfinite(terms.loss):
+            if log:
+                log.close()
+            raise NonFiniteLossError(step + 1, float(terms.loss))
+        optimizer.step()
+        step += 1
+        sums += torch.stack(
+            [terms.loss.detach(), terms.log_px.mean().detach(), terms.kl.mean().detach()]
+        )
+        if step % config.log_every == 0 or step == total:
+            n = config.log_every if step % config.log_every == 0 else step % config.log_every
+            loss, rec, kl = (sums / n).tolist()
+            sums.zero_()
+            tau_now = float(model.tau(tau))
+            if ddp.main:
+                log.write(
+                    step, "train", {"loss": loss, "log_px": rec, "kl": kl, "tau": tau_now, "lr": lr}
+                )
+                bar.set_postfix(loss=f"{loss:.2f}", tau=f"{tau_now:.3f}", refresh=False)
+        if ddp.main and (step % config.eval_every == 0 or step == total):
+            metrics = validate()
+        if step % config.checkpoint_every == 0 or step == total:
+            checkpoint()
+        bar.update(1)
+    bar.close()
+    if ddp.main:
+        if not metrics:
+            metrics = validate()
+        log.close()
+    if ddp.world > 1:
+        dist.barrier()
+    return {"step": step, "run_dir": str(run_dir), "best_step": best["step"], **metrics}

@@ -1,0 +1,1 @@
+"""Figures that illustrate the methods of the toolkit (matplotlib, Agg backend)."""
