@@ -70,6 +70,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Save a nested dict of tensors and JSON-able values atomically as one safetensors file."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten(state, "s", tensors)
+    storages: set[int] = set()
+    for name, tensor in tensors.items():  # safetensors refuses tensors that share memory
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in storages:
+            tensors[name] = tensor.clone()
+        elif tensor.numel():
+            storages.add(ptr)
     atomic_write_bytes(Path(path), save(tensors, metadata={"state": json.dumps(skeleton)}))
 
 

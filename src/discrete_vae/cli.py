@@ -36,8 +36,17 @@ def _field_type(tp: Any) -> Any:
     return tp
 
 
+def _hidden_widths(text: str) -> tuple[int, ...]:
+    from .config import parse_hidden
+
+    try:
+        return parse_hidden(text)
+    except UserError as e:  # argparse reports only ArgumentTypeError/ValueError as usage errors
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from .config import TrainConfig, parse_hidden
+    from .config import TrainConfig
 
     for f in fields(TrainConfig):
         tp = _field_type(f.type)
@@ -53,7 +62,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif f.name == "hidden":
             parser.add_argument(
                 flag,
-                type=parse_hidden,
+                type=_hidden_widths,
                 default=argparse.SUPPRESS,
                 metavar="W1,W2",
                 help=help_text + "; 'none' for a linear map",
@@ -130,7 +139,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(
                 f"{args.resume} holds no resumable run (config.yaml and last.safetensors)"
             )
-        values = {**yaml.safe_load(path.read_text()), **given}
+        values = {**load_config_file(path), **given}
         if "steps" in given or "epochs" in given:  # a new length replaces the old one
             values["epochs" if "steps" in given else "steps"] = None
         config = TrainConfig.from_dict(values)
@@ -152,6 +161,8 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.samples < 1:
         raise UserError("--samples must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
     device = resolve_device(args.device)
     model, config, state = model_from_run(args.run_dir, args.checkpoint, str(device))
     data = load_dataset(config.dataset, args.data_dir or config.data_dir, seed=config.seed)
@@ -174,7 +185,9 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
         f"(not a bound); {seconds:.1f} s",
         file=sys.stderr,
     )
-    (args.run_dir / f"eval_{args.split}_S{args.samples}.json").write_text(json.dumps(result) + "\n")
+    limit = f"_first{args.limit}" if args.limit else ""
+    name = f"eval_{args.split}_S{args.samples}{limit}_seed{args.seed}.json"
+    (args.run_dir / name).write_text(json.dumps(result) + "\n")
     return result
 
 
@@ -187,6 +200,8 @@ def _images(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.n < 1:
         raise UserError("--n must be at least 1")
+    if args.out.suffix.lower() != ".png":
+        raise UserError(f"--out must name a .png file, got {str(args.out)!r}")
     model, config, _ = model_from_run(args.run_dir, args.checkpoint)
     torch.manual_seed(args.seed)
     if args.command == "sample":

@@ -37,7 +37,7 @@ class TrainConfig:
     prior: str = _f("uniform", "prior over the latents: uniform or learnable")
     dataset: str = _f("binarized_mnist", "dataset name (binarized_mnist, mnist, digits, ...)")
     data_dir: str | None = _f(None, "data folder (else $DVAE_DATA_DIR, else the user cache)")
-    steps: int | None = _f(None, "optimizer steps (default 100000 unless --epochs is given)")
+    steps: int | None = _f(None, "optimizer steps (default 200000 unless --epochs is given)")
     epochs: int | None = _f(None, "train for this many epochs instead of --steps")
     batch_size: int = _f(100, "examples per optimizer step")
     lr: float = _f(1e-3, "Adam learning rate")
@@ -115,6 +115,13 @@ class TrainConfig:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
         if "hidden" in clean:
             clean["hidden"] = parse_hidden(clean["hidden"])
+        for f in fields(cls):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            value = clean.get(f.name)
+            if isinstance(value, str) and f.type in ("float", "float | None"):
+                try:
+                    clean[f.name] = float(value)
+                except ValueError:
+                    raise ConfigError(f"{f.name} must be a number, got {value!r}") from None
         try:
             return cls(**clean)
         except TypeError as e:

@@ -59,13 +59,14 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    devices = [data.device] if data.device.type == "cuda" else []
+    device = next(model.parameters()).device
+    devices = [device] if device.type == "cuda" else []
     examples = max(1, max_rows // max(1, min(samples, max_rows)))
     iw_sum = elbo_sum = relaxed_sum = 0.0
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for start in range(0, data.shape[0], examples):
-            x = data[start : start + examples]
+            x = data[start : start + examples].to(device)
             iw, elbo = iw_log_likelihood(model, x, samples, max_rows)
             iw_sum += float(iw.sum()) - log_partition * x.shape[0]
             elbo_sum += float(elbo.sum()) - log_partition * x.shape[0]

@@ -58,4 +58,6 @@ class LearnableTemperature(nn.Module):
         self.log_excess = nn.Parameter(torch.tensor(math.log(init - min_value)))
 
     def forward(self) -> Tensor:
-        return self.log_excess.exp() + self.min_value
+        # exp underflows to 0 below log_excess ~ -104 (float32); keep tau > 0 with no floor too
+        tiny = torch.finfo(self.log_excess.dtype).tiny
+        return (self.log_excess.exp() + self.min_value).clamp_min(tiny)

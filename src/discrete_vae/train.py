@@ -38,7 +38,7 @@ from .priors import build_prior
 from .schedules import Schedule, constant, exponential_decay
 from .viz.grids import reconstruction_grid, save_png, tile
 
-DEFAULT_STEPS = 100_000
+DEFAULT_STEPS = 200_000
 LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.yaml", "metrics.jsonl"
 
 
@@ -85,7 +85,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but CUDA is not available")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown --device {name!r}; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     if device.type not in ("cpu", "cuda"):
@@ -112,6 +115,14 @@ class Distributed:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def fits_on(device: torch.device, data: DataSplits) -> bool:
+    """Whether the dataset fits in half of the device's free memory (always true on the CPU)."""
+    if device.type != "cuda":
+        return True
+    size = sum(t.numel() * t.element_size() for t in (data.train, data.valid, data.test))
+    return size < 0.5 * torch.cuda.mem_get_info(device)[0]
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -170,9 +181,10 @@ class RunLog:
 def save_images(
     model: DiscreteVAE, data: DataSplits, run_dir: Path, log: RunLog, step: int, seed: int
 ) -> None:
-    with torch.random.fork_rng(devices=[data.valid.device] if data.valid.is_cuda else []):
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        x = data.valid[:32]
+        x = data.valid[:32].to(device)
         recon = reconstruction_grid(x, model.reconstruct(x), data.image_shape)
         samples = tile(model.sample_images(64), data.image_shape, 8)
     save_png(recon, run_dir / "images" / f"reconstructions_{step:07d}.png")
@@ -191,7 +203,8 @@ def train(
         Path(resume) if resume else Path(config.out) if config.out else default_run_dir(config)
     )
     torch.manual_seed(config.seed)
-    data = load_dataset(config.dataset, config.data_dir, seed=config.seed).to(device)
+    data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
+    data = data.to(device) if fits_on(device, data) else data
     model = build_model(config, data.dim).to(device)
     model.init_decoder_bias(data.train_mean.to(device))
     optimizer = torch.optim.AdamW(
@@ -216,6 +229,8 @@ def train(
     step, best = 0, {"step": -1, "nll": math.inf}
 
     if resume:
+        for stale in run_dir.glob(".*.safetensors.*.tmp"):  # left by a kill during a write
+            stale.unlink(missing_ok=True)
         state = load_checkpoint(run_dir / LAST, device)
         model.load_state_dict(state["model"])
         opt_state = state["optimizer"]
@@ -258,6 +273,7 @@ def train(
                     "data": batches.state_dict(),
                     "step": step,
                     "best": best,
+                    "sums": sums,  # partial sums of the next metrics line
                     "config": config.to_dict(),
                     "data_dim": data.dim,
                     "version": __version__,
@@ -292,9 +308,13 @@ def train(
     bar = tqdm(total=total, initial=step, disable=quiet, dynamic_ncols=True, unit="step")
     metrics: dict[str, float] = {}
     sums = torch.zeros(3, dtype=torch.float64, device=device)
+    if resume and "sums" in state:
+        sums.copy_(state["sums"])
+    first_step, busy = step, 0.0  # seconds spent outside optimizer steps (validation, checkpoints)
+    started = time.perf_counter()
     model.train()
     while step < total:
-        x = batches.next()  # (B, D)
+        x = batches.next().to(device, non_blocking=True)  # (B, D)
         tau = schedule(step)
         lr = learning_rate(config, step, total)
         for group in optimizer.param_groups:
@@ -306,7 +326,7 @@ def train(
         if not torch.isfinite(terms.loss):
             if log:
                 log.close()
-            raise NonFiniteLossError(step + 1, float(terms.loss))
+            raise NonFiniteLossError(step + 1, float(terms.loss.detach()))
         optimizer.step()
         step += 1
         sums += torch.stack(
@@ -316,22 +336,32 @@ def train(
             n = config.log_every if step % config.log_every == 0 else step % config.log_every
             loss, rec, kl = (sums / n).tolist()
             sums.zero_()
-            tau_now = float(model.tau(tau))
+            tau_now = float(model.tau(tau).detach())
             if ddp.main:
                 log.write(
                     step, "train", {"loss": loss, "log_px": rec, "kl": kl, "tau": tau_now, "lr": lr}
                 )
                 bar.set_postfix(loss=f"{loss:.2f}", tau=f"{tau_now:.3f}", refresh=False)
-        if ddp.main and (step % config.eval_every == 0 or step == total):
-            metrics = validate()
-        if step % config.checkpoint_every == 0 or step == total:
-            checkpoint()
+        if step % config.eval_every == 0 or step % config.checkpoint_every == 0 or step == total:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            if ddp.main and (step % config.eval_every == 0 or step == total):
+                metrics = validate()
+            if step % config.checkpoint_every == 0 or step == total:
+                checkpoint()
+            busy += time.perf_counter() - t0
         bar.update(1)
     bar.close()
+    train_seconds = time.perf_counter() - started - busy
     if ddp.main:
         if not metrics:
             metrics = validate()
         log.close()
     if ddp.world > 1:
         dist.barrier()
-    return {"step": step, "run_dir": str(run_dir), "best_step": best["step"], **metrics}
+    return {
+        "step": step, "run_dir": str(run_dir), "best_step": best["step"], **metrics,
+        "train_seconds": round(train_seconds, 3),
+        "steps_per_s": round((step - first_step) / max(train_seconds, 1e-9), 2),
+    }

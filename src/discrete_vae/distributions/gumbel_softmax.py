@@ -147,7 +147,8 @@ class LogitBinaryConcrete(Distribution):
 
     - Samples: :math:`y = (\mathrm{logit} + \log U - \log(1-U)) / \tau`, ``U ~ Uniform(0, 1)``;
       ``sigmoid(y)`` is a binary Concrete sample.
-    - ``log_prob(y)``: :math:`\log\tau + \mathrm{logit} - \tau y - 2\,\mathrm{softplus}(\mathrm{logit} - \tau y)`
+    - ``log_prob(y)``:
+      :math:`\log\tau + \mathrm{logit} - \tau y - 2\,\mathrm{softplus}(\mathrm{logit} - \tau y)`
       (Maddison et al. 2017, Appendix B), finite for every real ``y``.
     - Gradients: pathwise with respect to ``logits`` and ``temperature``.
     """

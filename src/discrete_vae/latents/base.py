@@ -30,9 +30,12 @@ class LatentSpec:
 
     @classmethod
     def parse(cls, text: str, binary: bool = False) -> LatentSpec:
-        """``"20x10"`` -> 20 variables of 10 classes; ``"200x2"`` or ``binary`` -> 200 Bernoullis."""
+        """``"20x10"`` -> 20 variables of 10 classes; ``"200x2"`` (or ``"200"`` with ``binary``) ->
+        200 Bernoullis."""
+        n_text, sep, k_text = text.lower().partition("x")
+        if not sep and not binary:
+            raise ConfigError(f"--latent must look like NxK (e.g. 20x10), got {text!r}")
         try:
-            n_text, _, k_text = text.lower().partition("x")
             n, k = int(n_text), int(k_text) if k_text else 2
         except ValueError:
             raise ConfigError(f"--latent must look like NxK (e.g. 20x10), got {text!r}") from None

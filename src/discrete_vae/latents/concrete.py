@@ -91,8 +91,10 @@ class ConcreteBinary(_Concrete):
         y = q.rsample((n_samples,))  # (S, B, N) logit-space
         z = straight_through_binary(y) if self.straight_through else torch.sigmoid(y)
         if self.kl == "analytic":
-            kl = kl_divergence(self.discrete_posterior(params), prior.distribution())  # (B,)
-            return LatentSample(z, kl=kl)
+            posterior = self.discrete_posterior(params)
+            # torch's Bernoulli KL does not broadcast batch shapes: expand the prior to (B,)
+            kl = kl_divergence(posterior, prior.distribution().expand(posterior.batch_shape))
+            return LatentSample(z, kl=kl)  # kl: (B,)
         log_q = q.log_prob(y).sum(-1)  # (S, B)
         log_p = prior.relaxed(self._prior_tau(tau)).log_prob(y)  # (S, B)
         return LatentSample(z, log_q=log_q, log_p=log_p)

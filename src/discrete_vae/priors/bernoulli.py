@@ -29,7 +29,7 @@ class BernoulliPrior(Prior):
         return self.distribution().sample((n,))
 
     def distribution(self) -> Independent:
-        return Independent(Bernoulli(logits=self.logits), 1)
+        return Independent(Bernoulli(logits=self.logits, validate_args=False), 1)
 
     def relaxed(self, temperature: Tensor | float) -> Independent:
-        return Independent(LogitBinaryConcrete(temperature, self.logits), 1)
+        return Independent(LogitBinaryConcrete(temperature, self.logits, validate_args=False), 1)

@@ -35,10 +35,10 @@ class CategoricalPrior(Prior):
         return self.distribution().sample((n,))
 
     def distribution(self) -> Independent:
-        return Independent(OneHotCategorical(logits=self.logits), 1)
+        return Independent(OneHotCategorical(logits=self.logits, validate_args=False), 1)
 
     def relaxed(self, temperature: Tensor | float) -> Independent:
-        return Independent(ExpConcrete(temperature, self.logits), 1)
+        return Independent(ExpConcrete(temperature, self.logits, validate_args=False), 1)
 
 
 @PRIORS.register("uniform")

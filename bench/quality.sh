@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Quality of the toolkit's defaults: GS (and ST-GS) with 20x10 categorical latents on binarized
+# MNIST, three seeds each, scored with the importance-weighted bound, S = 5000, on the test set.
+#   bash bench/quality.sh ../shared/data runs/quality [gs st-gs]
+set -euo pipefail
+data=${1:?usage: bench/quality.sh DATA_DIR OUT_DIR [MODEL ...]}
+out=${2:?usage: bench/quality.sh DATA_DIR OUT_DIR [MODEL ...]}
+shift 2
+models=${*:-gs}
+mkdir -p "$out"
+for model in $models; do
+  for seed in 0 1 2; do
+    run="$out/$model-s$seed"
+    if [ ! -f "$run/last.safetensors" ]; then
+      dvae train --model "$model" --latent 20x10 --dataset binarized_mnist --data-dir "$data" \
+        --seed "$seed" --out "$run" --no-progress | tail -n 1 > "$run.train.json"
+    fi
+    dvae eval "$run" --samples 5000 --split test --data-dir "$data" | tail -n 1 > "$run.eval.json"
+  done
+done
+python - "$out" <<'PY'
+import json, statistics, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+rows = {}
+for f in sorted(out.glob("*.eval.json")):
+    model = f.name.rsplit("-s", 1)[0]
+    train = json.loads(Path(str(f).replace(".eval.", ".train.")).read_text())
+    ev = json.loads(f.read_text())
+    rows.setdefault(model, []).append((ev["nll"], -ev["elbo"], -ev["relaxed_objective"], train.get("train_seconds")))
+for model, r in rows.items():
+    nll = [x[0] for x in r]
+    print(json.dumps({"model": model, "nll": nll, "nll_mean": statistics.mean(nll),
+                      "nll_std": statistics.stdev(nll) if len(nll) > 1 else 0.0,
+                      "neg_elbo": [x[1] for x in r], "neg_relaxed_objective": [x[2] for x in r],
+                      "train_seconds": [x[3] for x in r]}))
+PY

@@ -1,0 +1,569 @@
+"""End-to-end tests of the ``dvae`` command line on the offline 8x8 ``digits`` dataset.
+
+The CLI runs in-process through :func:`discrete_vae.cli.main` where that is enough, and as a
+subprocess where a real process is the point (``kill -9``, exit status, no traceback). Every run
+writes under ``tmp_path``; nothing touches the network (downloads are monkeypatched to fail).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors import safe_open
+
+import discrete_vae.train as train_mod
+from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
+from discrete_vae.cli import main
+from discrete_vae.config import PRESETS, TrainConfig
+from discrete_vae.data import download as download_mod
+from discrete_vae.train import model_from_run
+
+# digits-quick with a small network, 1-thread CPU; every training run below starts from this.
+FAST = ["--preset", "digits-quick", "--hidden", "32", "--val-samples", "5", "--device", "cpu"]
+# The shared run: 300 steps; checkpoints (125) fall between metrics lines (50) on purpose.
+RUN_ARGS = [*FAST, "--steps", "300", "--eval-every", "100", "--checkpoint-every", "125"]
+TIMEOUT_S = 120
+
+
+class Result(NamedTuple):
+    rc: int
+    out: str
+    err: str
+
+
+def dvae(capsys: pytest.CaptureFixture, *argv: object) -> Result:
+    """``dvae ARGV`` in-process: exit status (argparse's SystemExit included), stdout, stderr."""
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return Result(rc, out, err)
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def cli_command(*argv: object) -> list[str]:
+    return [sys.executable, "-m", "discrete_vae.cli", *(str(a) for a in argv)]
+
+
+def subprocess_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", DVAE_DATA_DIR=str(tmp_path / "data"))
+    return env
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.verify()
+        return image.size
+
+
+def grid_png_size(n: int, ncol: int = 8, side: int = 8) -> tuple[int, int]:
+    """(width, height) of ``save_png(tile(...))``: 1-px borders, enlarged twice."""
+    rows = -(-n // ncol)
+    return 2 * (ncol * (side + 1) + 1), 2 * (rows * (side + 1) + 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: faster on shared cores, and the same arithmetic in every run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished 300-step run; tests must not modify it (copy it first)."""
+    out = tmp_path_factory.mktemp("shared") / "run"
+    assert main(["train", *RUN_ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+# ------------------------------------------------------------------ train: the run folder
+def test_train_writes_the_run_folder(run):
+    config = TrainConfig.from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+    assert (config.dataset, config.hidden, config.steps) == ("digits", (32,), 300)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+    lines = read_metrics(run)
+    train = [m for m in lines if m["split"] == "train"]
+    valid = [m for m in lines if m["split"] == "valid"]
+    assert len(train) + len(valid) == len(lines)
+    assert [m["step"] for m in train] == list(range(50, 301, 50))
+    assert [m["step"] for m in valid] == [100, 200, 300]
+    assert all({"loss", "log_px", "kl", "tau", "lr"} <= set(m) for m in train)
+    assert all({"nll", "elbo", "relaxed_objective"} <= set(m) for m in valid)
+    assert all(math.isfinite(v) for m in lines for v in m.values() if isinstance(v, float))
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (run / "tb").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    assert {"train/loss", "train/tau", "valid/nll", "valid/elbo"} <= set(acc.Tags()["scalars"])
+    assert {"samples", "reconstructions"} <= set(acc.Tags()["images"])
+
+    for step in (100, 200, 300):
+        # 32 data rows over their reconstructions = 64 images; 64 prior samples
+        assert png_size(run / "images" / f"reconstructions_{step:07d}.png") == grid_png_size(64)
+        assert png_size(run / "images" / f"samples_{step:07d}.png") == grid_png_size(64)
+
+    last = load_checkpoint(run / "last.safetensors")
+    best = load_checkpoint(run / "best.safetensors")
+    assert int(last["step"]) == 300
+    assert int(best["step"]) == int(last["best"]["step"]) in (100, 200, 300)
+    assert best["metrics"]["nll"] == min(m["nll"] for m in valid)
+
+
+# ------------------------------------------------------------------ eval / sample / reconstruct
+def test_eval_prints_the_bound_as_the_last_json_line(run, capsys):
+    first = dvae(capsys, "eval", run, "--samples", 50, "--split", "test", "--device", "cpu")
+    assert first.rc == 0, first.err
+    result = last_json(first.out)
+    assert {"nll", "elbo", "samples", "split"} <= set(result)
+    assert (result["samples"], result["split"], result["examples"]) == (50, "test", 180)
+    # log-mean-exp >= mean over the same weights: the IW bound is never below the ELBO
+    assert math.isfinite(result["nll"]) and -result["nll"] >= result["elbo"] - 1e-9
+    assert json.loads((run / "eval_test_S50_seed0.json").read_text())["nll"] == result["nll"]
+
+    again = last_json(dvae(capsys, "eval", run, "--samples", 50, "--seed", 0).out)
+    other = last_json(dvae(capsys, "eval", run, "--samples", 50, "--seed", 1).out)
+    result.pop("seconds"), again.pop("seconds"), other.pop("seconds")
+    assert again == result
+    assert other["nll"] != result["nll"] and other["elbo"] != result["elbo"]
+    assert abs(other["nll"] - result["nll"]) < 1.0  # the same bound, other Monte Carlo noise
+
+    valid = dvae(capsys, "eval", run, "--samples", 20, "--split", "valid", "--device", "cpu")
+    assert valid.rc == 0, valid.err
+    assert last_json(valid.out)["split"] == "valid"
+    assert -last_json(valid.out)["nll"] >= last_json(valid.out)["elbo"] - 1e-9
+
+
+def test_sample_and_reconstruct_write_pngs_of_the_grid_size(run, tmp_path, capsys):
+    assert dvae(capsys, "sample", run, "--n", 16, "--out", tmp_path / "f.png").rc == 0
+    assert png_size(tmp_path / "f.png") == grid_png_size(16)
+    assert dvae(capsys, "reconstruct", run, "--out", tmp_path / "g.png").rc == 0
+    assert png_size(tmp_path / "g.png") == grid_png_size(2 * 32)  # data rows and their recons
+    assert dvae(capsys, "reconstruct", run, "--n", 5, "--out", tmp_path / "h.png").rc == 0
+    assert png_size(tmp_path / "h.png") == grid_png_size(16)  # one data row, one recon row
+    with Image.open(tmp_path / "f.png") as image:
+        assert image.mode == "L" and image.getpixel((0, 0)) == 255  # the white border
+
+
+def test_list_prints_the_registries(capsys):
+    result = dvae(capsys, "list")
+    assert result.rc == 0
+    listed = json.loads(result.out)
+    assert {"gs", "st-gs"} <= set(listed["models"])
+    assert {"uniform", "learnable"} <= set(listed["priors"])
+    assert {"digits", "binarized_mnist"} <= set(listed["datasets"])
+    assert listed["presets"] == PRESETS.names()
+
+
+def test_demo_gumbel_max_writes_its_figures(tmp_path, capsys):
+    pytest.importorskip("discrete_vae.viz.gumbel_max")
+    result = dvae(capsys, "demo", "gumbel-max", "--out", tmp_path / "demo")
+    assert result.rc == 0, result.err
+    paths = [Path(p) for p in json.loads(result.out).values()]
+    pngs = [p for p in paths if p.suffix == ".png"]
+    assert len(pngs) >= 2 and all(p.parent == tmp_path / "demo" for p in paths)
+    assert all(min(png_size(p)) > 50 for p in pngs)
+
+
+# ------------------------------------------------------------------ kill -9 and resume
+def _progressed(run: Path, checkpoint_every: int) -> bool:
+    """last.safetensors exists and a metrics line lies past the first checkpoint."""
+    if not (run / "last.safetensors").is_file() or not (run / "metrics.jsonl").is_file():
+        return False
+    text = (run / "metrics.jsonl").read_text()
+    steps = [json.loads(ln)["step"] for ln in text.split("\n")[:-1] if ln.startswith("{")]
+    return any(s > checkpoint_every for s in steps)
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, capsys):
+    every = 130  # not a multiple of --log-every: partial metric sums must survive the restart
+    args = [*FAST, "--steps", 1000, "--checkpoint-every", every, "--log-every", 50]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    env = subprocess_env(tmp_path)
+    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
+    reference = subprocess.Popen(cli_command("train", *args, "--out", full), **quiet)
+    victim = subprocess.Popen(cli_command("train", *args, "--out", killed), **quiet)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not _progressed(killed, every):
+            assert victim.poll() is None, (
+                f"the run ended (status {victim.returncode}) before it could be killed: "
+                f"raise --steps in this test\n{victim.stderr.read()}"
+            )
+            assert time.monotonic() < deadline, "no checkpoint within the time limit"
+            time.sleep(0.02)
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.wait(TIMEOUT_S) == -signal.SIGKILL, "the run finished before the kill"
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+        victim.wait()
+        victim.stderr.close()
+    stopped_at = int(load_checkpoint(killed / "last.safetensors")["step"])
+    assert stopped_at % every == 0 and 0 < stopped_at < 1000
+
+    resumed = subprocess.run(
+        cli_command("train", "--resume", killed), env=env, capture_output=True, text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    _, err = reference.communicate(timeout=TIMEOUT_S)
+    assert reference.returncode == 0, err
+
+    assert (killed / "metrics.jsonl").read_bytes() == (full / "metrics.jsonl").read_bytes()
+    a, b = load_checkpoint(killed / "last.safetensors"), load_checkpoint(full / "last.safetensors")
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    results = []
+    for run in (killed, full):
+        result = last_json(dvae(capsys, "eval", run, "--samples", 50, "--device", "cpu").out)
+        result.pop("seconds")
+        results.append(result)
+    assert results[0] == results[1]
+
+
+# ------------------------------------------------------------------ non-finite loss
+def test_non_finite_loss_exits_1_and_the_run_resumes(run, tmp_path, capsys, monkeypatch):
+    relaxed_elbo, calls = train_mod.relaxed_elbo, []
+
+    def nan_at_step_130(*args, **kwargs):
+        terms = relaxed_elbo(*args, **kwargs)
+        calls.append(1)
+        return terms._replace(loss=terms.loss * math.nan) if len(calls) == 130 else terms
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "relaxed_elbo", nan_at_step_130)
+    result = dvae(capsys, "train", *RUN_ARGS, "--out", out)
+    assert result.rc == 1
+    assert len(result.err.strip().splitlines()) == 1 and "step 130" in result.err, result.err
+    assert max(m["step"] for m in read_metrics(out)) < 130
+
+    model, _, state = model_from_run(out, "last")  # the checkpoint of step 125
+    assert int(state["step"]) == 125
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    monkeypatch.setattr(train_mod, "relaxed_elbo", relaxed_elbo)
+    resumed = dvae(capsys, "train", "--resume", out)
+    assert resumed.rc == 0, resumed.err
+    assert (out / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
+    a, b = load_checkpoint(out / "best.safetensors"), load_checkpoint(run / "best.safetensors")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+
+
+# ------------------------------------------------------------------ configuration
+@pytest.fixture
+def resolve(monkeypatch, capsys):
+    """``resolve(*argv)``: the TrainConfig ``dvae train ARGV`` would train, without training."""
+    seen: list[TrainConfig] = []
+
+    def fake_train(config, resume=None, progress=None):
+        seen.append(config)
+        return {}
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+
+    def run(*argv: object) -> TrainConfig:
+        result = dvae(capsys, "train", *argv)
+        assert result.rc == 0, result.err
+        return seen.pop()
+
+    return run
+
+
+YAML = """\
+dataset: digits
+model: st-gs
+latent: 8x4
+hidden: [32, 16]
+steps: 200
+lr: 1e-3          # YAML 1.1 reads this as a string
+batch_size: 50
+learn-temperature: true
+"""
+TOML = """\
+dataset = "digits"
+model = "st-gs"
+latent = "8x4"
+hidden = [32, 16]
+steps = 200
+lr = 1e-3
+batch-size = 50
+learn_temperature = true
+"""
+FLAGS = [
+    "--dataset", "digits", "--model", "st-gs", "--latent", "8x4", "--hidden", "32,16",
+    "--steps", "200", "--lr", "1e-3", "--batch-size", "50", "--learn-temperature",
+]  # fmt: skip
+
+
+def test_yaml_toml_and_flags_resolve_to_the_same_config(resolve, tmp_path):
+    (tmp_path / "c.yaml").write_text(YAML)
+    (tmp_path / "c.toml").write_text(TOML)
+    from_flags = resolve(*FLAGS)
+    assert from_flags.lr == 1e-3 and from_flags.hidden == (32, 16) and from_flags.learn_temperature
+    assert resolve("--config", tmp_path / "c.yaml") == from_flags
+    assert resolve("--config", tmp_path / "c.toml") == from_flags
+
+
+def test_precedence_preset_then_file_then_flags(resolve, tmp_path):
+    (tmp_path / "c.yaml").write_text(YAML)
+    config = resolve(
+        "--preset", "digits-quick", "--config", tmp_path / "c.yaml",
+        "--steps", "7", "--no-learn-temperature",
+    )  # fmt: skip
+    assert (config.steps, config.learn_temperature) == (7, False)  # flags
+    assert (config.model, config.hidden) == ("st-gs", (32, 16))  # the file over the preset
+    assert (config.eval_every, config.checkpoint_every) == (500, 250)  # the preset over defaults
+
+
+@pytest.mark.parametrize("name", PRESETS.names())
+def test_every_preset_parses(resolve, name):
+    config = resolve("--preset", name)
+    assert config == TrainConfig.from_dict(PRESETS.get(name))
+    preset = {k: list(v) if k == "hidden" else v for k, v in PRESETS.get(name).items()}
+    assert config.to_dict().items() >= preset.items()
+
+
+# ------------------------------------------------------------------ bad input: status 2, one line
+def _cfg(tmp_path: Path, name: str, text: str) -> Path:
+    (tmp_path / name).write_text(text)
+    return tmp_path / name
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+BAD_INPUT = {
+    "unknown dataset": lambda t, r: ["train", *FAST, "--dataset", "cifar", "--out", t / "o"],
+    "unknown model": lambda t, r: ["train", *FAST, "--model", "vq", "--out", t / "o"],
+    "latent 0x10": lambda t, r: ["train", *FAST, "--latent", "0x10"],
+    "latent 20 without --binary": lambda t, r: ["train", *FAST, "--latent", "20"],
+    "latent 20x1": lambda t, r: ["train", *FAST, "--latent", "20x1"],
+    "latent abc": lambda t, r: ["train", *FAST, "--latent", "abc"],
+    "batch size 0": lambda t, r: ["train", *FAST, "--batch-size", "0"],
+    "steps and epochs": lambda t, r: ["train", *FAST, "--steps", "5", "--epochs", "1"],
+    "hidden not a list": lambda t, r: ["train", *FAST, "--hidden", "3,x"],
+    "hidden width 0": lambda t, r: ["train", *FAST, "--hidden", "32,0"],
+    "lr not a number": lambda t, r: ["train", *FAST, "--lr", "abc"],
+    "unknown device": lambda t, r: ["train", *FAST, "--device", "tpu7"],
+    "unknown flag": lambda t, r: ["train", *FAST, "--frobnicate", "3"],
+    "missing config": lambda t, r: ["train", "--config", t / "missing.yaml"],
+    "malformed yaml": lambda t, r: ["train", "--config", _cfg(t, "c.yaml", "steps: [1, 2\nlr: 1")],
+    "malformed toml": lambda t, r: ["train", "--config", _cfg(t, "c.toml", "steps = = 3\n")],
+    "yaml not a mapping": lambda t, r: ["train", "--config", _cfg(t, "c.yaml", "- 1\n- 2\n")],
+    "unknown config key": lambda t, r: ["train", "--config", _cfg(t, "c.yaml", "stepz: 3\n")],
+    "config value not a number": lambda t, r: ["train", "--config", _cfg(t, "c.yaml", "lr: x\n")],
+    "eval a folder that is not a run": lambda t, r: ["eval", t],
+    "eval samples 0": lambda t, r: ["eval", r, "--samples", "0"],
+    "eval limit 0": lambda t, r: ["eval", r, "--limit", "0"],
+    "eval limit -5": lambda t, r: ["eval", r, "--limit", "-5"],
+    "eval unknown device": lambda t, r: ["eval", r, "--device", "tpu7"],
+    "eval unknown split": lambda t, r: ["eval", r, "--split", "dev"],
+    "sample n 0": lambda t, r: ["sample", r, "--n", "0", "--out", t / "x.png"],
+    "sample out not png": lambda t, r: ["sample", r, "--out", t],
+    "reconstruct out not png": lambda t, r: ["reconstruct", r, "--out", t / "x"],
+    "train into an existing run": lambda t, r: ["train", *FAST, "--steps", "5", "--out", r],
+    "resume without a checkpoint": lambda t, r: ["train", "--resume", t],
+    "resume with --config": lambda t, r: ["train", "--resume", r, "--config", t / "c.yaml"],
+}
+if not torch.cuda.is_available():
+    BAD_INPUT["cuda without CUDA"] = lambda t, r: ["train", *FAST[:-1], "cuda", "--out", t / "o"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_exits_2_with_one_line(case, run, tmp_path, capsys):
+    config_yaml = (run / "config.yaml").read_bytes()
+    result = dvae(capsys, *BAD_INPUT[case](tmp_path, run))
+    assert result.rc == 2, result
+    assert len(result.err.strip().splitlines()) == 1 and result.err.startswith("dvae"), result.err
+    assert "Traceback" not in result.err and result.out == ""
+    assert (run / "config.yaml").read_bytes() == config_yaml  # a failed command changes no run
+
+
+@pytest.mark.parametrize(
+    ("damage", "argv"),
+    [
+        ("best", ["eval", "{run}"]),
+        ("last", ["eval", "{run}", "--checkpoint", "last"]),
+        ("last", ["train", "--resume", "{run}"]),
+        ("config", ["train", "--resume", "{run}"]),
+        ("none", ["train", "--resume", "{run}", "--model", "st-gs"]),
+        ("none", ["train", "--resume", "{run}", "--latent", "4x4"]),
+    ],
+)
+def test_damaged_or_changed_run_exits_2_with_one_line(damage, argv, run, tmp_path, capsys):
+    copy = copy_run(run, tmp_path)
+    if damage in ("best", "last"):
+        _truncate(copy / f"{damage}.safetensors")
+    elif damage == "config":
+        (copy / "config.yaml").write_text("model: [gs\n")
+    before = (copy / "config.yaml").read_bytes()
+    result = dvae(capsys, *(a.format(run=copy) for a in argv))
+    assert result.rc == 2, result
+    assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+    assert (copy / "config.yaml").read_bytes() == before
+
+
+def test_missing_dataset_files_exit_2_without_the_network(tmp_path, monkeypatch, capsys):
+    fetched: list[str] = []
+
+    def offline(url, dest, timeout=None):
+        fetched.append(url)
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(download_mod, "fetch_url", offline)
+    monkeypatch.setenv("DVAE_DATA_DIR", str(tmp_path / "env"))
+    (tmp_path / "empty").mkdir()
+    args = ["--dataset", "binarized_mnist", "--data-dir", tmp_path / "empty", "--steps", "5"]
+    result = dvae(capsys, "train", *args, "--device", "cpu", "--out", tmp_path / "o")
+    assert result.rc == 2, result
+    assert len(result.err.strip().splitlines()) == 1
+    assert str(tmp_path / "empty") in result.err and "network disabled" in result.err
+    assert len(fetched) == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("case", ["unknown flag", "latent 0x10", "eval a folder that is not a run"])
+def test_bad_input_in_a_real_process(case, run, tmp_path):
+    done = subprocess.run(
+        cli_command(*BAD_INPUT[case](tmp_path, run)),
+        env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stdout == ""
+
+
+# ------------------------------------------------------------------ checkpoints
+def test_checkpoints_are_plain_safetensors(run):
+    for name in ("last.safetensors", "best.safetensors"):
+        raw = (run / name).read_bytes()
+        header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])  # no pickle anywhere
+        with safe_open(str(run / name), framework="pt") as f:
+            assert set(f.keys()) == set(header) - {"__metadata__"} and f.keys()
+            assert isinstance(json.loads(f.metadata()["state"]), dict)
+
+
+def _assert_same(a, b):
+    if isinstance(b, torch.Tensor):
+        assert isinstance(a, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(b, dict):
+        assert a.keys() == b.keys()
+        for k in b:
+            _assert_same(a[k], b[k])
+    elif isinstance(b, list):
+        assert isinstance(a, list) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_same(x, y)
+    else:
+        assert type(a) is type(b) and a == b
+
+
+def test_checkpoint_round_trips_nested_state_without_temp_files(tmp_path):
+    weight = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    state = {
+        "weight": weight,
+        "transposed": weight.t(),  # not contiguous, shares memory with "weight"
+        "rng": torch.get_rng_state(),  # uint8
+        "ints": torch.arange(5),
+        "flags": torch.tensor([True, False]),
+        "double": torch.tensor(0.1, dtype=torch.float64),
+        "step": 7,
+        "nll": 0.1,
+        "best": math.inf,
+        "none": None,
+        "name": "run",
+        "on": True,
+        "list": [1, 2.5, None, [weight[0], {"deep": torch.zeros(0)}]],
+        "dict": {"a": {"b": -3}, "empty": {}, "nothing": []},
+    }
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, state)
+    _assert_same(load_checkpoint(path), state)
+    save_checkpoint(path, {"step": 8})  # overwrite in place
+    assert load_checkpoint(path) == {"step": 8}
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+
+
+def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(2)})
+    before = path.read_bytes()
+
+    def crash(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(2)})
+    monkeypatch.undo()
+    assert path.read_bytes() == before and int(load_checkpoint(path)["step"]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
+
+
+# ------------------------------------------------------------------ methods and options
+def test_learned_temperature_moves_and_stays_positive(tmp_path, capsys):
+    args = [*FAST, "--steps", 200, "--log-every", 20, "--learn-temperature", "--lr", "1e-2"]
+    result = dvae(capsys, "train", *args, "--out", tmp_path / "run")
+    assert result.rc == 0, result.err
+    taus = [m["tau"] for m in read_metrics(tmp_path / "run") if m["split"] == "train"]
+    assert len(taus) == 10 and min(taus) > 0
+    assert max(taus) - min(taus) > 1e-3, taus
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--kl", "relaxed"],
+        ["--model", "st-gs"],
+        ["--binary", "--latent", "16x2"],
+        ["--binary", "--latent", "16x2", "--kl", "relaxed", "--prior", "learnable"],
+        ["--prior", "learnable", "--samples", "2"],
+    ],
+    ids=" ".join,
+)
+def test_method_options_train_and_evaluate_to_finite_numbers(options, tmp_path, capsys):
+    out = tmp_path / "run"
+    result = dvae(capsys, "train", *FAST, "--steps", 100, *options, "--out", out)
+    assert result.rc == 0, result.err
+    assert all(math.isfinite(m["loss"]) for m in read_metrics(out) if m["split"] == "train")
+    evaluated = dvae(capsys, "eval", out, "--samples", 10, "--split", "valid", "--device", "cpu")
+    assert evaluated.rc == 0, evaluated.err
+    scores = last_json(evaluated.out)
+    assert math.isfinite(scores["nll"]) and math.isfinite(scores["elbo"])
+    assert -scores["nll"] >= scores["elbo"] - 1e-9
+
