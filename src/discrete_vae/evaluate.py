@@ -21,7 +21,7 @@ from torch import Tensor
 from .models import DiscreteVAE
 from .objectives import relaxed_elbo
 
-MAX_ROWS = 1 << 15  # decoder rows (samples x examples) per chunk
+MAX_ROWS = 1 << 13  # decoder rows (samples x examples) per chunk: cache-sized, measured fastest
 
 
 @torch.no_grad()

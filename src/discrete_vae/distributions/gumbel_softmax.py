@@ -33,9 +33,9 @@ __all__ = [
 
 
 def _gumbel(shape: torch.Size, like: Tensor) -> Tensor:
-    """Standard Gumbel noise ``-log E`` with ``E ~ Exponential(1)``: finite for every draw."""
-    exponential = torch.empty(shape, dtype=like.dtype, device=like.device).exponential_()
-    return -exponential.clamp_min(torch.finfo(like.dtype).tiny).log()
+    """Standard Gumbel noise ``-log(-log U)``, ``U ~ Uniform(0, 1)`` kept inside (0, 1): always finite."""
+    u = torch.rand(shape, dtype=like.dtype, device=like.device)
+    return -(-clamp_probs(u).log()).log()
 
 
 class ExpConcrete(Distribution):
@@ -61,7 +61,7 @@ class ExpConcrete(Distribution):
     ):
         if logits.dim() < 1:
             raise ValueError("logits must have at least one dimension (the classes)")
-        self.logits = logits - logits.logsumexp(dim=-1, keepdim=True)
+        self.logits = torch.log_softmax(logits, -1)
         temperature = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
         batch_shape = logits.shape[:-1]
         self.temperature = (
@@ -90,7 +90,7 @@ class ExpConcrete(Distribution):
         scores = (
             self.logits.expand(shape) + _gumbel(shape, self.logits)
         ) / self.temperature.unsqueeze(-1)
-        return scores - scores.logsumexp(dim=-1, keepdim=True)
+        return torch.log_softmax(scores, -1)
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:

@@ -65,8 +65,9 @@ class ConcreteCategorical(_Concrete):
         y = q.rsample((n_samples,))  # (S, B, N, K) log-space
         z = straight_through_one_hot(y) if self.straight_through else y.exp()
         z = z.flatten(-2)  # (S, B, N*K)
-        if self.kl == "analytic":
-            kl = kl_divergence(self.discrete_posterior(params), prior.distribution())  # (B,)
+        if self.kl == "analytic":  # sum_n sum_k q_nk (log q_nk - log p_nk), exactly
+            log_q = q.logits  # (B, N, K), normalised
+            kl = (log_q.exp() * (log_q - prior.log_probs())).sum((-2, -1))  # (B,)
             return LatentSample(z, kl=kl)
         log_q = q.log_prob(y).sum(-1)  # (S, B)
         log_p = prior.relaxed(self._prior_tau(tau)).log_prob(y)  # (S, B)

@@ -38,7 +38,8 @@ def build_mlp(in_dim: int, out_dim: int, config: MLPConfig) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = in_dim
     for h in config.hidden:
-        layers += [nn.Linear(width, h), ACTIVATIONS[config.activation]()]
+        act = nn.ReLU(inplace=True) if config.activation == "relu" else ACTIVATIONS[config.activation]()
+        layers += [nn.Linear(width, h), act]
         width = h
     layers.append(nn.Linear(width, out_dim))
     return nn.Sequential(*layers)
