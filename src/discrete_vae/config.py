@@ -163,39 +163,20 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 PRESETS: Registry = Registry("preset")
+_JANG2017 = {
+    "steps": 100_000,
+    "lr": 1e-3,
+    "lr_schedule": "constant",
+    "anneal_rate": 1e-4,
+    "anneal_every": 1000,
+    "min_temperature": 0.5,
+}
+# the companion notebook of Jang et al. 2017: 30x10 latents, 50k steps, rate 3e-5, floor 0.5
 PRESETS.register("jang2017-notebook")(
-    {
-        "latent": "30x10",
-        "steps": 50_000,
-        "lr": 1e-3,
-        "lr_schedule": "constant",
-        "anneal_rate": 3e-5,
-        "anneal_every": 1000,
-        "min_temperature": 0.5,
-    }
+    {**_JANG2017, "latent": "30x10", "steps": 50_000, "anneal_rate": 3e-5}
 )
-PRESETS.register("jang2017-categorical")(
-    {
-        "latent": "20x10",
-        "steps": 100_000,
-        "lr": 1e-3,
-        "lr_schedule": "constant",
-        "anneal_rate": 1e-4,
-        "anneal_every": 1000,
-        "min_temperature": 0.5,
-    }
-)
-PRESETS.register("jang2017-bernoulli")(
-    {
-        "latent": "200x2",
-        "steps": 100_000,
-        "lr": 1e-3,
-        "lr_schedule": "constant",
-        "anneal_rate": 1e-4,
-        "anneal_every": 1000,
-        "min_temperature": 0.5,
-    }
-)
+PRESETS.register("jang2017-categorical")({**_JANG2017, "latent": "20x10"})
+PRESETS.register("jang2017-bernoulli")({**_JANG2017, "latent": "200x2"})
 PRESETS.register("digits-quick")(
     {
         "dataset": "digits",

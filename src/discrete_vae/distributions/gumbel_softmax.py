@@ -107,26 +107,20 @@ class ExpConcrete(Distribution):
         return (self.logits.expand(shape) + _gumbel(shape, self.logits)).argmax(-1)
 
 
-class GumbelSoftmax(TransformedDistribution):
-    """Concrete / Gumbel-Softmax distribution on the simplex: ``exp`` of an :class:`ExpConcrete`.
+class _ExpOfRelaxation(TransformedDistribution):
+    """A relaxation on its natural support: a transform of a log-space base relaxation."""
 
-    - Samples are points of the simplex; ``log_prob`` is the Concrete density (finite only while no
-      coordinate underflows, i.e. at moderate temperatures).
-    - For training at low temperatures use :class:`ExpConcrete` and score the log-space sample.
-    """
-
-    arg_constraints = {"temperature": constraints.positive, "logits": constraints.real_vector}
-    support = constraints.simplex
-    has_rsample = True
+    base_class: type[Distribution]
+    transform_class: type
 
     def __init__(
         self, temperature: Tensor | float, logits: Tensor, validate_args: bool | None = None
     ):
-        base = ExpConcrete(temperature, logits, validate_args=validate_args)
-        super().__init__(base, ExpTransform(), validate_args=validate_args)
+        base = self.base_class(temperature, logits, validate_args=validate_args)
+        super().__init__(base, self.transform_class(), validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(GumbelSoftmax, _instance)
+        new = self._get_checked_instance(type(self), _instance)
         return super().expand(batch_shape, _instance=new)
 
     @property
@@ -140,6 +134,21 @@ class GumbelSoftmax(TransformedDistribution):
     @property
     def probs(self) -> Tensor:
         return self.base_dist.probs
+
+
+class GumbelSoftmax(_ExpOfRelaxation):
+    """Concrete / Gumbel-Softmax distribution on the simplex: ``exp`` of an :class:`ExpConcrete`.
+
+    - Samples are points of the simplex; ``log_prob`` is the Concrete density (finite only while no
+      coordinate underflows, i.e. at moderate temperatures).
+    - For training at low temperatures use :class:`ExpConcrete` and score the log-space sample.
+    """
+
+    arg_constraints = {"temperature": constraints.positive, "logits": constraints.real_vector}
+    support = constraints.simplex
+    has_rsample = True
+    base_class = ExpConcrete
+    transform_class = ExpTransform
 
 
 class LogitBinaryConcrete(Distribution):
@@ -194,30 +203,14 @@ class LogitBinaryConcrete(Distribution):
             return torch.bernoulli(self.probs.expand(shape))
 
 
-class BinaryConcrete(TransformedDistribution):
+class BinaryConcrete(_ExpOfRelaxation):
     """Binary Concrete (relaxed Bernoulli) on (0, 1): ``sigmoid`` of a :class:`LogitBinaryConcrete`."""
 
     arg_constraints = {"temperature": constraints.positive, "logits": constraints.real}
     support = constraints.unit_interval
     has_rsample = True
-
-    def __init__(
-        self, temperature: Tensor | float, logits: Tensor, validate_args: bool | None = None
-    ):
-        base = LogitBinaryConcrete(temperature, logits, validate_args=validate_args)
-        super().__init__(base, SigmoidTransform(), validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(BinaryConcrete, _instance)
-        return super().expand(batch_shape, _instance=new)
-
-    @property
-    def temperature(self) -> Tensor:
-        return self.base_dist.temperature
-
-    @property
-    def logits(self) -> Tensor:
-        return self.base_dist.logits
+    base_class = LogitBinaryConcrete
+    transform_class = SigmoidTransform
 
 
 class _StraightThrough(torch.autograd.Function):
