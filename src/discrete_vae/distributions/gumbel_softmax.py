@@ -34,8 +34,9 @@ __all__ = [
 
 def _gumbel(shape: torch.Size, like: Tensor) -> Tensor:
     """Standard Gumbel noise ``-log(-log U)``, ``U ~ Uniform(0, 1)`` kept inside (0, 1): always finite."""
+    eps = torch.finfo(like.dtype).eps
     u = torch.rand(shape, dtype=like.dtype, device=like.device)
-    return -(-clamp_probs(u).log()).log()
+    return u.clamp_(eps, 1 - eps).log_().neg_().log_().neg_()  # in place: one buffer
 
 
 class ExpConcrete(Distribution):

@@ -29,11 +29,15 @@ class Outputs(NamedTuple):
 def bernoulli_log_likelihood(x_logits: Tensor, x: Tensor) -> Tensor:
     """``log p(x | z) = sum_d [x_d * l_d - softplus(l_d)]`` for decoder logits ``l``.
 
-    ``x_logits`` (..., B, D) and ``x`` (B, D) -> (..., B); the data term is a batched dot product,
-    so ``x`` is never expanded to the samples' shape.
+    ``x_logits`` (S, B, D) and ``x`` (B, D) -> (S, B). One sample per example (training) takes
+    torch's fused kernel; many samples (evaluation) take a batched dot product for the data term,
+    so ``x`` is never copied to the samples' shape (both measured fastest in their setting).
     """
-    data_term = torch.einsum("...bd,bd->...b", x_logits, x)
-    return data_term - F.softplus(x_logits).sum(-1)
+    if x_logits.shape[0] == 1:
+        return -F.binary_cross_entropy_with_logits(
+            x_logits, x.expand_as(x_logits), reduction="none"
+        ).sum(-1)
+    return torch.einsum("sbd,bd->sb", x_logits, x) - F.softplus(x_logits).sum(-1)
 
 
 class DiscreteVAE(nn.Module):
