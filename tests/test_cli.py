@@ -190,10 +190,11 @@ def test_list_prints_the_registries(capsys):
 
 
 def test_demo_gumbel_max_writes_its_figures(tmp_path, capsys):
-    pytest.importorskip("discrete_vae.viz.gumbel_max")
     result = dvae(capsys, "demo", "gumbel-max", "--out", tmp_path / "demo")
     assert result.rc == 0, result.err
-    paths = [Path(p) for p in json.loads(result.out).values()]
+    printed = json.loads(result.out)
+    assert printed["chi_square_p_value"] > 1e-3  # fixed seed; false-failure rate 1e-3
+    paths = [Path(p) for p in printed["figures"].values()]
     pngs = [p for p in paths if p.suffix == ".png"]
     assert len(pngs) >= 2 and all(p.parent == tmp_path / "demo" for p in paths)
     assert all(min(png_size(p)) > 50 for p in pngs)

@@ -217,8 +217,10 @@ def _images(args: argparse.Namespace) -> dict[str, Any]:
 def _demo(args: argparse.Namespace) -> dict[str, Any]:
     from .viz.gumbel_max import gumbel_max_figures
 
-    paths = gumbel_max_figures(args.out, seed=args.seed)
-    return {name: str(path) for name, path in paths.items()}
+    paths = {name: str(path) for name, path in gumbel_max_figures(args.out, seed=args.seed).items()}
+    summary = json.loads(Path(paths["gumbel_max_summary"]).read_text())
+    return {"figures": paths, "chi_square_p_value": summary["chi_square_p_value"],
+            "vertex_fraction": summary["vertex_fraction"]}
 
 
 def _list(args: argparse.Namespace) -> dict[str, Any]:  # noqa: ARG001

@@ -305,7 +305,8 @@ def train(
         return metrics
 
     quiet = True if not ddp.main else (None if progress is None else not progress)  # None: tty only
-    bar = tqdm(total=total, initial=step, disable=quiet, dynamic_ncols=True, unit="step")
+    bar = tqdm(total=total, initial=step, disable=quiet, dynamic_ncols=True, unit="step",
+               desc="train; loss = relaxed objective, not a bound")
     metrics: dict[str, float] = {}
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     if resume and "sums" in state:
