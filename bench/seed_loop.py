@@ -100,7 +100,7 @@ def run_seed_loop(
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
     model = SeedVAE(latent_dim, categorical_dim)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    log, done, start, loss = io.StringIO(), 0, 0.0, torch.zeros(())
+    log, done, start, loss_value = io.StringIO(), 0, 0.0, float("nan")
     while done < steps + warmup:
         temp = 1.0  # the published loop restarts the temperature every epoch
         for batch_idx, (data, _) in enumerate(loader):
@@ -121,7 +121,7 @@ def run_seed_loop(
                 break
     seconds = time.perf_counter() - start
     return {"steps": steps, "seconds": seconds, "steps_per_s": steps / seconds,
-            "final_loss": float(loss), "data_path": data_path}
+            "final_loss": loss_value, "data_path": data_path}
 
 
 def main() -> None:

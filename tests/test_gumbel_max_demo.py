@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from discrete_vae.viz.gumbel_max import FREQUENCY_PROBS, gumbel_max_figures
+from discrete_vae.viz.gumbel_max import FREQUENCY_PROBS, gumbel_max_figures, sample_gumbel
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +48,18 @@ def test_same_seed_same_summary(tmp_path: Path, demo) -> None:
     _, summary = demo
     again = gumbel_max_figures(tmp_path, seed=0, n_samples=50_000)
     assert json.loads(again["gumbel_max_summary"].read_text()) == summary
+
+
+def test_gumbel_noise_is_finite_and_standard() -> None:
+    g = sample_gumbel((100_000,), torch.Generator().manual_seed(0), dtype=torch.float32)
+    assert torch.isfinite(g).all()
+    # mean of a standard Gumbel: Euler's constant, sd pi / sqrt(6); a 5-sigma band
+    # (false-failure rate about 6e-7; the seed is fixed)
+    se = math.pi / math.sqrt(6 * g.numel())
+    assert abs(g.double().mean().item() - 0.5772156649) < 5 * se
+
+
+@pytest.mark.parametrize("kwargs", [{"n_samples": 0}, {"temperatures": (1.0, 0.0)}])
+def test_invalid_arguments_raise(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        gumbel_max_figures(tmp_path, **kwargs)
