@@ -19,11 +19,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from matmul_flops import measure_matmul_flops  # noqa: E402
-
 from discrete_vae.data import load_dataset  # noqa: E402
 from discrete_vae.evaluate import evaluate  # noqa: E402
 from discrete_vae.train import model_from_run, temperature_schedule  # noqa: E402
+from matmul_flops import measure_matmul_flops  # noqa: E402
 
 
 def linear_flops(net: nn.Module) -> int:
