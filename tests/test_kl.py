@@ -105,10 +105,13 @@ def test_categorical_analytic_kl_matches_enumeration_with_gradients(case):
 
     expected = enumerated_categorical_kl(params.view(BATCH, n, k), prior)
     torch.testing.assert_close(latent.kl, expected, rtol=1e-10, atol=1e-12)
-    leaves = [params] + ([prior.logits] if kind == "learnable" else [])
-    got = torch.autograd.grad(latent.kl.sum(), leaves)
-    want = torch.autograd.grad(expected.sum(), leaves)
-    for g, w in zip(got, want, strict=True):
+    assert_same_gradients(latent.kl, expected, [params] + ([prior.logits] if kind == "learnable" else []))
+
+
+def assert_same_gradients(got: torch.Tensor, want: torch.Tensor, leaves: list) -> None:
+    """The gradients of ``got.sum()`` and ``want.sum()`` with respect to ``leaves`` agree."""
+    grads = zip(torch.autograd.grad(got.sum(), leaves), torch.autograd.grad(want.sum(), leaves), strict=True)
+    for g, w in grads:
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
@@ -123,11 +126,7 @@ def test_bernoulli_analytic_kl_matches_enumeration_with_gradients(case):
 
     expected = enumerated_bernoulli_kl(params, prior)
     torch.testing.assert_close(latent.kl, expected, rtol=1e-10, atol=1e-12)
-    leaves = [params] + ([prior.logits] if kind == "learnable" else [])
-    got = torch.autograd.grad(latent.kl.sum(), leaves)
-    want = torch.autograd.grad(expected.sum(), leaves)
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    assert_same_gradients(latent.kl, expected, [params] + ([prior.logits] if kind == "learnable" else []))
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["categorical", "bernoulli"])
