@@ -18,20 +18,4 @@ for model in $models; do
     dvae eval "$run" --samples 5000 --split test --data-dir "$data" | tail -n 1 > "$run.eval.json"
   done
 done
-python - "$out" <<'PY'
-import json, statistics, sys
-from pathlib import Path
-out = Path(sys.argv[1])
-rows = {}
-for f in sorted(out.glob("*.eval.json")):
-    model = f.name.rsplit("-s", 1)[0]
-    train = json.loads(Path(str(f).replace(".eval.", ".train.")).read_text())
-    ev = json.loads(f.read_text())
-    rows.setdefault(model, []).append((ev["nll"], -ev["elbo"], -ev["relaxed_objective"], train.get("train_seconds")))
-for model, r in rows.items():
-    nll = [x[0] for x in r]
-    print(json.dumps({"model": model, "nll": nll, "nll_mean": statistics.mean(nll),
-                      "nll_std": statistics.stdev(nll) if len(nll) > 1 else 0.0,
-                      "neg_elbo": [x[1] for x in r], "neg_relaxed_objective": [x[2] for x in r],
-                      "train_seconds": [x[3] for x in r]}))
-PY
+python bench/summarize.py "$out"

@@ -31,7 +31,7 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class TrainConfig:
     """Everything a training run needs; stored as ``config.yaml`` in the run folder."""
 
-    model: str = _f("gs", "latent family / method (gs, st-gs, ...)")
+    model: str = _f("gs", "latent family / method (gs, st-gs, expgs, igr-i, igr-sb, ...)")
     latent: str = _f("20x10", "N x K: N latent variables of K classes (200x2 means binary)")
     binary: bool = _f(False, "Bernoulli latents (K = 2) relaxed by the binary Concrete")
     prior: str = _f("uniform", "prior over the latents: uniform or learnable")
@@ -49,10 +49,20 @@ class TrainConfig:
     anneal_rate: float = _f(3e-5, "r in tau_t = max(tau_min, tau_0 exp(-r t)); 0 = constant")
     anneal_every: int = _f(1000, "update the annealed temperature every this many steps")
     learn_temperature: bool = _f(False, "learn tau (positive by construction) instead of annealing")
-    kl: str = _f("analytic", "KL term: analytic (categorical KL) or relaxed (ExpConcrete MC)")
+    kl: str = _f(
+        "auto",
+        "KL term: analytic (closed form) or relaxed (Monte Carlo); auto = the method's own",
+    )
     prior_temperature: float | None = _f(
         None, "temperature of the relaxed prior for --kl relaxed (default: the posterior's)"
     )
+    continuous: int = _f(0, "Gaussian latents beside the discrete ones (a mixed model); 0 = none")
+    delta: float = _f(1.0, "IGR-I/Planar: weight of softmax++'s extra class")
+    prior_scale: float = _f(1.0, "IGR: std of the Gaussian pre-image prior (implies a uniform prior)")
+    sb_threshold: float = _f(0.99, "igr-sb: stick mass the classes kept must reach")
+    sb_percentile: float = _f(70.0, "igr-sb: percentile over the batch of the classes needed")
+    flow_layers: int = _f(2, "igr-planar: planar-flow layers per latent variable")
+    mc_samples: int = _f(1000, "igr-planar: draws estimating the implied discrete posterior")
     samples: int = _f(1, "relaxed samples per example in the training objective")
     hidden: tuple[int, ...] = _f((512, 256), "encoder hidden widths; the decoder mirrors them")
     activation: str = _f("relu", "hidden activation: relu or tanh")
@@ -79,6 +89,8 @@ class TrainConfig:
             "log_every",
             "samples",
             "val_samples",
+            "flow_layers",
+            "mc_samples",
         ]
         positive += [n for n in ("steps", "epochs") if getattr(self, n) is not None]
         for name in positive:
@@ -93,8 +105,10 @@ class TrainConfig:
             raise ConfigError("--prior-temperature must be positive")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
-        if self.kl not in ("analytic", "relaxed"):
-            raise ConfigError(f"--kl must be analytic or relaxed, got {self.kl!r}")
+        if self.kl not in ("auto", "analytic", "relaxed"):
+            raise ConfigError(f"--kl must be auto, analytic or relaxed, got {self.kl!r}")
+        if self.continuous < 0:
+            raise ConfigError("--continuous must be non-negative")
         if self.activation not in ("relu", "tanh"):
             raise ConfigError(f"--activation must be relu or tanh, got {self.activation!r}")
 

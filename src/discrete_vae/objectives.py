@@ -31,10 +31,11 @@ class ObjectiveTerms(NamedTuple):
 def relaxed_elbo(log_px: Tensor, latent: LatentSample) -> ObjectiveTerms:
     """``log_px`` (S, B) and the family's latent terms -> the relaxed ELBO per example."""
     rec = log_px.mean(0)  # (B,)
-    if latent.kl is not None:
-        kl = latent.kl  # (B,)
-    else:
-        kl = (latent.log_q - latent.log_p).mean(0)  # (B,)
+    kl = 0.0
+    if latent.kl is not None:  # analytic part, (B,)
+        kl = latent.kl
+    if latent.log_q is not None:  # Monte Carlo part, (S, B) -> (B,)
+        kl = kl + (latent.log_q - latent.log_p).mean(0)
     objective = rec - kl
     return ObjectiveTerms(-objective.mean(), objective, rec, kl)
 

@@ -32,6 +32,8 @@ from .data import BatchIterator, DataSplits, load_dataset
 from .errors import ConfigError, NonFiniteLossError, UserError
 from .evaluate import evaluate
 from .latents import build_family
+from .latents.igr import require_uniform_prior
+from .latents.mixed import GaussianPrior, Mixed, ProductPrior
 from .models import DiscreteVAE, MLPConfig
 from .objectives import relaxed_elbo
 from .priors import build_prior
@@ -50,12 +52,24 @@ def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
         spec,
         kl=config.kl,
         prior_temperature=config.prior_temperature,
+        delta=config.delta,
+        prior_scale=config.prior_scale,
+        sb_threshold=config.sb_threshold,
+        sb_percentile=config.sb_percentile,
+        flow_layers=config.flow_layers,
+        mc_samples=config.mc_samples,
     )
+    prior = build_prior(config.prior, spec.n, spec.k, not family.one_hot)
+    if config.model.startswith("igr-"):
+        require_uniform_prior(prior, config.model)
+    if config.continuous:
+        family = Mixed(config.continuous, family, config.kl)
+        prior = ProductPrior([GaussianPrior(config.continuous), prior], [config.continuous])
     encoder = MLPConfig(tuple(config.hidden), config.activation)
     return DiscreteVAE(
         data_dim,
         family,
-        build_prior(config.prior, spec.n, spec.k, spec.binary),
+        prior,
         encoder,
         encoder.mirrored(),
         learnable_temperature=config.temperature if config.learn_temperature else None,

@@ -8,8 +8,18 @@ from .gumbel_softmax import (
     straight_through_binary,
     straight_through_one_hot,
 )
+from .igr import ExpIGR, GaussianPreimage, igr_log_probs
+from .igr_planar import ExpIGRPlanar, PlanarFlow
+from .igr_sb import ExpIGRSB, truncate_sticks
 
 __all__ = [
+    "ExpIGR",
+    "ExpIGRPlanar",
+    "ExpIGRSB",
+    "GaussianPreimage",
+    "PlanarFlow",
+    "igr_log_probs",
+    "truncate_sticks",
     "BinaryConcrete",
     "ExpConcrete",
     "GumbelSoftmax",

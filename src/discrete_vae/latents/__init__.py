@@ -5,11 +5,15 @@ Each family is registered by the ``--model`` names it serves (``gs``, ``st-gs``,
 
 from .base import LATENT_FAMILIES, LatentFamily, LatentSample, LatentSpec, build_family
 from .concrete import ConcreteBinary, ConcreteCategorical
+from .igr import IGRCategorical
+from .mixed import Mixed
 
 __all__ = [
     "LATENT_FAMILIES",
     "ConcreteBinary",
     "ConcreteCategorical",
+    "IGRCategorical",
+    "Mixed",
     "LatentFamily",
     "LatentSample",
     "LatentSpec",

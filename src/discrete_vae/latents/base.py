@@ -68,6 +68,7 @@ class LatentFamily(nn.Module):
     spec: LatentSpec
     param_dim: int
     decoder_dim: int
+    one_hot: bool = True  # hard latents are one-hot (..., N, K); False: {0, 1} (..., N)
 
     def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int) -> LatentSample:
         raise NotImplementedError

@@ -27,6 +27,7 @@ from ..priors import Prior
 from .base import LATENT_FAMILIES, LatentFamily, LatentSample, LatentSpec
 
 KL_KINDS = ("analytic", "relaxed")
+EXPGS_PRIOR_TEMPERATURE = 0.5
 
 
 class _Concrete(LatentFamily):
@@ -34,10 +35,13 @@ class _Concrete(LatentFamily):
         self,
         spec: LatentSpec,
         straight_through: bool = False,
-        kl: str = "analytic",
+        kl: str = "auto",
         prior_temperature: float | None = None,
+        **_: object,
     ):
         super().__init__()
+        if kl == "auto":
+            kl = "analytic"
         if kl not in KL_KINDS:
             raise ConfigError(f"--kl must be one of {', '.join(KL_KINDS)}, got {kl!r}")
         self.spec = spec
@@ -86,6 +90,7 @@ class ConcreteBinary(_Concrete):
     def __init__(self, spec: LatentSpec, **options):
         super().__init__(spec, **options)
         self.param_dim = self.decoder_dim = spec.n
+        self.one_hot = False
 
     def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int) -> LatentSample:
         q = LogitBinaryConcrete(tau, params, validate_args=False)
@@ -117,3 +122,16 @@ def _concrete_family(straight_through: bool):
 
 LATENT_FAMILIES.register("gs")(_concrete_family(straight_through=False))
 LATENT_FAMILIES.register("st-gs")(_concrete_family(straight_through=True))
+
+
+@LATENT_FAMILIES.register("expgs")
+def _expgs(spec: LatentSpec, **options) -> LatentFamily:
+    """ExpGS (the IGR paper's baseline): Gumbel-Softmax scored in log space with the relaxed
+    (ExpConcrete) KL; the prior temperature defaults to the IGR repository's 0.5."""
+    kl = options.pop("kl", "auto")
+    if kl not in ("auto", "relaxed"):
+        raise ConfigError("expgs uses the relaxed KL; for the analytic KL use --model gs")
+    if options.get("prior_temperature") is None:
+        options["prior_temperature"] = EXPGS_PRIOR_TEMPERATURE
+    cls = ConcreteBinary if spec.binary else ConcreteCategorical
+    return cls(spec, kl="relaxed", **options)

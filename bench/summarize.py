@@ -1,0 +1,42 @@
+"""Mean and standard deviation over seeds of the ``MODEL-sSEED.{train,eval}.json`` files in a folder.
+
+    python bench/summarize.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def main(out: Path) -> None:
+    rows: dict[str, list[tuple]] = {}
+    for f in sorted(out.glob("*.eval.json")):
+        model = f.name.rsplit("-s", 1)[0]
+        train = json.loads(Path(str(f).replace(".eval.", ".train.")).read_text())
+        ev = json.loads(f.read_text())
+        rows.setdefault(model, []).append(
+            (ev["nll"], -ev["elbo"], -ev["relaxed_objective"], train.get("train_seconds"), ev.get("examples"))
+        )
+    for model, r in rows.items():
+        nll = [x[0] for x in r]
+        print(
+            json.dumps(
+                {
+                    "model": model,
+                    "nll": [round(v, 2) for v in nll],
+                    "nll_mean": round(statistics.mean(nll), 2),
+                    "nll_std": round(statistics.stdev(nll), 2) if len(nll) > 1 else 0.0,
+                    "neg_elbo": [round(x[1], 2) for x in r],
+                    "neg_relaxed_objective": [round(x[2], 2) for x in r],
+                    "train_seconds": [x[3] for x in r],
+                    "examples": r[0][4],
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,143 @@
+"""IGR latent families: ``igr-i``, ``igr-sb`` (countably infinite), ``igr-sb-finite``, ``igr-planar``.
+
+Paper: Potapczynski, Loaiza-Ganem, Cunningham (2020), https://arxiv.org/abs/1912.09588.
+
+The encoder gives, per latent variable, ``K - 1`` means and log standard deviations of the Gaussian
+pre-image ``kappa``; the decoder sees the relaxed sample on the ``K``-simplex. The KL term lives in
+the pre-image space, against the Gaussian prior whose ``tau -> 0`` limit is the uniform categorical
+(:mod:`discrete_vae.priors.igr`):
+
+- ``kl="analytic"``: the closed-form Gaussian KL (IGR-I, IGR-SB);
+- ``kl="relaxed"``: a single-sample Monte Carlo KL ``log q(kappa) - log p(kappa)`` (with flows, the
+  flow's log-determinant enters ``log q``; IGR-Planar has no closed form, so this is its only KL).
+
+Either way the objective bounds the likelihood of the *relaxed* model. Evaluation scores the
+discrete model: hard samples and exact log probabilities of the categorical each posterior implies
+(quadrature for IGR-I, closed form for IGR-SB, a Monte Carlo estimate for IGR-Planar, used as the
+proposal so that the bound stays a true lower bound).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributions import Independent, Normal, OneHotCategorical
+
+from ..distributions import ExpIGR, ExpIGRPlanar, ExpIGRSB, PlanarFlow, truncate_sticks
+from ..errors import ConfigError
+from ..priors import CategoricalPrior, Prior
+from ..priors.igr import uniform_preimage_prior
+from .base import LATENT_FAMILIES, LatentFamily, LatentSample, LatentSpec
+
+KINDS = ("i", "sb", "sb-finite", "planar")
+
+
+class IGRCategorical(LatentFamily):
+    """``N`` categorical latents of ``K`` classes relaxed by an IGR map of kind ``kind``."""
+
+    def __init__(
+        self,
+        spec: LatentSpec,
+        kind: str,
+        kl: str = "auto",
+        delta: float = 1.0,
+        prior_scale: float = 1.0,
+        sb_threshold: float = 0.99,
+        sb_percentile: float = 70.0,
+        flow_layers: int = 2,
+        mc_samples: int = 1000,
+        **_: object,
+    ):
+        super().__init__()
+        if kind not in KINDS:
+            raise ConfigError(f"unknown IGR kind {kind!r}")
+        if kl == "auto":
+            kl = "relaxed" if kind == "planar" else "analytic"
+        if kl not in ("analytic", "relaxed"):
+            raise ConfigError(f"--kl must be analytic or relaxed, got {kl!r}")
+        if kind == "planar" and kl == "analytic":
+            raise ConfigError("igr-planar has no closed-form KL: use --kl relaxed")
+        if not 0 < sb_threshold < 1:
+            raise ConfigError(f"--sb-threshold must be in (0, 1), got {sb_threshold}")
+        if not 0 <= sb_percentile <= 100:
+            raise ConfigError(f"--sb-percentile must be in [0, 100], got {sb_percentile}")
+        if delta <= 0:
+            raise ConfigError(f"--delta must be positive, got {delta}")
+        if prior_scale <= 0:
+            raise ConfigError(f"--prior-scale must be positive, got {prior_scale}")
+        self.spec, self.kind, self.kl, self.delta = spec, kind, kl, delta
+        self.sb_threshold, self.sb_percentile, self.mc_samples = sb_threshold, sb_percentile, mc_samples
+        n, k = spec.n, spec.k
+        self.param_dim = 2 * n * (k - 1)
+        self.decoder_dim = n * k
+        loc, scale = uniform_preimage_prior(kind, k, prior_scale)
+        self.register_buffer("prior_loc", loc)
+        self.register_buffer("prior_scale", scale)
+        self.flow = PlanarFlow(n, k - 1, flow_layers) if kind == "planar" else None
+        self.n_required = k  # classes in use by the last relaxed batch (IGR-SB's truncation)
+
+    def posterior(self, params: Tensor, tau: Tensor | float = 1.0) -> ExpIGR:
+        """The log-space IGR posterior, batch (..., N), pre-image (K-1)."""
+        n, k = self.spec.n, self.spec.k
+        loc, log_scale = params.view(*params.shape[:-1], n, 2, k - 1).unbind(-2)
+        scale = log_scale.exp()
+        if self.kind == "planar":
+            return ExpIGRPlanar(tau, loc, scale, self.flow, self.delta, self.mc_samples, validate_args=False)
+        if self.kind == "i":
+            return ExpIGR(tau, loc, scale, self.delta, validate_args=False)
+        return ExpIGRSB(tau, loc, scale, validate_args=False)
+
+    def preimage_prior(self) -> Normal:
+        return Normal(self.prior_loc, self.prior_scale, validate_args=False)
+
+    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int) -> LatentSample:
+        q = self.posterior(params, tau)
+        shape = torch.Size([n_samples])
+        if self.kind == "planar":
+            kappa, log_q = q.rsample_preimage_log_prob(shape)  # (S, B, N, K-1), (S, B, N)
+        else:
+            kappa = q.rsample_preimage(shape)
+        log_psi = q.to_log_simplex(kappa)  # (S, B, N, K)
+        used = self.spec.k - 1
+        if self.kind == "sb":
+            cut = truncate_sticks(log_psi, self.sb_threshold, self.sb_percentile)
+            z, self.n_required = cut.psi, cut.n_required
+            used = cut.n_required - 1  # sticks broken before the last class kept
+        else:
+            z = log_psi.exp()
+        z = z.flatten(-2)
+        if self.kl == "analytic":
+            kl = torch.distributions.kl_divergence(
+                Normal(q.loc[..., :used], q.scale[..., :used], validate_args=False),
+                Normal(self.prior_loc[:used], self.prior_scale[:used], validate_args=False),
+            )
+            return LatentSample(z, kl=kl.sum((-2, -1)))
+        log_p = self.preimage_prior().log_prob(kappa)[..., :used].sum((-2, -1))
+        if self.kind != "planar":
+            log_q = Normal(q.loc, q.scale, validate_args=False).log_prob(kappa)[..., :used].sum(-1)
+        return LatentSample(z, log_q=log_q.sum(-1), log_p=log_p)
+
+    def discrete_posterior(self, params: Tensor) -> Independent:
+        logits = self.posterior(params).discrete_log_probs()
+        return Independent(OneHotCategorical(logits=logits, validate_args=False), 1)
+
+    def decoder_input(self, z: Tensor) -> Tensor:
+        return z.flatten(-2)
+
+
+def _igr_family(kind: str):
+    def build(spec: LatentSpec, **options) -> LatentFamily:
+        return IGRCategorical(spec, kind, **options)
+
+    return build
+
+
+for _kind in KINDS:
+    LATENT_FAMILIES.register(f"igr-{_kind}")(_igr_family(_kind))
+
+
+def require_uniform_prior(prior: Prior, model: str) -> None:
+    """IGR pre-image priors are fitted to the uniform categorical: refuse any other prior."""
+    uniform = isinstance(prior, CategoricalPrior) and not isinstance(prior.logits, torch.nn.Parameter)
+    if not uniform:
+        raise ConfigError(f"--model {model} needs --prior uniform (its Gaussian pre-image prior implies it)")
