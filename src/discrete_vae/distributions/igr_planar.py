@@ -46,7 +46,7 @@ class PlanarFlow(nn.Module):
         return u_hat, (w * u_hat).sum(-1)  # (V, D), (V,) with w^T u_hat > -1
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``x`` (..., V, D) -> ``f(x)`` and each variable's ``log |det df/dx|`` summed over layers, (..., V)."""
+        """``x`` (..., V, D) -> ``f(x)`` and each variable's ``log |det df/dx|`` (..., V), all layers."""
         log_det = x.new_zeros(x.shape[:-1])
         for i in range(self.layers):
             u_hat, wu_hat = self._u_hat(i)

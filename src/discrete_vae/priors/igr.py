@@ -35,7 +35,8 @@ def uniform_preimage_prior(kind: str, k: int, scale: float = 1.0) -> tuple[Tenso
         left = torch.arange(k, 1, -1, dtype=torch.float64)  # K - k + 1 for k = 1..K-1
         loc = scale * ndtri(1.0 / left)
     else:
-        loc = torch.full((k - 1,), -scale * float(ndtri(torch.tensor(k ** (-1.0 / (k - 1)), dtype=torch.float64))))
+        last = torch.tensor(k ** (-1.0 / (k - 1)), dtype=torch.float64)  # Phi(-mu_0 / s_0)
+        loc = torch.full((k - 1,), -scale * float(ndtri(last)))
     return loc.float(), torch.full((k - 1,), float(scale))
 
 
