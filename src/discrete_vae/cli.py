@@ -123,8 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=200_000, help="Monte Carlo draws of the check")
     p.add_argument("--seed", type=int, default=0)
 
+    _add_sop_parser(sub)
     sub.add_parser("list", help="registered models, priors, datasets and presets")
     return parser
+
+
+def _add_sop_parser(sub: Any) -> None:
+    """``dvae sop train|eval``: structured output prediction (:mod:`discrete_vae.sop`)."""
+    from .sop import SOPConfig
+
+    p = sub.add_parser("sop", help="structured output prediction: lower half of an image from its upper")
+    sop = p.add_subparsers(dest="sop_command", required=True, parser_class=_Parser)
+    t = sop.add_parser("train", help="train a stochastic binary network on the SOP task")
+    for f in fields(SOPConfig):
+        t.add_argument("--" + f.name.replace("_", "-"), type=_field_type(f.type), default=f.default,
+                       help=f"(default: {f.default})")
+    e = sop.add_parser("eval", help="L^SP of the discrete model with hard samples")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--samples", type=int, default=100, help="hard samples per example")
+    e.add_argument("--split", default="test", choices=["test", "valid"])
+    e.add_argument("--limit", type=int, default=None, help="score only the first N examples")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--device", default="cpu")
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
@@ -248,6 +270,18 @@ def _igr_prior(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _sop(args: argparse.Namespace) -> dict[str, Any]:
+    from .sop import SOPConfig, evaluate_run, train
+    from .train import resolve_device
+
+    if args.sop_command == "train":
+        values = {f.name: getattr(args, f.name) for f in fields(SOPConfig)}
+        return train(SOPConfig.from_dict(values))
+    device = str(resolve_device(args.device))
+    return evaluate_run(args.run_dir, args.samples, args.split, args.limit, args.seed,
+                        args.data_dir, args.checkpoint, device)
+
+
 def _list(args: argparse.Namespace) -> dict[str, Any]:  # noqa: ARG001
     from .config import PRESETS
     from .data import DATASETS
@@ -269,6 +303,7 @@ COMMANDS = {
     "reconstruct": _images,
     "demo": _demo,
     "igr-prior": _igr_prior,
+    "sop": _sop,
     "list": _list,
 }
 
