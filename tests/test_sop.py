@@ -122,7 +122,8 @@ def test_multisample_objective_equals_a_loop_over_samples(model: str) -> None:
         noise = [torch.randn(shape, dtype=torch.float64) for _ in range(2)]
     with torch.no_grad():
         loop = _brute_force_objective(net, up, low, m, tau, noise, model)
-    torch.testing.assert_close(batched.detach(), torch.tensor(loop, dtype=torch.float64), rtol=1e-9, atol=1e-9)
+    expected = torch.tensor(loop, dtype=torch.float64)
+    torch.testing.assert_close(batched.detach(), expected, rtol=1e-9, atol=1e-9)
     assert batched.shape == (3,)
 
 
@@ -189,7 +190,6 @@ def test_training_lowers_the_nll(capsys, tmp_path: Path) -> None:
     net = sop.build_net(config, data.image_shape)
     net.init_output_bias(sop.split_halves(data.train, data.image_shape)[1].mean(0))
     untrained = sop.evaluate(net, data.test, data.image_shape, 100, 1.0, seed=0)["nll"]
-    print(f"trained {trained:.3f} untrained {untrained:.3f}")
     assert trained < untrained - 1.0, (trained, untrained)
 
 

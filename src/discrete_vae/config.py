@@ -205,3 +205,15 @@ PRESETS.register("digits-quick")(
         "anneal_rate": 1e-3,
     }
 )
+# the IGR repository's discrete VAE (Potapczynski et al. 2020): 20x10 latents, Adam 1e-4, batch 100,
+# 300 epochs, a constant temperature (pass the method's own with --temperature), two architectures
+_IGR2020 = {
+    "latent": "20x10",
+    "lr": 1e-4,
+    "lr_schedule": "constant",
+    "batch_size": 100,
+    "epochs": 300,
+    "anneal_rate": 0.0,
+}
+PRESETS.register("igr2020-dense")({**_IGR2020, "hidden": ()})  # linear encoder and decoder
+PRESETS.register("igr2020-dense-nonlinear")({**_IGR2020, "hidden": (512, 256)})

@@ -271,7 +271,8 @@ def load_run(run_dir: Path, which: str = "best", device: str = "cpu") -> tuple[S
 def _run_dir(config: SOPConfig) -> Path:
     if config.out:
         return Path(config.out)
-    return Path("runs") / f"sop-{config.model}-{config.arch}-m{config.samples}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"sop-{config.model}-{config.arch}-m{config.samples}-{stamp}"
 
 
 def train(config: SOPConfig) -> dict[str, Any]:

@@ -76,6 +76,12 @@ def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
     )
 
 
+def _family_core(model: DiscreteVAE):
+    """The discrete family of a model (inside the mixed model's wrapper when there is one)."""
+    family = model.family
+    return family.discrete if isinstance(family, Mixed) else family
+
+
 def temperature_schedule(config: TrainConfig) -> Schedule:
     if config.learn_temperature or config.anneal_rate == 0:
         return constant(config.temperature)
@@ -353,9 +359,10 @@ def train(
             sums.zero_()
             tau_now = float(model.tau(tau).detach())
             if ddp.main:
-                log.write(
-                    step, "train", {"loss": loss, "log_px": rec, "kl": kl, "tau": tau_now, "lr": lr}
-                )
+                line = {"loss": loss, "log_px": rec, "kl": kl, "tau": tau_now, "lr": lr}
+                if config.model == "igr-sb":  # classes kept by the last batch's truncation
+                    line["n_required"] = _family_core(model).n_required
+                log.write(step, "train", line)
                 bar.set_postfix(loss=f"{loss:.2f}", tau=f"{tau_now:.3f}", refresh=False)
         if step % config.eval_every == 0 or step % config.checkpoint_every == 0 or step == total:
             if device.type == "cuda":
