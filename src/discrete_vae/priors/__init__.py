@@ -5,3 +5,4 @@ from .bernoulli import BernoulliPrior
 from .categorical import CategoricalPrior
 
 __all__ = ["PRIORS", "BernoulliPrior", "CategoricalPrior", "Prior", "build_prior"]
+from .rbm import RBMPrior  # noqa: E402,F401
