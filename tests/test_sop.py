@@ -2,13 +2,21 @@
 
 The relaxations' hard samples are checked against their claimed Bernoulli probabilities, the batched
 multi-sample objective against a per-sample loop, and ``dvae sop train|eval`` end to end on the
-offline 8x8 ``digits`` dataset (upper 4 rows -> lower 4 rows). Fixed seeds throughout.
+offline 8x8 ``digits`` dataset (upper 4 rows -> lower 4 rows), including ``--resume`` (after a longer
+``--steps``, a non-finite loss and a ``kill -9``: bitwise the weights and bytes of metrics.jsonl of
+an uninterrupted run) and damaged run folders. Fixed seeds throughout.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +26,10 @@ from safetensors import safe_open
 from torch.distributions.utils import clamp_probs
 
 from discrete_vae import sop
+from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
 from discrete_vae.cli import main
 from discrete_vae.data import load_dataset
+from discrete_vae.errors import UserError
 
 FAST = ["--dataset", "digits", "--units", "16", "--device", "cpu", "--val-samples", "5",
         "--test-samples", "10", "--log-every", "5"]
@@ -215,3 +225,174 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path: Path, argv: list[str]
     assert rc == 2
     assert out == "" and len(err.strip().splitlines()) == 1 and "error" in err
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ checkpoints and resume
+RESUME = [*FAST, "--log-every", 25, "--eval-every", 40, "--checkpoint-every", 60, "--samples", 2]
+
+
+def _same_weights(a: Path, b: Path, name: str = "last.safetensors") -> bool:
+    x, y = load_checkpoint(a / name), load_checkpoint(b / name)
+    return x["model"].keys() == y["model"].keys() and all(torch.equal(x["model"][k], y["model"][k])
+                                                          for k in x["model"])
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 steps without interruption (lines at 25, 50, 75, 100, 120; validations at 40, 80, 120)."""
+    run = tmp_path_factory.mktemp("sop") / "straight"
+    assert main([str(a) for a in ("sop", "train", *RESUME, "--steps", 120, "--out", run)]) == 0
+    return run
+
+
+def test_resume_with_more_steps_equals_a_straight_run(capsys, tmp_path: Path, straight: Path) -> None:
+    """60 steps, then --resume --steps 120: the same weights and metrics.jsonl bytes as 120 at once.
+
+    The 60-step run ends with extras the longer run lacks (a loss line over steps 51-60, a
+    validation at 60 that may become best.safetensors, a test line); the resume must undo them, and
+    restore the partial loss sum of steps 51-60 (25 does not divide 60).
+    """
+    run = tmp_path / "split"
+    rc, _, err = dvae(capsys, "sop", "train", *RESUME, "--steps", 60, "--out", run)
+    assert rc == 0, err
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(ln["step"], ln["split"]) for ln in lines[:-1]] == [
+        (25, "train"), (40, "valid"), (50, "train"), (60, "train"), (60, "valid")]
+    assert int(load_checkpoint(run / "last.safetensors")["step"]) == 60
+    rc, out, err = dvae(capsys, "sop", "train", "--resume", run, "--steps", 120)
+    assert rc == 0, err
+    assert last_json(out)["steps"] == 120
+    assert yaml.safe_load((run / "config.yaml").read_text())["steps"] == 120
+    assert (run / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
+    assert _same_weights(run, straight) and _same_weights(run, straight, "best.safetensors")
+    a, b = load_checkpoint(run / "last.safetensors"), load_checkpoint(straight / "last.safetensors")
+    assert torch.equal(a["rng"]["cpu"], b["rng"]["cpu"]) and a["data"] == b["data"]
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_non_finite_loss_keeps_the_last_checkpoint_and_the_run_resumes(capsys, monkeypatch, tmp_path: Path,
+                                                                      straight: Path) -> None:
+    """A NaN at step 110 stops with exit 1 naming the step; lines after the step-60 checkpoint (75,
+    80, 100) and the best.safetensors of the validation at 80 are dropped on resume, which then
+    ends like the straight run."""
+    objective, calls = sop.multisample_objective, []
+
+    def nan_at_step_110(log_px: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return objective(log_px) * (math.nan if len(calls) == 110 else 1.0)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(sop, "multisample_objective", nan_at_step_110)
+    rc, out, err = dvae(capsys, "sop", "train", *RESUME, "--steps", 120, "--out", run)
+    assert rc == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "step 110" in err, err
+    assert int(load_checkpoint(run / "last.safetensors")["step"]) == 60
+    assert max(json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()) == 100
+    monkeypatch.setattr(sop, "multisample_objective", objective)
+    assert int(load_checkpoint(run / "best.safetensors")["step"]) == 80  # written after the checkpoint
+
+    # resumed at the checkpoint's step with validations that never win, best.safetensors is step 40's
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    evaluate = sop.evaluate
+    monkeypatch.setattr(sop, "evaluate", lambda *a, **k: {**evaluate(*a, **k), "nll": math.inf})
+    assert dvae(capsys, "sop", "train", "--resume", copy, "--steps", 60)[0] == 0
+    best = load_checkpoint(copy / "best.safetensors")
+    line = json.loads((straight / "metrics.jsonl").read_text().splitlines()[1])
+    assert int(best["step"]) == 40 and {"step": 40, "split": "valid", **best["metrics"]} == line
+    monkeypatch.setattr(sop, "evaluate", evaluate)
+
+    rc, _, err = dvae(capsys, "sop", "train", "--resume", run)
+    assert rc == 0, err
+    assert (run / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
+    assert _same_weights(run, straight) and _same_weights(run, straight, "best.safetensors")
+
+
+def _progressed(run: Path) -> bool:
+    """A checkpoint exists and metrics.jsonl has a line past it (a kill then loses work to redo)."""
+    try:
+        step = int(load_checkpoint(run / "last.safetensors")["step"])
+        lines = (run / "metrics.jsonl").read_text().split("\n")[:-1]
+    except (UserError, OSError):
+        return False
+    return any(json.loads(ln)["step"] > step for ln in lines if ln.startswith("{"))
+
+
+def test_kill_9_then_resume_equals_a_straight_run(tmp_path: Path) -> None:
+    """SIGKILL of a subprocess while it trains, after a checkpoint; the resume ends bitwise equal."""
+    args = [*FAST, "--log-every", 7, "--eval-every", 50, "--checkpoint-every", 20, "--steps", 4000]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "discrete_vae.cli", "sop", "train", *map(str, args)]
+    victim = subprocess.Popen([*command, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _progressed(killed):
+            assert victim.poll() is None, f"the run ended before the kill: {victim.stderr.read()}"
+            assert time.monotonic() < deadline, "no checkpoint within the time limit"
+            time.sleep(0.01)
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.wait(60) == -signal.SIGKILL, "the run finished before the kill"
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+        victim.wait()
+        victim.stderr.close()
+    stopped_at = int(load_checkpoint(killed / "last.safetensors")["step"])
+    assert stopped_at % 20 == 0 and 0 < stopped_at < 4000
+    small = ["--steps", str(stopped_at + 40)]  # the rest of the test need not train 4000 steps
+    commands = [[*command, *small, "--out", str(full)], [*command[:5], "--resume", str(killed), *small]]
+    runs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for cmd in commands]
+    for done in runs:  # side by side: the reference and the resume
+        _, err = done.communicate(timeout=60)
+        assert done.returncode == 0, err
+    assert (killed / "metrics.jsonl").read_bytes() == (full / "metrics.jsonl").read_bytes()
+    assert _same_weights(killed, full)
+
+
+def _damage(run: Path, what: str) -> list[object]:
+    """Damage a copy of a finished run; return the extra arguments of the resume."""
+    if what == "no folder":
+        shutil.rmtree(run)
+    elif what == "no config":
+        (run / "config.yaml").unlink()
+    elif what == "no last":
+        (run / "last.safetensors").unlink()
+    elif what == "truncated last":
+        data = (run / "last.safetensors").read_bytes()
+        (run / "last.safetensors").write_bytes(data[: len(data) // 2])
+    elif what == "garbage config":
+        (run / "config.yaml").write_text("model: [unclosed\n")
+    elif what == "config of another run":
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "units": 17}))
+    elif what == "model-only last":
+        state = load_checkpoint(run / "last.safetensors")
+        save_checkpoint(run / "last.safetensors", {k: state[k] for k in ("model", "config", "step",
+                                                                          "image_shape")})
+    elif what == "short metrics":
+        (run / "metrics.jsonl").write_text("")
+    elif what == "changed option":
+        return ["--units", 32]
+    elif what == "changed out":
+        return ["--out", run.parent / "elsewhere"]
+    elif what == "fewer steps":
+        return ["--steps", 5]
+    return []
+
+
+@pytest.mark.parametrize("what", ["no folder", "no config", "no last", "truncated last", "garbage config",
+                                  "config of another run", "model-only last", "short metrics",
+                                  "changed option", "changed out", "fewer steps"])
+def test_bad_resume_exits_2_with_one_line(capsys, tmp_path: Path, straight: Path, what: str) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    extra = _damage(run, what)
+    before = {p.name: p.read_bytes() for p in run.iterdir()} if run.exists() else {}
+    rc, out, err = dvae(capsys, "sop", "train", "--resume", run, *extra)
+    assert rc == 2, err
+    assert out == "" and len(err.strip().splitlines()) == 1 and "error" in err, err
+    after = {p.name: p.read_bytes() for p in run.iterdir()} if run.exists() else {}
+    assert after == before  # nothing touched

@@ -134,19 +134,28 @@ def _add_sop_parser(sub: Any) -> None:
 
     p = sub.add_parser("sop", help="structured output prediction: lower half of an image from its upper")
     sop = p.add_subparsers(dest="sop_command", required=True, parser_class=_Parser)
-    t = sop.add_parser("train", help="train a stochastic binary network on the SOP task")
+    t = sop.add_parser("train", help="train a stochastic binary network on the SOP task (or resume a run)")
     for f in fields(SOPConfig):
-        t.add_argument("--" + f.name.replace("_", "-"), type=_field_type(f.type), default=f.default,
-                       help=f"(default: {f.default})")
+        help_text = f.metadata["help"]
+        if "(default:" not in help_text:
+            help_text += f" (default: {f.default})"
+        t.add_argument("--" + f.name.replace("_", "-"), type=_field_type(f.type), default=argparse.SUPPRESS,
+                       help=help_text)
+    t.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last.safetensors; only --steps, --device, "
+                   "--eval-every, --checkpoint-every and --log-every may be given with it")
     e = sop.add_parser("eval", help="L^SP of the discrete model with hard samples")
-    e.add_argument("run_dir", type=Path)
-    e.add_argument("--samples", type=int, default=100, help="hard samples per example")
-    e.add_argument("--split", default="test", choices=["test", "valid"])
-    e.add_argument("--limit", type=int, default=None, help="score only the first N examples")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    e.add_argument("--data-dir", default=None)
-    e.add_argument("--device", default="cpu")
+    e.add_argument("run_dir", type=Path, help="run folder written by `dvae sop train`")
+    e.add_argument("--samples", type=int, default=100, help="hard samples per example (default: 100)")
+    e.add_argument("--split", default="test", choices=["test", "valid"],
+                   help="split to score (default: test)")
+    e.add_argument("--limit", type=int, default=None, help="score only the first N examples (default: all)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the hard samples (default: 0)")
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="best-validation or final model (default: best)")
+    e.add_argument("--data-dir", default=None,
+                   help="folder of the dataset files (default: the one the run was trained with)")
+    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
@@ -271,12 +280,14 @@ def _igr_prior(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _sop(args: argparse.Namespace) -> dict[str, Any]:
-    from .sop import SOPConfig, evaluate_run, train
+    from .sop import SOPConfig, evaluate_run, resume_config, train
     from .train import resolve_device
 
     if args.sop_command == "train":
-        values = {f.name: getattr(args, f.name) for f in fields(SOPConfig)}
-        return train(SOPConfig.from_dict(values))
+        given = {f.name: getattr(args, f.name) for f in fields(SOPConfig) if hasattr(args, f.name)}
+        if args.resume:
+            return train(resume_config(args.resume, given), resume=args.resume)
+        return train(SOPConfig.from_dict(given))
     device = str(resolve_device(args.device))
     return evaluate_run(args.run_dir, args.samples, args.split, args.limit, args.seed,
                         args.data_dir, args.checkpoint, device)

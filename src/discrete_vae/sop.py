@@ -25,11 +25,12 @@ Relaxations of one binary unit with layer output ``a``:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import BatchIterator, DataSplits, load_dataset
+from .data import BatchIterator, load_dataset
 from .distributions import LogitBinaryConcrete, PlanarFlow
 from .errors import ConfigError, NonFiniteLossError, UserError
 
@@ -52,28 +53,33 @@ LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.ya
 EVAL_ROWS = 8192  # decoder rows per chunk in evaluation: bounded memory for any number of samples
 
 
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class SOPConfig:
     """Every option of one SOP run (the ``dvae sop train`` flags); stored in ``config.yaml``."""
 
-    model: str = "gs"
-    arch: str = "double_linear"
-    units: int = 240
-    samples: int = 1
-    temperature: float = 1.0
-    lr: float = 1e-3
-    weight_decay: float = 1e-3  # decoupled (AdamW)
-    batch_size: int = 100
-    steps: int = 50_000
-    seed: int = 0
-    dataset: str = "binarized_mnist"
-    data_dir: str | None = None
-    out: str | None = None
-    eval_every: int = 5_000
-    log_every: int = 100
-    val_samples: int = 100
-    test_samples: int = 100
-    device: str = "auto"
+    model: str = _opt("gs", f"relaxation of the binary units: {', '.join(MODELS)}")
+    arch: str = _opt("double_linear", f"network: {', '.join(ARCHS)}")
+    units: int = _opt(240, "stochastic binary units per layer (and hidden width of nonlinear maps)")
+    samples: int = _opt(1, "m, relaxed samples per example in the training objective L^m")
+    temperature: float = _opt(1.0, "tau, temperature of the relaxation (training and relaxed_nll)")
+    lr: float = _opt(1e-3, "AdamW learning rate")
+    weight_decay: float = _opt(1e-3, "AdamW decoupled weight decay")
+    batch_size: int = _opt(100, "examples per training step")
+    steps: int = _opt(50_000, "total training steps (with --resume: the new total)")
+    seed: int = _opt(0, "seed of the weights, the data order, the noise and the evaluations")
+    dataset: str = _opt("binarized_mnist", f"dataset: {', '.join(DATASETS)}")
+    data_dir: str | None = _opt(None, "folder of the dataset files (default: the dataset's own)")
+    out: str | None = _opt(None, "run folder (default: runs/sop-MODEL-ARCH-mM-TIMESTAMP)")
+    eval_every: int = _opt(5_000, "validate (hard samples, L^SP) every N steps and at the end")
+    checkpoint_every: int = _opt(1_000, "write the resumable state to last.safetensors every N steps")
+    log_every: int = _opt(100, "write the mean training loss to metrics.jsonl every N steps")
+    val_samples: int = _opt(100, "hard samples per example in validation")
+    test_samples: int = _opt(100, "hard samples per example in the final test evaluation")
+    device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,8 +92,8 @@ class SOPConfig:
             raise ConfigError(f"unknown --arch {self.arch!r}; choose one of: {', '.join(ARCHS)}")
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown --dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
-        for name in ("units", "samples", "batch_size", "steps", "eval_every", "log_every",
-                     "val_samples", "test_samples"):
+        for name in ("units", "samples", "batch_size", "steps", "eval_every", "checkpoint_every",
+                     "log_every", "val_samples", "test_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not self.temperature > 0 or not math.isfinite(self.temperature):
@@ -244,8 +250,9 @@ def build_net(config: SOPConfig, image_shape: tuple[int, int]) -> SOPNet:
     return SOPNet(cut, image_shape[0] * image_shape[1] - cut, config.arch, config.model, config.units)
 
 
-def _state(net: SOPNet, config: SOPConfig, data: DataSplits, step: int, **extra: Any) -> dict[str, Any]:
-    return {"model": net.state_dict(), "config": config.to_dict(), "image_shape": list(data.image_shape),
+def _state(model: dict[str, Tensor], config: SOPConfig, image_shape: tuple[int, int], step: int,
+           **extra: Any) -> dict[str, Any]:
+    return {"model": model, "config": config.to_dict(), "image_shape": list(image_shape),
             "step": step, "version": __version__, **extra}
 
 
@@ -275,14 +282,67 @@ def _run_dir(config: SOPConfig) -> Path:
     return Path("runs") / f"sop-{config.model}-{config.arch}-m{config.samples}-{stamp}"
 
 
-def train(config: SOPConfig) -> dict[str, Any]:
-    """Train one SOP model; keep the best-validation and the final net; score the best on test."""
+RESUME_OVERRIDES = ("steps", "device", "eval_every", "checkpoint_every", "log_every")
+RESUMABLE = ("model", "optimizer", "rng", "data", "step", "best", "best_model", "sums", "log_bytes",
+             "config", "image_shape")
+
+
+def resume_config(run_dir: Path, overrides: dict[str, Any]) -> SOPConfig:
+    """The config of the SOP run in ``run_dir`` with ``overrides`` (only :data:`RESUME_OVERRIDES`)."""
+    from .config import load_config_file
+
+    run_dir = Path(run_dir)
+    changed = sorted(set(overrides) - set(RESUME_OVERRIDES))
+    if changed:
+        raise UserError(f"cannot change {', '.join('--' + c.replace('_', '-') for c in changed)} when "
+                        f"resuming; only {', '.join('--' + c.replace('_', '-') for c in RESUME_OVERRIDES)}")
+    if not (run_dir / CONFIG).is_file() or not (run_dir / LAST).is_file():
+        raise UserError(f"{run_dir} holds no resumable SOP run ({CONFIG} and {LAST})")
+    values = load_config_file(run_dir / CONFIG)
+    try:
+        return SOPConfig.from_dict({**values, **overrides})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{run_dir / CONFIG} is damaged ({e})") from None
+
+
+def _load_resumable(run_dir: Path, config: SOPConfig) -> dict[str, Any]:
+    """The state in ``run_dir/last.safetensors``, checked against ``config`` and ``metrics.jsonl``."""
+    path = run_dir / LAST
+    state = load_checkpoint(path)
+    missing = [k for k in RESUMABLE if k not in state]
+    if missing:
+        raise UserError(f"{path} holds no resumable SOP state (lacks {', '.join(missing)})")
+    fixed = [k for k in config.to_dict() if k not in RESUME_OVERRIDES]
+    if not isinstance(state["config"], dict) or any(state["config"].get(k) != getattr(config, k)
+                                                    for k in fixed):
+        raise UserError(f"{run_dir / CONFIG} does not match {path}; the run folder is damaged")
+    if int(state["step"]) > config.steps:
+        raise UserError(f"--steps {config.steps} lies before the checkpoint's step {int(state['step'])}")
+    log = run_dir / METRICS
+    if not log.is_file() or log.stat().st_size < int(state["log_bytes"]):
+        raise UserError(f"{log} is missing or shorter than {path} expects; the run folder is damaged")
+    return state
+
+
+def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
+    """Train (or resume) one SOP model; keep the best-validation and the final net; score the best on test.
+
+    Every ``checkpoint_every`` steps and at the end, ``last.safetensors`` receives the whole state
+    (model, optimizer, RNG, data order, step, best-so-far, partial loss sum, the length of
+    ``metrics.jsonl``), atomically, right after the optimizer step and before that step's loss line
+    and validation. ``resume=RUN_DIR`` cuts off the lines written after the checkpoint, rewrites
+    ``best.safetensors`` from the checkpoint's best, replays the step's line and validation on their
+    grids and continues: it ends with the weights and ``metrics.jsonl`` of a run that was never
+    interrupted. The last step's extras (a partial loss line, a validation off the ``eval_every``
+    grid, the test line) are not replayed when a finished run is resumed with a larger ``--steps``.
+    """
     from .train import resolve_device
 
     device = resolve_device(config.device)
-    run_dir = _run_dir(config)
-    if (run_dir / LAST).exists() or (run_dir / BEST).exists():
-        raise UserError(f"{run_dir} already holds a run; choose another --out")
+    run_dir = Path(resume) if resume is not None else _run_dir(config)
+    if resume is None and ((run_dir / LAST).exists() or (run_dir / BEST).exists()):
+        raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+    state = _load_resumable(run_dir, config) if resume is not None else None
     torch.manual_seed(config.seed)
     data = load_dataset(config.dataset, config.data_dir, seed=config.seed).to(device)
     net = build_net(config, data.image_shape).to(device)
@@ -290,46 +350,105 @@ def train(config: SOPConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches = BatchIterator(data.train, config.batch_size, config.seed,
                             dynamic_binarization=data.dynamic_binarization)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    best = {"step": -1, "nll": math.inf}
-    started = time.perf_counter()
-    with (run_dir / METRICS).open("w") as log:
-        def write(step: int, split: str, metrics: dict[str, Any]) -> None:
-            log.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
-            log.flush()
+    step, best, best_model = 0, {"step": -1, "nll": math.inf, "metrics": {}}, None
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum and steps since the last line
+    if state is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        log = (run_dir / METRICS).open("wb")
+    else:
+        try:
+            if tuple(state["image_shape"]) != tuple(data.image_shape):
+                raise ValueError(f"image shape {state['image_shape']} != {list(data.image_shape)}")
+            net.load_state_dict(state["model"])
+            opt_state = state["optimizer"]
+            opt_state["state"] = {int(k): v for k, v in opt_state["state"].items()}
+            optimizer.load_state_dict(opt_state)
+            batches.load_state_dict(state["data"])
+            step, best, best_model = int(state["step"]), dict(state["best"]), state["best_model"]
+            sums.copy_(state["sums"])
+            torch.set_rng_state(state["rng"]["cpu"].cpu())
+            if device.type == "cuda" and state["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{run_dir / LAST} does not fit {run_dir / CONFIG}: {first}") from None
+        for stale in run_dir.glob(".*.safetensors.*.tmp"):  # left by a kill during a write
+            stale.unlink(missing_ok=True)
+        if best_model is None:  # a validation after the checkpoint may have written one
+            (run_dir / BEST).unlink(missing_ok=True)
+        else:
+            save_checkpoint(run_dir / BEST, _state(best_model, config, data.image_shape, best["step"],
+                                                   metrics=best["metrics"]))
+        (run_dir / CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        log = (run_dir / METRICS).open("r+b")
+        log.truncate(int(state["log_bytes"]))  # drop the lines written after the checkpoint
+        log.seek(0, 2)
+    started, first_step = time.perf_counter(), step
 
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        for step in range(1, config.steps + 1):
+    def write(split: str, metrics: dict[str, Any], at: int | None = None) -> None:
+        line = {"step": step if at is None else at, "split": split, **metrics}
+        log.write((json.dumps(line) + "\n").encode())
+        log.flush()
+
+    def validate() -> None:
+        nonlocal best, best_model
+        metrics = evaluate(net, data.valid, data.image_shape, config.val_samples, config.temperature,
+                           config.seed)
+        write("valid", metrics)
+        if metrics["nll"] < best["nll"]:
+            best = {"step": step, "nll": metrics["nll"], "metrics": metrics}
+            best_model = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            save_checkpoint(run_dir / BEST, _state(best_model, config, data.image_shape, step,
+                                                   metrics=metrics))
+
+    def checkpoint() -> None:
+        rng = {"cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(run_dir / LAST, _state(
+            net.state_dict(), config, data.image_shape, step, optimizer=optimizer.state_dict(), rng=rng,
+            data=batches.state_dict(), best=best, best_model=best_model, sums=sums, log_bytes=log.tell()))
+
+    def after_step() -> None:
+        """The step's loss line and validation: on their grids, and both at the last step."""
+        final = step == config.steps
+        if sums[1] > 0 and (step % config.log_every == 0 or final):
+            write("train", {"loss": float(sums[0]) / float(sums[1]), "samples": config.samples})
+            sums.zero_()
+        if step % config.eval_every == 0 or final:
+            validate()
+
+    with log:
+        net.train()
+        if step > 0:  # resumed: the checkpoint precedes its step's line and validation
+            after_step()
+        while step < config.steps:
             upper, lower = split_halves(batches.next().to(device), data.image_shape)
             log_px = net.log_likelihood(upper, lower, config.samples, config.temperature, hard=False)
             loss = -multisample_objective(log_px).mean()
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(step, float(loss.detach()))
+                raise NonFiniteLossError(step + 1, float(loss.detach()))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.detach()
-            if step % config.log_every == 0 or step == config.steps:
-                n = step % config.log_every or config.log_every
-                write(step, "train", {"loss": float(total) / n, "samples": config.samples})
-                total.zero_()
-            if step % config.eval_every == 0 or step == config.steps:
-                metrics = evaluate(net, data.valid, data.image_shape, config.val_samples,
-                                   config.temperature, config.seed)
-                write(step, "valid", metrics)
-                if metrics["nll"] < best["nll"]:
-                    best = {"step": step, "nll": metrics["nll"]}
-                    save_checkpoint(run_dir / BEST, _state(net, config, data, step, metrics=metrics))
-        save_checkpoint(run_dir / LAST, _state(net, config, data, config.steps))
+            step += 1
+            sums += torch.stack([loss.detach().double(), sums.new_ones(())])
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                checkpoint()
+            after_step()
         seconds = time.perf_counter() - started
-        best_net, _, _ = load_run(run_dir, "best", str(device))
+        best_net = net
+        if best_model is not None:
+            best_net = copy.deepcopy(net)
+            best_net.load_state_dict(best_model)
         test = evaluate(best_net, data.test, data.image_shape, config.test_samples, config.temperature,
                         config.seed)
-        write(best["step"], "test", test)
+        write("test", test, at=best["step"])
     return {"run_dir": str(run_dir), "nll": test["nll"], "relaxed_nll": test["relaxed_nll"],
             "steps": config.steps, "best_step": best["step"], "valid_nll": best["nll"],
-            "samples": config.samples, "train_seconds": round(seconds, 3)}
+            "samples": config.samples, "train_seconds": round(seconds, 3),
+            "steps_per_s": round((step - first_step) / max(seconds, 1e-9), 2)}
 
 
 def evaluate_run(run_dir: Path, samples: int, split: str, limit: int | None, seed: int,
