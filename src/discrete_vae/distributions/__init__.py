@@ -27,3 +27,6 @@ __all__ = [
     "straight_through_binary",
     "straight_through_one_hot",
 ]
+from .smoothing import BASELINES, SMOOTHINGS, SmoothedBernoulli, Smoothing, get_smoothing  # noqa: E402
+
+__all__ += ["BASELINES", "SMOOTHINGS", "SmoothedBernoulli", "Smoothing", "get_smoothing"]

@@ -1,0 +1,537 @@
+r"""Smoothing transformations of DVAE, DVAE++ and DVAE#: a binary ``z`` relaxed to a continuous ``ζ``.
+
+Papers:
+- Rolfe (2017), *Discrete Variational Autoencoders*, https://arxiv.org/abs/1609.02200 (spike-and-exp, §2.1).
+- Vahdat, Macready, Bian, Khoshaman, Andriyash (2018), *DVAE++*, https://arxiv.org/abs/1802.04920
+  (overlapping exponential smoothing, analytic inverse CDF of the mixture; power-function smoothing).
+- Vahdat, Andriyash, Macready (2018), *DVAE#*, https://arxiv.org/abs/1805.07445 (Gaussian,
+  uniform+exp and power smoothings sampled with the implicit gradient of §3.4; Gaussian integral trick §4).
+
+A unit with ``q = P(z = 1) = σ(logit)`` is smoothed by ``ζ ~ r(ζ|z)``; the posterior over ``ζ`` is the
+mixture :math:`q(ζ) = (1-q)\,r(ζ|0) + q\,r(ζ|1)` with CDF :math:`F(ζ) = (1-q)R(ζ|0) + qR(ζ|1)`.
+``ζ = F^{-1}(ρ)``, ``ρ ~ U(0, 1)``, is reparameterised either by a closed-form ``F^{-1}`` (spike-exp, exp)
+or by the implicit gradient (DVAE# eq. 5) :math:`∂ζ/∂q = (R(ζ|0) - R(ζ|1)) / (q r(ζ|1) + (1-q) r(ζ|0))`,
+whose forward pass solves ``F(ζ) = ρ`` by bisection in float64 (:class:`_ImplicitMixtureSample`). Every
+smoothing accepts ``implicit=True``, so the closed forms can be checked against it. ``BASELINES`` records
+which gradient each configuration of the original code (github.com/QuadrantAI/dvae) uses.
+
+Gaussian integral trick (``gi``, DVAE# §4). With the RBM prior :math:`p(z) ∝ \exp(a^\top z + \tfrac12
+z^\top W z)` (``W`` symmetric, zero diagonal; for a bipartite RBM ``W = [[0, w], [w^\top, 0]]``) and
+:math:`Λ = W + λI` positive definite, the prior-side smoothing is the *correlated* Gaussian
+:math:`r(ζ|z) = N(ζ; z, Λ^{-1})`. Because :math:`z_i^2 = z_i`, the joint is
+:math:`p(z, ζ) ∝ \exp((a - λ/2)^\top z + ζ^\top Λ z - \tfrac12 ζ^\top Λ ζ)` and ``z`` sums out in closed form:
+
+.. math:: \log p(ζ) = -\log Z + \tfrac12\log\det(Λ/2π) - \tfrac12 ζ^\top Λ ζ
+          + \sum_i \mathrm{softplus}((Λζ)_i + a_i - λ/2),
+
+with ``Z`` the RBM's own partition function. What the prior (``priors/rbm.py``, later) must do:
+form ``Λ = W + λI`` with ``λ = max(relu(-min eig W) + 5, β)`` (the original code recomputes the eigenvalues
+of ``W``; ``β`` is the floor ``minimum_lambda``, default 40, see :meth:`Smoothing.default_beta`), get
+``log det Λ`` (the code uses ``λ^n det(I - λ^{-2} w^\top w)`` through a Cholesky of the Schur complement),
+and score relaxed samples with the formula above during training; evaluation uses the discrete RBM.
+The per-unit part, implemented here by :class:`GaussianIntegral`, is the *posterior* smoothing:
+a factorial mixture :math:`N(ζ_i; z_i + δ_i, σ_i^2)` whose scale ``σ`` and shift ``δ`` are free (the
+KL uses ``log q(ζ)`` and ``log p(ζ)`` directly, so they need not match ``Λ``). The original code learns
+``σ_i = |s_i| + 0.05`` per unit (``s`` initialised to 0.2) and ``δ = 0.5 (σ(h) - 0.5)`` from a second encoder
+output ``h``; here both are arguments (floats or tensors), by default ``σ = β^{-1/2}`` (the prior's
+conditional when ``W = 0``) and ``δ = 0``, and the implicit gradient reaches them as well.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import Distribution, constraints
+from torch.special import ndtr, ndtri
+
+from ..errors import ConfigError
+from ..registry import Registry
+
+__all__ = ["BASELINES", "SMOOTHINGS", "SmoothedBernoulli", "Smoothing", "get_smoothing"]
+
+SMOOTHINGS: Registry[type[Smoothing]] = Registry("smoothing")
+
+# baseline of the original code -> (smoothing name, sampled through the implicit gradient?). The original
+# code uses the implicit gradient for every overlapping smoothing; DVAE++ itself used the closed form for exp.
+BASELINES: dict[str, tuple[str, bool]] = {
+    "dvae_spike_exp": ("spike-exp", False), "dvaepp_exp": ("exp", False), "dvaepp_power": ("power", True),
+    "dvaes_gi": ("gi", True), "dvaes_gauss": ("gauss", True), "dvaes_exp": ("exp", True),
+    "dvaes_unexp": ("unexp", True), "dvaes_power": ("power", True),
+}
+_NAMES = ("dvae_spike_exp", "dvaepp_exp", "dvaepp_power", "dvaes_gi", "dvaes_gauss", "dvaes_exp",
+          "dvaes_unexp", "dvaes_power")
+_ROWS = {  # β per (dataset, struct) in the order of _NAMES: run.py `get_config` of QuadrantAI/dvae
+    ("binarized_mnist", "1-layer-lin"): (5, 12, 40, 40, 40, 12, 40, 40),
+    ("binarized_mnist", "1-layer-nonlin"): (5, 14, 30, 30, 30, 12, 30, 40),
+    ("binarized_mnist", "2-layer-nonlin"): (4, 10, 30, 30, 25, 10, 16, 30),
+    ("omniglot", "1-layer-lin"): (4, 14, 40, 40, 40, 12, 40, 40),
+    ("omniglot", "1-layer-nonlin"): (4, 12, 40, 30, 25, 10, 16, 30),
+    ("omniglot", "2-layer-nonlin"): (4, 10, 30, 25, 25, 8, 16, 20),
+}
+_ROWS.update({(d, "4-layer-nonlin"): _ROWS[(d, "2-layer-nonlin")] for d in ("binarized_mnist", "omniglot")})
+DEFAULT_BETA: dict[tuple[str, str], dict[str, float]] = {
+    k: {n: float(b) for n, b in zip(_NAMES, v, strict=True)} for k, v in _ROWS.items()
+}
+
+
+def _param(value: float | Tensor) -> Tensor:
+    """A Python number as a float64 scalar (a 0-dim tensor does not promote float32 batches)."""
+    return value if isinstance(value, Tensor) else torch.tensor(float(value), dtype=torch.float64)
+
+
+def _check_positive(name: str, what: str, value: float | Tensor) -> None:
+    v = torch.as_tensor(value)
+    if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
+        raise ValueError(f"smoothing {name!r}: {what} must be finite and > 0, got {value}")
+
+
+class Smoothing:
+    r"""A smoothing ``r(ζ|z)`` of a binary unit with sharpness ``β`` and its mixture ``q(ζ)``.
+
+    Subclasses give ``log_r0``/``cdf0`` (and ``log_r1``/``cdf1`` unless ``r(ζ|1) = r(1-ζ|0)``), the component
+    means and, where it exists, the closed-form mixture inverse CDF ``_icdf_analytic``.
+    """
+
+    name: ClassVar[str]
+    baselines: ClassVar[tuple[str, ...]]  # the original code's --baseline names using this smoothing
+    analytic: ClassVar[bool] = False  # closed-form mixture inverse CDF available
+    symmetric: bool = True  # r(ζ|1) = r(1-ζ|0)
+    support: constraints.Constraint = constraints.unit_interval
+    iterations: ClassVar[int] = 64  # bisection steps: bracket width / 2^64
+
+    def __init__(self, beta: float | Tensor):
+        _check_positive(self.name, "beta (the sharpness)", beta)
+        self.beta = _param(beta)
+
+    # --- the two components -------------------------------------------------------------------------
+    def log_r0(self, zeta: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def cdf0(self, zeta: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def log_r1(self, zeta: Tensor) -> Tensor:
+        return self.log_r0(1 - zeta)
+
+    def cdf1(self, zeta: Tensor) -> Tensor:
+        return 1 - self.cdf0(1 - zeta)
+
+    def icdf0(self, rho: Tensor) -> Tensor | None:
+        """Quantile of ``r(ζ|0)`` if closed-form (used to bracket the bisection), else ``None``."""
+        return None
+
+    def mean0(self) -> Tensor:
+        raise NotImplementedError
+
+    def mean1(self) -> Tensor:
+        return 1 - self.mean0()
+
+    def log_r(self, zeta: Tensor, z: Tensor) -> Tensor:
+        """``log r(ζ|z)`` for ``z ∈ {0, 1}``; ``-inf`` outside the support."""
+        return torch.where(z.bool(), self.log_r1(zeta), self.log_r0(zeta))
+
+    def _on_atom(self, zeta: Tensor) -> Tensor:
+        """Where ``ζ`` sits on a point mass of ``q(ζ)`` (there ``∂ζ/∂q = 0``)."""
+        return torch.zeros_like(zeta, dtype=torch.bool)
+
+    def _inside(self, zeta: Tensor, value: Tensor, outside: float = -math.inf) -> Tensor:
+        return torch.where((zeta >= 0) & (zeta <= 1), value, torch.full_like(value, outside))
+
+    def _cdf_gap(self, zeta: Tensor) -> Tensor:
+        """``R(ζ|0) - R(ζ|1)``, the numerator of the implicit gradient."""
+        return self.cdf0(zeta) - self.cdf1(zeta)
+
+    def tensor_params(self) -> tuple[Tensor, ...]:
+        """Parameters that require grad; the implicit gradient reaches them through ``-∂F/∂θ / q(ζ)``."""
+        return tuple(p for p in (self.beta,) if isinstance(p, Tensor) and p.requires_grad)
+
+    # --- the mixture q(ζ) = (1-q) r(ζ|0) + q r(ζ|1) -------------------------------------------------------
+    def cdf(self, zeta: Tensor, logits: Tensor) -> Tensor:
+        """Mixture CDF :math:`F(ζ) = (1-q)R(ζ|0) + qR(ζ|1)`."""
+        return torch.sigmoid(-logits) * self.cdf0(zeta) + torch.sigmoid(logits) * self.cdf1(zeta)
+
+    def log_prob(self, zeta: Tensor, logits: Tensor) -> Tensor:
+        """:math:`\\log q(ζ) = \\mathrm{logaddexp}(\\log(1-q) + \\log r(ζ|0), \\log q + \\log r(ζ|1))`."""
+        log_0 = F.logsigmoid(-logits) + self.log_r0(zeta)
+        return torch.logaddexp(log_0, F.logsigmoid(logits) + self.log_r1(zeta))
+
+    def mean(self, logits: Tensor) -> Tensor:
+        """:math:`E_{q(ζ)}[ζ] = (1-q)E_{r(ζ|0)}[ζ] + q E_{r(ζ|1)}[ζ]` (for the DVAE++ objective)."""
+        return torch.sigmoid(-logits) * self.mean0() + torch.sigmoid(logits) * self.mean1()
+
+    def icdf(self, rho: Tensor, logits: Tensor, implicit: bool | None = None) -> Tensor:
+        """``ζ = F^{-1}(ρ)``, differentiable in ``logits`` (closed form unless ``implicit``)."""
+        if implicit is None:
+            implicit = not self.analytic
+        if not implicit and not self.analytic:
+            raise ValueError(f"smoothing {self.name!r} has no closed-form inverse CDF; use implicit=True")
+        rho, logits = torch.broadcast_tensors(rho, logits)
+        if implicit:
+            return _ImplicitMixtureSample.apply(logits, rho, self, *self.tensor_params())
+        return self._icdf_analytic(rho, logits)
+
+    def rsample(self, logits: Tensor, sample_shape: torch.Size | tuple[int, ...] = torch.Size(),
+                implicit: bool | None = None) -> Tensor:
+        """Reparameterised ``ζ ~ q(ζ)`` of shape ``sample_shape + logits.shape``."""
+        shape = torch.Size(sample_shape) + logits.shape
+        tiny = torch.finfo(logits.dtype).tiny
+        rho = torch.rand(shape, dtype=logits.dtype, device=logits.device).clamp_(tiny, 1 - tiny)
+        return self.icdf(rho, logits.expand(shape), implicit)
+
+    def _icdf_analytic(self, rho: Tensor, logits: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _bracket(self, rho: Tensor) -> tuple[Tensor, Tensor]:
+        """An interval holding ``F^{-1}(ρ)``: between the component quantiles, else the unit interval."""
+        lo0 = self.icdf0(rho)
+        if lo0 is None:
+            return torch.zeros_like(rho), torch.ones_like(rho)
+        hi1 = 1 - self.icdf0(1 - rho) if self.symmetric else self._icdf1(rho)
+        return torch.minimum(lo0, hi1), torch.maximum(lo0, hi1)
+
+    def _solve(self, rho: Tensor, logits: Tensor) -> Tensor:
+        """Vectorised bisection for ``F(ζ) = ρ`` (float64); a point mass at the lower end is hit exactly.
+
+        On ``[0, 1]`` it bisects ``t = logit(ζ)`` in ``[logit(1e-300), logit(1 - 2^-53)]``, so that roots
+        near 0 are resolved to relative precision (the power law puts mass at ``ζ ~ 1e-40``); roots above
+        ``1 - 2^-53`` are not representable in float64 and come back as ``1 - 2^-53``, the last double below 1
+        (β = 40: about 40% of ``r(ζ|1)``'s mass).
+        """
+        start, end = self._bracket(rho)
+        unit = self.support is constraints.unit_interval
+        to, back = (torch.logit, torch.sigmoid) if unit else (lambda x: x, lambda x: x)
+        lo, hi = (to(x.clamp(1e-300, 1 - 2**-53)) for x in (start, end)) if unit else (start, end)
+        for _ in range(self.iterations):
+            mid = 0.5 * (lo + hi)
+            below = self.cdf(back(mid), logits) < rho
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        zeta, inf = back(hi), torch.full_like(hi, math.inf)
+        up = torch.nextafter(zeta, inf)  # polish to the smallest double with F >= ρ (ζ < 1 on [0, 1])
+        zeta = torch.where((self.cdf(zeta, logits) < rho) & ~(unit & (up >= 1)), up, zeta)
+        down = torch.nextafter(zeta, -inf)
+        zeta = torch.where(self.cdf(down, logits) >= rho, down, zeta)
+        return torch.where(self.cdf(start, logits) >= rho, start, zeta)
+
+    @classmethod
+    def default_beta(cls, dataset: str = "binarized_mnist", struct: str = "1-layer-lin",
+                     baseline: str | None = None) -> float:
+        """β of the original code (``run.py``); ``baseline`` picks the paper where two share a smoothing."""
+        baseline = cls.baselines[0] if baseline is None else baseline
+        if baseline not in cls.baselines:
+            used = ", ".join(cls.baselines)
+            raise ConfigError(f"smoothing {cls.name!r} is used by {used}, not by {baseline!r}")
+        if (dataset, struct) not in DEFAULT_BETA:
+            known = ", ".join(f"{d}/{s}" for d, s in DEFAULT_BETA)
+            raise ConfigError(f"no default beta for {dataset}/{struct}; known: {known}")
+        return DEFAULT_BETA[(dataset, struct)][baseline]
+
+
+class _ImplicitMixtureSample(torch.autograd.Function):
+    """``ζ = F^{-1}(ρ)`` by bisection; backward by the implicit function theorem (DVAE# §3.4, eq. 5)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, rho: Tensor, smoothing: Smoothing, *params: Tensor) -> Tensor:
+        with torch.no_grad():
+            zeta = smoothing._solve(rho.double(), logits.double())  # (…,) float64
+        ctx.smoothing, ctx.zeta = smoothing, zeta
+        ctx.save_for_backward(logits)
+        return zeta.to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (logits,) = ctx.saved_tensors
+        s, zeta, l64 = ctx.smoothing, ctx.zeta.detach(), logits.double()  # the output itself in float64
+        q, p0 = torch.sigmoid(l64), torch.sigmoid(-l64)
+        density = q * s.log_r1(zeta).exp() + p0 * s.log_r0(zeta).exp()  # q(ζ)
+        ok = torch.isfinite(density) & (density > 0) & ~s._on_atom(zeta)
+        inv = torch.where(ok, 1 / torch.where(ok, density, 1.0), 0.0)
+        dzeta_dlogit = s._cdf_gap(zeta) * inv * q * p0  # (R0 - R1) / q(ζ) · dq/dlogit
+        grads = [(grad.double() * dzeta_dlogit).to(logits.dtype), None, None]
+        params = ctx.needs_input_grad[3:]
+        if any(params):
+            with torch.enable_grad():  # ∂ζ/∂θ = -∂F/∂θ / q(ζ)
+                cdf = s.cdf(zeta, l64)
+                grads += torch.autograd.grad(cdf, s.tensor_params(), -grad.double() * inv, allow_unused=True)
+        return tuple(grads)
+
+
+@SMOOTHINGS.register("spike-exp")
+class SpikeExp(Smoothing):
+    r"""DVAE spike-and-exp (Rolfe 2017, §2.1): ``r(ζ|0) = δ(ζ)``, ``r(ζ|1) = β e^{β(ζ-1)}/(1-e^{-β})``.
+
+    - Densities are with respect to ``δ_0 + Lebesgue`` on ``[0, 1]``: ``log r(0|0) = 0`` (the unit mass),
+      ``r(ζ|0) = 0`` for ``ζ > 0`` and ``r(0|1) = 0``; so ``log q(0) = log(1-q)`` and
+      ``log q(ζ) = log q + log r(ζ|1)`` for ``ζ > 0``.
+    - Closed form: ``ζ = 0`` if ``ρ ≤ 1-q``, else ``ζ = 1 + log(e^{-β} + t(1-e^{-β}))/β``, ``t = (ρ-1+q)/q``.
+    - Not symmetric: ``r(ζ|1) ≠ r(1-ζ|0)``.
+    """
+
+    name, baselines, analytic, symmetric = "spike-exp", ("dvae_spike_exp",), True, False
+
+    def log_r0(self, zeta: Tensor) -> Tensor:
+        return torch.where(zeta == 0, 0.0, -math.inf).to(zeta.dtype)
+
+    def cdf0(self, zeta: Tensor) -> Tensor:
+        return (zeta >= 0).to(zeta.dtype)
+
+    def log_r1(self, zeta: Tensor) -> Tensor:
+        b = self.beta
+        value = b.log() + b * (zeta - 1) - torch.log(-torch.expm1(-b))
+        return torch.where((zeta > 0) & (zeta <= 1), value, -math.inf)
+
+    def cdf1(self, zeta: Tensor) -> Tensor:
+        b, z = self.beta, zeta.clamp(0, 1)
+        return torch.expm1(b * z) * torch.exp(-b) / -torch.expm1(-b)
+
+    def _icdf1(self, rho: Tensor) -> Tensor:
+        b = self.beta
+        return 1 + torch.log(torch.exp(-b) - rho * torch.expm1(-b)) / b
+
+    def _bracket(self, rho: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.zeros_like(rho), self._icdf1(rho)
+
+    def _on_atom(self, zeta: Tensor) -> Tensor:
+        return zeta == 0
+
+    def mean0(self) -> Tensor:
+        return torch.zeros_like(self.beta)
+
+    def mean1(self) -> Tensor:
+        return 1 - 1 / self.beta + 1 / torch.expm1(self.beta)
+
+    def _icdf_analytic(self, rho: Tensor, logits: Tensor) -> Tensor:
+        p0 = torch.sigmoid(-logits)
+        t = ((rho - p0) / torch.sigmoid(logits)).clamp(0, 1)
+        return torch.where(rho <= p0, torch.zeros_like(rho), self._icdf1(t))
+
+
+class _Exponential(Smoothing):
+    def _log_exp(self, zeta: Tensor) -> Tensor:  # β e^{-βζ} / (1 - e^{-β})
+        return self.beta.log() - self.beta * zeta - torch.log(-torch.expm1(-self.beta))
+
+    def _cdf_exp(self, zeta: Tensor) -> Tensor:
+        return torch.expm1(-self.beta * zeta.clamp(0, 1)) / torch.expm1(-self.beta)
+
+    def _mean_exp(self) -> Tensor:
+        return 1 / self.beta - 1 / torch.expm1(self.beta)
+
+
+@SMOOTHINGS.register("exp")
+class Exponential(_Exponential):
+    r"""Overlapping exponential (DVAE++ §3.2 / DVAE# exp): ``r(ζ|0) = β e^{-βζ}/(1-e^{-β})`` on ``[0, 1]``.
+
+    - Closed form: with ``x = e^{-βζ}``, ``b = e^{-β}``, ``c = 1-b``, ``F(ζ) = ρ`` is the quadratic
+      ``(1-q)x² + m x - qb = 0``, ``m = ρc - (1-q) + qb``; its positive root is taken as ``2qb/(m + √d)``
+      when ``m > 0`` and ``(√d - m)/(2(1-q))`` otherwise (``d = m² + 4q(1-q)b``), free of cancellation.
+    - Gradients: closed form by default (DVAE++); ``implicit=True`` is DVAE#'s exp (baseline ``dvaes_exp``).
+    """
+
+    name, baselines, analytic = "exp", ("dvaepp_exp", "dvaes_exp"), True
+
+    def log_r0(self, zeta: Tensor) -> Tensor:
+        return self._inside(zeta, self._log_exp(zeta))
+
+    def cdf0(self, zeta: Tensor) -> Tensor:
+        return self._cdf_exp(zeta)
+
+    def icdf0(self, rho: Tensor) -> Tensor:
+        return -torch.log1p(rho * torch.expm1(-self.beta)) / self.beta
+
+    def mean0(self) -> Tensor:
+        return self._mean_exp()
+
+    def _icdf_analytic(self, rho: Tensor, logits: Tensor) -> Tensor:
+        q, p0, b = torch.sigmoid(logits), torch.sigmoid(-logits), torch.exp(-self.beta)
+        m = -rho * torch.expm1(-self.beta) - p0 + q * b
+        root = torch.sqrt(m * m + 4 * p0 * q * b)
+        pos = m > 0
+        x = torch.where(  # double where: the branch not taken never divides by zero
+            pos, 2 * q * b / torch.where(pos, m + root, 1.0), (root - m) / torch.where(pos, 1.0, 2 * p0)
+        )
+        return (-torch.log(x) / self.beta).clamp(0, 1)
+
+
+@SMOOTHINGS.register("power")
+class Power(Smoothing):
+    r"""Power function (DVAE++, DVAE#): ``r(ζ|0) = λζ^{λ-1}``, ``R(ζ|0) = ζ^λ`` on ``[0, 1]``, ``λ = 1/β``.
+
+    - The density diverges at ``ζ = 0`` (``log r(0|0) = +inf``; likewise ``r(1|1)``); in float32 many samples
+      round to exactly 0 or 1, where ``log_prob`` is ``+inf`` (the original code evaluates at ``ζ + 1e-7``).
+    - Implicit gradient only (the mixture CDF ``(1-q)ζ^λ + q(1-(1-ζ)^λ)`` has no closed-form inverse).
+    """
+
+    name, baselines = "power", ("dvaepp_power", "dvaes_power")
+
+    def log_r0(self, zeta: Tensor) -> Tensor:
+        return self._inside(zeta, -self.beta.log() + (1 / self.beta - 1) * torch.log(zeta))
+
+    def cdf0(self, zeta: Tensor) -> Tensor:
+        return zeta.clamp(0, 1) ** (1 / self.beta)
+
+    def icdf0(self, rho: Tensor) -> Tensor:
+        return rho**self.beta
+
+    def mean0(self) -> Tensor:
+        return 1 / (1 + self.beta)
+
+
+@SMOOTHINGS.register("unexp")
+class UniformExponential(_Exponential):
+    r"""DVAE# uniform+exponential: ``r(ζ|0) = (1-ε) β e^{-βζ}/(1-e^{-β}) + ε`` on ``[0, 1]``, ``ε = 0.05``.
+
+    Implicit gradient only. ``ε = 0.05`` is the value of the original code (``vae.py``).
+    """
+
+    name, baselines = "unexp", ("dvaes_unexp",)
+
+    def __init__(self, beta: float | Tensor, eps: float = 0.05):
+        super().__init__(beta)
+        if not 0 <= eps < 1:
+            raise ValueError(f"smoothing 'unexp': eps (the uniform weight) must be in [0, 1), got {eps}")
+        self.eps = eps
+
+    def log_r0(self, zeta: Tensor) -> Tensor:
+        uniform = torch.full_like(zeta, math.log(self.eps))
+        value = torch.logaddexp(math.log1p(-self.eps) + self._log_exp(zeta), uniform)
+        return self._inside(zeta, value)
+
+    def cdf0(self, zeta: Tensor) -> Tensor:
+        return (1 - self.eps) * self._cdf_exp(zeta) + self.eps * zeta.clamp(0, 1)
+
+    def mean0(self) -> Tensor:
+        return (1 - self.eps) * self._mean_exp() + self.eps / 2
+
+
+@SMOOTHINGS.register("gauss")
+class Gaussian(Smoothing):
+    r"""DVAE# Gaussian: ``r(ζ|0) = N(ζ; 0, 1/β)``, ``r(ζ|1) = N(ζ; 1, 1/β)`` on ``ℝ``; implicit gradient."""
+
+    name, baselines = "gauss", ("dvaes_gauss",)
+    support = constraints.real
+
+    def _loc(self, z: int) -> Tensor | float:
+        return float(z)
+
+    def _scale(self) -> Tensor:
+        return self.beta.rsqrt()
+
+    def _log_normal(self, zeta: Tensor, z: int) -> Tensor:
+        s = self._scale()
+        return -0.5 * ((zeta - self._loc(z)) / s) ** 2 - torch.log(s) - 0.5 * math.log(2 * math.pi)
+
+    def log_r0(self, zeta: Tensor) -> Tensor:
+        return self._log_normal(zeta, 0)
+
+    def log_r1(self, zeta: Tensor) -> Tensor:
+        return self._log_normal(zeta, 1)
+
+    def cdf0(self, zeta: Tensor) -> Tensor:
+        return ndtr((zeta - self._loc(0)) / self._scale())
+
+    def cdf1(self, zeta: Tensor) -> Tensor:
+        return ndtr((zeta - self._loc(1)) / self._scale())
+
+    def _cdf_gap(self, zeta: Tensor) -> Tensor:  # upper tail through survival functions: no cancellation
+        u0, u1 = (zeta - self._loc(0)) / self._scale(), (zeta - self._loc(1)) / self._scale()
+        upper = zeta > (self._loc(0) + self._loc(1)) / 2
+        return torch.where(upper, ndtr(-u1) - ndtr(-u0), ndtr(u0) - ndtr(u1))
+
+    def _bracket(self, rho: Tensor) -> tuple[Tensor, Tensor]:
+        u = ndtri(rho) * self._scale()
+        return u + self._loc(0), u + self._loc(1)
+
+    def mean0(self) -> Tensor | float:
+        return self._loc(0)
+
+    def mean1(self) -> Tensor | float:
+        return self._loc(1)
+
+
+@SMOOTHINGS.register("gi")
+class GaussianIntegral(Gaussian):
+    r"""Posterior side of DVAE#'s Gaussian integral trick: ``r(ζ|z) = N(ζ; z + δ, σ²)`` per unit.
+
+    - ``β`` is the prior's floor on ``λ`` in ``Λ = W + λI`` (see the module docstring for the prior side);
+      ``sigma`` defaults to ``β^{-1/2}``, ``shift`` (``δ``) to 0; both may be tensors that broadcast with
+      the logits.
+    - Implicit gradient in ``logits`` and, when they require grad, in ``sigma`` and ``shift``
+      (``∂ζ/∂δ = 1``; ``∂ζ/∂σ = Σ_z π_z r(ζ|z)(ζ - z - δ)/σ / q(ζ)``, both obtained as ``-∂F/∂θ / q(ζ)``).
+    """
+
+    name, baselines = "gi", ("dvaes_gi",)
+
+    def __init__(
+        self, beta: float | Tensor, sigma: float | Tensor | None = None, shift: float | Tensor = 0.0
+    ):
+        super().__init__(beta)
+        if sigma is not None:
+            _check_positive(self.name, "sigma", sigma)
+        self.sigma = self.beta.rsqrt() if sigma is None else _param(sigma)
+        self.shift = _param(shift)
+        self.symmetric = False
+
+    def _loc(self, z: int) -> Tensor:
+        return self.shift + z
+
+    def _scale(self) -> Tensor:
+        return self.sigma
+
+    def tensor_params(self) -> tuple[Tensor, ...]:
+        return tuple(p for p in (self.beta, self.sigma, self.shift) if p.requires_grad)
+
+
+def get_smoothing(name: str, beta: float | Tensor | None = None, dataset: str = "binarized_mnist",
+                  struct: str = "1-layer-lin", **kwargs) -> Smoothing:
+    """Build a registered smoothing (or an original-code baseline name); ``beta=None`` takes the default."""
+    baseline = name if name in BASELINES else None
+    cls = SMOOTHINGS.get(BASELINES[name][0] if baseline else name)
+    beta = cls.default_beta(dataset, struct, baseline) if beta is None else beta
+    return cls(beta, **kwargs)
+
+
+class SmoothedBernoulli(Distribution):
+    r"""The mixture :math:`q(ζ) = (1-q) r(ζ|0) + q r(ζ|1)` of a factorial Bernoulli as a distribution.
+
+    - Samples: ``ζ = F^{-1}(ρ)`` by the smoothing's closed form, or by bisection when ``implicit``.
+    - ``log_prob(ζ)`` scores the mixture density (w.r.t. ``δ_0 + Lebesgue`` for spike-exp).
+    - Gradients: pathwise in ``logits``; implicit (DVAE# eq. 5) unless the closed form is used.
+    """
+
+    arg_constraints = {"logits": constraints.real}
+    has_rsample = True
+
+    def __init__(self, logits: Tensor, smoothing: Smoothing, implicit: bool | None = None,
+                 validate_args: bool | None = None):
+        self.logits, self.smoothing, self.implicit = logits, smoothing, implicit
+        super().__init__(logits.shape, validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self) -> constraints.Constraint:
+        return self.smoothing.support
+
+    @property
+    def mean(self) -> Tensor:
+        return self.smoothing.mean(self.logits)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(SmoothedBernoulli, _instance)
+        new.logits = self.logits.expand(batch_shape)
+        new.smoothing, new.implicit = self.smoothing, self.implicit
+        super(SmoothedBernoulli, new).__init__(torch.Size(batch_shape), validate_args=False)
+        return new
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return self.smoothing.rsample(self.logits, sample_shape, self.implicit)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.smoothing.log_prob(value, self.logits)
+
+    def cdf(self, value: Tensor) -> Tensor:
+        return self.smoothing.cdf(value, self.logits)
+
+    def icdf(self, value: Tensor) -> Tensor:
+        return self.smoothing.icdf(value, self.logits, self.implicit)
