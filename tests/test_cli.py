@@ -11,13 +11,10 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 import torch
@@ -26,6 +23,7 @@ from PIL import Image
 from safetensors import safe_open
 
 import discrete_vae.train as train_mod
+from cli_helpers import Result, dvae, kill_when, last_json  # noqa: F401
 from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
 from discrete_vae.cli import main
 from discrete_vae.config import PRESETS, TrainConfig
@@ -37,27 +35,6 @@ FAST = ["--preset", "digits-quick", "--hidden", "32", "--val-samples", "5", "--d
 # The shared run: 300 steps; checkpoints (125) fall between metrics lines (50) on purpose.
 RUN_ARGS = [*FAST, "--steps", "300", "--eval-every", "100", "--checkpoint-every", "125"]
 TIMEOUT_S = 120
-
-
-class Result(NamedTuple):
-    rc: int
-    out: str
-    err: str
-
-
-def dvae(capsys: pytest.CaptureFixture, *argv: object) -> Result:
-    """``dvae ARGV`` in-process: exit status (argparse's SystemExit included), stdout, stderr."""
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return Result(rc, out, err)
-
-
-def last_json(out: str) -> dict:
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def cli_command(*argv: object) -> list[str]:
@@ -218,22 +195,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
     reference = subprocess.Popen(cli_command("train", *args, "--out", full), **quiet)
     victim = subprocess.Popen(cli_command("train", *args, "--out", killed), **quiet)
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while not _progressed(killed, every):
-            assert victim.poll() is None, (
-                f"the run ended (status {victim.returncode}) before it could be killed: "
-                f"raise --steps in this test\n{victim.stderr.read()}"
-            )
-            assert time.monotonic() < deadline, "no checkpoint within the time limit"
-            time.sleep(0.02)
-        os.kill(victim.pid, signal.SIGKILL)
-        assert victim.wait(TIMEOUT_S) == -signal.SIGKILL, "the run finished before the kill"
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-        victim.wait()
-        victim.stderr.close()
+    kill_when(victim, lambda: _progressed(killed, every), TIMEOUT_S)
     stopped_at = int(load_checkpoint(killed / "last.safetensors")["step"])
     assert stopped_at % every == 0 and 0 < stopped_at < 1000
 

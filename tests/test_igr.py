@@ -12,6 +12,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
+from cli_helpers import dvae
 from discrete_vae.distributions import (
     ExpIGR,
     ExpIGRPlanar,
@@ -287,18 +288,6 @@ def test_mixed_model_bound_and_objective():
 
 
 # ------------------------------------------------------------------ command line
-def _dvae(capsys, *argv) -> tuple[int, str, str]:
-    from discrete_vae.cli import main
-
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 CLI_FAST = [
     "--dataset", "digits", "--latent", "6x4", "--hidden", "32", "--val-samples", "5",
     "--device", "cpu", "--lr-schedule", "constant", "--lr", "3e-3", "--checkpoint-every", "40",
@@ -325,22 +314,22 @@ def test_each_model_trains_evaluates_samples_and_resumes(options, tmp_path, caps
     from discrete_vae.checkpoint import load_checkpoint
 
     full, split = tmp_path / "full", tmp_path / "split"
-    rc, out, err = _dvae(capsys, "train", *CLI_FAST, *options, "--steps", 80, "--out", full)
+    rc, out, err = dvae(capsys, "train", *CLI_FAST, *options, "--steps", 80, "--out", full)
     assert rc == 0, err
-    rc, _, err = _dvae(capsys, "train", *CLI_FAST, *options, "--steps", 40, "--out", split)
+    rc, _, err = dvae(capsys, "train", *CLI_FAST, *options, "--steps", 40, "--out", split)
     assert rc == 0, err
-    rc, _, err = _dvae(capsys, "train", "--resume", split, "--steps", 80)
+    rc, _, err = dvae(capsys, "train", "--resume", split, "--steps", 80)
     assert rc == 0, err
     a, b = load_checkpoint(full / "last.safetensors"), load_checkpoint(split / "last.safetensors")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "resume diverged"
 
-    rc, out, err = _dvae(capsys, "eval", full, "--samples", 20, "--device", "cpu")
+    rc, out, err = dvae(capsys, "eval", full, "--samples", 20, "--device", "cpu")
     assert rc == 0, err
     scores = json.loads(out.strip().splitlines()[-1])
     assert math.isfinite(scores["nll"]) and -scores["nll"] >= scores["elbo"] - 1e-9
-    rc, _, err = _dvae(capsys, "sample", full, "--out", tmp_path / "s.png", "--n", 16)
+    rc, _, err = dvae(capsys, "sample", full, "--out", tmp_path / "s.png", "--n", 16)
     assert rc == 0 and (tmp_path / "s.png").is_file(), err
-    rc, _, err = _dvae(capsys, "reconstruct", full, "--out", tmp_path / "r.png", "--n", 8)
+    rc, _, err = dvae(capsys, "reconstruct", full, "--out", tmp_path / "r.png", "--n", 8)
     assert rc == 0 and (tmp_path / "r.png").is_file(), err
 
 
@@ -356,14 +345,14 @@ def test_each_model_trains_evaluates_samples_and_resumes(options, tmp_path, caps
     ids=" ".join,
 )
 def test_bad_igr_options_exit_2_with_one_line(argv, tmp_path, capsys):
-    rc, _, err = _dvae(capsys, "train", *CLI_FAST, *argv, "--steps", 5, "--out", tmp_path / "r")
+    rc, _, err = dvae(capsys, "train", *CLI_FAST, *argv, "--steps", 5, "--out", tmp_path / "r")
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
 
 
 def test_igr_prior_command_reports_the_fit(capsys):
     import json
 
-    rc, out, err = _dvae(capsys, "igr-prior", "--model", "igr-sb", "--classes", 6, "--draws", 20000)
+    rc, out, err = dvae(capsys, "igr-prior", "--model", "igr-sb", "--classes", 6, "--draws", 20000)
     assert rc == 0, err
     report = json.loads(out.strip().splitlines()[-1])
     assert report["max_abs_error_computed"] < 1e-6 and len(report["loc"]) == 5

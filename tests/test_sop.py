@@ -13,10 +13,8 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ import yaml
 from safetensors import safe_open
 from torch.distributions.utils import clamp_probs
 
+from cli_helpers import Result, dvae, kill_when, last_json  # noqa: F401
 from discrete_vae import sop
 from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
 from discrete_vae.cli import main
@@ -33,21 +32,6 @@ from discrete_vae.errors import UserError
 
 FAST = ["--dataset", "digits", "--units", "16", "--device", "cpu", "--val-samples", "5",
         "--test-samples", "10", "--log-every", "5"]
-
-
-def dvae(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
-    """``dvae ARGV`` in-process: exit status (argparse's SystemExit included), stdout, stderr."""
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def last_json(out: str) -> dict:
-    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("model", ["gs", "igr-i", "igr-sb", "igr-planar"])
@@ -326,19 +310,7 @@ def test_kill_9_then_resume_equals_a_straight_run(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "discrete_vae.cli", "sop", "train", *map(str, args)]
     victim = subprocess.Popen([*command, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not _progressed(killed):
-            assert victim.poll() is None, f"the run ended before the kill: {victim.stderr.read()}"
-            assert time.monotonic() < deadline, "no checkpoint within the time limit"
-            time.sleep(0.01)
-        os.kill(victim.pid, signal.SIGKILL)
-        assert victim.wait(60) == -signal.SIGKILL, "the run finished before the kill"
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-        victim.wait()
-        victim.stderr.close()
+    kill_when(victim, lambda: _progressed(killed), 60)
     stopped_at = int(load_checkpoint(killed / "last.safetensors")["step"])
     assert stopped_at % 20 == 0 and 0 < stopped_at < 4000
     small = ["--steps", str(stopped_at + 40)]  # the rest of the test need not train 4000 steps

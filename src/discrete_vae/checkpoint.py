@@ -99,3 +99,19 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
     if str(device) != "cpu":
         tensors = {k: v.to(device) for k, v in tensors.items()}
     return unflatten(skeleton, tensors)
+
+
+def run_checkpoint(run_dir: Path, which: str = "best", what: str = "run folder") -> Path:
+    """The ``best`` (else ``last``) or ``last`` checkpoint of a run folder; a one-line error if none.
+
+    A run folder holds ``config.yaml`` beside ``last.safetensors`` / ``best.safetensors``.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a {what} (no config.yaml)")
+    best, last = run_dir / "best.safetensors", run_dir / "last.safetensors"
+    path = best if which == "best" and best.is_file() else last
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no checkpoint yet ({best.name} or {last.name})")
+    return path
+

@@ -40,7 +40,7 @@ import yaml
 from torch import Tensor, nn
 
 from . import __version__
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, run_checkpoint, save_checkpoint
 from .data import BatchIterator, load_dataset
 from .distributions import LogitBinaryConcrete, PlanarFlow
 from .errors import ConfigError, NonFiniteLossError, UserError
@@ -258,14 +258,7 @@ def _state(model: dict[str, Tensor], config: SOPConfig, image_shape: tuple[int, 
 
 def load_run(run_dir: Path, which: str = "best", device: str = "cpu") -> tuple[SOPNet, SOPConfig, dict]:
     """The net of an SOP run folder from its ``best`` (else ``last``) safetensors checkpoint."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise UserError(f"{run_dir} is not an SOP run folder (no {CONFIG})")
-    path = run_dir / (BEST if which == "best" else LAST)
-    if which == "best" and not path.is_file():
-        path = run_dir / LAST
-    if not path.is_file():
-        raise UserError(f"{run_dir} holds no checkpoint ({BEST} or {LAST})")
+    path = run_checkpoint(run_dir, which, what="SOP run folder")
     state = load_checkpoint(path)
     if "image_shape" not in state or "config" not in state:
         raise UserError(f"{path} is not an SOP checkpoint")

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, run_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import BatchIterator, DataSplits, load_dataset
 from .errors import ConfigError, NonFiniteLossError, UserError
@@ -154,15 +154,7 @@ def model_from_run(
     run_dir: Path, which: str = "best", device: str = "cpu"
 ) -> tuple[DiscreteVAE, TrainConfig, dict]:
     """Load the model of a run folder (``best`` or ``last`` checkpoint) for eval/sample/reconstruct."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise UserError(f"{run_dir} is not a run folder (no {CONFIG})")
-    path = run_dir / (BEST if which == "best" else LAST)
-    if which == "best" and not path.is_file():
-        path = run_dir / LAST
-    if not path.is_file():
-        raise UserError(f"{run_dir} holds no checkpoint yet ({BEST} or {LAST})")
-    state = load_checkpoint(path)
+    state = load_checkpoint(run_checkpoint(run_dir, which))
     config = TrainConfig.from_dict(state["config"])
     model = build_model(config, int(state["data_dim"]))
     model.load_state_dict(state["model"])
