@@ -14,6 +14,8 @@ from pathlib import Path
 def main(out: Path) -> None:
     rows: dict[str, list[tuple]] = {}
     for f in sorted(out.glob("*.eval.json")):
+        if not f.read_text().strip():  # still being evaluated
+            continue
         model = f.name.rsplit("-s", 1)[0]
         train = json.loads(Path(str(f).replace(".eval.", ".train.")).read_text())
         ev = json.loads(f.read_text())

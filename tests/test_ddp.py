@@ -47,13 +47,14 @@ wrapped = []
 class Recording(train_mod.DistributedDataParallel):
     def __init__(self, module, *args, **kwargs):
         super().__init__(module, *args, **kwargs)
-        wrapped.append(module)
+        wrapped.append((module, dist.get_rank()))  # the run destroys the group when it ends
 
 
 train_mod.DistributedDataParallel = Recording
 status = main(sys.argv[2:])
-state = {k: v.detach().contiguous() for k, v in wrapped[0].state_dict().items()}
-save_file(state, f"{sys.argv[1]}/rank{dist.get_rank()}.safetensors")
+module, rank = wrapped[0]
+state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+save_file(state, f"{sys.argv[1]}/rank{rank}.safetensors")
 sys.exit(status)
 """
 

@@ -121,16 +121,26 @@ class Distributed:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this run created the process group and destroys it when done
 
     @classmethod
     def from_env(cls, device_name: str) -> Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return cls()
-        if not dist.is_initialized():
+        owns = not dist.is_initialized()
+        if owns:
             backend = "nccl" if device_name.startswith("cuda") else "gloo"
             dist.init_process_group(backend)
-        return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")), owns)
+
+    def close(self) -> None:
+        """Wait for every rank, then tear down the process group this run created (an exit with
+        live gloo threads can abort a rank: "terminate called without an active exception")."""
+        if self.world > 1:
+            dist.barrier()
+            if self.owns_group:
+                dist.destroy_process_group()
 
     @property
     def main(self) -> bool:
@@ -372,8 +382,7 @@ def train(
         if not metrics:
             metrics = validate()
         log.close()
-    if ddp.world > 1:
-        dist.barrier()
+    ddp.close()
     return {
         "step": step, "run_dir": str(run_dir), "best_step": best["step"], **metrics,
         "train_seconds": round(train_seconds, 3),
