@@ -46,6 +46,23 @@ class _Mirror:
         return self.ref.sf(1 - x)
 
 
+class _Mixture:
+    """``(1 - eps) * first + eps * second`` for two scipy frozen distributions."""
+
+    def __init__(self, first, second, eps: float):
+        self.first, self.second, self.eps = first, second, eps
+
+    def logpdf(self, x):
+        first = np.log1p(-self.eps) + self.first.logpdf(x)
+        return np.logaddexp(first, np.log(self.eps) + self.second.logpdf(x))
+
+    def cdf(self, x):
+        return (1 - self.eps) * self.first.cdf(x) + self.eps * self.second.cdf(x)
+
+    def sf(self, x):
+        return 1 - self.cdf(x)
+
+
 def _scipy_components(s: Smoothing):
     """Independent references (r(.|0), r(.|1)) from scipy.stats; None for the spike's point mass."""
     beta = float(s.beta)
@@ -60,6 +77,9 @@ def _scipy_components(s: Smoothing):
     if s.name in ("gauss", "gi"):
         sigma, shift = float(s._scale()), float(s._loc(0))
         return stats.norm(shift, sigma), stats.norm(1 + shift, sigma)
+    if s.name == "unexp":  # (1 - eps) truncated exponential + eps uniform on [0, 1]
+        mix = _Mixture(exp, stats.uniform(0, 1), s.eps)
+        return mix, _Mirror(mix)
     raise KeyError(s.name)
 
 
@@ -125,8 +145,6 @@ def test_default_beta_table():
 @pytest.mark.parametrize("key", list(CASES))
 def test_densities_and_cdfs_match_scipy(key):
     s = CASES[key]
-    if s.name == "unexp":
-        pytest.skip("no scipy family; covered by quadrature")
     ref0, ref1 = _scipy_components(s)
     real = s.support is torch.distributions.constraints.real
     x = np.linspace(-0.3, 1.3, 33) if real else np.linspace(0.01, 0.99, 33)
