@@ -265,7 +265,7 @@ def test_mixed_model_bound_and_objective():
     torch.manual_seed(0)
     discrete = _family("igr-i")
     mixed = Mixed(2, discrete, kl="analytic")
-    prior = ProductPrior([GaussianPrior(2), CategoricalPrior(3, 4)], [2])
+    prior = ProductPrior([GaussianPrior(2), CategoricalPrior(3, 4)])
     model = DiscreteVAE(10, mixed, prior, MLPConfig((16,)), MLPConfig((16,)))
     x = torch.bernoulli(torch.full((6, 10), 0.3))
     out = model(x, 0.5, 3)

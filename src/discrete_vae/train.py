@@ -32,7 +32,6 @@ from .data import BatchIterator, DataSplits, load_dataset
 from .errors import ConfigError, NonFiniteLossError, UserError
 from .evaluate import evaluate
 from .latents import build_family
-from .latents.igr import require_uniform_prior
 from .latents.mixed import GaussianPrior, Mixed, ProductPrior
 from .models import DiscreteVAE, MLPConfig
 from .objectives import relaxed_elbo
@@ -60,11 +59,10 @@ def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
         mc_samples=config.mc_samples,
     )
     prior = build_prior(config.prior, spec.n, spec.k, not family.one_hot)
-    if config.model.startswith("igr-"):
-        require_uniform_prior(prior, config.model)
+    family.check_prior(prior)
     if config.continuous:
         family = Mixed(config.continuous, family, config.kl)
-        prior = ProductPrior([GaussianPrior(config.continuous), prior], [config.continuous])
+        prior = ProductPrior([GaussianPrior(config.continuous), prior])
     encoder = MLPConfig(tuple(config.hidden), config.activation)
     return DiscreteVAE(
         data_dim,
@@ -74,12 +72,6 @@ def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
         encoder.mirrored(),
         learnable_temperature=config.temperature if config.learn_temperature else None,
     )
-
-
-def _family_core(model: DiscreteVAE):
-    """The discrete family of a model (inside the mixed model's wrapper when there is one)."""
-    family = model.family
-    return family.discrete if isinstance(family, Mixed) else family
 
 
 def temperature_schedule(config: TrainConfig) -> Schedule:
@@ -362,9 +354,7 @@ def train(
             tau_now = float(model.tau(tau).detach())
             if ddp.main:
                 line = {"loss": loss, "log_px": rec, "kl": kl, "tau": tau_now, "lr": lr}
-                if config.model == "igr-sb":  # classes kept by the last batch's truncation
-                    line["n_required"] = _family_core(model).n_required
-                log.write(step, "train", line)
+                log.write(step, "train", {**line, **model.family.stats()})
                 bar.set_postfix(loss=f"{loss:.2f}", tau=f"{tau_now:.3f}", refresh=False)
         if step % config.eval_every == 0 or step % config.checkpoint_every == 0 or step == total:
             if device.type == "cuda":

@@ -79,6 +79,13 @@ class LatentFamily(nn.Module):
     def decoder_input(self, z: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def check_prior(self, prior: Prior) -> None:
+        """Raise a :class:`ConfigError` if this family cannot work with ``prior`` (default: any)."""
+
+    def stats(self) -> dict[str, float]:
+        """Family-specific numbers of the last relaxed batch, logged with the training metrics."""
+        return {}
+
 
 LATENT_FAMILIES: Registry = Registry("model")
 

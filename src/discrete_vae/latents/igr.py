@@ -124,6 +124,17 @@ class IGRCategorical(LatentFamily):
     def decoder_input(self, z: Tensor) -> Tensor:
         return z.flatten(-2)
 
+    def check_prior(self, prior: Prior) -> None:
+        """The pre-image prior is fitted to the uniform categorical: refuse any other prior."""
+        uniform = isinstance(prior, CategoricalPrior) and not isinstance(prior.logits, torch.nn.Parameter)
+        if not uniform:
+            raise ConfigError(
+                f"--model igr-{self.kind} needs --prior uniform (its Gaussian pre-image prior implies it)"
+            )
+
+    def stats(self) -> dict[str, float]:
+        return {"n_required": self.n_required} if self.kind == "sb" else {}
+
 
 def _igr_family(kind: str):
     def build(spec: LatentSpec, **options) -> LatentFamily:
@@ -135,9 +146,3 @@ def _igr_family(kind: str):
 for _kind in KINDS:
     LATENT_FAMILIES.register(f"igr-{_kind}")(_igr_family(_kind))
 
-
-def require_uniform_prior(prior: Prior, model: str) -> None:
-    """IGR pre-image priors are fitted to the uniform categorical: refuse any other prior."""
-    uniform = isinstance(prior, CategoricalPrior) and not isinstance(prior.logits, torch.nn.Parameter)
-    if not uniform:
-        raise ConfigError(f"--model {model} needs --prior uniform (its Gaussian pre-image prior implies it)")

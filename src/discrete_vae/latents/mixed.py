@@ -49,10 +49,9 @@ class Concatenated(Distribution):
 class ProductPrior(Prior):
     """Independent priors over consecutive slices of a flat latent (the mixed model's prior)."""
 
-    def __init__(self, parts: list[Prior], sizes: list[int]):
+    def __init__(self, parts: list[Prior]):
         super().__init__()
         self.parts = torch.nn.ModuleList(parts)
-        self.sizes = sizes
         self.normalized = all(p.normalized for p in parts)
 
     def distribution(self) -> Concatenated:
@@ -116,6 +115,9 @@ class Mixed(LatentFamily):
     def discrete_posterior(self, params: Tensor) -> Concatenated:
         q_c, rest = self._gaussian(params)
         return Concatenated([q_c, self.discrete.discrete_posterior(rest)])
+
+    def stats(self) -> dict[str, float]:
+        return self.discrete.stats()
 
     def decoder_input(self, z: Tensor) -> Tensor:
         c, rest = z[..., : self.d], z[..., self.d :]
