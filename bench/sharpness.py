@@ -54,7 +54,7 @@ def vertex_fraction(model: str, k: int, tau: float, draws: int, radius: float = 
 
 def gradient_variance(model, x: torch.Tensor, tau: float, reps: int) -> dict[str, float]:
     """Per-parameter variance and SNR of d(relaxed objective)/d(encoder) over ``reps`` noise draws."""
-    params = [p for p in model.encoder.parameters()]
+    params = list(model.encoder.parameters())
     grads = []
     for _ in range(reps):
         out = model(x, tau, 1)

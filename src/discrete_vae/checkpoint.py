@@ -115,3 +115,24 @@ def run_checkpoint(run_dir: Path, which: str = "best", what: str = "run folder")
         raise UserError(f"{run_dir} holds no checkpoint yet ({best.name} or {last.name})")
     return path
 
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random-number state a resumed run needs: the CPU generator's, and ``device``'s if CUDA."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Put back what :func:`rng_state` saved (the CUDA state only on a CUDA device)."""
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load an optimizer state read back from a checkpoint (whose per-parameter keys are strings)."""
+    state = {**state, "state": {int(k): v for k, v in state["state"].items()}}
+    optimizer.load_state_dict(state)
+

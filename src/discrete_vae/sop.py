@@ -40,7 +40,14 @@ import yaml
 from torch import Tensor, nn
 
 from . import __version__
-from .checkpoint import load_checkpoint, run_checkpoint, save_checkpoint
+from .checkpoint import (
+    load_checkpoint,
+    load_optimizer_state,
+    restore_rng,
+    rng_state,
+    run_checkpoint,
+    save_checkpoint,
+)
 from .data import BatchIterator, load_dataset
 from .distributions import LogitBinaryConcrete, PlanarFlow
 from .errors import ConfigError, NonFiniteLossError, UserError
@@ -354,15 +361,11 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
             if tuple(state["image_shape"]) != tuple(data.image_shape):
                 raise ValueError(f"image shape {state['image_shape']} != {list(data.image_shape)}")
             net.load_state_dict(state["model"])
-            opt_state = state["optimizer"]
-            opt_state["state"] = {int(k): v for k, v in opt_state["state"].items()}
-            optimizer.load_state_dict(opt_state)
+            load_optimizer_state(optimizer, state["optimizer"])
             batches.load_state_dict(state["data"])
             step, best, best_model = int(state["step"]), dict(state["best"]), state["best_model"]
             sums.copy_(state["sums"])
-            torch.set_rng_state(state["rng"]["cpu"].cpu())
-            if device.type == "cuda" and state["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
+            restore_rng(state["rng"], device)
         except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{run_dir / LAST} does not fit {run_dir / CONFIG}: {first}") from None
@@ -396,11 +399,9 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
                                                    metrics=metrics))
 
     def checkpoint() -> None:
-        rng = {"cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
         save_checkpoint(run_dir / LAST, _state(
-            net.state_dict(), config, data.image_shape, step, optimizer=optimizer.state_dict(), rng=rng,
+            net.state_dict(), config, data.image_shape, step, optimizer=optimizer.state_dict(),
+            rng=rng_state(device),
             data=batches.state_dict(), best=best, best_model=best_model, sums=sums, log_bytes=log.tell()))
 
     def after_step() -> None:

@@ -26,7 +26,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import load_checkpoint, run_checkpoint, save_checkpoint
+from .checkpoint import (
+    load_checkpoint,
+    load_optimizer_state,
+    restore_rng,
+    rng_state,
+    run_checkpoint,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .data import BatchIterator, DataSplits, load_dataset
 from .errors import ConfigError, NonFiniteLossError, UserError
@@ -247,15 +254,10 @@ def train(
             stale.unlink(missing_ok=True)
         state = load_checkpoint(run_dir / LAST, device)
         model.load_state_dict(state["model"])
-        opt_state = state["optimizer"]
-        opt_state["state"] = {int(k): v for k, v in opt_state["state"].items()}
-        optimizer.load_state_dict(opt_state)
+        load_optimizer_state(optimizer, state["optimizer"])
         batches.load_state_dict(state["data"])
         step, best = int(state["step"]), state["best"]
-        rng = state["rng"]
-        torch.set_rng_state(rng["cpu"][ddp.rank].cpu())
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"][ddp.rank].cpu(), device)
+        restore_rng({k: v[ddp.rank] for k, v in state["rng"].items()}, device)
     elif ddp.main:
         if (run_dir / LAST).exists():
             raise UserError(
@@ -268,9 +270,7 @@ def train(
     log = RunLog(run_dir, step if resume else None) if ddp.main else None
 
     def checkpoint() -> None:
-        rng = {"cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
+        rng = rng_state(device)
         if ddp.world > 1:
             gathered: list[Any] = [None] * ddp.world
             dist.all_gather_object(gathered, rng)
