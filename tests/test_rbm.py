@@ -113,7 +113,10 @@ def test_pcd_chains_persist_between_calls():
     torch.testing.assert_close(rbm.sampler.chains, after)
     assert not torch.equal(before, after)
     with pytest.raises(ValueError, match="persistent chains"):
-        rbm.sample(65)
+        rbm.sampler(rbm, 65)
+    more = rbm.sample(100)  # more than the chains: a second call's sweeps give the rest
+    assert more.shape == (100, 6)
+    torch.testing.assert_close(more[64:], rbm.sampler.chains[:36])
 
 
 def test_pa_samples_match_exact_distribution():

@@ -68,7 +68,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 help=help_text + "; 'none' for a linear map",
             )
         else:
-            parser.add_argument(flag, type=tp, default=argparse.SUPPRESS, help=help_text)
+            flags = [flag, "--k"] if f.name == "samples" else [flag]
+            parser.add_argument(*flags, dest=f.name, type=tp, default=argparse.SUPPRESS, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
+    p.add_argument("--log-z", default="auto", choices=["auto", "exact", "ais", "pa"],
+                   help="RBM priors: how log Z is estimated (auto: exact when a half has <= 20 units, "
+                   "else AIS)")
+    p.add_argument("--log-z-betas", type=int, default=1000,
+                   help="RBM priors: AIS/PA inverse temperatures (default: 1000)")
+    p.add_argument("--log-z-samples", type=int, default=1024,
+                   help="RBM priors: AIS/PA chains (default: 1024)")
 
     for name, what in (
         ("sample", "images from the prior"),
@@ -159,7 +167,7 @@ def _add_sop_parser(sub: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import PRESETS, TrainConfig, load_config_file
+    from .config import PRESETS, TrainConfig, load_config_file, with_struct
     from .train import CONFIG, train
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
@@ -189,16 +197,18 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     if args.config:
         values.update(load_config_file(args.config))
     values.update(given)
-    return train(TrainConfig.from_dict(values), progress=args.progress)
+    return train(TrainConfig.from_dict(with_struct(values)), progress=args.progress)
 
 
 def _eval(args: argparse.Namespace) -> dict[str, Any]:
     from .data import load_dataset
-    from .evaluate import evaluate
+    from .evaluate import estimate_log_partition, evaluate
     from .train import model_from_run, resolve_device, temperature_schedule
 
     if args.samples < 1:
         raise UserError("--samples must be at least 1")
+    if args.log_z_betas < 2 or args.log_z_samples < 1:
+        raise UserError("--log-z-betas must be at least 2 and --log-z-samples at least 1")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
     device = resolve_device(args.device)
@@ -207,10 +217,21 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     x = data.split(args.split)[: args.limit].to(device)
     start = time.perf_counter()
     tau = temperature_schedule(config)(int(state["step"]))
-    metrics = evaluate(model, x, samples=args.samples, tau=tau, seed=args.seed)
+    try:
+        log_z = estimate_log_partition(
+            model.prior, args.log_z_betas, args.log_z_samples, args.seed, args.log_z
+        )
+    except ValueError as e:  # e.g. exact enumeration of a half too large
+        raise UserError(str(e)) from None
+    metrics = evaluate(model, x, samples=args.samples, tau=tau, seed=args.seed,
+                       log_partition=log_z.get("log_z", 0.0))
     seconds = time.perf_counter() - start
+    if log_z:
+        print(f"log Z = {log_z['log_z']:.3f} ± {log_z['log_z_stderr']:.3f} ({log_z['log_z_method']})",
+              file=sys.stderr)
     result = {
         **metrics,
+        **log_z,
         "split": args.split,
         "seed": args.seed,
         "step": int(state["step"]),
@@ -294,7 +315,7 @@ def _sop(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _list(args: argparse.Namespace) -> dict[str, Any]:  # noqa: ARG001
-    from .config import PRESETS
+    from .config import PRESETS, STRUCTS
     from .data import DATASETS
     from .latents import LATENT_FAMILIES
     from .priors import PRIORS
@@ -304,6 +325,7 @@ def _list(args: argparse.Namespace) -> dict[str, Any]:  # noqa: ARG001
         "priors": PRIORS.names(),
         "datasets": DATASETS.names(),
         "presets": PRESETS.names(),
+        "structs": STRUCTS.names(),
     }
 
 

@@ -20,7 +20,9 @@ from .latents import LATENT_FAMILIES, LatentSpec
 from .priors import PRIORS
 from .registry import Registry
 
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "piecewise")
+OBJECTIVES = ("auto", "elbo", "iw")
+SAMPLER_NAMES = ("pcd", "pa")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -34,16 +36,26 @@ class TrainConfig:
     model: str = _f("gs", "latent family / method (gs, st-gs, expgs, igr-i, igr-sb, ...)")
     latent: str = _f("20x10", "N x K: N latent variables of K classes (200x2 means binary)")
     binary: bool = _f(False, "Bernoulli latents (K = 2) relaxed by the binary Concrete")
-    prior: str = _f("uniform", "prior over the latents: uniform or learnable")
+    prior: str = _f("auto", "prior over the latents: uniform, learnable or rbm; auto = the model's own")
     dataset: str = _f("binarized_mnist", "dataset name (binarized_mnist, mnist, digits, ...)")
     data_dir: str | None = _f(None, "data folder (else $DVAE_DATA_DIR, else the user cache)")
     steps: int | None = _f(None, "optimizer steps (default 200000 unless --epochs is given)")
     epochs: int | None = _f(None, "train for this many epochs instead of --steps")
     batch_size: int = _f(100, "examples per optimizer step")
     lr: float = _f(1e-3, "Adam learning rate")
-    lr_schedule: str = _f("cosine", "learning-rate schedule: constant, or cosine to lr_final")
+    lr_schedule: str = _f(
+        "cosine",
+        "learning-rate schedule: constant; cosine to lr_final; piecewise (the DVAE code's: lr/10, lr, "
+        "lr/3, lr/10, lr/33 from 0, 2, 60, 75, 95 percent of the steps)",
+    )
     lr_final: float = _f(1e-4, "final learning rate of the cosine schedule")
     weight_decay: float = _f(0.0, "decoupled weight decay (AdamW); 0 for plain Adam")
+    l2: float = _f(0.0, "L2 penalty c/2 |W|^2 on weight matrices and the RBM's couplings, added to the loss "
+                   "(the DVAE code's weight decay)")
+    adam_eps: float = _f(1e-8, "Adam's epsilon (the DVAE code uses 1e-3)")
+    kl_warmup: float = _f(0.0, "fraction of the steps over which the KL weight rises linearly from 0 to 1")
+    objective: str = _f("auto", "training objective: elbo (mean over the k samples), iw (importance-"
+                        "weighted bound over them); auto = iw for DVAE# models with k > 1, else elbo")
     temperature: float = _f(1.0, "initial (or constant) temperature tau_0")
     min_temperature: float = _f(0.5, "floor of the annealed temperature")
     anneal_rate: float = _f(3e-5, "r in tau_t = max(tau_min, tau_0 exp(-r t)); 0 = constant")
@@ -63,7 +75,20 @@ class TrainConfig:
     sb_percentile: float = _f(70.0, "igr-sb: percentile over the batch of the classes needed")
     flow_layers: int = _f(2, "igr-planar: planar-flow layers per latent variable")
     mc_samples: int = _f(1000, "igr-planar: draws estimating the implied discrete posterior")
-    samples: int = _f(1, "relaxed samples per example in the training objective")
+    samples: int = _f(1, "k: relaxed samples per example in the training objective (also --k)")
+    struct: str | None = _f(None, "DVAE structure (1-layer-lin, 1-layer-nonlin, 2-layer-nonlin, "
+                            "4-layer-nonlin): the original's architecture and training setup")
+    levels: int = _f(1, "groups of binary latents in a hierarchical posterior q(z_1|x) q(z_2|x, z_1) ...")
+    batch_norm: bool = _f(False, "batch norm before each hidden activation")
+    center_input: bool = _f(False, "feed the encoder x minus the training data's mean")
+    beta: float | None = _f(None, "DVAE smoothing sharpness beta (default: the original's per model, "
+                            "dataset and structure; other datasets take binarized MNIST's)")
+    sampler: str = _f("pcd", "RBM prior's training sampler: pcd (persistent chains) or pa (population "
+                      "annealing)")
+    chains: int = _f(1000, "RBM sampler: chains (samples) per step")
+    sweeps: int = _f(40, "RBM sampler: Gibbs sweeps per step (pa: temperatures, one sweep each)")
+    log_z_betas: int = _f(1000, "RBM log Z by AIS at validation: inverse temperatures")
+    log_z_samples: int = _f(1024, "RBM log Z by AIS at validation: chains")
     hidden: tuple[int, ...] = _f((512, 256), "encoder hidden widths; the decoder mirrors them")
     activation: str = _f("relu", "hidden activation: relu or tanh")
     seed: int = _f(0, "random seed (weights, noise, data order)")
@@ -77,7 +102,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
         LATENT_FAMILIES.get(self.model)
-        PRIORS.get(self.prior)
         self.latent_spec()
         if self.steps is not None and self.epochs is not None:
             raise ConfigError("give --steps or --epochs, not both")
@@ -91,6 +115,10 @@ class TrainConfig:
             "val_samples",
             "flow_layers",
             "mc_samples",
+            "levels",
+            "chains",
+            "sweeps",
+            "log_z_samples",
         ]
         positive += [n for n in ("steps", "epochs") if getattr(self, n) is not None]
         for name in positive:
@@ -99,10 +127,26 @@ class TrainConfig:
         for name in ("lr", "temperature", "min_temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-        if self.anneal_rate < 0 or self.weight_decay < 0 or self.lr_final < 0:
-            raise ConfigError("--anneal-rate, --weight-decay and --lr-final must be non-negative")
+        if min(self.anneal_rate, self.weight_decay, self.lr_final, self.l2) < 0:
+            raise ConfigError("--anneal-rate, --weight-decay, --l2 and --lr-final must be non-negative")
+        if not self.adam_eps > 0:
+            raise ConfigError("--adam-eps must be positive")
+        if not 0 <= self.kl_warmup <= 1:
+            raise ConfigError("--kl-warmup is a fraction of the steps, between 0 and 1")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.sampler not in SAMPLER_NAMES:
+            raise ConfigError(f"--sampler must be one of {', '.join(SAMPLER_NAMES)}, got {self.sampler!r}")
+        if self.log_z_betas < 2:
+            raise ConfigError("--log-z-betas must be at least 2")
+        if self.beta is not None and not self.beta > 0:
+            raise ConfigError("--beta must be positive")
+        if self.struct is not None:
+            STRUCTS.get(self.struct)
         if self.prior_temperature is not None and not self.prior_temperature > 0:
             raise ConfigError("--prior-temperature must be positive")
+        if self.prior != "auto":
+            PRIORS.get(self.prior)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
         if self.kl not in ("auto", "analytic", "relaxed"):
@@ -217,3 +261,38 @@ _IGR2020 = {
 }
 PRESETS.register("igr2020-dense")({**_IGR2020, "hidden": ()})  # linear encoder and decoder
 PRESETS.register("igr2020-dense-nonlinear")({**_IGR2020, "hidden": (512, 256)})
+
+
+# DVAE structures (Vahdat et al. 2018, github.com/QuadrantAI/dvae run.py): the original's architecture and its
+# training setup (Adam 3e-3 with eps 1e-3 and the piecewise decay, L2 1e-4, KL warm-up over 30 %, batch 100,
+# 1e6 steps, centred encoder input). `--struct` fills what the preset, config file and flags leave unset.
+STRUCTS: Registry = Registry("struct")
+_DVAE2018 = {
+    "lr": 3e-3,
+    "lr_schedule": "piecewise",
+    "adam_eps": 1e-3,
+    "l2": 1e-4,
+    "kl_warmup": 0.3,
+    "batch_size": 100,
+    "steps": 1_000_000,
+    "center_input": True,
+    "anneal_rate": 0.0,
+    "val_samples": 100,
+}
+_NONLIN = {"hidden": (200, 200), "activation": "tanh", "batch_norm": True}
+STRUCTS.register("1-layer-lin")({**_DVAE2018, "latent": "200x2", "levels": 1, "hidden": ()})
+STRUCTS.register("1-layer-nonlin")({**_DVAE2018, **_NONLIN, "latent": "200x2", "levels": 1})
+STRUCTS.register("2-layer-nonlin")({**_DVAE2018, **_NONLIN, "latent": "400x2", "levels": 2})
+STRUCTS.register("4-layer-nonlin")({**_DVAE2018, **_NONLIN, "latent": "400x2", "levels": 4})
+
+
+def with_struct(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the unset options filled from ``values["struct"]`` (if any); ``steps``/``epochs``
+    given count as each other (a struct's step count does not override ``--epochs``)."""
+    name = values.get("struct")
+    if not name:
+        return values
+    filled = {k: v for k, v in STRUCTS.get(name).items() if k not in values}
+    if "epochs" in values and values["epochs"] is not None:
+        filled.pop("steps", None)
+    return {**filled, **values}

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+from .errors import ConfigError
 from .latents import LatentSample
 
 
@@ -28,16 +29,36 @@ class ObjectiveTerms(NamedTuple):
     kl: Tensor
 
 
-def relaxed_elbo(log_px: Tensor, latent: LatentSample) -> ObjectiveTerms:
-    """``log_px`` (S, B) and the family's latent terms -> the relaxed ELBO per example."""
+def relaxed_elbo(log_px: Tensor, latent: LatentSample, kl_weight: float = 1.0) -> ObjectiveTerms:
+    """``log_px`` (S, B) and the family's latent terms -> the relaxed ELBO per example.
+
+    ``kl_weight`` < 1 is KL warm-up (the objective is then no bound; ``kl`` is reported unweighted).
+    """
     rec = log_px.mean(0)  # (B,)
     kl = 0.0
     if latent.kl is not None:  # analytic part, (B,)
         kl = latent.kl
     if latent.log_q is not None:  # Monte Carlo part, (S, B) -> (B,)
         kl = kl + (latent.log_q - latent.log_p).mean(0)
-    objective = rec - kl
+    objective = rec - kl_weight * kl
     return ObjectiveTerms(-objective.mean(), objective, rec, kl)
+
+
+def relaxed_iw(log_px: Tensor, latent: LatentSample, kl_weight: float = 1.0) -> ObjectiveTerms:
+    """The importance-weighted bound over the ``S`` relaxed samples (DVAE#'s training objective):
+    ``logsumexp_s [log p(x|ζ_s) + w (log p(ζ_s) - log q(ζ_s|x))] - log S`` with warm-up weight ``w``.
+
+    Needs per-sample densities (``log_q``, ``log_p``); an analytic KL has no place inside the sum.
+    """
+    if latent.log_q is None or latent.kl is not None:
+        raise ConfigError("--objective iw needs per-sample prior and posterior densities: use a relaxed KL "
+                          "(--kl relaxed) or --objective elbo")
+    log_ratio = latent.log_p - latent.log_q  # (S, B)
+    objective = iw_bound(log_px + kl_weight * log_ratio)
+    return ObjectiveTerms(-objective.mean(), objective, log_px.mean(0), -log_ratio.mean(0))
+
+
+OBJECTIVE_FUNCTIONS = {"elbo": relaxed_elbo, "iw": relaxed_iw}
 
 
 def iw_bound(log_w: Tensor) -> Tensor:

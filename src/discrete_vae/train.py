@@ -37,11 +37,11 @@ from .checkpoint import (
 from .config import TrainConfig
 from .data import BatchIterator, DataSplits, load_dataset
 from .errors import ConfigError, NonFiniteLossError, UserError
-from .evaluate import evaluate
+from .evaluate import estimate_log_partition, evaluate
 from .latents import build_family
 from .latents.mixed import GaussianPrior, Mixed, ProductPrior
 from .models import DiscreteVAE, MLPConfig
-from .objectives import relaxed_elbo
+from .objectives import OBJECTIVE_FUNCTIONS
 from .priors import build_prior
 from .schedules import Schedule, constant, exponential_decay
 from .viz.grids import reconstruction_grid, save_png, tile
@@ -53,10 +53,17 @@ LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.ya
 def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
     """The model a config describes (weights drawn from the current RNG state)."""
     spec = config.latent_spec()
+    encoder = MLPConfig(tuple(config.hidden), config.activation, config.batch_norm)
     family = build_family(
         config.model,
         spec,
         kl=config.kl,
+        beta=config.beta,
+        dataset=config.dataset,
+        struct=config.struct,
+        levels=config.levels,
+        context_dim=data_dim,
+        level_mlp=encoder,
         prior_temperature=config.prior_temperature,
         delta=config.delta,
         prior_scale=config.prior_scale,
@@ -65,12 +72,17 @@ def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
         flow_layers=config.flow_layers,
         mc_samples=config.mc_samples,
     )
-    prior = build_prior(config.prior, spec.n, spec.k, not family.one_hot)
+    if family.levels != config.levels:
+        raise ConfigError(f"--levels applies to the DVAE models, not to {config.model}")
+    prior_name = family.default_prior if config.prior == "auto" else config.prior
+    prior = build_prior(prior_name, spec.n, spec.k, not family.one_hot, sampler=config.sampler,
+                        chains=config.chains, sweeps=config.sweeps)
     family.check_prior(prior)
     if config.continuous:
+        if not prior.normalized:
+            raise ConfigError(f"--continuous needs a normalised discrete prior, not {prior_name}")
         family = Mixed(config.continuous, family, config.kl)
         prior = ProductPrior([GaussianPrior(config.continuous), prior])
-    encoder = MLPConfig(tuple(config.hidden), config.activation)
     return DiscreteVAE(
         data_dim,
         family,
@@ -78,6 +90,7 @@ def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
         encoder,
         encoder.mirrored(),
         learnable_temperature=config.temperature if config.learn_temperature else None,
+        center_input=config.center_input,
     )
 
 
@@ -89,14 +102,34 @@ def temperature_schedule(config: TrainConfig) -> Schedule:
     )
 
 
+PIECEWISE = ((0.02, 0.1), (0.6, 1.0), (0.75, 1 / 3), (0.95, 0.1), (math.inf, 1 / 33))
+
+
 def learning_rate(config: TrainConfig, step: int, total: int) -> float:
-    """Constant, or cosine from ``lr`` at step 0 to ``lr_final`` at the last step."""
+    """Constant; piecewise (the DVAE code's: ``lr`` times 1/10, 1, 1/3, 1/10, 1/33 before 2, 60, 75, 95,
+    100 % of the steps); or cosine from ``lr`` at step 0 to ``lr_final`` at the last step."""
     if config.lr_schedule == "constant":
         return config.lr
+    if config.lr_schedule == "piecewise":
+        return config.lr * next(f for end, f in PIECEWISE if end == math.inf or step < int(end * total))
     progress = min(1.0, step / max(1, total))
     return config.lr_final + 0.5 * (config.lr - config.lr_final) * (
         1 + math.cos(math.pi * progress)
     )
+
+
+def kl_weight(config: TrainConfig, step: int, total: int) -> float:
+    """KL warm-up: ``min(1, step / (kl_warmup * total))``; 1 without warm-up."""
+    if config.kl_warmup == 0:
+        return 1.0
+    return min(1.0, step / (config.kl_warmup * total))
+
+
+def resolve_objective(config: TrainConfig, family) -> str:
+    """``elbo`` or ``iw``; ``auto``: iw for families that train with it (DVAE#) when k > 1."""
+    if config.objective != "auto":
+        return config.objective
+    return "iw" if family.iw_default and config.samples > 1 else "elbo"
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -231,6 +264,7 @@ def train(
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=config.lr,
+        eps=config.adam_eps,
         weight_decay=config.weight_decay,
         fused=device.type in ("cpu", "cuda"),
     )
@@ -246,6 +280,8 @@ def train(
         config.epochs * batches.steps_per_epoch if config.epochs else DEFAULT_STEPS
     )
     schedule = temperature_schedule(config)
+    objective = OBJECTIVE_FUNCTIONS[resolve_objective(config, model.family)]
+    penalized = [p for p in model.parameters() if p.dim() == 2]  # weight matrices, RBM couplings
     torch.manual_seed(config.seed * 7919 + ddp.rank)  # per-rank noise; weights came from `seed`
     step, best = 0, {"step": -1, "nll": math.inf}
 
@@ -295,13 +331,18 @@ def train(
             )
 
     def validate() -> dict[str, float]:
+        log_z = estimate_log_partition(
+            model.prior, config.log_z_betas, config.log_z_samples, seed=config.seed + step
+        )
         metrics = evaluate(
             model,
             data.valid,
             samples=config.val_samples,
             tau=schedule(step),
             seed=config.seed + step,
+            log_partition=log_z.get("log_z", 0.0),
         )
+        metrics.update(log_z)
         if metrics["nll"] < best["nll"]:
             best.update(step=step, nll=metrics["nll"])
             save_checkpoint(
@@ -328,44 +369,51 @@ def train(
     first_step, busy = step, 0.0  # seconds spent outside optimizer steps (validation, checkpoints)
     started = time.perf_counter()
     model.train()
-    while step < total:
-        x = batches.next().to(device, non_blocking=True)  # (B, D)
-        tau = schedule(step)
-        lr = learning_rate(config, step, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        out = net(x, tau, config.samples)
-        terms = relaxed_elbo(out.log_px, out.latent)
-        optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
-        if not torch.isfinite(terms.loss):
-            if log:
-                log.close()
-            raise NonFiniteLossError(step + 1, float(terms.loss.detach()))
-        optimizer.step()
-        step += 1
-        sums += torch.stack(
-            [terms.loss.detach(), terms.log_px.mean().detach(), terms.kl.mean().detach()]
-        )
-        if step % config.log_every == 0 or step == total:
-            n = config.log_every if step % config.log_every == 0 else step % config.log_every
-            loss, rec, kl = (sums / n).tolist()
-            sums.zero_()
-            tau_now = float(model.tau(tau).detach())
-            if ddp.main:
-                line = {"loss": loss, "log_px": rec, "kl": kl, "tau": tau_now, "lr": lr}
-                log.write(step, "train", {**line, **model.family.stats()})
-                bar.set_postfix(loss=f"{loss:.2f}", tau=f"{tau_now:.3f}", refresh=False)
-        if step % config.eval_every == 0 or step % config.checkpoint_every == 0 or step == total:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            if ddp.main and (step % config.eval_every == 0 or step == total):
-                metrics = validate()
-            if step % config.checkpoint_every == 0 or step == total:
-                checkpoint()
-            busy += time.perf_counter() - t0
-        bar.update(1)
+    try:
+        while step < total:
+            x = batches.next().to(device, non_blocking=True)  # (B, D)
+            tau = schedule(step)
+            lr = learning_rate(config, step, total)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            out = net(x, tau, config.samples)
+            terms = objective(out.log_px, out.latent, kl_weight(config, step, total))
+            loss = terms.loss
+            if config.l2:
+                loss = loss + 0.5 * config.l2 * sum(p.square().sum() for p in penalized)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if not torch.isfinite(terms.loss):
+                raise NonFiniteLossError(step + 1, float(terms.loss.detach()))
+            optimizer.step()
+            step += 1
+            sums += torch.stack(
+                [terms.loss.detach(), terms.log_px.mean().detach(), terms.kl.mean().detach()]
+            )
+            if step % config.log_every == 0 or step == total:
+                n = config.log_every if step % config.log_every == 0 else step % config.log_every
+                loss, rec, kl = (sums / n).tolist()
+                sums.zero_()
+                tau_now = float(model.tau(tau).detach())
+                if ddp.main:
+                    line = {"loss": loss, "log_px": rec, "kl": kl, "tau": tau_now, "lr": lr}
+                    log.write(step, "train", {**line, **model.family.stats()})
+                    bar.set_postfix(loss=f"{loss:.2f}", tau=f"{tau_now:.3f}", refresh=False)
+            if step % config.eval_every == 0 or step % config.checkpoint_every == 0 or step == total:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                if ddp.main and (step % config.eval_every == 0 or step == total):
+                    metrics = validate()
+                if step % config.checkpoint_every == 0 or step == total:
+                    checkpoint()
+                busy += time.perf_counter() - t0
+            bar.update(1)
+    except BaseException:  # a bad option found by the first step, a non-finite loss, Ctrl-C
+        if log:
+            log.close()
+        bar.close()
+        raise
     bar.close()
     train_seconds = time.perf_counter() - started - busy
     if ddp.main:

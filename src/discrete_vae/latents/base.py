@@ -3,7 +3,7 @@
 Training: ``relaxed(params, prior, tau, n_samples)`` returns a :class:`LatentSample` — the decoder
 input and either per-sample log densities (``log_q``, ``log_p``: a Monte Carlo KL, usable in an
 importance-weighted bound) or a per-example analytic ``kl``.
-Evaluation: ``discrete_posterior(params)`` is the *discrete* posterior the family implies, with
+Evaluation: ``discrete_posterior(params, context)`` is the *discrete* posterior the family implies, with
 hard ``sample`` and exact ``log_prob``; ``decoder_input(z)`` embeds hard latents for the decoder.
 """
 
@@ -69,18 +69,27 @@ class LatentFamily(nn.Module):
     param_dim: int
     decoder_dim: int
     one_hot: bool = True  # hard latents are one-hot (..., N, K); False: {0, 1} (..., N)
+    default_prior: str = "uniform"  # the prior `--prior auto` picks
+    levels: int = 1  # groups of a hierarchical posterior
+    iw_default: bool = False  # `--objective auto` trains with the IW bound when k > 1
 
-    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int) -> LatentSample:
+    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
+                context: Tensor | None = None) -> LatentSample:
+        """``context`` is the encoder's input, for families whose later latent groups condition on it."""
         raise NotImplementedError
 
-    def discrete_posterior(self, params: Tensor) -> Distribution:
+    def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Distribution:
         raise NotImplementedError
 
     def decoder_input(self, z: Tensor) -> Tensor:
         raise NotImplementedError
 
     def check_prior(self, prior: Prior) -> None:
-        """Raise a :class:`ConfigError` if this family cannot work with ``prior`` (default: any)."""
+        """Raise a :class:`ConfigError` if this family cannot work with ``prior`` (default: any normalised
+        prior; the RBM belongs to the DVAE models)."""
+        if not prior.normalized:
+            raise ConfigError(f"this model needs a normalised prior, not {type(prior).__name__}; "
+                              "the RBM prior is for the DVAE models (dvae-*, dvaepp-*, dvaes-*)")
 
     def stats(self) -> dict[str, float]:
         """Family-specific numbers of the last relaxed batch, logged with the training metrics."""

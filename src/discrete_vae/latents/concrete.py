@@ -63,7 +63,8 @@ class ConcreteCategorical(_Concrete):
     def _logits(self, params: Tensor) -> Tensor:
         return params.view(*params.shape[:-1], self.spec.n, self.spec.k)  # (B, N, K)
 
-    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int) -> LatentSample:
+    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
+                context: Tensor | None = None) -> LatentSample:
         logits = self._logits(params)
         q = ExpConcrete(tau, logits, validate_args=False)
         y = q.rsample((n_samples,))  # (S, B, N, K) log-space
@@ -77,7 +78,7 @@ class ConcreteCategorical(_Concrete):
         log_p = prior.relaxed(self._prior_tau(tau)).log_prob(y)  # (S, B)
         return LatentSample(z, log_q=log_q, log_p=log_p)
 
-    def discrete_posterior(self, params: Tensor) -> Independent:
+    def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Independent:
         return Independent(OneHotCategorical(logits=self._logits(params), validate_args=False), 1)
 
     def decoder_input(self, z: Tensor) -> Tensor:
@@ -92,7 +93,8 @@ class ConcreteBinary(_Concrete):
         self.param_dim = self.decoder_dim = spec.n
         self.one_hot = False
 
-    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int) -> LatentSample:
+    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
+                context: Tensor | None = None) -> LatentSample:
         q = LogitBinaryConcrete(tau, params, validate_args=False)
         y = q.rsample((n_samples,))  # (S, B, N) logit-space
         z = straight_through_binary(y) if self.straight_through else torch.sigmoid(y)
@@ -105,7 +107,7 @@ class ConcreteBinary(_Concrete):
         log_p = prior.relaxed(self._prior_tau(tau)).log_prob(y)  # (S, B)
         return LatentSample(z, log_q=log_q, log_p=log_p)
 
-    def discrete_posterior(self, params: Tensor) -> Independent:
+    def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Independent:
         return Independent(Bernoulli(logits=params, validate_args=False), 1)
 
     def decoder_input(self, z: Tensor) -> Tensor:

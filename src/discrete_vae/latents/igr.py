@@ -90,7 +90,8 @@ class IGRCategorical(LatentFamily):
     def preimage_prior(self) -> Normal:
         return Normal(self.prior_loc, self.prior_scale, validate_args=False)
 
-    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int) -> LatentSample:
+    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
+                context: Tensor | None = None) -> LatentSample:
         q = self.posterior(params, tau)
         shape = torch.Size([n_samples])
         if self.kind == "planar":
@@ -117,7 +118,7 @@ class IGRCategorical(LatentFamily):
             log_q = Normal(q.loc, q.scale, validate_args=False).log_prob(kappa)[..., :used].sum(-1)
         return LatentSample(z, log_q=log_q.sum(-1), log_p=log_p)
 
-    def discrete_posterior(self, params: Tensor) -> Independent:
+    def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Independent:
         logits = self.posterior(params).discrete_log_probs()
         return Independent(OneHotCategorical(logits=logits, validate_args=False), 1)
 

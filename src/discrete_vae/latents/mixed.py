@@ -97,11 +97,12 @@ class Mixed(LatentFamily):
         mean, log_std = params[..., : 2 * self.d].chunk(2, -1)
         return Independent(Normal(mean, log_std.exp(), validate_args=False), 1), params[..., 2 * self.d :]
 
-    def relaxed(self, params: Tensor, prior: ProductPrior, tau: Tensor, n_samples: int) -> LatentSample:
+    def relaxed(self, params: Tensor, prior: ProductPrior, tau: Tensor, n_samples: int,
+                context: Tensor | None = None) -> LatentSample:
         q_c, rest = self._gaussian(params)
         p_c = prior.parts[0].distribution()
         c = q_c.rsample((n_samples,))  # (S, B, d)
-        part = self.discrete.relaxed(rest, prior.parts[1], tau, n_samples)
+        part = self.discrete.relaxed(rest, prior.parts[1], tau, n_samples, context=context)
         z = torch.cat([c, part.z], -1)
         kl, log_q, log_p = part.kl, part.log_q, part.log_p
         if self.analytic:
@@ -112,9 +113,9 @@ class Mixed(LatentFamily):
             log_p = p_c.log_prob(c) + (0 if log_p is None else log_p)
         return LatentSample(z, log_q=log_q, log_p=log_p, kl=kl)
 
-    def discrete_posterior(self, params: Tensor) -> Concatenated:
+    def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Concatenated:
         q_c, rest = self._gaussian(params)
-        return Concatenated([q_c, self.discrete.discrete_posterior(rest)])
+        return Concatenated([q_c, self.discrete.discrete_posterior(rest, context=context)])
 
     def stats(self) -> dict[str, float]:
         return self.discrete.stats()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import ConfigError
 
@@ -24,6 +24,7 @@ class MLPConfig:
 
     hidden: tuple[int, ...] = (512, 256)
     activation: str = "relu"
+    batch_norm: bool = False  # batch norm before each hidden activation (the DVAE code's nonlinear nets)
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
@@ -34,15 +35,33 @@ class MLPConfig:
             raise ConfigError(f"hidden widths must be positive, got {self.hidden}")
 
     def mirrored(self) -> MLPConfig:
-        return MLPConfig(tuple(reversed(self.hidden)), self.activation)
+        return MLPConfig(tuple(reversed(self.hidden)), self.activation, self.batch_norm)
+
+
+class BatchNorm(nn.BatchNorm1d):
+    """Batch norm over every leading dimension of (..., C) inputs (samples x examples alike).
+
+    Momentum 0.2 and epsilon 1e-2 are the DVAE code's (TensorFlow's momentum 0.8 is the running averages'
+    decay, PyTorch's the new batch's weight).
+    """
+
+    def __init__(self, width: int):
+        super().__init__(width, eps=1e-2, momentum=0.2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).view(x.shape)
 
 
 def build_mlp(in_dim: int, out_dim: int, config: MLPConfig) -> nn.Sequential:
-    """``in_dim -> hidden... -> out_dim`` with ``config.activation`` between layers."""
+    """``in_dim -> hidden... -> out_dim`` with ``config.activation`` (after batch norm, if asked for)
+    between layers."""
     layers: list[nn.Module] = []
     width = in_dim
     for h in config.hidden:
-        layers += [nn.Linear(width, h), ACTIVATIONS[config.activation]()]
+        layers.append(nn.Linear(width, h))
+        if config.batch_norm:
+            layers.append(BatchNorm(h))
+        layers.append(ACTIVATIONS[config.activation]())
         width = h
     layers.append(nn.Linear(width, out_dim))
     return nn.Sequential(*layers)

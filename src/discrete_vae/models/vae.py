@@ -51,9 +51,13 @@ class DiscreteVAE(nn.Module):
         encoder: MLPConfig,
         decoder: MLPConfig,
         learnable_temperature: float | None = None,
+        center_input: bool = False,
     ):
         super().__init__()
         self.data_dim = data_dim
+        self.center_input = center_input
+        if center_input:  # the encoder sees x minus the training data's per-pixel mean
+            self.register_buffer("x_mean", torch.zeros(data_dim))
         self.family = family
         self.prior = prior
         self.encoder = build_mlp(data_dim, family.param_dim, encoder)
@@ -63,9 +67,17 @@ class DiscreteVAE(nn.Module):
         )
 
     def init_decoder_bias(self, train_mean: Tensor) -> None:
-        """Set the decoder's output bias to the logit of the data's base rate."""
+        """Set the decoder's output bias to the logit of the data's base rate (and the input centring)."""
         with torch.no_grad():
             self.decoder[-1].bias.copy_(torch.logit(train_mean.clamp(1e-3, 1 - 1e-3)))
+            if self.center_input:
+                self.x_mean.copy_(train_mean)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(params, context)``: the encoder's outputs and its (centred) input, which hierarchical
+        families condition their later groups on."""
+        context = x - self.x_mean if self.center_input else x
+        return self.encoder(context), context
 
     def tau(self, scheduled: float) -> Tensor:
         """The temperature in force: the learnable one if present, else the scheduled value."""
@@ -79,8 +91,8 @@ class DiscreteVAE(nn.Module):
         ``scheduled_tau`` is the schedule's temperature; a learnable temperature overrides it.
         """
         tau = self.tau(scheduled_tau)
-        params = self.encoder(x)  # (B, P)
-        latent = self.family.relaxed(params, self.prior, tau, n_samples)
+        params, context = self.encode(x)  # (B, P)
+        latent = self.family.relaxed(params, self.prior, tau, n_samples, context=context)
         log_px = bernoulli_log_likelihood(self.decoder(latent.z), x)  # (S, B)
         return Outputs(log_px, latent)
 
@@ -90,7 +102,8 @@ class DiscreteVAE(nn.Module):
 
         For a prior that is not normalised, ``log p(z)`` is unnormalised (subtract ``log Z``).
         """
-        q = self.family.discrete_posterior(self.encoder(x))
+        params, context = self.encode(x)
+        q = self.family.discrete_posterior(params, context=context)
         z = q.sample((n_samples,))  # (S, B, *event)
         x_logits = self.decoder(self.family.decoder_input(z))  # (S, B, D)
         return bernoulli_log_likelihood(x_logits, x) + self.prior.log_prob(z) - q.log_prob(z)
@@ -104,5 +117,6 @@ class DiscreteVAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """Bernoulli means of ``p(x|z)`` with ``z`` the posterior's mode: (B, D)."""
-        q = self.family.discrete_posterior(self.encoder(x))
+        params, context = self.encode(x)
+        q = self.family.discrete_posterior(params, context=context)
         return torch.sigmoid(self.decoder(self.family.decoder_input(q.mode.nan_to_num(0.0))))

@@ -39,6 +39,7 @@ class Prior(nn.Module):
 PRIORS: Registry = Registry("prior")
 
 
-def build_prior(name: str, n: int, k: int, binary: bool) -> Prior:
-    """Build the prior ``name`` for ``n`` latents of ``k`` classes (``binary``: Bernoulli)."""
-    return PRIORS.get(name)(n, k, binary)
+def build_prior(name: str, n: int, k: int, binary: bool, **options) -> Prior:
+    """Build the prior ``name`` for ``n`` latents of ``k`` classes (``binary``: Bernoulli); ``options``
+    (e.g. the RBM's sampler settings) go to factories that take them."""
+    return PRIORS.get(name)(n, k, binary, **options)

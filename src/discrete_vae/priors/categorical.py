@@ -42,7 +42,7 @@ class CategoricalPrior(Prior):
 
 
 @PRIORS.register("uniform")
-def _uniform(n: int, k: int, binary: bool) -> Prior:
+def _uniform(n: int, k: int, binary: bool, **_: object) -> Prior:
     if binary:
         from .bernoulli import BernoulliPrior
 
@@ -51,7 +51,7 @@ def _uniform(n: int, k: int, binary: bool) -> Prior:
 
 
 @PRIORS.register("learnable")
-def _learnable(n: int, k: int, binary: bool) -> Prior:
+def _learnable(n: int, k: int, binary: bool, **_: object) -> Prior:
     if binary:
         from .bernoulli import BernoulliPrior
 

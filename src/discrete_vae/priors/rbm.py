@@ -14,11 +14,14 @@ estimated separately: exactly by enumeration when one half is small, by AIS or b
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from .base import Prior
+from ..errors import ConfigError
+from .base import PRIORS, Prior
 from .samplers import SAMPLERS, LogZ, ais_log_partition
 
 MAX_ENUMERATED_UNITS = 20
@@ -103,8 +106,16 @@ class RBMPrior(Prior):
         return ais_log_partition(self, n_betas=n_betas, n_samples=n_samples, base=base)
 
     def sample(self, n: int) -> Tensor:
-        """``n`` samples (n, n_a + n_b) from the configured sampler; no gradient flows through them."""
-        return self.sampler(self, n)
+        """``n`` samples (n, n_a + n_b) from the configured sampler; no gradient flows through them.
+
+        More than the sampler's ``size`` takes several calls (each one more round of sweeps or annealing).
+        """
+        parts, left = [], n
+        while left > 0:
+            take = min(left, self.sampler.size)
+            parts.append(self.sampler(self, take))
+            left -= take
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def contrastive_loss(self, z_pos: Tensor, z_neg: Tensor | None = None) -> Tensor:
         """Surrogate loss ``mean E(z_pos) - mean E(z_neg)`` whose gradient is the negative log-likelihood's.
@@ -121,6 +132,101 @@ class RBMPrior(Prior):
             z_neg = self.sample(self.sampler.size)
         return self.energy(z_pos).mean() - self.energy(z_neg.detach()).mean()
 
+    # --- training terms of the DVAE family (latents/dvae.py) ------------------------------------------------
+    def log_partition_surrogate(self) -> Tensor:
+        """A scalar whose *value* is 0 and whose gradient is ``∇ log Z = -E_{z~p}[∇E(z)]``.
+
+        The expectation is the mean over one call of the sampler (all its chains), detached: the negative
+        phase. Adding ``-log_partition_surrogate()`` to an unnormalised log density gives the gradient of the
+        normalised one (the value stays unnormalised: its ``log Z`` is estimated separately for reporting).
+        """
+        if not torch.is_grad_enabled():  # evaluation: no gradient to give, and the chains stay where they are
+            return self.w.new_zeros(())
+        z_neg = self.sample(self.sampler.size).detach()
+        phase = -self.energy(z_neg).mean()
+        return phase - phase.detach()
+
+    def cross_entropy(self, probs: Tensor, nu_a: Tensor | None = None) -> Tensor:
+        """DVAE++'s analytic cross-entropy ``E_q[E(z)]`` (``log Z`` excluded), (...).
+
+        ``probs`` (..., n) are the posterior's ``q(z_i = 1)``. For a factorial posterior
+        ``E_q[E(z)] = -b_a^T q_a - b_b^T q_b - q_a^T W q_b`` exactly. For a hierarchical one whose first
+        half precedes the second, ``nu_a`` (..., n_a) are ``q(z_a = 1 | ζ_a)``, the posterior means of the
+        first half given its relaxed sample, and ``-b^T q - ν_a^T W q_b`` is unbiased for ``E_q[E(z)]``
+        (Vahdat et al. 2018a, §3.2): given every ``ζ`` the units are independent.
+        """
+        q_a, q_b = self.split(probs)
+        nu_a = q_a if nu_a is None else nu_a
+        return -(q_a @ self.b_a + q_b @ self.b_b + ((nu_a @ self.w) * q_b).sum(-1))
+
+    def marginal_log_prob_mf(self, zeta: Tensor, smoothing, iterations: int = 5) -> Tensor:
+        """DVAE#'s relaxed marginal ``log Σ_z exp(-E(z)) Π_i r(ζ_i|z_i)`` (``log Z`` excluded), (...).
+
+        The sum is the partition function of an RBM with biases shifted by
+        ``log r(ζ|1) - log r(ζ|0)``; it is replaced by its mean-field lower bound
+        ``max_m [-E_ζ(m) + H(m)]`` after ``iterations`` block updates from ``m = 1/2`` (Vahdat et al. 2018b,
+        §3.1; 5 updates as the original code). The value is that bound; the gradient is ``-∇E_ζ(m)`` at the
+        (detached) mean-field point, exact at a fixed point by the envelope theorem.
+        """
+        log_r0, log_r1 = smoothing.log_r0(zeta), smoothing.log_r1(zeta)
+        shift = log_r1 - log_r0  # (..., n)
+        s_a, s_b = self.split(shift)
+        with torch.no_grad():
+            m_a = torch.full_like(s_a, 0.5)
+            for _ in range(iterations):
+                m_b = torch.sigmoid(m_a @ self.w + self.b_b + s_b)
+                m_a = torch.sigmoid(m_b @ self.w.t() + self.b_a + s_a)
+            m = torch.cat([m_a, m_b], -1)
+            entropy = nn.functional.binary_cross_entropy(m, m, reduction="none").sum(-1)
+        neg_energy = -self.energy(m) + (m * shift + log_r0).sum(-1)  # -E_ζ(m)
+        bound = (neg_energy + entropy).detach()
+        return bound + (neg_energy - neg_energy.detach())
+
+    def gaussian_integral_log_prob(self, zeta: Tensor, floor: float) -> Tensor:
+        """DVAE#'s Gaussian-integral relaxed prior ``log p(ζ) + log Z``, exact, (...).
+
+        With ``W_s = [[0, W], [W^T, 0]]`` and ``Λ = W_s + λI`` (``λ = max(σ_max(W) + 5, floor)``, detached,
+        so ``Λ`` is positive definite: the eigenvalues of ``W_s`` are ``±`` the singular values of ``W``),
+        ``r(ζ|z) = N(ζ; z, Λ^{-1})`` sums out ``z`` in closed form (see :mod:`..distributions.smoothing`):
+        ``½ log det(Λ/2π) - ½ ζ^T Λ ζ + Σ_i softplus((Λζ)_i + b_i - λ/2)``, with
+        ``log det Λ = n log λ + log det(I - W^T W / λ²)`` by the Schur complement.
+        """
+        lam = self.gaussian_integral_lambda(floor)
+        z_a, z_b = self.split(zeta)
+        lz_a = lam * z_a + z_b @ self.w.t()  # (Λζ)_a
+        lz_b = lam * z_b + z_a @ self.w  # (Λζ)_b
+        schur = torch.eye(self.n_b, dtype=self.w.dtype, device=self.w.device) - self.w.t() @ self.w / lam**2
+        log_det = self.n * torch.log(lam) + torch.linalg.cholesky(schur).diagonal().log().sum() * 2
+        quad = (zeta * torch.cat([lz_a, lz_b], -1)).sum(-1)
+        soft = nn.functional.softplus(lz_a + self.b_a - lam / 2).sum(-1) + nn.functional.softplus(
+            lz_b + self.b_b - lam / 2).sum(-1)
+        return 0.5 * (log_det - self.n * math.log(2 * math.pi)) - 0.5 * quad + soft
+
+    def gaussian_integral_lambda(self, floor: float) -> Tensor:
+        """``λ = max(σ_max(W) + 5, floor)`` as the original code computes it (no gradient)."""
+        with torch.no_grad():
+            top = torch.linalg.matrix_norm(self.w, ord=2)
+        return torch.clamp(top + 5.0, min=float(floor))
+
+    def log_partition(self, method: str = "auto", n_betas: int = 1000,
+                      n_samples: int = 1024) -> tuple[str, LogZ]:
+        """``(method, LogZ)``: ``exact`` (≤ 20 units in a half), ``ais``, ``pa`` (population annealing with
+        ``n_betas`` temperatures and ``n_samples`` chains in 8 runs); ``auto``: exact when possible, else
+        AIS."""
+        with torch.no_grad():
+            if method == "auto":
+                method = "exact" if min(self.n_a, self.n_b) <= MAX_ENUMERATED_UNITS else "ais"
+            if method == "exact":
+                return method, LogZ(float(self.log_partition_exact()), 0.0)
+            if method == "ais":
+                return method, self.log_partition_ais(n_betas=n_betas, n_samples=n_samples)
+            if method == "pa":
+                runs = 8
+                pa = SAMPLERS.get("pa")(self.n_a, self.n_b, population=max(1, n_samples // runs), runs=runs,
+                                        n_betas=n_betas)
+                return method, pa.log_partition(self)
+        raise ValueError(f"unknown log Z method {method!r}; choose auto, exact, ais or pa")
+
     def distribution(self) -> Distribution:
         """Not available: the RBM is unnormalised and has no ``torch.distributions`` form to enumerate."""
         raise NotImplementedError("the RBM prior is unnormalised: use log_prob, a log Z estimate, sample()")
@@ -128,3 +234,24 @@ class RBMPrior(Prior):
     def relaxed(self, temperature: Tensor | float) -> Distribution:
         """Not available here: DVAE-family relaxations pair the RBM with a smoothing of each latent."""
         raise NotImplementedError("the RBM prior has no relaxation of its own; DVAE smoothings provide it")
+
+
+def sampler_options(sampler: str, chains: int, sweeps: int) -> dict:
+    """Constructor options giving ``chains`` samples per call after ``sweeps`` sweeps, for either sampler.
+
+    ``pcd``: ``chains`` persistent chains advanced ``sweeps`` sweeps. ``pa``: 4 independent populations of
+    ``chains / 4`` annealed through ``sweeps`` temperatures with one sweep each, the same Gibbs cost.
+    """
+    if sampler == "pa":
+        runs = 4 if chains >= 4 and chains % 4 == 0 else 1
+        return {"population": chains // runs, "runs": runs, "n_betas": sweeps}
+    return {"chains": chains, "sweeps": sweeps}
+
+
+@PRIORS.register("rbm")
+def _rbm(n: int, k: int, binary: bool, sampler: str = "pcd", chains: int = 1000, sweeps: int = 40) -> Prior:
+    if not binary or k != 2:
+        raise ConfigError("the RBM prior is over binary latents: use a DVAE model (--latent Nx2)")
+    if n < 2:
+        raise ConfigError("the RBM prior needs at least 2 latents (one per half)")
+    return RBMPrior(n, sampler=sampler, **sampler_options(sampler, chains, sweeps))

@@ -1,0 +1,256 @@
+r"""DVAE, DVAE++ and DVAE#: binary latents smoothed to continuous ``ζ``, under an RBM prior.
+
+Papers: Rolfe 2017 (https://arxiv.org/abs/1609.02200), Vahdat, Macready et al. 2018a (DVAE++,
+https://arxiv.org/abs/1802.04920), Vahdat, Andriyash & Macready 2018b (DVAE#, https://arxiv.org/abs/1805.07445);
+setups from their code, https://github.com/QuadrantAI/dvae.
+
+Posterior. ``n`` binary latents in ``levels`` equal groups, ``q(z|x) = Π_l q(z_l | x, ζ_{<l})``, each group
+factorial Bernoulli. Group 1's logits come from the model's encoder; group ``l > 1``'s from a network of its
+own on ``[x - mean, ζ_1, ..., ζ_{l-1}]`` (the same hidden layers as the encoder). Training smooths every
+``z_i`` to ``ζ_i ~ r(ζ|z_i)`` (:mod:`..distributions.smoothing`) and feeds ``ζ`` to the decoder; evaluation
+samples hard ``z`` ancestrally (:class:`HierarchicalBernoulli`) and scores ``log q(z|x)`` exactly.
+
+Prior terms (``kl``):
+
+- ``analytic`` (DVAE, DVAE++): ``KL = E_q[E(z)] + log Z - H(q)`` with DVAE++'s cross-entropy
+  (:meth:`RBMPrior.cross_entropy`; for several groups the first half enters through
+  ``ν = q(z = 1 | ζ)``) and each group's Bernoulli entropy given the sampled ``ζ_{<l}``.
+- ``relaxed`` (DVAE#): per-sample ``log q(ζ|x)`` (the mixtures' densities) and ``log p(ζ)``: the mean-field
+  bound on the relaxed Boltzmann marginal (:meth:`RBMPrior.marginal_log_prob_mf`), or for ``dvaes-gi`` the
+  exact Gaussian-integral marginal (:meth:`RBMPrior.gaussian_integral_log_prob`). These make the
+  importance-weighted bound of DVAE# (``--objective iw``, the default with ``--k`` > 1).
+
+Either way ``log Z`` enters through its gradient only (the sampler's negative phase,
+:meth:`RBMPrior.log_partition_surrogate`): the logged ``kl`` and training objective exclude ``log Z``.
+Densities of unit-interval smoothings are evaluated at ``ζ`` clamped to ``[1e-7, 1 - 1e-7]`` with the
+gradient passed straight through (the power function puts mass at ``ζ`` below 1e-40, where ``log r`` is
+infinite; the original code adds 1e-7 inside its logarithms for the same reason).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Independent, constraints
+
+from ..distributions.smoothing import BASELINES, GaussianIntegral, Smoothing, get_smoothing
+from ..errors import ConfigError
+from ..models.mlp import MLPConfig, build_mlp
+from ..priors import Prior
+from ..priors.rbm import RBMPrior
+from .base import LATENT_FAMILIES, LatentFamily, LatentSample, LatentSpec
+
+# --model name -> (the original code's --baseline name, its prior term)
+MODELS: dict[str, tuple[str, str]] = {
+    "dvae-spike-exp": ("dvae_spike_exp", "analytic"),
+    "dvaepp-exp": ("dvaepp_exp", "analytic"),
+    "dvaepp-power": ("dvaepp_power", "analytic"),
+    "dvaes-gi": ("dvaes_gi", "relaxed"),
+    "dvaes-gauss": ("dvaes_gauss", "relaxed"),
+    "dvaes-exp": ("dvaes_exp", "relaxed"),
+    "dvaes-unexp": ("dvaes_unexp", "relaxed"),
+    "dvaes-power": ("dvaes_power", "relaxed"),
+}
+DENSITY_FLOOR = 1e-7
+GI_SCALE_INIT, GI_SCALE_MIN, GI_SHIFT_SCALE = 0.2, 0.05, 0.5  # the original's MixtureNormal settings
+
+
+def bernoulli_entropy(logits: Tensor) -> Tensor:
+    """``H(Bernoulli(σ(l)))`` per unit: ``softplus(l) - l σ(l)``."""
+    return F.softplus(logits) - logits * torch.sigmoid(logits)
+
+
+class HierarchicalBernoulli(Distribution):
+    """``q(z|x) = Π_l Bernoulli(z_l; σ(f_l(x, z_{<l})))`` over hard binary ``z`` (..., n).
+
+    ``first`` are group 1's logits (B, n_1); ``nets[l-1]`` maps ``[context, z_1..z_{l-1}]`` to group
+    ``l``'s logits (the first ``n_l`` outputs). ``sample`` draws ancestrally; ``log_prob`` re-runs the
+    networks on the given ``z`` (and reuses the logits of the draw it was just given).
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.boolean, 1)
+
+    def __init__(self, first: Tensor, context: Tensor, nets: nn.ModuleList, sizes: list[int]):
+        self.first, self.context, self.nets, self.sizes = first, context, nets, sizes
+        self._cache: tuple[Tensor, Tensor] | None = None
+        super().__init__(first.shape[:-1], torch.Size([sum(sizes)]), validate_args=False)
+
+    def _logits(self, level: int, previous: list[Tensor]) -> Tensor:
+        if level == 0:
+            return self.first
+        lead = previous[0].shape[:-1]
+        inputs = torch.cat([self.context.expand(*lead, -1), *previous], -1)
+        return self.nets[level - 1](inputs)[..., : self.sizes[level]]
+
+    def _walk(self, draw) -> tuple[Tensor, Tensor]:
+        """Ancestral pass: ``draw(level, logits)`` gives group ``level``; returns ``(z, logits)``."""
+        zs, logits = [], []
+        for level in range(len(self.sizes)):
+            lg = self._logits(level, zs)
+            z = draw(level, lg)
+            logits.append(lg.expand(*z.shape[:-1], -1))
+            zs.append(z)
+        return torch.cat(zs, -1), torch.cat(logits, -1)
+
+    @torch.no_grad()
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        shape = torch.Size(sample_shape)
+
+        def draw(level: int, lg: Tensor) -> Tensor:
+            return torch.bernoulli(torch.sigmoid(lg.expand(*shape, *lg.shape) if level == 0 else lg))
+
+        z, logits = self._walk(draw)
+        self._cache = (z, logits)
+        return z
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._cache is not None and self._cache[0] is value:
+            logits = self._cache[1]
+        else:
+            offsets = [0]
+            for s in self.sizes:
+                offsets.append(offsets[-1] + s)
+            logits = torch.cat(
+                [self._logits(level, [value[..., offsets[i] : offsets[i + 1]] for i in range(level)])
+                 .expand(*value.shape[:-1], -1) for level in range(len(self.sizes))], -1)
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
+
+    @property
+    def mode(self) -> Tensor:
+        """Greedy: each group's most likely value given the modes of the groups before it."""
+        return self._walk(lambda level, lg: (lg > 0).to(lg.dtype))[0]
+
+
+class SmoothedBoltzmann(LatentFamily):
+    """A DVAE-family posterior over binary latents (``--model dvae-spike-exp|dvaepp-*|dvaes-*``)."""
+
+    default_prior = "rbm"
+
+    def __init__(self, spec: LatentSpec, model: str, kl: str = "auto", beta: float | None = None,
+                 dataset: str = "binarized_mnist", struct: str | None = None, levels: int = 1,
+                 context_dim: int = 0, level_mlp: MLPConfig | None = None, **_: object):
+        super().__init__()
+        baseline, own = MODELS[model]
+        if not spec.binary:
+            raise ConfigError(f"{model} has binary latents: give --latent N (or Nx2), not {spec}")
+        if levels < 1 or spec.n % levels:
+            raise ConfigError(f"--levels {levels} must divide the {spec.n} latents into equal groups")
+        if levels > 1 and levels % 2:
+            raise ConfigError("with several latent groups the RBM halves must hold whole groups: use an even "
+                              "--levels (2 or 4)")
+        kl = own if kl == "auto" else kl
+        if kl not in ("analytic", "relaxed"):
+            raise ConfigError(f"--kl must be auto, analytic or relaxed, got {kl!r}")
+        if kl == "relaxed" and model == "dvae-spike-exp":
+            raise ConfigError("dvae-spike-exp has no relaxed prior density: use --kl analytic")
+        if kl == "analytic" and model == "dvaes-gi":
+            raise ConfigError("dvaes-gi's smoothing is defined through the prior: use --kl relaxed")
+        self.spec, self.model, self.kl = spec, model, kl
+        self.iw_default = kl == "relaxed"
+        self.one_hot = False
+        self.levels, self.sizes = levels, [spec.n // levels] * levels
+        self.gi = model == "dvaes-gi"
+        table = dataset if dataset in ("binarized_mnist", "omniglot") else "binarized_mnist"  # β defaults
+        self.smoothing = get_smoothing(baseline, beta, table, struct or "1-layer-lin")
+        self.beta = float(self.smoothing.beta)
+        # the original samples every DVAE# smoothing through the implicit gradient; where a closed-form
+        # inverse CDF exists (exp) it gives the same ζ and gradient (tests/test_smoothing.py), faster
+        self.implicit = BASELINES[baseline][1] and not type(self.smoothing).analytic
+        self.per_unit = 2 if self.gi else 1  # gi: logits and a shift per unit
+        if self.gi:
+            self.gi_scale = nn.Parameter(torch.full((spec.n,), GI_SCALE_INIT))
+        self.param_dim = self.sizes[0] * self.per_unit
+        self.decoder_dim = spec.n
+        mlp = level_mlp or MLPConfig(())
+        self.nets = nn.ModuleList(
+            build_mlp(context_dim + sum(self.sizes[:level]), self.sizes[level] * self.per_unit, mlp)
+            for level in range(1, levels)
+        )
+        self._stats: dict[str, float] = {}
+
+    def check_prior(self, prior: Prior) -> None:
+        if not isinstance(prior, RBMPrior):
+            raise ConfigError(f"{self.model} needs the RBM prior (--prior rbm)")
+        if self.levels > 1 and prior.n_a != sum(self.sizes[: self.levels // 2]):
+            raise ConfigError("the RBM's first half must be the first half of the latent groups")
+
+    # --- one group ----------------------------------------------------------------------------------------
+    def _group_smoothing(self, level: int, extra: Tensor | None) -> Smoothing:
+        if not self.gi:
+            return self.smoothing
+        lo = sum(self.sizes[:level])
+        scale = self.gi_scale[lo : lo + self.sizes[level]].abs() + GI_SCALE_MIN
+        shift = GI_SHIFT_SCALE * (torch.sigmoid(extra) - 0.5)
+        return GaussianIntegral(self.beta, sigma=scale, shift=shift)
+
+    def _split(self, out: Tensor, level: int) -> tuple[Tensor, Tensor | None]:
+        n = self.sizes[level]
+        return (out[..., :n], out[..., n:]) if self.gi else (out, None)
+
+    def _density_point(self, zeta: Tensor, smoothing: Smoothing) -> Tensor:
+        """``ζ`` where densities are evaluated: clamped into the open unit interval, gradient passed
+        straight through."""
+        if smoothing.support is not constraints.unit_interval or smoothing.name == "spike-exp":
+            return zeta
+        return zeta + (zeta.clamp(DENSITY_FLOOR, 1 - DENSITY_FLOOR) - zeta).detach()
+
+    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
+                context: Tensor | None = None) -> LatentSample:
+        zetas: list[Tensor] = []
+        logits: list[Tensor] = []
+        log_q = entropy = 0.0
+        nu: list[Tensor] = []
+        for level in range(self.levels):
+            if level == 0:
+                out = params
+            else:
+                lead = zetas[0].shape[:-1]
+                out = self.nets[level - 1](torch.cat([context.expand(*lead, -1), *zetas], -1))
+            lg, extra = self._split(out, level)
+            smoothing = self._group_smoothing(level, extra)
+            zeta = smoothing.rsample(lg, (n_samples,) if level == 0 else (), self.implicit)  # (S, B, n_l)
+            lg = lg.expand_as(zeta)
+            point = self._density_point(zeta, smoothing)
+            if self.kl == "relaxed":
+                log_q = log_q + smoothing.log_prob(point, lg).sum(-1)
+            else:
+                entropy = entropy + bernoulli_entropy(lg).sum(-1)
+                if self.levels > 1 and level < self.levels // 2:  # q(z = 1 | ζ) of the first half
+                    nu.append(torch.sigmoid(lg + smoothing.log_r1(point) - smoothing.log_r0(point)))
+            zetas.append(zeta)
+            logits.append(lg)
+        zeta = torch.cat(zetas, -1)  # (S, B, n)
+        probs = torch.sigmoid(torch.cat(logits, -1))
+        self._stats = {"posterior_mean": float(probs.detach().mean())}
+        if self.kl == "analytic":
+            cross = prior.cross_entropy(probs, torch.cat(nu, -1) if nu else None)  # (S, B)
+            kl = (cross - entropy).mean(0) + prior.log_partition_surrogate()
+            return LatentSample(zeta, kl=kl)
+        point = torch.cat([self._density_point(z, self.smoothing) for z in zetas], -1)
+        if self.gi:
+            log_p = prior.gaussian_integral_log_prob(zeta, self.beta)
+        else:
+            log_p = prior.marginal_log_prob_mf(point, self.smoothing)
+        return LatentSample(zeta, log_q=log_q, log_p=log_p - prior.log_partition_surrogate())
+
+    def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Distribution:
+        first = self._split(params, 0)[0]
+        if self.levels == 1:
+            return Independent(Bernoulli(logits=first, validate_args=False), 1)
+        return HierarchicalBernoulli(first, context, self.nets, self.sizes)
+
+    def decoder_input(self, z: Tensor) -> Tensor:
+        return z
+
+    def stats(self) -> dict[str, float]:
+        return dict(self._stats)
+
+
+def _register(model: str) -> None:
+    LATENT_FAMILIES.register(model)(lambda spec, **options: SmoothedBoltzmann(spec, model, **options))
+
+
+for _model in MODELS:
+    _register(_model)
