@@ -24,24 +24,16 @@ from discrete_vae.models.mlp import MLPConfig, build_mlp
 from discrete_vae.objectives import relaxed_elbo, relaxed_iw
 from discrete_vae.priors import RBMPrior
 from discrete_vae.train import kl_weight, learning_rate
+from test_rbm import make_rbm
 
 
 def all_states(n: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product([0.0, 1.0], repeat=n)), dtype=torch.float64)
 
 
-def make_rbm(n_a: int, n_b: int, scale: float = 0.8, seed: int = 0, **options) -> RBMPrior:
-    torch.manual_seed(seed)
-    rbm = RBMPrior(n_a + n_b, n_a=n_a, init_scale=scale, **options).double()
-    with torch.no_grad():
-        rbm.b_a.normal_(0.0, 0.5)
-        rbm.b_b.normal_(0.0, 0.5)
-    return rbm
-
-
 # --- prior terms -------------------------------------------------------------------------------------------
 def test_factorial_cross_entropy_and_its_gradient_match_enumeration():
-    rbm = make_rbm(3, 2)
+    rbm = make_rbm(3, 2, 0.8, seed=0)
     logits = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     probs = torch.sigmoid(logits)
     z = all_states(5)  # (32, 5)
@@ -63,7 +55,7 @@ def test_hierarchical_cross_entropy_estimator_is_unbiased_with_exact_gradients()
     (ν = q(z_1 = 1 | ζ_1)); the estimator's mean and gradient over 20 batches of 20,000 draws must lie within
     5 standard errors of it (per coordinate, false-failure rate < 6e-7 each under normality).
     """
-    rbm = make_rbm(1, 1, scale=1.5, seed=3)
+    rbm = make_rbm(1, 1, 1.5, seed=3)
     smoothing = get_smoothing("exp", 4.0)
     theta = torch.tensor([0.4, -0.3, 1.2], dtype=torch.float64, requires_grad=True)  # l, c, d
     params = [theta, rbm.b_a, rbm.b_b, rbm.w]
@@ -99,7 +91,7 @@ def test_hierarchical_cross_entropy_estimator_is_unbiased_with_exact_gradients()
 
 @pytest.mark.parametrize("name", ["exp", "unexp", "power", "gauss"])
 def test_mean_field_marginal_is_a_lower_bound_exact_without_couplings(name):
-    rbm = make_rbm(3, 3, scale=0.9, seed=1)
+    rbm = make_rbm(3, 3, 0.9, seed=1)
     smoothing = get_smoothing(name, 8.0)
     torch.manual_seed(2)
     zeta = smoothing.rsample(torch.randn(50, 6, dtype=torch.float64)).clamp(1e-6, 1 - 1e-6)
@@ -117,7 +109,7 @@ def test_mean_field_marginal_is_a_lower_bound_exact_without_couplings(name):
 
 def test_gaussian_integral_marginal_matches_the_mixture_it_sums():
     """``log p(ζ) + log Z`` against ``log Σ_z exp(-E(z)) N(ζ; z, Λ^{-1})`` with torch's MultivariateNormal."""
-    rbm = make_rbm(2, 3, scale=3.0, seed=4)
+    rbm = make_rbm(2, 3, 3.0, seed=4)
     floor = 2.0
     lam = rbm.gaussian_integral_lambda(floor)
     w_sym = torch.zeros(5, 5, dtype=torch.float64)
@@ -134,7 +126,7 @@ def test_gaussian_integral_marginal_matches_the_mixture_it_sums():
 
 def test_log_partition_surrogate_has_value_zero_and_the_gradient_of_log_z():
     """PCD with 4000 chains x 200 sweeps on a 3 + 3 RBM: gradient within 5 standard errors of ∇ log Z."""
-    rbm = make_rbm(3, 3, seed=5, chains=4000, sweeps=200)
+    rbm = make_rbm(3, 3, 0.8, seed=5, chains=4000, sweeps=200)
     torch.manual_seed(0)
     surrogate = rbm.log_partition_surrogate()
     assert float(surrogate.detach()) == 0.0
