@@ -86,17 +86,16 @@ def evaluate(
         for start in range(0, data.shape[0], examples):
             x = data[start : start + examples].to(device)
             iw, elbo = iw_log_likelihood(model, x, samples, max_rows)
-            iw_sum += float(iw.sum()) - log_partition * x.shape[0]
-            elbo_sum += float(elbo.sum()) - log_partition * x.shape[0]
+            iw_sum += float(iw.sum())
+            elbo_sum += float(elbo.sum())
             out = model(x, tau, 1)
-            relaxed = relaxed_elbo(out.log_px, out.latent).objective
-            relaxed_sum += float(relaxed.sum()) - log_partition * x.shape[0]
+            relaxed_sum += float(relaxed_elbo(out.log_px, out.latent).objective.sum())
     model.train(was_training)
     n = data.shape[0]
-    return {
-        "nll": -iw_sum / n,
-        "elbo": elbo_sum / n,
-        "relaxed_objective": relaxed_sum / n,
+    return {  # every per-example log weight is short of -log Z: subtract it once from the means
+        "nll": log_partition - iw_sum / n,
+        "elbo": elbo_sum / n - log_partition,
+        "relaxed_objective": relaxed_sum / n - log_partition,
         "samples": samples,
         "examples": n,
     }

@@ -109,12 +109,9 @@ class HierarchicalBernoulli(Distribution):
         if self._cache is not None and self._cache[0] is value:
             logits = self._cache[1]
         else:
-            offsets = [0]
-            for s in self.sizes:
-                offsets.append(offsets[-1] + s)
-            logits = torch.cat(
-                [self._logits(level, [value[..., offsets[i] : offsets[i + 1]] for i in range(level)])
-                 .expand(*value.shape[:-1], -1) for level in range(len(self.sizes))], -1)
+            groups = list(value.split(self.sizes, -1))
+            logits = torch.cat([self._logits(level, groups[:level]).expand(*value.shape[:-1], -1)
+                                for level in range(len(self.sizes))], -1)
         return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
 
     @property
@@ -168,7 +165,7 @@ class SmoothedBoltzmann(LatentFamily):
             build_mlp(context_dim + sum(self.sizes[:level]), self.sizes[level] * self.per_unit, mlp)
             for level in range(1, levels)
         )
-        self._stats: dict[str, float] = {}
+        self._stats: dict[str, Tensor] = {}
 
     def check_prior(self, prior: Prior) -> None:
         if not isinstance(prior, RBMPrior):
@@ -199,6 +196,7 @@ class SmoothedBoltzmann(LatentFamily):
     def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
                 context: Tensor | None = None) -> LatentSample:
         zetas: list[Tensor] = []
+        points: list[Tensor] = []  # where each group's densities are evaluated
         logits: list[Tensor] = []
         log_q = entropy = 0.0
         nu: list[Tensor] = []
@@ -220,19 +218,19 @@ class SmoothedBoltzmann(LatentFamily):
                 if self.levels > 1 and level < self.levels // 2:  # q(z = 1 | ζ) of the first half
                     nu.append(torch.sigmoid(lg + smoothing.log_r1(point) - smoothing.log_r0(point)))
             zetas.append(zeta)
+            points.append(point)
             logits.append(lg)
         zeta = torch.cat(zetas, -1)  # (S, B, n)
         probs = torch.sigmoid(torch.cat(logits, -1))
-        self._stats = {"posterior_mean": float(probs.detach().mean())}
+        self._stats = {"posterior_mean": probs.detach().mean()}  # read (and synchronised) when logged
         if self.kl == "analytic":
             cross = prior.cross_entropy(probs, torch.cat(nu, -1) if nu else None)  # (S, B)
             kl = (cross - entropy).mean(0) + prior.log_partition_surrogate()
             return LatentSample(zeta, kl=kl)
-        point = torch.cat([self._density_point(z, self.smoothing) for z in zetas], -1)
         if self.gi:
             log_p = prior.gaussian_integral_log_prob(zeta, self.beta)
         else:
-            log_p = prior.marginal_log_prob_mf(point, self.smoothing)
+            log_p = prior.marginal_log_prob_mf(torch.cat(points, -1), self.smoothing)
         return LatentSample(zeta, log_q=log_q, log_p=log_p - prior.log_partition_surrogate())
 
     def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Distribution:
@@ -245,7 +243,7 @@ class SmoothedBoltzmann(LatentFamily):
         return z
 
     def stats(self) -> dict[str, float]:
-        return dict(self._stats)
+        return {name: float(value) for name, value in self._stats.items()}
 
 
 def _register(model: str) -> None:

@@ -35,7 +35,9 @@ class RBMPrior(Prior):
     - ``log_prob(z) = -E(z)``, *unnormalised* (``normalized = False``); subtract a ``log Z`` estimate.
     - ``sample(n)`` runs the sampler ``sampler`` (``SAMPLERS``: ``pcd`` keeps persistent chains in this
       module's ``state_dict``; ``pa`` anneals a population); ``sampler_options`` go to its constructor.
-    - Gradients of the prior term come from :meth:`contrastive_loss` (positive minus negative phase).
+    - Gradients of the prior term: :meth:`contrastive_loss` (positive minus negative phase) to fit the RBM
+      to samples; in a VAE, :meth:`log_partition_surrogate` gives ``∇ log Z`` beside an unnormalised
+      cross-entropy (:meth:`cross_entropy`) or relaxed density.
     """
 
     normalized = False
