@@ -313,6 +313,19 @@ def test_datasplits_helpers():
         DataSplits("toy", x, x, torch.rand(3, 5), (2, 2), False)
 
 
+def test_subset_is_fixed_spread_nested_and_in_file_order():
+    x = torch.arange(1000, dtype=torch.float32)[:, None].repeat(1, 4)  # row i holds i
+    data = DataSplits("toy", x, x, x, (2, 2), False)
+    assert data.subset("test") is x and data.subset("test", 1000) is x and data.subset("test", 5000) is x
+    small, large = data.subset("test", 100)[:, 0], data.subset("valid", 400)[:, 0]
+    assert small.shape == (100,) and bool((small.diff() > 0).all())  # distinct rows, file order
+    assert set(small.tolist()) <= set(large.tolist())  # nested: the first N of one permutation
+    assert torch.equal(small, data.subset("train", 100)[:, 0])  # the same rows for every split
+    # spread over the split, not a prefix: every block of 100 rows holds some of the 100 (about 10)
+    counts = torch.bincount((small // 100).long(), minlength=10)
+    assert int(counts.min()) >= 1 and int(counts.max()) <= 19
+
+
 # ---------------------------------------------------------------- BatchIterator
 def indexed_data(n: int, d: int = 3) -> torch.Tensor:
     """Row i is (i, i, ..., i): a batch's first column names its rows."""

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import logsumexp
 
-from discrete_vae.evaluate import iw_log_likelihood
+from discrete_vae.evaluate import evaluate, iw_log_likelihood
 from discrete_vae.latents import LatentSample, LatentSpec, build_family
 from discrete_vae.models import DiscreteVAE, MLPConfig
 from discrete_vae.objectives import ObjectiveTerms, iw_bound, relaxed_elbo
@@ -234,3 +234,14 @@ def test_small_s_iw_bound_is_below_log_likelihood_and_increases_with_s():
     bound = bound.view(repeats, 16)
     mean, se = bound.mean(0), bound.std(0) / math.sqrt(repeats)
     assert ((mean - expected[2]).abs() <= 4 * se).all()
+
+
+def test_evaluate_reports_the_mean_bound_and_its_standard_error_over_examples():
+    model = tiny_model()
+    torch.manual_seed(0)
+    bound, _ = iw_log_likelihood(model, DATA, samples=7)  # evaluate(seed=0) makes the same draws
+    metrics = evaluate(model, DATA, samples=7, tau=0.5, seed=0, log_partition=2.5)
+    assert metrics["examples"] == 16 and metrics["samples"] == 7
+    assert math.isclose(metrics["nll"], 2.5 - float(bound.mean()), rel_tol=1e-12)
+    assert math.isclose(metrics["nll_stderr"], float(bound.std()) / 4.0, rel_tol=1e-9)
+    assert "nll_stderr" not in evaluate(model, DATA[:1], samples=7, tau=0.5)

@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
+    p.add_argument("--limit", type=int, default=None,
+                   help="score N examples spread over the split (a fixed subset; default: all)")
     p.add_argument("--log-z", default="auto", choices=["auto", "exact", "ais", "pa"],
                    help="RBM priors: how log Z is estimated (auto: exact when a half has <= 20 units, "
                    "else AIS)")
@@ -157,7 +158,8 @@ def _add_sop_parser(sub: Any) -> None:
     e.add_argument("--samples", type=int, default=100, help="hard samples per example (default: 100)")
     e.add_argument("--split", default="test", choices=["test", "valid"],
                    help="split to score (default: test)")
-    e.add_argument("--limit", type=int, default=None, help="score only the first N examples (default: all)")
+    e.add_argument("--limit", type=int, default=None,
+                   help="score N examples spread over the split (a fixed subset; default: all)")
     e.add_argument("--seed", type=int, default=0, help="seed of the hard samples (default: 0)")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"],
                    help="best-validation or final model (default: best)")
@@ -214,7 +216,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     model, config, state = model_from_run(args.run_dir, args.checkpoint, str(device))
     data = load_dataset(config.dataset, args.data_dir or config.data_dir, seed=config.seed)
-    x = data.split(args.split)[: args.limit].to(device)
+    x = data.subset(args.split, args.limit).to(device)
     start = time.perf_counter()
     tau = temperature_schedule(config)(int(state["step"]))
     try:
@@ -244,7 +246,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
         f"(not a bound); {seconds:.1f} s",
         file=sys.stderr,
     )
-    limit = f"_first{args.limit}" if args.limit else ""
+    limit = f"_subset{args.limit}" if args.limit else ""
     name = f"eval_{args.split}_S{args.samples}{limit}_seed{args.seed}.json"
     (args.run_dir / name).write_text(json.dumps(result) + "\n")
     return result

@@ -73,6 +73,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Score ``data`` (N, D): ``nll`` (-IW bound), ``elbo``, ``relaxed_objective``, in nats.
 
+    ``nll_stderr`` (N > 1) is the standard error of ``nll`` over the examples scored.
+
     ``log_partition`` is subtracted from every log weight for priors that are not normalised.
     """
     was_training = model.training
@@ -80,22 +82,27 @@ def evaluate(
     device = next(model.parameters()).device
     devices = [device] if device.type == "cuda" else []
     examples = max(1, max_rows // max(1, min(samples, max_rows)))
-    iw_sum = elbo_sum = relaxed_sum = 0.0
+    iw_sum = iw_sq = elbo_sum = relaxed_sum = 0.0
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for start in range(0, data.shape[0], examples):
             x = data[start : start + examples].to(device)
             iw, elbo = iw_log_likelihood(model, x, samples, max_rows)
             iw_sum += float(iw.sum())
+            iw_sq += float(iw.square().sum())
             elbo_sum += float(elbo.sum())
             out = model(x, tau, 1)
             relaxed_sum += float(relaxed_elbo(out.log_px, out.latent).objective.sum())
     model.train(was_training)
     n = data.shape[0]
-    return {  # every per-example log weight is short of -log Z: subtract it once from the means
+    metrics = {  # every per-example log weight is short of -log Z: subtract it once from the means
         "nll": log_partition - iw_sum / n,
         "elbo": elbo_sum / n - log_partition,
         "relaxed_objective": relaxed_sum / n - log_partition,
         "samples": samples,
         "examples": n,
     }
+    if n > 1:  # the standard error of the mean over examples (how far another draw of data could move it)
+        var = max(0.0, (iw_sq - iw_sum * iw_sum / n) / (n - 1))
+        metrics["nll_stderr"] = math.sqrt(var / n)
+    return metrics

@@ -447,13 +447,13 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
 
 def evaluate_run(run_dir: Path, samples: int, split: str, limit: int | None, seed: int,
                  data_dir: str | None = None, which: str = "best", device: str = "cpu") -> dict[str, Any]:
-    """``nll = -L^SP_samples`` of a run's discrete model on (the first ``limit`` examples of) ``split``."""
+    """``nll = -L^SP_samples`` of a run's discrete model on (``limit`` examples spread over) ``split``."""
     if samples < 1:
         raise ConfigError(f"--samples must be positive, got {samples}")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be positive, got {limit}")
     net, config, state = load_run(run_dir, which, device)
     data = load_dataset(config.dataset, data_dir or config.data_dir, seed=config.seed)
-    x = data.split(split)[:limit].to(device)
+    x = data.subset(split, limit).to(device)
     metrics = evaluate(net, x, data.image_shape, samples, config.temperature, seed)
     return {**metrics, "split": split, "seed": seed, "step": int(state["step"]), "checkpoint": which}

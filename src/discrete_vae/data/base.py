@@ -21,6 +21,7 @@ from ..registry import Registry
 from .batches import derive_seed
 
 SPLITS = ("train", "valid", "test")
+SUBSET_SEED = 20_161_105  # the fixed permutation behind DataSplits.subset
 
 Loader = Callable[[Path, bool, int], "DataSplits"]
 DATASETS: Registry[Loader] = Registry("dataset")
@@ -57,6 +58,21 @@ class DataSplits:
         if name not in SPLITS:
             raise DataError(f"unknown split {name!r}; choose one of: {', '.join(SPLITS)}")
         return getattr(self, name)
+
+    def subset(self, name: str, limit: int | None = None) -> torch.Tensor:
+        """Split ``name``, or ``limit`` of its examples spread over the whole split, in file order.
+
+        The files are not shuffled (the first 1,000 images of the binarized MNIST test file average
+        17 % ink, the whole file 13 %, and a GS model scores 10 nats worse on them), so a prefix is a
+        biased sample.
+        The examples are the first ``limit`` of one fixed permutation, independent of any seed: the
+        same for every run and nested (``limit=1000`` is a subset of ``limit=2000``).
+        """
+        x = self.split(name)
+        if limit is None or limit >= x.shape[0]:
+            return x
+        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(SUBSET_SEED))
+        return x[order[:limit].sort().values.to(x.device)]
 
     def to(self, device: torch.device | str) -> DataSplits:
         """A copy with the three tensors on ``device``."""
