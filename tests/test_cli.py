@@ -387,6 +387,9 @@ def test_bad_input_exits_2_with_one_line(case, run, tmp_path, capsys):
         ("config", ["train", "--resume", "{run}"]),
         ("none", ["train", "--resume", "{run}", "--model", "st-gs"]),
         ("none", ["train", "--resume", "{run}", "--latent", "4x4"]),
+        ("none", ["train", "--resume", "{run}", "--steps", "100"]),  # before the checkpoint's 300
+        ("hidden", ["train", "--resume", "{run}"]),  # a config.yaml that the checkpoint does not fit
+        ("rng", ["train", "--resume", "{run}"]),  # a checkpoint without its RNG state
     ],
 )
 def test_damaged_or_changed_run_exits_2_with_one_line(damage, argv, run, tmp_path, capsys):
@@ -395,6 +398,12 @@ def test_damaged_or_changed_run_exits_2_with_one_line(damage, argv, run, tmp_pat
         _truncate(copy / f"{damage}.safetensors")
     elif damage == "config":
         (copy / "config.yaml").write_text("model: [gs\n")
+    elif damage == "hidden":
+        config = yaml.safe_load((copy / "config.yaml").read_text())
+        (copy / "config.yaml").write_text(yaml.safe_dump({**config, "hidden": [16]}))
+    elif damage == "rng":
+        state = load_checkpoint(copy / "last.safetensors")
+        save_checkpoint(copy / "last.safetensors", {k: v for k, v in state.items() if k != "rng"})
     before = (copy / "config.yaml").read_bytes()
     result = dvae(capsys, *(a.format(run=copy) for a in argv))
     assert result.rc == 2, result

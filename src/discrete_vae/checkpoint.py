@@ -136,3 +136,35 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     state = {**state, "state": {int(k): v for k, v in state["state"].items()}}
     optimizer.load_state_dict(state)
 
+
+def remove_partial_writes(run_dir: Path) -> None:
+    """Delete the temporary files a kill left in the middle of :func:`atomic_write_bytes`."""
+    for stale in Path(run_dir).glob(".*.safetensors.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def restore_training(
+    path: Path,
+    state: dict[str, Any],
+    modules: dict[str, Any],
+    device: torch.device,
+    rank: int | None = None,
+) -> None:
+    """Load a resumable checkpoint's state into a freshly built training loop.
+
+    ``modules`` maps the checkpoint's keys to what takes them: ``"model"`` (a module), ``"optimizer"``
+    and ``"data"`` (a batch iterator); the RNG state goes back last (``rank`` picks this process's
+    entry from a per-rank list). A checkpoint that does not fit the loop built from the run's config
+    (edited by hand, written by another version) is one :class:`UserError` line naming the file.
+    """
+    try:
+        for key, target in modules.items():
+            if key == "optimizer":
+                load_optimizer_state(target, state[key])
+            else:
+                target.load_state_dict(state[key])
+        rng = state["rng"] if rank is None else {k: v[rank] for k, v in state["rng"].items()}
+        restore_rng(rng, device)
+    except (RuntimeError, KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} does not fit the run's config.yaml: {first}") from None

@@ -16,8 +16,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import NonFiniteLossError, UserError
 
 RESUME_OVERRIDES = {"steps", "epochs", "device", "eval_every", "checkpoint_every", "log_every"}
@@ -190,8 +188,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         values = {**load_config_file(path), **given}
         if "steps" in given or "epochs" in given:  # a new length replaces the old one
             values["epochs" if "steps" in given else "steps"] = None
-        config = TrainConfig.from_dict(values)
-        path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        config = TrainConfig.from_dict(values)  # train() rewrites config.yaml once the state fits
         return train(config, resume=args.resume, progress=args.progress)
     values: dict[str, Any] = {}
     if args.preset:

@@ -42,8 +42,8 @@ from torch import Tensor, nn
 from . import __version__
 from .checkpoint import (
     load_checkpoint,
-    load_optimizer_state,
-    restore_rng,
+    remove_partial_writes,
+    restore_training,
     rng_state,
     run_checkpoint,
     save_checkpoint,
@@ -357,20 +357,14 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
         (run_dir / CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         log = (run_dir / METRICS).open("wb")
     else:
-        try:
-            if tuple(state["image_shape"]) != tuple(data.image_shape):
-                raise ValueError(f"image shape {state['image_shape']} != {list(data.image_shape)}")
-            net.load_state_dict(state["model"])
-            load_optimizer_state(optimizer, state["optimizer"])
-            batches.load_state_dict(state["data"])
-            step, best, best_model = int(state["step"]), dict(state["best"]), state["best_model"]
-            sums.copy_(state["sums"])
-            restore_rng(state["rng"], device)
-        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"{run_dir / LAST} does not fit {run_dir / CONFIG}: {first}") from None
-        for stale in run_dir.glob(".*.safetensors.*.tmp"):  # left by a kill during a write
-            stale.unlink(missing_ok=True)
+        if tuple(state["image_shape"]) != tuple(data.image_shape):
+            raise UserError(f"{run_dir / LAST} does not fit the run's config.yaml: image shape "
+                            f"{state['image_shape']} != {list(data.image_shape)}")
+        restore_training(run_dir / LAST, state, {"model": net, "optimizer": optimizer, "data": batches},
+                         device)
+        step, best, best_model = int(state["step"]), dict(state["best"]), state["best_model"]
+        sums.copy_(state["sums"])
+        remove_partial_writes(run_dir)
         if best_model is None:  # a validation after the checkpoint may have written one
             (run_dir / BEST).unlink(missing_ok=True)
         else:

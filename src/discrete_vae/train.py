@@ -28,8 +28,8 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import (
     load_checkpoint,
-    load_optimizer_state,
-    restore_rng,
+    remove_partial_writes,
+    restore_training,
     rng_state,
     run_checkpoint,
     save_checkpoint,
@@ -286,14 +286,15 @@ def train(
     step, best = 0, {"step": -1, "nll": math.inf}
 
     if resume:
-        for stale in run_dir.glob(".*.safetensors.*.tmp"):  # left by a kill during a write
-            stale.unlink(missing_ok=True)
+        remove_partial_writes(run_dir)
         state = load_checkpoint(run_dir / LAST, device)
-        model.load_state_dict(state["model"])
-        load_optimizer_state(optimizer, state["optimizer"])
-        batches.load_state_dict(state["data"])
+        modules = {"model": model, "optimizer": optimizer, "data": batches}
+        restore_training(run_dir / LAST, state, modules, device, rank=ddp.rank)
         step, best = int(state["step"]), state["best"]
-        restore_rng({k: v[ddp.rank] for k, v in state["rng"].items()}, device)
+        if step > total:
+            raise UserError(f"--steps {total} lies before the checkpoint's step {step}")
+        if ddp.main:  # the new --steps, --eval-every, ... of this resume
+            (run_dir / CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     elif ddp.main:
         if (run_dir / LAST).exists():
             raise UserError(
