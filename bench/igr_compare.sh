@@ -3,7 +3,7 @@
 # nonlinear (784-512-256) architecture, the same step budget, three seeds, each method at the
 # IGR repository's cross-validated constant temperature (GS 1.0, ExpGS 1.0 with prior temperature
 # 0.5, IGR-I 1.0, IGR-SB 0.15, IGR-Planar 0.85). Scored with the importance-weighted bound of the
-# discrete model (S = 5000) on the first LIMIT test images.
+# discrete model (S = 5000) on LIMIT test images spread over the test set (`dvae eval --limit`).
 #   bash bench/igr_compare.sh DATA_DIR OUT_DIR [STEPS] [LIMIT] [MODEL ...]
 set -euo pipefail
 data=${1:?usage: bench/igr_compare.sh DATA_DIR OUT_DIR [STEPS] [LIMIT] [MODEL ...]}
@@ -20,11 +20,13 @@ for seed in 0 1 2; do
     if [ ! -f "$run.train.json" ]; then
       dvae train --model "$model" --latent 20x10 --dataset binarized_mnist --data-dir "$data" \
         --temperature "${tau[$model]}" --anneal-rate 0 --steps "$steps" --eval-every "$steps" \
-        --seed "$seed" --out "$run" --no-progress | tail -n 1 > "$run.train.json"
+        --seed "$seed" --out "$run" --no-progress | tail -n 1 > "$run.train.tmp"
+      mv "$run.train.tmp" "$run.train.json"  # only a finished step leaves its .json
     fi
     if [ ! -f "$run.eval.json" ]; then
       dvae eval "$run" --samples 5000 --split test --limit "$limit" --data-dir "$data" \
-        | tail -n 1 > "$run.eval.json"
+        | tail -n 1 > "$run.eval.tmp"
+      mv "$run.eval.tmp" "$run.eval.json"
     fi
   done
 done

@@ -14,13 +14,19 @@ mkdir -p "$out"
 for m in 1 50; do
   for model in gs igr-i igr-planar; do
     run="$out/$model-m$m"
-    if [ ! -f "$run.train.json" ]; then
-      dvae sop train --model "$model" --arch double_linear --samples "$m" --temperature 1.0 \
-        --dataset binarized_mnist --data-dir "$data" --steps "$steps" --eval-every "$eval_every" \
-        --seed 0 --out "$run" | tail -n 1 > "$run.train.json"
+    if [ ! -f "$run.train.json" ]; then  # an interrupted run continues from its last checkpoint
+      if [ -f "$run/last.safetensors" ]; then
+        dvae sop train --resume "$run" | tail -n 1 > "$run.train.tmp"
+      else
+        dvae sop train --model "$model" --arch double_linear --samples "$m" --temperature 1.0 \
+          --dataset binarized_mnist --data-dir "$data" --steps "$steps" --eval-every "$eval_every" \
+          --seed 0 --out "$run" | tail -n 1 > "$run.train.tmp"
+      fi
+      mv "$run.train.tmp" "$run.train.json"
     fi
     if [ ! -f "$run.eval.json" ]; then
-      dvae sop eval "$run" --samples 100 --split test --data-dir "$data" | tail -n 1 > "$run.eval.json"
+      dvae sop eval "$run" --samples 100 --split test --data-dir "$data" | tail -n 1 > "$run.eval.tmp"
+      mv "$run.eval.tmp" "$run.eval.json"
     fi
     python -c 'import json, sys; e = json.load(open(sys.argv[1]))
 print(json.dumps({"model": sys.argv[2], "m": int(sys.argv[3]), "nll": e["nll"],

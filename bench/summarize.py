@@ -1,5 +1,8 @@
 """Mean and standard deviation over seeds of the ``MODEL-sSEED.{train,eval}.json`` files in a folder.
 
+``nll_std`` is the spread over seeds; ``nll_stderr_over_examples`` each run's standard error over
+the test examples scored (how far another subset could move it).
+
     python bench/summarize.py OUT_DIR
 """
 
@@ -20,7 +23,8 @@ def main(out: Path) -> None:
         train = json.loads(Path(str(f).replace(".eval.", ".train.")).read_text())
         ev = json.loads(f.read_text())
         rows.setdefault(model, []).append(
-            (ev["nll"], -ev["elbo"], -ev["relaxed_objective"], train.get("train_seconds"), ev.get("examples"))
+            (ev["nll"], -ev["elbo"], -ev["relaxed_objective"], train.get("train_seconds"), ev.get("examples"),
+             ev.get("nll_stderr"))
         )
     for model, r in rows.items():
         nll = [x[0] for x in r]
@@ -31,6 +35,7 @@ def main(out: Path) -> None:
                     "nll": [round(v, 2) for v in nll],
                     "nll_mean": round(statistics.mean(nll), 2),
                     "nll_std": round(statistics.stdev(nll), 2) if len(nll) > 1 else 0.0,
+                    "nll_stderr_over_examples": [x[5] and round(x[5], 2) for x in r],
                     "neg_elbo": [round(x[1], 2) for x in r],
                     "neg_relaxed_objective": [round(x[2], 2) for x in r],
                     "train_seconds": [x[3] for x in r],
