@@ -152,7 +152,11 @@ class Smoothing:
     # --- the mixture q(ζ) = (1-q) r(ζ|0) + q r(ζ|1) -------------------------------------------------------
     def cdf(self, zeta: Tensor, logits: Tensor) -> Tensor:
         """Mixture CDF :math:`F(ζ) = (1-q)R(ζ|0) + qR(ζ|1)`."""
-        return torch.sigmoid(-logits) * self.cdf0(zeta) + torch.sigmoid(logits) * self.cdf1(zeta)
+        return self._mixture_cdf(zeta, torch.sigmoid(-logits), torch.sigmoid(logits))
+
+    def _mixture_cdf(self, zeta: Tensor, p0: Tensor, p1: Tensor) -> Tensor:
+        """:meth:`cdf` with the weights ``p0 = 1 - q``, ``p1 = q`` given (computed once per solve)."""
+        return p0 * self.cdf0(zeta) + p1 * self.cdf1(zeta)
 
     def log_prob(self, zeta: Tensor, logits: Tensor) -> Tensor:
         """:math:`\\log q(ζ) = \\mathrm{logaddexp}(\\log(1-q) + \\log r(ζ|0), \\log q + \\log r(ζ|1))`."""
@@ -205,16 +209,21 @@ class Smoothing:
         unit = self.support is constraints.unit_interval
         to, back = (torch.logit, torch.sigmoid) if unit else (lambda x: x, lambda x: x)
         lo, hi = (to(x.clamp(1e-300, 1 - 2**-53)) for x in (start, end)) if unit else (start, end)
+        p0, p1 = torch.sigmoid(-logits), torch.sigmoid(logits)  # the mixture weights, once
+
+        def cdf(zeta: Tensor) -> Tensor:
+            return self._mixture_cdf(zeta, p0, p1)
+
         for _ in range(self.iterations):
             mid = 0.5 * (lo + hi)
-            below = self.cdf(back(mid), logits) < rho
+            below = cdf(back(mid)) < rho
             lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
         zeta, inf = back(hi), torch.full_like(hi, math.inf)
         up = torch.nextafter(zeta, inf)  # polish to the smallest double with F >= ρ (ζ < 1 on [0, 1])
-        zeta = torch.where((self.cdf(zeta, logits) < rho) & ~(unit & (up >= 1)), up, zeta)
+        zeta = torch.where((cdf(zeta) < rho) & ~(unit & (up >= 1)), up, zeta)
         down = torch.nextafter(zeta, -inf)
-        zeta = torch.where(self.cdf(down, logits) >= rho, down, zeta)
-        return torch.where(self.cdf(start, logits) >= rho, start, zeta)
+        zeta = torch.where(cdf(down) >= rho, down, zeta)
+        return torch.where(cdf(start) >= rho, start, zeta)
 
     @classmethod
     def default_beta(cls, dataset: str = "binarized_mnist", struct: str = "1-layer-lin",
