@@ -64,9 +64,8 @@ class DataSplits:
 
         The files are not shuffled (the first 1,000 images of the binarized MNIST test file average
         17 % ink, the whole file 13 %, and a GS model scores 10 nats worse on them), so a prefix is a
-        biased sample.
-        The examples are the first ``limit`` of one fixed permutation, independent of any seed: the
-        same for every run and nested (``limit=1000`` is a subset of ``limit=2000``).
+        biased sample. The examples are the first ``limit`` of one fixed permutation, independent of
+        any seed: the same for every run and nested (``limit=1000`` is a subset of ``limit=2000``).
         """
         x = self.split(name)
         if limit is None or limit >= x.shape[0]:
