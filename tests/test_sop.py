@@ -171,6 +171,21 @@ def test_eval_is_deterministic_under_seed(capsys, tmp_path: Path) -> None:
     assert a["split"] == "test" and a["examples"] == 180
 
 
+def test_evaluate_reports_the_standard_error_over_examples() -> None:
+    """``nll_stderr`` is the sample standard deviation of the per-example bound over sqrt(n)."""
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    net = sop.build_net(sop.SOPConfig(dataset="digits", units=16, device="cpu"), data.image_shape)
+    x = data.test[:9]
+    metrics = sop.evaluate(net, x, data.image_shape, 5, 1.0, seed=3)
+    torch.manual_seed(3)  # evaluate(seed=3) draws the hard samples first, from this seed
+    upper, lower = sop.split_halves(x, data.image_shape)
+    bound = sop.sop_bound(net.eval(), upper, lower, 5, 1.0, hard=True)
+    assert math.isclose(metrics["nll"], -float(bound.mean()), rel_tol=1e-6)
+    assert math.isclose(metrics["nll_stderr"], float(bound.double().std()) / 3.0, rel_tol=1e-6)
+    assert "nll_stderr" not in sop.evaluate(net, x[:1], data.image_shape, 5, 1.0, seed=3)
+
+
 def test_training_lowers_the_nll(capsys, tmp_path: Path) -> None:
     """800 steps of gs, m = 5, beat the untrained net (same seed and output-bias init) on test."""
     run = tmp_path / "run"

@@ -237,8 +237,11 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint": args.checkpoint,
         "seconds": round(seconds, 3),
     }
+    spread = (f" ± {metrics['nll_stderr']:.2f} (standard error over examples)"
+              if "nll_stderr" in metrics else "")
     print(
-        f"{args.split}: NLL <= {metrics['nll']:.2f} nats (importance-weighted bound, S={args.samples}); "
+        f"{args.split}: NLL <= {metrics['nll']:.2f} nats (importance-weighted bound, S={args.samples})"
+        f"{spread}; "
         f"-ELBO {-metrics['elbo']:.2f}; relaxed objective {metrics['relaxed_objective']:.2f} "
         f"(not a bound); {seconds:.1f} s",
         file=sys.stderr,

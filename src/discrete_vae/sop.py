@@ -238,7 +238,8 @@ def sop_bound(net: SOPNet, upper: Tensor, lower: Tensor, samples: int, tau: floa
 
 def evaluate(net: SOPNet, x: Tensor, image_shape: tuple[int, int], samples: int, tau: float,
              seed: int) -> dict[str, float]:
-    """``nll = -L^SP_S`` with hard samples and ``relaxed_nll = -L^S`` at ``tau``, seeded, RNG restored."""
+    """``nll = -L^SP_S`` with hard samples and ``relaxed_nll = -L^S`` at ``tau``, seeded, RNG restored;
+    ``nll_stderr`` (more than one example) is the standard error of ``nll`` over the examples."""
     upper, lower = split_halves(x, image_shape)
     was_training = net.training
     net.eval()
@@ -248,8 +249,11 @@ def evaluate(net: SOPNet, x: Tensor, image_shape: tuple[int, int], samples: int,
         hard = sop_bound(net, upper, lower, samples, tau, hard=True)
         relaxed = sop_bound(net, upper, lower, samples, tau, hard=False)
     net.train(was_training)
-    return {"nll": -float(hard.mean()), "relaxed_nll": -float(relaxed.mean()),
-            "samples": samples, "examples": int(x.shape[0])}
+    metrics = {"nll": -float(hard.mean()), "relaxed_nll": -float(relaxed.mean()),
+               "samples": samples, "examples": int(x.shape[0])}
+    if hard.numel() > 1:
+        metrics["nll_stderr"] = float(hard.double().std()) / math.sqrt(hard.numel())
+    return metrics
 
 
 def build_net(config: SOPConfig, image_shape: tuple[int, int]) -> SOPNet:
