@@ -359,6 +359,9 @@ def _damage(run: Path, what: str) -> list[object]:
         state = load_checkpoint(run / "last.safetensors")
         save_checkpoint(run / "last.safetensors", {k: state[k] for k in ("model", "config", "step",
                                                                           "image_shape")})
+    elif what == "other image shape":  # the same 64 pixels cut into other halves: no tensor shape differs
+        state = load_checkpoint(run / "last.safetensors")
+        save_checkpoint(run / "last.safetensors", {**state, "image_shape": [4, 16]})
     elif what == "short metrics":
         (run / "metrics.jsonl").write_text("")
     elif what == "changed option":
@@ -371,7 +374,8 @@ def _damage(run: Path, what: str) -> list[object]:
 
 
 @pytest.mark.parametrize("what", ["no folder", "no config", "no last", "truncated last", "garbage config",
-                                  "config of another run", "model-only last", "short metrics",
+                                  "config of another run", "model-only last", "other image shape",
+                                  "short metrics",
                                   "changed option", "changed out", "fewer steps"])
 def test_bad_resume_exits_2_with_one_line(capsys, tmp_path: Path, straight: Path, what: str) -> None:
     run = tmp_path / "run"
@@ -381,5 +385,7 @@ def test_bad_resume_exits_2_with_one_line(capsys, tmp_path: Path, straight: Path
     rc, out, err = dvae(capsys, "sop", "train", "--resume", run, *extra)
     assert rc == 2, err
     assert out == "" and len(err.strip().splitlines()) == 1 and "error" in err, err
+    if what == "other image shape":
+        assert "image_shape [4, 16] != [8, 8]" in err, err
     after = {p.name: p.read_bytes() for p in run.iterdir()} if run.exists() else {}
     assert after == before  # nothing touched

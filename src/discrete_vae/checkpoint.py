@@ -149,14 +149,20 @@ def restore_training(
     modules: dict[str, Any],
     device: torch.device,
     rank: int | None = None,
+    expect: dict[str, Any] | None = None,
 ) -> None:
     """Load a resumable checkpoint's state into a freshly built training loop.
 
     ``modules`` maps the checkpoint's keys to what takes them: ``"model"`` (a module), ``"optimizer"``
     and ``"data"`` (a batch iterator); the RNG state goes back last (``rank`` picks this process's
-    entry from a per-rank list). A checkpoint that does not fit the loop built from the run's config
-    (edited by hand, written by another version) is one :class:`UserError` line naming the file.
+    entry from a per-rank list). ``expect`` holds plain entries the checkpoint must match (such as the
+    image shape, which no tensor shape catches). A checkpoint that does not fit the loop built from the
+    run's config (edited by hand, written by another version) is one :class:`UserError` line naming the
+    file.
     """
+    for key, value in (expect or {}).items():
+        if state.get(key) != value:
+            raise UserError(f"{path} does not fit the run's config.yaml: {key} {state.get(key)} != {value}")
     try:
         for key, target in modules.items():
             if key == "optimizer":

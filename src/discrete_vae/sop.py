@@ -361,11 +361,8 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
         (run_dir / CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         log = (run_dir / METRICS).open("wb")
     else:
-        if tuple(state["image_shape"]) != tuple(data.image_shape):
-            raise UserError(f"{run_dir / LAST} does not fit the run's config.yaml: image shape "
-                            f"{state['image_shape']} != {list(data.image_shape)}")
         restore_training(run_dir / LAST, state, {"model": net, "optimizer": optimizer, "data": batches},
-                         device)
+                         device, expect={"image_shape": list(data.image_shape)})
         step, best, best_model = int(state["step"]), dict(state["best"]), state["best_model"]
         sums.copy_(state["sums"])
         remove_partial_writes(run_dir)
