@@ -10,10 +10,16 @@ Papers:
 A unit with ``q = P(z = 1) = σ(logit)`` is smoothed by ``ζ ~ r(ζ|z)``; the posterior over ``ζ`` is the
 mixture :math:`q(ζ) = (1-q)\,r(ζ|0) + q\,r(ζ|1)` with CDF :math:`F(ζ) = (1-q)R(ζ|0) + qR(ζ|1)`.
 ``ζ = F^{-1}(ρ)``, ``ρ ~ U(0, 1)``, is reparameterised either by a closed-form ``F^{-1}`` (spike-exp, exp)
-or by the implicit gradient (DVAE# eq. 5) :math:`∂ζ/∂q = (R(ζ|0) - R(ζ|1)) / (q r(ζ|1) + (1-q) r(ζ|0))`,
-whose forward pass solves ``F(ζ) = ρ`` by bisection in float64 (:class:`_ImplicitMixtureSample`). Every
-smoothing accepts ``implicit=True``, so the closed forms can be checked against it. ``BASELINES`` records
-which gradient each configuration of the original code (github.com/QuadrantAI/dvae) uses.
+or by the implicit gradient (DVAE# eq. 5) :math:`∂ζ/∂q = (R(ζ|0) - R(ζ|1)) / (q r(ζ|1) + (1-q) r(ζ|0))`
+(:class:`_ImplicitMixtureSample`). That gradient is a function of the sample alone, and it is the
+derivative of ``E_q[f(ζ)]`` for a ``ζ`` drawn from ``q`` in any way (implicit reparameterisation, Figurnov,
+Mohamed, Mnih 2018, https://arxiv.org/abs/1805.08498): :meth:`Smoothing.rsample` therefore draws ``ζ``
+ancestrally (``z ~ Bernoulli(q)``, then ``ζ ~ r(ζ|z)`` from the component's closed form), which gives the
+same ``(ζ, ∂ζ/∂q)`` in distribution as ``F^{-1}(ρ)`` at a fraction of the cost. :meth:`Smoothing.icdf`
+with ``implicit=True`` solves ``F(ζ) = ρ`` for a given ``ρ`` by bisection in float64, with the same
+backward. Every smoothing accepts ``implicit=True``, so the closed forms can be checked against it.
+``BASELINES`` records which gradient each configuration of the original code (github.com/QuadrantAI/dvae)
+uses.
 
 Gaussian integral trick (``gi``, DVAE# §4). With the RBM prior :math:`p(z) ∝ \exp(a^\top z + \tfrac12
 z^\top W z)` (``W`` symmetric, zero diagonal; for a bipartite RBM ``W = [[0, w], [w^\top, 0]]``) and
@@ -167,12 +173,16 @@ class Smoothing:
         """:math:`E_{q(ζ)}[ζ] = (1-q)E_{r(ζ|0)}[ζ] + q E_{r(ζ|1)}[ζ]` (for the DVAE++ objective)."""
         return torch.sigmoid(-logits) * self.mean0() + torch.sigmoid(logits) * self.mean1()
 
-    def icdf(self, rho: Tensor, logits: Tensor, implicit: bool | None = None) -> Tensor:
-        """``ζ = F^{-1}(ρ)``, differentiable in ``logits`` (closed form unless ``implicit``)."""
+    def _implicit(self, implicit: bool | None) -> bool:
         if implicit is None:
-            implicit = not self.analytic
+            return not self.analytic
         if not implicit and not self.analytic:
             raise ValueError(f"smoothing {self.name!r} has no closed-form inverse CDF; use implicit=True")
+        return implicit
+
+    def icdf(self, rho: Tensor, logits: Tensor, implicit: bool | None = None) -> Tensor:
+        """``ζ = F^{-1}(ρ)``, differentiable in ``logits`` (closed form unless ``implicit``: bisection)."""
+        implicit = self._implicit(implicit)
         rho, logits = torch.broadcast_tensors(rho, logits)
         if implicit:
             return _ImplicitMixtureSample.apply(logits, rho, self, *self.tensor_params())
@@ -180,11 +190,35 @@ class Smoothing:
 
     def rsample(self, logits: Tensor, sample_shape: torch.Size | tuple[int, ...] = torch.Size(),
                 implicit: bool | None = None) -> Tensor:
-        """Reparameterised ``ζ ~ q(ζ)`` of shape ``sample_shape + logits.shape``."""
+        """Reparameterised ``ζ ~ q(ζ)`` of shape ``sample_shape + logits.shape``.
+
+        Closed form: ``F^{-1}(ρ)``. Implicit: an ancestral draw with the implicit gradient (module docstring).
+        """
         shape = torch.Size(sample_shape) + logits.shape
+        if self._implicit(implicit):
+            return _ImplicitMixtureSample.apply(logits.expand(shape), None, self, *self.tensor_params())
         tiny = torch.finfo(logits.dtype).tiny
         rho = torch.rand(shape, dtype=logits.dtype, device=logits.device).clamp_(tiny, 1 - tiny)
-        return self.icdf(rho, logits.expand(shape), implicit)
+        return self._icdf_analytic(rho, logits.expand(shape))
+
+    def sample_component(self, one: Tensor) -> Tensor:
+        """``ζ ~ r(ζ|z)`` elementwise for ``z = one`` (a bool tensor), in float64.
+
+        By the closed-form quantile ``icdf0`` (and ``r(ζ|1) = r(1-ζ|0)``); subclasses without one override it.
+        """
+        u = torch.rand(one.shape, dtype=torch.float64, device=one.device)
+        x = self.icdf0(u)
+        if x is None or not self.symmetric:
+            raise NotImplementedError(f"smoothing {self.name!r} needs its own sample_component")
+        return torch.where(one, 1 - x, x)
+
+    def _draw(self, logits: Tensor) -> Tensor:
+        """Ancestral ``ζ ~ q(ζ)`` in float64, in the range the bisection of :meth:`_solve` returns."""
+        one = torch.rand(logits.shape, dtype=torch.float64, device=logits.device) < torch.sigmoid(logits)
+        zeta = self.sample_component(one)
+        if self.support is constraints.unit_interval:  # as _solve: 1 - 2^-53 stands for the roots above it
+            zeta = torch.where(self._on_atom(zeta), zeta, zeta.clamp(1e-300, 1 - 2**-53))
+        return zeta
 
     def _icdf_analytic(self, rho: Tensor, logits: Tensor) -> Tensor:
         raise NotImplementedError
@@ -240,12 +274,14 @@ class Smoothing:
 
 
 class _ImplicitMixtureSample(torch.autograd.Function):
-    """``ζ = F^{-1}(ρ)`` by bisection; backward by the implicit function theorem (DVAE# §3.4, eq. 5)."""
+    """``ζ = F^{-1}(ρ)`` by bisection, or an ancestral draw when ``rho`` is None; backward by the implicit
+    function theorem (DVAE# §3.4, eq. 5)."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, rho: Tensor, smoothing: Smoothing, *params: Tensor) -> Tensor:
+    def forward(ctx, logits: Tensor, rho: Tensor | None, smoothing: Smoothing, *params: Tensor) -> Tensor:
         with torch.no_grad():
-            zeta = smoothing._solve(rho.double(), logits.double())  # (…,) float64
+            l64 = logits.double()
+            zeta = smoothing._draw(l64) if rho is None else smoothing._solve(rho.double(), l64)  # float64
         ctx.smoothing, ctx.zeta = smoothing, zeta
         ctx.save_for_backward(logits)
         return zeta.to(logits.dtype)
@@ -306,6 +342,10 @@ class SpikeExp(Smoothing):
     def _on_atom(self, zeta: Tensor) -> Tensor:
         return zeta == 0
 
+    def sample_component(self, one: Tensor) -> Tensor:
+        u = torch.rand(one.shape, dtype=torch.float64, device=one.device)
+        return torch.where(one, self._icdf1(u), torch.zeros_like(u))
+
     def mean0(self) -> Tensor:
         return torch.zeros_like(self.beta)
 
@@ -328,6 +368,9 @@ class _Exponential(Smoothing):
     def _mean_exp(self) -> Tensor:
         return 1 / self.beta - 1 / torch.expm1(self.beta)
 
+    def _icdf_exp(self, rho: Tensor) -> Tensor:
+        return -torch.log1p(rho * torch.expm1(-self.beta)) / self.beta
+
 
 @SMOOTHINGS.register("exp")
 class Exponential(_Exponential):
@@ -348,7 +391,7 @@ class Exponential(_Exponential):
         return self._cdf_exp(zeta)
 
     def icdf0(self, rho: Tensor) -> Tensor:
-        return -torch.log1p(rho * torch.expm1(-self.beta)) / self.beta
+        return self._icdf_exp(rho)
 
     def mean0(self) -> Tensor:
         return self._mean_exp()
@@ -414,6 +457,11 @@ class UniformExponential(_Exponential):
     def mean0(self) -> Tensor:
         return (1 - self.eps) * self._mean_exp() + self.eps / 2
 
+    def sample_component(self, one: Tensor) -> Tensor:  # the uniform with probability eps, else the exp
+        u, w = torch.rand((2, *one.shape), dtype=torch.float64, device=one.device).unbind(0)
+        x = torch.where(w < self.eps, u, self._icdf_exp(u))
+        return torch.where(one, 1 - x, x)
+
 
 @SMOOTHINGS.register("gauss")
 class Gaussian(Smoothing):
@@ -455,6 +503,12 @@ class Gaussian(Smoothing):
 
     def mean0(self) -> Tensor | float:
         return self._loc(0)
+
+    def sample_component(self, one: Tensor) -> Tensor:
+        loc0, loc1, scale = (torch.as_tensor(x, dtype=torch.float64, device=one.device)
+                             for x in (self._loc(0), self._loc(1), self._scale()))
+        return torch.where(one, loc1, loc0) + scale * torch.randn(one.shape, dtype=torch.float64,
+                                                                  device=one.device)
 
     def mean1(self) -> Tensor | float:
         return self._loc(1)
