@@ -559,7 +559,8 @@ def get_smoothing(name: str, beta: float | Tensor | None = None, dataset: str = 
 class SmoothedBernoulli(Distribution):
     r"""The mixture :math:`q(ζ) = (1-q) r(ζ|0) + q r(ζ|1)` of a factorial Bernoulli as a distribution.
 
-    - Samples: ``ζ = F^{-1}(ρ)`` by the smoothing's closed form, or by bisection when ``implicit``.
+    - Samples: ``ζ = F^{-1}(ρ)`` by the smoothing's closed form, or when ``implicit`` an ancestral draw
+      (``icdf``: bisection).
     - ``log_prob(ζ)`` scores the mixture density (w.r.t. ``δ_0 + Lebesgue`` for spike-exp).
     - Gradients: pathwise in ``logits``; implicit (DVAE# eq. 5) unless the closed form is used.
     """
