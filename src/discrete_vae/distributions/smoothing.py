@@ -204,13 +204,20 @@ class Smoothing:
     def sample_component(self, one: Tensor) -> Tensor:
         """``ζ ~ r(ζ|z)`` elementwise for ``z = one`` (a bool tensor), in float64.
 
-        By the closed-form quantile ``icdf0`` (and ``r(ζ|1) = r(1-ζ|0)``); subclasses without one override it.
+        A draw from ``r(ζ|0)`` (:meth:`_sample0`), mirrored where ``z = 1`` (``r(ζ|1) = r(1-ζ|0)``);
+        smoothings that are not symmetric override it.
         """
-        u = torch.rand(one.shape, dtype=torch.float64, device=one.device)
-        x = self.icdf0(u)
-        if x is None or not self.symmetric:
+        if not self.symmetric:
             raise NotImplementedError(f"smoothing {self.name!r} needs its own sample_component")
+        x = self._sample0(one.shape, one.device)
         return torch.where(one, 1 - x, x)
+
+    def _sample0(self, shape: torch.Size, device: torch.device) -> Tensor:
+        """``ζ ~ r(ζ|0)`` in float64 by the closed-form quantile ``icdf0``; others override it."""
+        x = self.icdf0(torch.rand(shape, dtype=torch.float64, device=device))
+        if x is None:
+            raise NotImplementedError(f"smoothing {self.name!r} needs its own _sample0")
+        return x
 
     def _draw(self, logits: Tensor) -> Tensor:
         """Ancestral ``ζ ~ q(ζ)`` in float64, in the range the bisection of :meth:`_solve` returns."""
@@ -457,10 +464,9 @@ class UniformExponential(_Exponential):
     def mean0(self) -> Tensor:
         return (1 - self.eps) * self._mean_exp() + self.eps / 2
 
-    def sample_component(self, one: Tensor) -> Tensor:  # the uniform with probability eps, else the exp
-        u, w = torch.rand((2, *one.shape), dtype=torch.float64, device=one.device).unbind(0)
-        x = torch.where(w < self.eps, u, self._icdf_exp(u))
-        return torch.where(one, 1 - x, x)
+    def _sample0(self, shape: torch.Size, device: torch.device) -> Tensor:  # uniform w.p. eps, else the exp
+        u, w = torch.rand((2, *shape), dtype=torch.float64, device=device).unbind(0)
+        return torch.where(w < self.eps, u, self._icdf_exp(u))
 
 
 @SMOOTHINGS.register("gauss")
