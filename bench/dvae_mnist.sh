@@ -4,7 +4,7 @@
 # the RBM sampler given by CHAINS and SWEEPS (PCD), then the test NLL: log Z by AIS (1000 β's, 1024 chains)
 # and the importance-weighted bound with S = 4000 hard samples on the first LIMIT test images, from the
 # best-validation checkpoint. Finished steps are skipped, so the script can be rerun after an interruption
-# (an unfinished run continues with --resume).
+# (an unfinished run continues with --resume); a step that fails stops the script.
 #   bash bench/dvae_mnist.sh DATA_DIR OUT_DIR MODEL STRUCT K STEPS [CHAINS] [SWEEPS] [LIMIT] [SEED]
 set -euo pipefail
 usage="usage: bench/dvae_mnist.sh DATA_DIR OUT_DIR MODEL STRUCT K STEPS [CHAINS] [SWEEPS] [LIMIT] [SEED]"
@@ -14,15 +14,17 @@ run="$out/$model-$struct-k$k-c$chains-s$sweeps-n$steps-seed$seed"
 mkdir -p "$out"
 if [ ! -f "$run.train.json" ]; then
   if [ -f "$run/last.safetensors" ]; then
-    dvae train --resume "$run" --no-progress | tail -n 1 > "$run.train.tmp" && mv "$run.train.tmp" "$run.train.json"
+    dvae train --resume "$run" --no-progress | tail -n 1 > "$run.train.tmp"
   else
     dvae train --model "$model" --struct "$struct" --k "$k" --steps "$steps" --chains "$chains" \
       --sweeps "$sweeps" --dataset binarized_mnist --data-dir "$data" --eval-every $(( steps / 10 )) \
-      --checkpoint-every 2000 --seed "$seed" --out "$run" --no-progress | tail -n 1 > "$run.train.tmp" && mv "$run.train.tmp" "$run.train.json"
+      --checkpoint-every 2000 --seed "$seed" --out "$run" --no-progress | tail -n 1 > "$run.train.tmp"
   fi
+  mv "$run.train.tmp" "$run.train.json"
 fi
 if [ ! -f "$run.eval.json" ]; then
   dvae eval "$run" --samples 4000 --split test --limit "$limit" --data-dir "$data" \
-    | tail -n 1 > "$run.eval.tmp" && mv "$run.eval.tmp" "$run.eval.json"
+    | tail -n 1 > "$run.eval.tmp"
+  mv "$run.eval.tmp" "$run.eval.json"
 fi
 cat "$run.eval.json"
