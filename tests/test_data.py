@@ -1,13 +1,12 @@
 """Tests of discrete_vae.data: loaders on small files in each real format, and BatchIterator.
 
-No test touches the network: loaders run with ``download=False`` or a patched ``fetch_url``.
+No test touches the network: loaders run with ``download=False`` (downloads: test_download.py).
 """
 
 from __future__ import annotations
 
 import gzip
 import struct
-import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ import scipy.io
 import torch
 
 from discrete_vae.data import DATASETS, BatchIterator, DataSplits, load_dataset, resolve_data_dir
-from discrete_vae.data import download as download_mod
 from discrete_vae.data import idx as idx_mod
 from discrete_vae.data import omniglot as omniglot_mod
 from discrete_vae.data.batches import derive_seed
@@ -132,7 +130,7 @@ def test_binarized_mnist_corrupt(tmp_path, kind):
     assert words in msg and "binarized_mnist_valid" in msg
 
 
-# ---------------------------------------------------------------- missing files and downloads
+# ---------------------------------------------------------------- missing files
 def test_missing_files_without_download(tmp_path):
     with pytest.raises(DataError) as excinfo:
         load_dataset("binarized_mnist", tmp_path, download=False)
@@ -140,48 +138,6 @@ def test_missing_files_without_download(tmp_path):
     assert str(tmp_path / "binarized_mnist") in msg
     assert "binarized_mnist_train.amat[.gz]" in msg and "binarized_mnist_test.amat[.gz]" in msg
     assert "--data-dir" in msg and "DVAE_DATA_DIR" in msg
-
-
-@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "omniglot", "binarized_mnist"])
-def test_download_failure_is_one_line(tmp_path, monkeypatch, name):
-    def offline(url: str, dest: Path, timeout: float = 30.0) -> None:
-        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
-
-    monkeypatch.setattr(download_mod, "fetch_url", offline)
-    with pytest.raises(DataError) as excinfo:
-        load_dataset(name, tmp_path, download=True)
-    msg = one_line_error(excinfo)
-    assert "download of http" in msg and "Network is unreachable" in msg
-    assert str(tmp_path / name) in msg and "--data-dir" in msg
-
-
-def test_download_saves_into_dataset_folder(tmp_path, monkeypatch):
-    source = tmp_path / "source"
-    write_binarized(source, gz=False)
-    fetched = []
-
-    def fake_fetch(url: str, dest: Path, timeout: float = 30.0) -> None:
-        fetched.append((url, dest))
-        write(dest, (source / url.rsplit("/", 1)[-1]).read_bytes())
-
-    monkeypatch.setattr(download_mod, "fetch_url", fake_fetch)
-    root = tmp_path / "cache"
-    data = load_dataset("binarized_mnist", root, download=True)
-    assert data.train.shape == (20, 784)
-    assert [dest for _, dest in fetched] == [
-        root / "binarized_mnist" / f"binarized_mnist_{s}.amat" for s in SPLITS
-    ]
-    assert all(url.startswith("http://www.cs.toronto.edu/~larocheh/") for url, _ in fetched)
-
-
-def test_fetch_url_is_atomic(tmp_path):
-    source = write(tmp_path / "src.bin", b"payload")
-    dest = tmp_path / "out" / "file.bin"
-    download_mod.fetch_url(source.as_uri(), dest)  # file:// - no network
-    assert dest.read_bytes() == b"payload"
-    with pytest.raises(urllib.error.URLError):
-        download_mod.fetch_url((tmp_path / "absent").as_uri(), tmp_path / "out" / "x.bin")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["file.bin"]
 
 
 # ---------------------------------------------------------------- mnist / fashion_mnist (IDX)
