@@ -5,24 +5,53 @@ The discrete-VAE literature (DVAE, DVAE++, DVAE#, REBAR, RELAX, ARM, IWAE) repor
 ``binarized_mnist_{train,valid,test}.amat`` (one image per line, 784 space-separated 0/1
 values), optionally gzip-compressed. Split sizes are whatever the files hold.
 
+A missing file is downloaded from the canonical address, else from the copy in the ARM code's
+repository (mingzhang-yin/ARM-gradient) pinned at one commit: MATLAB 5 files (not v7.3) that keep
+the ``.amat`` names, each with one variable ``X`` of n x 784 (class double stored as uint8), one
+image a row, rows and pixels in the canonical order. Either is re-encoded as canonical text and
+must match its pinned sha256 before it is saved; the MATLAB file must also match its own.
+
 Reference: H. Larochelle, I. Murray, "The Neural Autoregressive Distribution Estimator",
 AISTATS 2011.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import DataError
-from .base import DATASETS, SPLITS, DataSplits, read_bytes
-from .download import locate_files
+from .base import DATASETS, SPLITS, DataSplits, one_line, read_bytes
+from .download import Remote, Source, locate_files
 
 NAME = "binarized_mnist"
 DIM = 784
-URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{}.amat"
+CANONICAL_URL = (
+    "https://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{}.amat"
+)
+MIRROR_COMMIT = "bac893cfcec486bbd00b755b12cf8402053b0e84"  # mingzhang-yin/ARM-gradient
+MIRROR_URL = (
+    "https://raw.githubusercontent.com/mingzhang-yin/ARM-gradient/"
+    f"{MIRROR_COMMIT}/binarized_mnist_{{}}.amat"  # MATLAB files despite the name
+)
+MIRROR_SHA256 = {  # the MATLAB files as served
+    "train": "79a0312c7389d855cfc97e3812de3998417c5829d8a51543b56a90a91252ae7e",
+    "valid": "7436afc856959075c7787025bb8a4ba2b520b9230ee39667c66aa7dd2819dd68",
+    "test": "5bc30222e1e7896cbccd1e1db6b28540cc1230f4d2d5473841a5f6cc54be8d38",
+}
+AMAT_SHA256 = {  # the canonical text, uncompressed: "d d ... d\n" per image, in file order
+    "train": "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
+    "valid": "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
+    "test": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
+}
+AMAT_GZ_SHA256 = {  # a known gzip copy of that text (gzip bytes vary with the compressor)
+    "train": "092365d813e5c21dc079caf1c06c0f651976f886cf649818f5272d338cc5dac2",
+    "valid": "a340636f6c4a8df5715467d5a5c4c16a727a9fb7405c2d2f707f3f94403b2f15",
+    "test": "7f2dd6edd98e934efff89342d83482a591cfd6f4fbe3445112325b957d519cef",
+}
 _ZERO, _ONE, _SPACE, _NEWLINE = ord("0"), ord("1"), ord(" "), ord("\n")
 
 
@@ -71,6 +100,49 @@ def parse_amat(raw: bytes, source: str = "<bytes>") -> np.ndarray:
     return bits if bits is not None else _parse_general(raw, source)
 
 
+def encode_amat(bits: np.ndarray) -> bytes:
+    """The canonical ``.amat`` text of ``(n, 784)`` 0/1 images: ``"d d ... d\\n"`` per image."""
+    text = np.full((bits.shape[0], 2 * DIM), _SPACE, dtype=np.uint8)  # (n, 1568)
+    text[:, 0::2] = bits.astype(np.uint8) + _ZERO
+    text[:, -1] = _NEWLINE
+    return text.tobytes()
+
+
+def canonical_amat(raw: bytes, source: str = "<bytes>") -> bytes:
+    """``.amat`` text in any whitespace layout, re-encoded canonically (same values and order)."""
+    return encode_amat(parse_amat(raw, source))
+
+
+def mat_to_amat(raw: bytes, source: str = "<bytes>") -> bytes:
+    """The canonical ``.amat`` text of a MATLAB file holding the images as ``X`` (n x 784, 0/1)."""
+    import scipy.io  # slow import, only when used
+
+    try:
+        mat = scipy.io.loadmat(io.BytesIO(raw))
+    except NotImplementedError as e:  # scipy's answer to MATLAB v7.3 (HDF5) files
+        raise DataError(f"{NAME}: {source} is a MATLAB v7.3 (HDF5) file; scipy reads v4-v7") from e
+    except Exception as e:  # scipy raises many types (ValueError, MatReadError, OSError, ...)
+        raise DataError(f"{NAME}: cannot read {source}: {one_line(e) or type(e).__name__}") from e
+    x = np.asarray(mat.get("X", np.zeros((0, 0))))
+    if x.ndim != 2 or x.shape[1] != DIM or x.shape[0] == 0:
+        raise DataError(f"{NAME}: {source} variable 'X' has shape {x.shape}, expected (n, {DIM})")
+    if not np.isin(x, (0, 1)).all():
+        raise DataError(f"{NAME}: {source} variable 'X' holds values other than 0 and 1")
+    return encode_amat(x)
+
+
+def remote(split: str) -> Remote:
+    """Where ``split``'s file comes from: the canonical address, then the pinned MATLAB copy."""
+    return Remote(
+        filename=f"{NAME}_{split}.amat",
+        sources=(
+            Source(CANONICAL_URL.format(split), convert=canonical_amat),
+            Source(MIRROR_URL.format(split), MIRROR_SHA256[split], convert=mat_to_amat),
+        ),
+        sha256=(AMAT_SHA256[split],),
+    )
+
+
 def read_amat(path: Path) -> torch.Tensor:
     """The ``(n, 784)`` float32 0/1 images of an ``.amat`` or ``.amat.gz`` file."""
     bits = parse_amat(read_bytes(path, NAME), str(path))
@@ -81,9 +153,9 @@ def read_amat(path: Path) -> torch.Tensor:
 def load_binarized_mnist(data_dir: Path, download: bool = True, seed: int = 0) -> DataSplits:
     """Binarized MNIST from ``data_dir/binarized_mnist`` or ``data_dir``; ``seed`` is unused.
 
-    Missing files are downloaded from Larochelle's address when ``download`` is True.
+    Missing files are downloaded (see the module) when ``download`` is True.
     """
-    files = {f"{NAME}_{split}.amat": URL.format(split) for split in SPLITS}
+    files: dict[str, str | Remote] = {f"{NAME}_{split}.amat": remote(split) for split in SPLITS}
     paths = locate_files(NAME, data_dir, files, download)
     train, valid, test = (read_amat(paths[f"{NAME}_{split}.amat"]) for split in SPLITS)
     return DataSplits(
