@@ -60,7 +60,7 @@ def main() -> None:
             for model, k, sampler, chains, sweeps in combos:
                 values = with_struct({
                     "model": model, "struct": args.struct, "dataset": args.dataset,
-                    "data_dir": args.data_dir, "samples": k, "sampler": sampler, "chains": chains,
+                    "data_dir": args.data_dir, "k": k, "sampler": sampler, "chains": chains,
                     "sweeps": sweeps, "steps": args.steps, "eval_every": 10**9, "checkpoint_every": 10**9,
                     "val_samples": 1, "log_z_betas": 2, "log_z_samples": 1, "device": "cpu",
                     "out": os.path.join(tmp, f"{model}-k{k}-{sampler}-{chains}-{sweeps}-{r}"),

@@ -3,7 +3,7 @@
 # 2020): the lower half of each image from its upper half with 392V-240H-240H-392V (double_linear),
 # trained with m = 1 and m = 50 relaxed samples for gs, igr-i and igr-planar at temperature 1.0
 # (Adam 1e-3, decoupled weight decay 1e-3, batch 100), the best-validation model scored on the
-# test set with L^SP_100 (100 hard binary samples). One JSON line per run: model, samples, nll.
+# test set with L^SP_100 (100 hard binary samples). One JSON line per run: model, m, nll.
 #   bash bench/sop.sh DATA_DIR OUT_DIR [STEPS]
 set -euo pipefail
 data=${1:?usage: bench/sop.sh DATA_DIR OUT_DIR [STEPS]}
@@ -18,7 +18,7 @@ for m in 1 50; do
       if [ -f "$run/last.safetensors" ]; then
         dvae sop train --resume "$run" | tail -n 1 > "$run.train.tmp"
       else
-        dvae sop train --model "$model" --arch double_linear --samples "$m" --temperature 1.0 \
+        dvae sop train --model "$model" --arch double_linear --k "$m" --temperature 1.0 \
           --dataset binarized_mnist --data-dir "$data" --steps "$steps" --eval-every "$eval_every" \
           --seed 0 --out "$run" | tail -n 1 > "$run.train.tmp"
       fi

@@ -14,6 +14,11 @@ import sys
 from pathlib import Path
 
 
+def neg(ev: dict, name: str) -> float:
+    """``neg_NAME`` of an eval file (positive nats), or ``-NAME`` from files written before the rename."""
+    return ev[f"neg_{name}"] if f"neg_{name}" in ev else -ev[name]
+
+
 def main(out: Path) -> None:
     rows: dict[str, list[tuple]] = {}
     for f in sorted(out.glob("*.eval.json")):
@@ -23,8 +28,8 @@ def main(out: Path) -> None:
         train = json.loads(Path(str(f).replace(".eval.", ".train.")).read_text())
         ev = json.loads(f.read_text())
         rows.setdefault(model, []).append(
-            (ev["nll"], -ev["elbo"], -ev["relaxed_objective"], train.get("train_seconds"), ev.get("examples"),
-             ev.get("nll_stderr"))
+            (ev["nll"], neg(ev, "elbo"), neg(ev, "relaxed_objective"), train.get("train_seconds"),
+             ev.get("examples"), ev.get("nll_stderr"))
         )
     for model, r in rows.items():
         nll = [x[0] for x in r]

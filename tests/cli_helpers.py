@@ -6,13 +6,43 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from PIL import Image
 
 from discrete_vae.cli import main
+
+# digits-quick with a small network, 1-thread CPU; every training run of the CLI tests starts from this.
+FAST = ["--preset", "digits-quick", "--hidden", "32", "--val-samples", "5", "--device", "cpu"]
+# The shared run: 300 steps; checkpoints (125) fall between metrics lines (50) on purpose.
+RUN_ARGS = [*FAST, "--steps", "300", "--eval-every", "100", "--checkpoint-every", "125"]
+TIMEOUT_S = 120
+
+
+def cli_command(*argv: object) -> list[str]:
+    return [sys.executable, "-m", "discrete_vae.cli", *(str(a) for a in argv)]
+
+
+def subprocess_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", DVAE_DATA_DIR=str(tmp_path / "data"))
+    return env
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.verify()
+        return image.size
 
 
 class Result(NamedTuple):

@@ -7,6 +7,7 @@ writes under ``tmp_path``; nothing touches the network (downloads are monkeypatc
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -23,7 +24,19 @@ from PIL import Image
 from safetensors import safe_open
 
 import discrete_vae.train as train_mod
-from cli_helpers import Result, dvae, kill_when, last_json  # noqa: F401
+from cli_helpers import (  # noqa: F401
+    FAST,
+    RUN_ARGS,
+    TIMEOUT_S,
+    Result,
+    cli_command,
+    dvae,
+    kill_when,
+    last_json,
+    png_size,
+    read_metrics,
+    subprocess_env,
+)
 from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
 from discrete_vae.cli import main
 from discrete_vae.config import PRESETS, TrainConfig
@@ -31,38 +44,12 @@ from discrete_vae.data import binarized_mnist as bm_mod
 from discrete_vae.data import download as download_mod
 from discrete_vae.train import model_from_run
 
-# digits-quick with a small network, 1-thread CPU; every training run below starts from this.
-FAST = ["--preset", "digits-quick", "--hidden", "32", "--val-samples", "5", "--device", "cpu"]
-# The shared run: 300 steps; checkpoints (125) fall between metrics lines (50) on purpose.
-RUN_ARGS = [*FAST, "--steps", "300", "--eval-every", "100", "--checkpoint-every", "125"]
-TIMEOUT_S = 120
 
-
-def cli_command(*argv: object) -> list[str]:
-    return [sys.executable, "-m", "discrete_vae.cli", *(str(a) for a in argv)]
-
-
-def subprocess_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", DVAE_DATA_DIR=str(tmp_path / "data"))
-    return env
-
-
-def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        image.verify()
-        return image.size
-
-
-def grid_png_size(n: int, ncol: int = 8, side: int = 8) -> tuple[int, int]:
-    """(width, height) of ``save_png(tile(...))``: 1-px borders, enlarged twice."""
-    rows = -(-n // ncol)
-    return 2 * (ncol * (side + 1) + 1), 2 * (rows * (side + 1) + 1)
+def assert_readable_grid(path: Path, rows: int, ncol: int = 8, side: int = 8) -> None:
+    """A PNG of ``rows`` x ``ncol`` tiles of ``side``-pixel images, each enlarged to >= 40 px, with a
+    label margin on the left and a caption above."""
+    width, height = png_size(path)
+    assert width >= ncol * 40 + 20 and height >= rows * 40 + 10, (width, height)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,8 +85,11 @@ def test_train_writes_the_run_folder(run):
     assert len(train) + len(valid) == len(lines)
     assert [m["step"] for m in train] == list(range(50, 301, 50))
     assert [m["step"] for m in valid] == [100, 200, 300]
-    assert all({"loss", "log_px", "kl", "tau", "lr"} <= set(m) for m in train)
-    assert all({"nll", "elbo", "relaxed_objective"} <= set(m) for m in valid)
+    assert all({"loss", "neg_log_px", "kl", "tau", "lr"} <= set(m) for m in train)
+    assert all({"nll", "neg_elbo", "neg_relaxed_objective"} <= set(m) for m in valid)
+    # positive nats to minimise, everywhere: -ELBO >= NLL bound, reconstruction and KL terms >= 0
+    assert all(m["neg_elbo"] >= m["nll"] - 1e-9 and m["nll"] > 0 for m in valid)
+    assert all(m["neg_log_px"] > 0 and m["kl"] >= 0 and m["loss"] > 0 for m in train)
     assert all(math.isfinite(v) for m in lines for v in m.values() if isinstance(v, float))
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -107,13 +97,13 @@ def test_train_writes_the_run_folder(run):
     (events,) = (run / "tb").glob("events.out.tfevents.*")
     acc = EventAccumulator(str(events))
     acc.Reload()
-    assert {"train/loss", "train/tau", "valid/nll", "valid/elbo"} <= set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/tau", "valid/nll", "valid/neg_elbo"} <= set(acc.Tags()["scalars"])
     assert {"samples", "reconstructions"} <= set(acc.Tags()["images"])
 
     for step in (100, 200, 300):
-        # 32 data rows over their reconstructions = 64 images; 64 prior samples
-        assert png_size(run / "images" / f"reconstructions_{step:07d}.png") == grid_png_size(64)
-        assert png_size(run / "images" / f"samples_{step:07d}.png") == grid_png_size(64)
+        # 32 data rows over their reconstructions = 64 images; 64 prior samples; 8 x 8 tiles
+        assert_readable_grid(run / "images" / f"reconstructions_{step:07d}.png", rows=8)
+        assert_readable_grid(run / "images" / f"samples_{step:07d}.png", rows=8)
 
     last = load_checkpoint(run / "last.safetensors")
     best = load_checkpoint(run / "best.safetensors")
@@ -127,44 +117,64 @@ def test_eval_prints_the_bound_as_the_last_json_line(run, capsys):
     first = dvae(capsys, "eval", run, "--samples", 50, "--split", "test", "--device", "cpu")
     assert first.rc == 0, first.err
     result = last_json(first.out)
-    assert {"nll", "elbo", "samples", "split"} <= set(result)
+    assert {"nll", "neg_elbo", "samples", "split", "checkpoint"} <= set(result)
     assert (result["samples"], result["split"], result["examples"]) == (50, "test", 180)
     # log-mean-exp >= mean over the same weights: the IW bound is never below the ELBO
-    assert math.isfinite(result["nll"]) and -result["nll"] >= result["elbo"] - 1e-9
-    assert json.loads((run / "eval_test_S50_seed0.json").read_text())["nll"] == result["nll"]
+    assert math.isfinite(result["nll"]) and result["nll"] <= result["neg_elbo"] + 1e-9
+    assert json.loads((run / "eval_test_S50_seed0_best.json").read_text()) == result
+    assert result["checkpoint"] == "best" and "best.safetensors" in first.err
 
     again = last_json(dvae(capsys, "eval", run, "--samples", 50, "--seed", 0).out)
     other = last_json(dvae(capsys, "eval", run, "--samples", 50, "--seed", 1).out)
     result.pop("seconds"), again.pop("seconds"), other.pop("seconds")
     assert again == result
-    assert other["nll"] != result["nll"] and other["elbo"] != result["elbo"]
+    assert other["nll"] != result["nll"] and other["neg_elbo"] != result["neg_elbo"]
     assert abs(other["nll"] - result["nll"]) < 1.0  # the same bound, other Monte Carlo noise
 
     valid = dvae(capsys, "eval", run, "--samples", 20, "--split", "valid", "--device", "cpu")
     assert valid.rc == 0, valid.err
     assert last_json(valid.out)["split"] == "valid"
-    assert -last_json(valid.out)["nll"] >= last_json(valid.out)["elbo"] - 1e-9
+    assert last_json(valid.out)["nll"] <= last_json(valid.out)["neg_elbo"] + 1e-9
 
 
-def test_sample_and_reconstruct_write_pngs_of_the_grid_size(run, tmp_path, capsys):
+def test_sample_and_reconstruct_write_readable_pngs(run, tmp_path, capsys):
     assert dvae(capsys, "sample", run, "--n", 16, "--out", tmp_path / "f.png").rc == 0
-    assert png_size(tmp_path / "f.png") == grid_png_size(16)
+    assert_readable_grid(tmp_path / "f.png", rows=2)
     assert dvae(capsys, "reconstruct", run, "--out", tmp_path / "g.png").rc == 0
-    assert png_size(tmp_path / "g.png") == grid_png_size(2 * 32)  # data rows and their recons
+    assert_readable_grid(tmp_path / "g.png", rows=8)  # 4 data rows, each above its recons
     assert dvae(capsys, "reconstruct", run, "--n", 5, "--out", tmp_path / "h.png").rc == 0
-    assert png_size(tmp_path / "h.png") == grid_png_size(16)  # one data row, one recon row
+    assert_readable_grid(tmp_path / "h.png", rows=2)  # one data row, one recon row
     with Image.open(tmp_path / "f.png") as image:
         assert image.mode == "L" and image.getpixel((0, 0)) == 255  # the white border
 
 
 def test_list_prints_the_registries(capsys):
-    result = dvae(capsys, "list")
+    result = dvae(capsys, "list", "--json")
     assert result.rc == 0
     listed = json.loads(result.out)
     assert {"gs", "st-gs"} <= set(listed["models"])
     assert {"uniform", "learnable"} <= set(listed["priors"])
     assert {"digits", "binarized_mnist"} <= set(listed["datasets"])
     assert listed["presets"] == PRESETS.names()
+
+    table = dvae(capsys, "list")  # a table for people: one row per registry, no JSON
+    assert table.rc == 0 and not table.out.lstrip().startswith("{")
+    rows = {line.split()[0]: line for line in table.out.splitlines() if line.strip()}
+    assert {"models", "priors", "datasets", "presets", "structs"} <= set(rows)
+    assert all(name in rows["presets"] for name in PRESETS.names())
+
+
+def test_list_presets_shows_what_each_sets(capsys):
+    result = dvae(capsys, "list", "presets")
+    assert result.rc == 0
+    lines = {line.split()[0]: line for line in result.out.splitlines()}
+    assert set(lines) == set(PRESETS.names())
+    assert "--dataset digits" in lines["digits-quick"] and "--hidden 64,32" in lines["digits-quick"]
+    assert "--hidden none" in lines["igr2020-dense"]  # a linear network
+    as_json = json.loads(dvae(capsys, "list", "presets", "--json").out)
+    assert as_json["digits-quick"]["steps"] == PRESETS.get("digits-quick")["steps"]
+    structs = dvae(capsys, "list", "structs").out
+    assert "2-layer-nonlin" in structs and "--levels 2" in structs
 
 
 def test_demo_gumbel_max_writes_its_figures(tmp_path, capsys):
@@ -234,6 +244,7 @@ def test_non_finite_loss_exits_1_and_the_run_resumes(run, tmp_path, capsys, monk
     result = dvae(capsys, "train", *RUN_ARGS, "--out", out)
     assert result.rc == 1
     assert len(result.err.strip().splitlines()) == 1 and "step 130" in result.err, result.err
+    assert "checkpoint (step 125) is kept" in result.err and f"--resume {out} --lr" in result.err
     assert max(m["step"] for m in read_metrics(out)) < 130
 
     model, _, state = model_from_run(out, "last")  # the checkpoint of step 125
@@ -314,6 +325,53 @@ def test_precedence_preset_then_file_then_flags(resolve, tmp_path):
     assert (config.eval_every, config.checkpoint_every) == (500, 250)  # the preset over defaults
 
 
+def test_config_files_are_typed_like_flags(resolve, tmp_path):
+    for text, hidden in (("hidden: 64", (64,)), ("hidden: [64, 32]", (64, 32)),
+                         ("hidden: '64,32'", (64, 32)), ("hidden: none", ()), ("hidden: []", ())):
+        assert resolve("--config", _cfg(tmp_path, "c.yaml", text + "\n")).hidden == hidden
+    text = "steps: 1e5\nlr: 3e-4\nbinary: true\nlatent: 8x2\n"
+    config = resolve("--config", _cfg(tmp_path, "c.yaml", text))
+    assert (config.steps, config.lr, config.binary) == (100_000, 3e-4, True)
+
+
+@pytest.mark.parametrize(("text", "key", "expected"), [
+    ("steps: 100.5", "steps", "an integer"), ("binary: 'no'", "binary", "true or false"),
+    ("latent: 20", "latent", "a string"), ("hidden: [32, x]", "hidden", "integer widths"),
+    ("lr: fast", "lr", "a number"), ("seed: [1]", "seed", "an integer"),
+])
+def test_config_type_errors_name_the_key_and_the_type(text, key, expected, tmp_path, capsys):
+    result = dvae(capsys, "train", "--config", _cfg(tmp_path, "c.yaml", text + "\n"))
+    assert result.rc == 2 and len(result.err.strip().splitlines()) == 1
+    assert key in result.err and expected in result.err, result.err
+
+
+def test_samples_is_a_deprecated_spelling_of_k(resolve, capsys):
+    assert resolve("--k", "3").k == 3
+    assert "deprecated" not in capsys.readouterr().err
+    assert resolve("--samples", "3") == resolve("--k", "3")
+    with pytest.raises(TypeError):  # the field is k now; old config files' `samples` still load
+        TrainConfig(samples=3)
+    assert TrainConfig.from_dict({"samples": 4}).k == 4
+
+
+def test_samples_flag_warns_once_and_trains(tmp_path, capsys):
+    result = dvae(capsys, "train", *FAST, "--steps", 20, "--samples", 2, "--out", tmp_path / "run")
+    assert result.rc == 0, result.err
+    assert "--samples is deprecated" in result.err and "use --k" in result.err
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["k"] == 2
+
+
+def test_every_eval_option_has_help_with_its_default():
+    from discrete_vae.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("eval", "sample", "reconstruct"):
+        for action in sub.choices[command]._actions:
+            if action.option_strings and action.dest != "help" and not action.required:
+                assert action.help and "default" in action.help, (command, action.option_strings)
+
+
 @pytest.mark.parametrize("name", PRESETS.names())
 def test_every_preset_parses(resolve, name):
     config = resolve("--preset", name)
@@ -326,6 +384,34 @@ def test_every_preset_parses(resolve, name):
 def _cfg(tmp_path: Path, name: str, text: str) -> Path:
     (tmp_path / name).write_text(text)
     return tmp_path / name
+
+
+def _locked(run: Path) -> Path:
+    """``run``, with its lock held by another process (closed when the test process ends)."""
+    import fcntl
+
+    code = (f"import fcntl, time; f = open({str(run / '.lock')!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print(1, flush=True); time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "1\n"
+    _HOLDERS.append(holder)
+    with open(run / ".lock", "a") as f:  # the lock really is held
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return run
+
+
+_HOLDERS: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _release_holders():
+    yield
+    while _HOLDERS:
+        holder = _HOLDERS.pop()
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
 
 
 def _truncate(path: Path) -> None:
@@ -364,6 +450,23 @@ BAD_INPUT = {
     "train into an existing run": lambda t, r: ["train", *FAST, "--steps", "5", "--out", r],
     "resume without a checkpoint": lambda t, r: ["train", "--resume", t],
     "resume with --config": lambda t, r: ["train", "--resume", r, "--config", t / "c.yaml"],
+    "lr inf": lambda t, r: ["train", *FAST, "--lr", "inf", "--out", t / "o"],
+    "lr-final nan": lambda t, r: ["train", *FAST, "--lr-final", "nan", "--out", t / "o"],
+    "anneal-rate nan": lambda t, r: ["train", *FAST, "--anneal-rate", "nan", "--out", t / "o"],
+    "config lr .inf": lambda t, r: ["train", "--config", _cfg(t, "c.yaml", "lr: .inf\n")],
+    "config integer 100.5": lambda t, r: ["train", "--config", _cfg(t, "c.yaml", "steps: 100.5\n")],
+    "config integer true": lambda t, r: ["train", "--config", _cfg(t, "c.yaml", "steps: true\n")],
+    "config boolean 'no'": lambda t, r: ["train", "--config", _cfg(t, "c.yaml", "binary: 'no'\n")],
+    "config toml boolean 1": lambda t, r: ["train", "--config", _cfg(t, "c.toml", "binary = 1\n")],
+    "config string 20": lambda t, r: ["train", "--config", _cfg(t, "c.yaml", "latent: 20\n")],
+    "config list [32, x]": lambda t, r: ["train", "--config", _cfg(t, "c.yaml", "hidden: [32, x]\n")],
+    "config list 1.5": lambda t, r: ["train", "--config", _cfg(t, "c.yaml", "hidden: 1.5\n")],
+    "out is a file": lambda t, r: ["train", *FAST, "--steps", "5", "--out", _cfg(t, "f", "x")],
+    "out under a file": lambda t, r: ["train", *FAST, "--steps", "5", "--out", _cfg(t, "f", "x") / "run"],
+    "out under /proc": lambda t, r: ["train", *FAST, "--steps", "5", "--out", "/proc/dvae-test/run"],
+    "sample out unwritable": lambda t, r: ["sample", r, "--out", "/proc/dvae-test/x.png"],
+    "reconstruct out under a file": lambda t, r: ["reconstruct", r, "--out", _cfg(t, "f", "x") / "x.png"],
+    "resume a run in use": lambda t, r: ["train", "--resume", _locked(r)],
 }
 if not torch.cuda.is_available():
     BAD_INPUT["cuda without CUDA"] = lambda t, r: ["train", *FAST[:-1], "cuda", "--out", t / "o"]
@@ -538,6 +641,26 @@ def test_method_options_train_and_evaluate_to_finite_numbers(options, tmp_path, 
     evaluated = dvae(capsys, "eval", out, "--samples", 10, "--split", "valid", "--device", "cpu")
     assert evaluated.rc == 0, evaluated.err
     scores = last_json(evaluated.out)
-    assert math.isfinite(scores["nll"]) and math.isfinite(scores["elbo"])
-    assert -scores["nll"] >= scores["elbo"] - 1e-9
+    assert math.isfinite(scores["nll"]) and math.isfinite(scores["neg_elbo"])
+    assert scores["nll"] <= scores["neg_elbo"] + 1e-9
 
+
+
+# ------------------------------------------------------------------ progress without a terminal
+def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys, monkeypatch):
+    import discrete_vae.progress as progress_mod
+
+    monkeypatch.setattr(progress_mod, "EVERY_S", 0.0)  # a line at every update, not every 30 s
+    out = tmp_path / "run"
+    result = dvae(capsys, "train", *FAST, "--steps", 100, "--eval-every", 50, "--log-every", 25, "--out", out)
+    assert result.rc == 0, result.err
+    lines = [line for line in result.err.splitlines() if line.startswith("train: step ")]
+    assert lines and lines[-1].startswith("train: step 100/100 (100%)")
+    assert all("steps/s" in line and "ETA" in line for line in lines)
+    assert "loss" in lines[-1] and "tau" in lines[-1] and "valid nll" in lines[-1]
+    assert not any("valid nll" in line for line in lines if int(line.split()[2].split("/")[0]) < 50)
+
+    evaluated = dvae(capsys, "eval", out, "--samples", 5)
+    assert any(line.startswith("eval: example 180/180 (100%)") for line in evaluated.err.splitlines())
+    quiet = dvae(capsys, "eval", out, "--samples", 5, "--no-progress")
+    assert not any(line.startswith("eval: example") for line in quiet.err.splitlines())

@@ -13,8 +13,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,12 +143,12 @@ def test_chunked_bound_equals_one_pass() -> None:
 def test_cli_train_and_eval_on_digits(capsys, tmp_path: Path, model: str, arch: str) -> None:
     run = tmp_path / "run"
     rc, out, err = dvae(capsys, "sop", "train", *FAST, "--model", model, "--arch", arch, "--steps", 10,
-                        "--eval-every", 5, "--samples", 3, "--out", run)
+                        "--eval-every", 5, "--k", 3, "--out", run)
     assert rc == 0, err
     result = last_json(out)
     assert result["run_dir"] == str(run) and result["steps"] == 10 and math.isfinite(result["nll"])
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["model"] == model and config["arch"] == arch and config["samples"] == 3
+    assert config["model"] == model and config["arch"] == arch and config["k"] == 3
     assert set(config) == {f.name for f in sop.SOPConfig.__dataclass_fields__.values()}
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(ln["step"], ln["split"]) for ln in lines if ln["split"] != "test"] == [
@@ -189,11 +191,11 @@ def test_evaluate_reports_the_standard_error_over_examples() -> None:
 def test_training_lowers_the_nll(capsys, tmp_path: Path) -> None:
     """800 steps of gs, m = 5, beat the untrained net (same seed and output-bias init) on test."""
     run = tmp_path / "run"
-    rc, out, err = dvae(capsys, "sop", "train", *FAST, "--units", 32, "--samples", 5, "--lr", 3e-3,
+    rc, out, err = dvae(capsys, "sop", "train", *FAST, "--units", 32, "--k", 5, "--lr", 3e-3,
                         "--steps", 800, "--eval-every", 400, "--test-samples", 100, "--out", run)
     assert rc == 0, err
     trained = last_json(out)["nll"]
-    config = sop.SOPConfig(dataset="digits", units=32, samples=5, device="cpu")
+    config = sop.SOPConfig(dataset="digits", units=32, k=5, device="cpu")
     data = load_dataset("digits")
     torch.manual_seed(config.seed)
     net = sop.build_net(config, data.image_shape)
@@ -208,7 +210,7 @@ def test_training_lowers_the_nll(capsys, tmp_path: Path) -> None:
         ["train", "--model", "concrete"],
         ["train", "--arch", "deep"],
         ["train", "--steps", "0"],
-        ["train", "--samples", "0"],
+        ["train", "--k", "0"],
         ["train", "--temperature", "0"],
         ["train", "--temperature", "-1"],
         ["train", "--units", "-3"],
@@ -227,7 +229,7 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path: Path, argv: list[str]
 
 
 # ------------------------------------------------------------------ checkpoints and resume
-RESUME = [*FAST, "--log-every", 25, "--eval-every", 40, "--checkpoint-every", 60, "--samples", 2]
+RESUME = [*FAST, "--log-every", 25, "--eval-every", 40, "--checkpoint-every", 60, "--k", 2]
 
 
 def _same_weights(a: Path, b: Path, name: str = "last.safetensors") -> bool:
@@ -389,3 +391,68 @@ def test_bad_resume_exits_2_with_one_line(capsys, tmp_path: Path, straight: Path
         assert "image_shape [4, 16] != [8, 8]" in err, err
     after = {p.name: p.read_bytes() for p in run.iterdir()} if run.exists() else {}
     assert after == before  # nothing touched
+
+
+# ------------------------------------------------------------------ run-folder guarantees
+def test_resuming_a_complete_run_does_nothing_but_say_so(capsys, tmp_path: Path, straight: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    rc, out, err = dvae(capsys, "sop", "train", "--resume", run)
+    assert rc == 0 and "already complete at step 120" in err, err
+    assert last_json(out)["finished"] is True
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_resume_with_a_new_learning_rate_is_recorded(capsys, tmp_path: Path, straight: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    rc, _, err = dvae(capsys, "sop", "train", "--resume", run, "--steps", 140, "--lr", "1e-4")
+    assert rc == 0, err
+    records = [json.loads(line) for line in (run / "overrides.jsonl").read_text().splitlines()]
+    assert records == [{"step": 120, "option": "steps", "from": 120, "to": 140},
+                       {"step": 120, "option": "lr", "from": 0.001, "to": 0.0001}]
+    state = load_checkpoint(run / "last.safetensors")
+    assert state["optimizer"]["param_groups"][0]["lr"] == 1e-4  # in force, not the checkpoint's
+
+
+def test_sop_train_refuses_a_run_folder_in_use(capsys, tmp_path: Path, straight: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    code = (f"import fcntl, time; f = open({str(run / '.lock')!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print(1, flush=True); time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "1\n"
+        rc, out, err = dvae(capsys, "sop", "train", "--resume", run, "--steps", 140)
+        assert rc == 2 and "in use by another dvae process" in err and len(err.strip().splitlines()) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_sigterm_writes_a_checkpoint_and_the_resume_equals_a_straight_run(tmp_path: Path) -> None:
+    args = [*FAST, "--log-every", 7, "--eval-every", 50, "--checkpoint-every", 20, "--steps", 4000]
+    stopped = tmp_path / "stopped"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "discrete_vae.cli", "sop", "train", *map(str, args)]
+    victim = subprocess.Popen([*command, "--out", str(stopped)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _progressed(stopped):
+        assert victim.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGTERM)
+    _, err = victim.communicate(timeout=60)
+    assert victim.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
+    at = int(load_checkpoint(stopped / "last.safetensors")["step"])
+    assert f"at step {at};" in err and 0 < at < 4000
+    small = ["--steps", str(at + 40)]
+    full = subprocess.run([*command, *small, "--out", str(tmp_path / "full")], env=env, capture_output=True,
+                          text=True, timeout=60)
+    resumed = subprocess.run([*command[:5], "--resume", str(stopped), *small], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert full.returncode == 0 and resumed.returncode == 0, resumed.stderr
+    assert (stopped / "metrics.jsonl").read_bytes() == (tmp_path / "full" / "metrics.jsonl").read_bytes()
+    assert _same_weights(stopped, tmp_path / "full")

@@ -1,13 +1,16 @@
 """Checkpoints: one safetensors file each, written atomically, loaded without executing code.
 
 Tensors (model, optimizer moments, RNG states) go into the safetensors body; everything else
-(step, schedule, data order, config, optimizer hyper-parameters) into its JSON metadata. A file is
-written to a temporary name in the same folder, flushed, fsynced and renamed over the old one, so a
-``kill -9`` at any moment leaves either the old checkpoint or the new one, never half of one.
+(step, schedule, data order, config, optimizer hyper-parameters) into its JSON metadata, beside a
+SHA-256 checksum of both that loading verifies (a flipped byte is an error naming the file, never a
+silently different model). A file is written to a temporary name in the same folder, flushed, fsynced
+and renamed over the old one, so a ``kill -9`` at any moment leaves either the old checkpoint or the new
+one, never half of one; it gets the permissions of any file the process creates (``0666 & ~umask``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -46,11 +49,29 @@ def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return skeleton
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (else set and restored)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (``mkstemp`` alone gives 0600).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -66,6 +87,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def checksum(skeleton: str, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the JSON skeleton and every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256(skeleton.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Save a nested dict of tensors and JSON-able values atomically as one safetensors file."""
     tensors: dict[str, torch.Tensor] = {}
@@ -77,11 +108,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             tensors[name] = tensor.clone()
         elif tensor.numel():
             storages.add(ptr)
-    atomic_write_bytes(Path(path), save(tensors, metadata={"state": json.dumps(skeleton)}))
+    text = json.dumps(skeleton)
+    metadata = {"state": text, "sha256": checksum(text, tensors)}
+    atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (no code is executed)."""
+    """Load a checkpoint written by :func:`save_checkpoint` (no code is executed), verifying its checksum.
+
+    Checkpoints written before checksums were added (no ``sha256`` entry) load unverified.
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -96,9 +132,18 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
         raise UserError(
             f"checkpoint {path} is corrupt or not a discrete-vae checkpoint ({e})"
         ) from None
+    if "sha256" in metadata and checksum(metadata["state"], tensors) != metadata["sha256"]:
+        raise UserError(f"checkpoint {path} is corrupt: its contents do not match their SHA-256 checksum")
     if str(device) != "cpu":
         tensors = {k: v.to(device) for k, v in tensors.items()}
     return unflatten(skeleton, tensors)
+
+
+def finite_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every parameter, buffer and optimizer-state tensor is finite (a checkpoint worth keeping)."""
+    tensors = [*model.state_dict().values()]
+    tensors += [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
 def run_checkpoint(run_dir: Path, which: str = "best", what: str = "run folder") -> Path:

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import time
-import types
 import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from .errors import NonFiniteLossError, UserError
-
-RESUME_OVERRIDES = {"steps", "epochs", "device", "eval_every", "checkpoint_every", "log_every"}
+from .options import field_type
+from .progress import Stopped
+from .runs import dumps, note
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,12 +26,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _field_type(tp: Any) -> Any:
-    if isinstance(tp, str):
-        tp = eval(tp, vars(typing), {})  # annotations are strings under `from __future__`
-    if isinstance(tp, types.UnionType):
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    return tp
+class _Deprecated(argparse.Action):
+    """An old spelling of a flag: stores into the new one's ``dest`` and says which to use."""
+
+    def __init__(self, *args: Any, new: str = "", **kwargs: Any):
+        self.new = new
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        note(f"{parser.prog}: warning: {option_string} is deprecated and will be removed; use {self.new}")
+        setattr(namespace, self.dest, values)
+
+
+def _add_k_flags(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--k`` (relaxed samples per example in training) and its deprecated spelling ``--samples``."""
+    parser.add_argument("--k", dest="k", type=int, default=argparse.SUPPRESS, help=help_text)
+    parser.add_argument("--samples", dest="k", type=int, default=argparse.SUPPRESS, action=_Deprecated,
+                        new="--k", help="deprecated spelling of --k")
 
 
 def _hidden_widths(text: str) -> tuple[int, ...]:
@@ -46,19 +58,23 @@ def _hidden_widths(text: str) -> tuple[int, ...]:
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     from .config import TrainConfig
 
+    groups = {name: parser.add_argument_group(title) for name, title in OPTION_GROUPS}
     for f in fields(TrainConfig):
-        tp = _field_type(f.type)
+        tp = field_type(f.type)[0]
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} (default: {f.default})"
-        if tp is bool:
-            parser.add_argument(
+        group = groups[next((g for g, names in GROUPED.items() if f.name in names), "run")]
+        if f.name == "k":
+            _add_k_flags(group, help_text)
+        elif tp is bool:
+            group.add_argument(
                 flag,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
                 help=help_text,
             )
         elif f.name == "hidden":
-            parser.add_argument(
+            group.add_argument(
                 flag,
                 type=_hidden_widths,
                 default=argparse.SUPPRESS,
@@ -66,8 +82,23 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 help=help_text + "; 'none' for a linear map",
             )
         else:
-            flags = [flag, "--k"] if f.name == "samples" else [flag]
-            parser.add_argument(*flags, dest=f.name, type=tp, default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(flag, dest=f.name, type=tp, default=argparse.SUPPRESS, help=help_text)
+
+
+# `dvae train --help` groups the options by what they belong to
+OPTION_GROUPS = (("model", "model and latents"), ("prior", "RBM prior and its sampler"),
+                 ("optim", "optimisation"), ("temperature", "temperature"), ("data", "data"),
+                 ("run", "run folder, device and reporting"))
+GROUPED = {
+    "model": ("model", "latent", "binary", "prior", "kl", "prior_temperature", "continuous", "delta",
+              "prior_scale", "sb_threshold", "sb_percentile", "flow_layers", "mc_samples", "k", "struct",
+              "levels", "batch_norm", "center_input", "beta", "hidden", "activation", "objective"),
+    "prior": ("sampler", "chains", "sweeps", "log_z_betas", "log_z_samples"),
+    "optim": ("steps", "epochs", "batch_size", "lr", "lr_schedule", "lr_final", "weight_decay", "l2",
+              "adam_eps", "kl_warmup", "seed"),
+    "temperature": ("temperature", "min_temperature", "anneal_rate", "anneal_every", "learn_temperature"),
+    "data": ("dataset", "data_dir"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,47 +107,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (or resume a run)")
     _add_config_flags(p)
-    p.add_argument("--config", type=Path, help="YAML or TOML file of the options above")
-    p.add_argument("--preset", help="named preset of options (see `dvae list`)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: when stderr is a terminal)",
-    )
+    g = p.add_argument_group("configuration and resuming")
+    g.add_argument("--config", type=Path, help="YAML or TOML file of the options above")
+    g.add_argument("--preset", help="named preset of options (see `dvae list presets`)")
+    g.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR; only " + ", ".join(_flags(_resume_overrides()))
+                   + " may be given with it (each change is recorded in RUN_DIR/overrides.jsonl)")
+    _add_progress_flag(g)
 
     p = sub.add_parser("eval", help="importance-weighted bound of the discrete model")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--samples", type=int, default=5000, help="importance samples per example")
-    p.add_argument("--split", default="test", choices=["test", "valid", "train"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("run_dir", type=Path, help="run folder written by `dvae train`")
+    p.add_argument("--samples", type=int, default=5000,
+                   help="S, importance samples (hard draws from q(z|x)) per example (default: 5000)")
+    p.add_argument("--split", default="test", choices=["test", "valid", "train"],
+                   help="split to score (default: test)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default: 0)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="best-validation model, or the last one (default: best; last when a run has no best)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder of the dataset files (default: the one the run was trained with)")
     p.add_argument("--limit", type=int, default=None,
                    help="score N examples spread over the split (a fixed subset; default: all)")
     p.add_argument("--log-z", default="auto", choices=["auto", "exact", "ais", "pa"],
-                   help="RBM priors: how log Z is estimated (auto: exact when a half has <= 20 units, "
-                   "else AIS)")
+                   help="RBM priors: how log Z is estimated (default: auto, exact when a half has <= 20 "
+                   "units, else AIS)")
     p.add_argument("--log-z-betas", type=int, default=1000,
                    help="RBM priors: AIS/PA inverse temperatures (default: 1000)")
     p.add_argument("--log-z-samples", type=int, default=1024,
                    help="RBM priors: AIS/PA chains (default: 1024)")
+    _add_progress_flag(p)
 
     for name, what in (
         ("sample", "images from the prior"),
         ("reconstruct", "data and reconstructions"),
     ):
         p = sub.add_parser(name, help=f"PNG grid of {what}")
-        p.add_argument("run_dir", type=Path)
+        p.add_argument("run_dir", type=Path, help="run folder written by `dvae train`")
         p.add_argument("--out", type=Path, required=True, help="PNG file to write")
-        p.add_argument("--n", type=int, default=64 if name == "sample" else 32)
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+        n = 64 if name == "sample" else 32
+        p.add_argument("--n", type=int, default=n, help=f"images (default: {n})")
+        p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+        p.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                       help="best-validation or last model (default: best)")
         if name == "reconstruct":
-            p.add_argument("--split", default="test", choices=["test", "valid", "train"])
-            p.add_argument("--data-dir", default=None)
+            p.add_argument("--split", default="test", choices=["test", "valid", "train"],
+                           help="split the examples are spread over (default: test)")
+            p.add_argument("--data-dir", default=None,
+                           help="folder of the dataset files (default: the one the run was trained with)")
 
     p = sub.add_parser("demo", help="figures that explain the methods")
     p.add_argument("which", choices=["gumbel-max"])
@@ -131,13 +169,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     _add_sop_parser(sub)
-    sub.add_parser("list", help="registered models, priors, datasets and presets")
+    p = sub.add_parser("list", help="registered models, priors, datasets, presets and structs")
+    p.add_argument("what", nargs="?", choices=sorted(LISTS), default=None,
+                   help="one registry; presets and structs with what each sets (default: a summary of all)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
     return parser
+
+
+def _flags(names: Any) -> list[str]:
+    return ["--" + n.replace("_", "-") for n in names]
+
+
+def _resume_overrides() -> tuple[str, ...]:
+    from .config import RESUME_OVERRIDES
+
+    return RESUME_OVERRIDES
+
+
+def _add_progress_flag(parser: Any) -> None:
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar, or nothing (default: a bar when stderr is a terminal, else a line every 30 s)",
+    )
 
 
 def _add_sop_parser(sub: Any) -> None:
     """``dvae sop train|eval``: structured output prediction (:mod:`discrete_vae.sop`)."""
-    from .sop import SOPConfig
+    from .sop import RESUME_OVERRIDES, SOPConfig
 
     p = sub.add_parser("sop", help="structured output prediction: lower half of an image from its upper")
     sop = p.add_subparsers(dest="sop_command", required=True, parser_class=_Parser)
@@ -146,11 +206,14 @@ def _add_sop_parser(sub: Any) -> None:
         help_text = f.metadata["help"]
         if "(default:" not in help_text:
             help_text += f" (default: {f.default})"
-        t.add_argument("--" + f.name.replace("_", "-"), type=_field_type(f.type), default=argparse.SUPPRESS,
+        if f.name == "k":
+            _add_k_flags(t, help_text)
+            continue
+        t.add_argument("--" + f.name.replace("_", "-"), type=field_type(f.type)[0], default=argparse.SUPPRESS,
                        help=help_text)
     t.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its last.safetensors; only --steps, --device, "
-                   "--eval-every, --checkpoint-every and --log-every may be given with it")
+                   help="continue the run in RUN_DIR from its last.safetensors; only "
+                   + ", ".join(_flags(RESUME_OVERRIDES)) + " may be given with it")
     e = sop.add_parser("eval", help="L^SP of the discrete model with hard samples")
     e.add_argument("run_dir", type=Path, help="run folder written by `dvae sop train`")
     e.add_argument("--samples", type=int, default=100, help="hard samples per example (default: 100)")
@@ -167,25 +230,20 @@ def _add_sop_parser(sub: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import PRESETS, TrainConfig, load_config_file, with_struct
-    from .train import CONFIG, train
+    from .config import PRESETS, RESUME_OVERRIDES, TrainConfig, load_config_file, with_struct
+    from .runs import CONFIG, check_resumable
+    from .train import train
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     if args.resume:
         if args.config or args.preset:
             raise UserError("--resume takes its options from the run folder, not --config/--preset")
-        changed = sorted(set(given) - RESUME_OVERRIDES)
+        changed = sorted(set(given) - set(RESUME_OVERRIDES))
         if changed:
-            raise UserError(
-                f"cannot change {', '.join('--' + c.replace('_', '-') for c in changed)} "
-                f"when resuming; only {', '.join(sorted(RESUME_OVERRIDES))}"
-            )
-        path = args.resume / CONFIG
-        if not path.is_file() or not (args.resume / "last.safetensors").is_file():
-            raise UserError(
-                f"{args.resume} holds no resumable run (config.yaml and last.safetensors)"
-            )
-        values = {**load_config_file(path), **given}
+            raise UserError(f"cannot change {', '.join(_flags(changed))} when resuming; only "
+                            f"{', '.join(_flags(RESUME_OVERRIDES))}")
+        check_resumable(args.resume)
+        values = {**load_config_file(args.resume / CONFIG), **given}
         if "steps" in given or "epochs" in given:  # a new length replaces the old one
             values["epochs" if "steps" in given else "steps"] = None
         config = TrainConfig.from_dict(values)  # train() rewrites config.yaml once the state fits
@@ -200,79 +258,42 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _eval(args: argparse.Namespace) -> dict[str, Any]:
-    from .data import load_dataset
-    from .evaluate import estimate_log_partition, evaluate
-    from .train import model_from_run, resolve_device, temperature_schedule
+    from .evaluate import evaluate_run
 
-    if args.samples < 1:
-        raise UserError("--samples must be at least 1")
-    if args.log_z_betas < 2 or args.log_z_samples < 1:
-        raise UserError("--log-z-betas must be at least 2 and --log-z-samples at least 1")
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be at least 1")
-    device = resolve_device(args.device)
-    model, config, state = model_from_run(args.run_dir, args.checkpoint, str(device))
-    data = load_dataset(config.dataset, args.data_dir or config.data_dir, seed=config.seed)
-    x = data.subset(args.split, args.limit).to(device)
-    start = time.perf_counter()
-    tau = temperature_schedule(config)(int(state["step"]))
-    try:
-        log_z = estimate_log_partition(
-            model.prior, args.log_z_betas, args.log_z_samples, args.seed, args.log_z
-        )
-    except ValueError as e:  # e.g. exact enumeration of a half too large
-        raise UserError(str(e)) from None
-    metrics = evaluate(model, x, samples=args.samples, tau=tau, seed=args.seed,
-                       log_partition=log_z.get("log_z", 0.0))
-    seconds = time.perf_counter() - start
-    if log_z:
-        print(f"log Z = {log_z['log_z']:.3f} ± {log_z['log_z_stderr']:.3f} ({log_z['log_z_method']})",
-              file=sys.stderr)
-    result = {
-        **metrics,
-        **log_z,
-        "split": args.split,
-        "seed": args.seed,
-        "step": int(state["step"]),
-        "checkpoint": args.checkpoint,
-        "seconds": round(seconds, 3),
-    }
-    spread = (f" ± {metrics['nll_stderr']:.2f} (standard error over examples)"
-              if "nll_stderr" in metrics else "")
-    print(
-        f"{args.split}: NLL <= {metrics['nll']:.2f} nats (importance-weighted bound, S={args.samples})"
-        f"{spread}; "
-        f"-ELBO {-metrics['elbo']:.2f}; relaxed objective {metrics['relaxed_objective']:.2f} "
-        f"(not a bound); {seconds:.1f} s",
-        file=sys.stderr,
-    )
-    limit = f"_subset{args.limit}" if args.limit else ""
-    name = f"eval_{args.split}_S{args.samples}{limit}_seed{args.seed}.json"
-    (args.run_dir / name).write_text(json.dumps(result) + "\n")
-    return result
+    return evaluate_run(args.run_dir, samples=args.samples, split=args.split, seed=args.seed,
+                        checkpoint=args.checkpoint, device=args.device, data_dir=args.data_dir,
+                        limit=args.limit, log_z=args.log_z, log_z_betas=args.log_z_betas,
+                        log_z_samples=args.log_z_samples, progress=args.progress)
 
 
 def _images(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from .data import load_dataset
-    from .train import model_from_run
-    from .viz.grids import reconstruction_grid, save_png, tile
+    from .train import model_from_run, temperature_schedule
+    from .viz.grids import reconstruction_figure, samples_figure, save_png
 
     if args.n < 1:
         raise UserError("--n must be at least 1")
     if args.out.suffix.lower() != ".png":
         raise UserError(f"--out must name a .png file, got {str(args.out)!r}")
-    model, config, _ = model_from_run(args.run_dir, args.checkpoint)
+    model, config, state = model_from_run(args.run_dir, args.checkpoint)
+    step = int(state["step"])
+    tau = float(model.tau(temperature_schedule(config)(step)).detach())
+    caption = f"{args.run_dir.name}, step {step}, tau {tau:.3f}"
     torch.manual_seed(args.seed)
     if args.command == "sample":
         shape = load_dataset(config.dataset, config.data_dir, seed=config.seed).image_shape
-        grid = tile(model.sample_images(args.n), shape, ncol=8)
+        image = samples_figure(model.sample_images(args.n), shape, caption)
     else:
         data = load_dataset(config.dataset, args.data_dir or config.data_dir, seed=config.seed)
-        x = data.split(args.split)[: args.n]
-        grid = reconstruction_grid(x, model.reconstruct(x), data.image_shape)
-    return {"out": str(save_png(grid, args.out)), "n": args.n}
+        x = data.subset(args.split, args.n)  # spread over the split: its files are not shuffled
+        image = reconstruction_figure(x, model.reconstruct(x), data.image_shape, f"{caption}, {args.split}")
+    try:
+        save_png(image, args.out)
+    except OSError as e:
+        raise UserError(f"cannot write {args.out}: {e.strerror}") from None
+    return {"out": str(args.out), "n": args.n}
 
 
 def _demo(args: argparse.Namespace) -> dict[str, Any]:
@@ -285,19 +306,20 @@ def _demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _igr_prior(args: argparse.Namespace) -> dict[str, Any]:
+    import math
+
     from .errors import ConfigError
     from .priors.igr import prior_fit_report
 
-    if args.classes < 2 or args.prior_scale <= 0 or args.draws < 1:
-        raise ConfigError("--classes must be at least 2, --prior-scale and --draws positive")
+    if args.classes < 2 or not 0 < args.prior_scale < math.inf or args.draws < 1:
+        raise ConfigError("--classes must be at least 2, --prior-scale finite and positive, --draws positive")
     kind = args.model.removeprefix("igr-")
     report = prior_fit_report(kind, args.classes, args.prior_scale, args.draws, args.seed)
-    print(
+    note(
         f"{args.model}, K = {args.classes}: implied prior within "
         f"{report['max_abs_error_computed']:.1e} of 1/K (computed), "
         f"{report['max_abs_error_sampled']:.1e} over {args.draws} draws "
-        f"(sampling std {report['sampling_stderr']:.1e})",
-        file=sys.stderr,
+        f"(sampling std {report['sampling_stderr']:.1e})"
     )
     return report
 
@@ -316,19 +338,49 @@ def _sop(args: argparse.Namespace) -> dict[str, Any]:
                         args.data_dir, args.checkpoint, device)
 
 
-def _list(args: argparse.Namespace) -> dict[str, Any]:  # noqa: ARG001
+def _registries() -> dict[str, Any]:
     from .config import PRESETS, STRUCTS
     from .data import DATASETS
     from .latents import LATENT_FAMILIES
     from .priors import PRIORS
 
-    return {
-        "models": LATENT_FAMILIES.names(),
-        "priors": PRIORS.names(),
-        "datasets": DATASETS.names(),
-        "presets": PRESETS.names(),
-        "structs": STRUCTS.names(),
-    }
+    return {"models": LATENT_FAMILIES, "priors": PRIORS, "datasets": DATASETS, "presets": PRESETS,
+            "structs": STRUCTS}
+
+
+LISTS = ("models", "priors", "datasets", "presets", "structs")
+
+
+def _list(args: argparse.Namespace) -> dict[str, Any] | None:
+    registries = _registries()
+    if args.what in ("presets", "structs"):  # what each sets
+        listed: Any = {name: {k: list(v) if isinstance(v, tuple) else v for k, v in registries[args.what].get(
+            name).items()} for name in registries[args.what].names()}
+    elif args.what:
+        listed = registries[args.what].names()
+    else:
+        listed = {kind: registries[kind].names() for kind in LISTS}
+    if args.json:
+        return listed if isinstance(listed, dict) else {args.what: listed}
+    if isinstance(listed, list):
+        print("\n".join(listed))
+    elif args.what:  # name, then its settings
+        width = max(map(len, listed))
+        for name, settings in listed.items():
+            text = " ".join(f"--{k.replace('_', '-')} {_value(v)}" for k, v in settings.items())
+            print(f"{name:<{width}}  {text}")
+    else:
+        width = max(map(len, listed))
+        for kind, names in listed.items():
+            print(f"{kind:<{width}}  {', '.join(names)}")
+        print("\n`dvae list presets` and `dvae list structs` show what each sets; --json for scripts")
+    return None
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
 
 
 COMMANDS = {
@@ -344,19 +396,30 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``dvae`` command; its result is the last line of stdout, as strict JSON (rank 0 only under
+    ``torchrun``). Bad input, and files that cannot be read or written, end with one line and status 2."""
     args = build_parser().parse_args(argv)
+    command = f"dvae {args.command}"
     try:
         result = COMMANDS[args.command](args)
     except UserError as e:
-        print(f"dvae {args.command}: error: {e}", file=sys.stderr)
+        note(f"{command}: error: {e}")
         return 2
     except NonFiniteLossError as e:
-        print(f"dvae {args.command}: stopped: {e}", file=sys.stderr)
+        note(f"{command}: stopped: {e}")
         return 1
+    except Stopped as e:
+        note(f"{command}: {e}")
+        return 128 + e.signum
+    except OSError as e:  # a read-only or full file system, a path under a file, ...
+        where = f": {e.filename}" if e.filename else ""
+        note(f"{command}: error: {e.strerror or e}{where}")
+        return 2
     except KeyboardInterrupt:
-        print(f"dvae {args.command}: interrupted", file=sys.stderr)
+        note(f"{command}: interrupted")
         return 130
-    print(json.dumps(result))
+    if result is not None and os.environ.get("RANK", "0") == "0":
+        print(dumps(result))
     return 0
 
 

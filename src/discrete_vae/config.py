@@ -8,7 +8,7 @@ Precedence: defaults < preset < config file < command-line flags.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,14 @@ import yaml
 
 from .errors import ConfigError
 from .latents import LATENT_FAMILIES, LatentSpec
+from .options import check_finite, coerce_options, coerce_widths
 from .priors import PRIORS
 from .registry import Registry
 
 LR_SCHEDULES = ("constant", "cosine", "piecewise")
+# what `dvae train --resume RUN` may change; each change is recorded in RUN/overrides.jsonl with its step
+RESUME_OVERRIDES = ("steps", "epochs", "lr", "lr_final", "device", "eval_every", "checkpoint_every",
+                    "log_every")
 OBJECTIVES = ("auto", "elbo", "iw")
 SAMPLER_NAMES = ("pcd", "pa")
 
@@ -75,7 +79,8 @@ class TrainConfig:
     sb_percentile: float = _f(70.0, "igr-sb: percentile over the batch of the classes needed")
     flow_layers: int = _f(2, "igr-planar: planar-flow layers per latent variable")
     mc_samples: int = _f(1000, "igr-planar: draws estimating the implied discrete posterior")
-    samples: int = _f(1, "k: relaxed samples per example in the training objective (also --k)")
+    k: int = _f(1, "relaxed samples per example in the training objective (--samples is a deprecated "
+                "alias)")
     struct: str | None = _f(None, "DVAE structure (1-layer-lin, 1-layer-nonlin, 2-layer-nonlin, "
                             "4-layer-nonlin): the original's architecture and training setup")
     levels: int = _f(1, "groups of binary latents in a hierarchical posterior q(z_1|x) q(z_2|x, z_1) ...")
@@ -100,7 +105,8 @@ class TrainConfig:
     log_every: int = _f(100, "write a training line to metrics.jsonl every this many steps")
 
     def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
+        self.hidden = coerce_widths("hidden", self.hidden)
+        check_finite(self)
         LATENT_FAMILIES.get(self.model)
         self.latent_spec()
         if self.steps is not None and self.epochs is not None:
@@ -111,7 +117,7 @@ class TrainConfig:
             "eval_every",
             "checkpoint_every",
             "log_every",
-            "samples",
+            "k",
             "val_samples",
             "flow_layers",
             "mc_samples",
@@ -166,39 +172,19 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        clean = {k.replace("-", "_"): v for k, v in values.items()}
-        unknown = sorted(set(clean) - known)
-        if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
-        if "hidden" in clean:
-            clean["hidden"] = parse_hidden(clean["hidden"])
-        for f in fields(cls):  # YAML 1.1 reads `1e-3` (no dot) as a string
-            value = clean.get(f.name)
-            if isinstance(value, str) and f.type in ("float", "float | None"):
-                try:
-                    clean[f.name] = float(value)
-                except ValueError:
-                    raise ConfigError(f"{f.name} must be a number, got {value!r}") from None
-        try:
-            return cls(**clean)
-        except TypeError as e:
-            raise ConfigError(f"bad config: {e}") from None
+        """A config from a mapping of option names (``-`` or ``_``) to values, type-checked like flags.
+
+        ``samples``, the old name of ``k``, is read as ``k`` (run folders written before the rename).
+        """
+        values = dict(values)
+        if "samples" in values and "k" not in values:
+            values["k"] = values.pop("samples")
+        return cls(**coerce_options(cls, values))
 
 
 def parse_hidden(value: Any) -> tuple[int, ...]:
-    """``"512,256"``, ``[512, 256]``, ``""`` or ``"none"`` (linear) -> a tuple of widths."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("", "none", "linear"):
-            return ()
-        try:
-            return tuple(int(v) for v in text.replace(" ", "").split(","))
-        except ValueError:
-            raise ConfigError(f"--hidden must be comma-separated widths, got {value!r}") from None
-    return tuple(int(v) for v in value)
+    """``"512,256"``, ``[512, 256]``, ``64``, ``""`` or ``"none"`` (linear) -> a tuple of widths."""
+    return coerce_widths("--hidden", value)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

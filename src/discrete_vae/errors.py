@@ -19,11 +19,19 @@ class ConfigError(UserError):
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+    """Training produced a NaN or infinite loss or parameters; the last good checkpoint is kept.
 
-    def __init__(self, step: int, value: float):
-        super().__init__(
-            f"non-finite loss ({value}) at step {step}; the last good checkpoint is kept"
-        )
+    ``what`` says what was not finite (``"non-finite loss (nan)"``), ``step`` where; ``checkpoint`` is the
+    step of the last good checkpoint (None: none was written yet) and ``resume`` the command that continues
+    the run, which the message offers with a smaller learning rate.
+    """
+
+    def __init__(self, what: str, step: int, checkpoint: int | None, resume: str):
+        if checkpoint is None:
+            kept = "no checkpoint was written yet, so there is nothing to resume"
+        else:
+            kept = (f"the last good checkpoint (step {checkpoint}) is kept; continue with a smaller "
+                    f"learning rate: {resume} --lr LR")
+        super().__init__(f"{what} at step {step}; {kept}")
         self.step = step
-        self.value = value
+        self.checkpoint = checkpoint

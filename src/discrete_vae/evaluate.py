@@ -5,6 +5,7 @@ implies give ``log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x)``; the bound i
 ``log (1/S) sum_s w_s`` (Burda et al. 2016), reported as ``nll`` = minus its mean over the split.
 The same weights give the discrete ELBO (their mean). The relaxed training objective is reported
 beside them because it is what training optimised, but it is no bound on the discrete likelihood.
+All three are reported as positive nats to minimise: ``nll``, ``neg_elbo``, ``neg_relaxed_objective``.
 
 Samples are drawn in chunks so that memory stays bounded for any ``S`` (5000 and more), and the
 logsumexp is accumulated across chunks. Evaluation runs under a forked RNG seeded by ``seed``: it
@@ -14,6 +15,11 @@ is deterministic and leaves the caller's random state untouched.
 from __future__ import annotations
 
 import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -70,12 +76,14 @@ def evaluate(
     seed: int = 0,
     max_rows: int = MAX_ROWS,
     log_partition: float = 0.0,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """Score ``data`` (N, D): ``nll`` (-IW bound), ``elbo``, ``relaxed_objective``, in nats.
+    """Score ``data`` (N, D): ``nll`` (-IW bound), ``neg_elbo``, ``neg_relaxed_objective``, in nats.
 
     ``nll_stderr`` (N > 1) is the standard error of ``nll`` over the examples scored.
 
     ``log_partition`` is subtracted from every log weight for priors that are not normalised.
+    ``progress(examples done)`` is called after each chunk of examples.
     """
     was_training = model.training
     model.eval()
@@ -93,12 +101,14 @@ def evaluate(
             elbo_sum += float(elbo.sum())
             out = model(x, tau, 1)
             relaxed_sum += float(relaxed_elbo(out.log_px, out.latent).objective.sum())
+            if progress is not None:
+                progress(min(start + examples, data.shape[0]))
     model.train(was_training)
     n = data.shape[0]
     metrics = {  # every per-example log weight is short of -log Z: subtract it once from the means
         "nll": log_partition - iw_sum / n,
-        "elbo": elbo_sum / n - log_partition,
-        "relaxed_objective": relaxed_sum / n - log_partition,
+        "neg_elbo": log_partition - elbo_sum / n,
+        "neg_relaxed_objective": log_partition - relaxed_sum / n,
         "samples": samples,
         "examples": n,
     }
@@ -106,3 +116,76 @@ def evaluate(
         var = max(0.0, (iw_sq - iw_sum * iw_sum / n) / (n - 1))
         metrics["nll_stderr"] = math.sqrt(var / n)
     return metrics
+
+
+def trivial_nll(train_mean: Tensor, data: Tensor) -> float:
+    """NLL in nats of ``data`` (N, D) under independent pixels at the training marginals ``train_mean`` (D,)
+    (clamped to [1e-3, 1 - 1e-3], the decoder's initial output): the model every VAE should beat."""
+    p = train_mean.double().clamp(1e-3, 1 - 1e-3).to(data.device)
+    x = data.double()
+    return float(-(x @ p.log() + (1 - x) @ (1 - p).log()).mean())
+
+
+def evaluate_run(run_dir: Path, *, samples: int, split: str = "test", seed: int = 0, checkpoint: str = "best",
+                 device: str = "auto", data_dir: str | None = None, limit: int | None = None,
+                 log_z: str = "auto", log_z_betas: int = 1000, log_z_samples: int = 1024,
+                 progress: bool | None = None) -> dict[str, Any]:
+    """``dvae eval``: score a run folder's ``checkpoint`` (``best``, else ``last``) on ``split``.
+
+    The result names the checkpoint it scored and is written, as strict JSON, to
+    ``eval_SPLIT_S{samples}[_subsetN]_seed{seed}_{checkpoint}.json`` in the run folder when the folder is
+    writable (checked first, so a read-only folder is said at once; the result is returned either way).
+    """
+    from .checkpoint import atomic_write_bytes, run_checkpoint
+    from .data import load_dataset
+    from .errors import UserError
+    from .progress import Progress
+    from .runs import dumps, note
+    from .train import model_from_run, resolve_device, temperature_schedule
+
+    if samples < 1:
+        raise UserError("--samples must be at least 1")
+    if log_z_betas < 2 or log_z_samples < 1:
+        raise UserError("--log-z-betas must be at least 2 and --log-z-samples at least 1")
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1")
+    run_dir = Path(run_dir)
+    torch_device = resolve_device(device)
+    scored = run_checkpoint(run_dir, checkpoint).stem  # "last" when a run has no best
+    if scored != checkpoint:
+        note(f"dvae eval: {run_dir} has no {checkpoint}.safetensors; scoring {scored}.safetensors")
+    subset = f"_subset{limit}" if limit else ""
+    out = run_dir / f"eval_{split}_S{samples}{subset}_seed{seed}_{scored}.json"
+    if not os.access(run_dir, os.W_OK):  # say so now, not after minutes of work
+        note(f"dvae eval: {run_dir} is not writable; the result goes to stdout only, not to {out.name}")
+    model, config, state = model_from_run(run_dir, scored, str(torch_device))
+    data = load_dataset(config.dataset, data_dir or config.data_dir, seed=config.seed)
+    x = data.subset(split, limit).to(torch_device)
+    start = time.perf_counter()
+    tau = temperature_schedule(config)(int(state["step"]))
+    try:
+        partition = estimate_log_partition(model.prior, log_z_betas, log_z_samples, seed, log_z)
+    except ValueError as e:  # e.g. exact enumeration of a half too large
+        raise UserError(str(e)) from None
+    bar = Progress(x.shape[0], mode=Progress.mode_for(progress), desc="eval", unit="example")
+    try:
+        metrics = evaluate(model, x, samples=samples, tau=tau, seed=seed,
+                           log_partition=partition.get("log_z", 0.0), progress=bar.update)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    if partition:
+        note(f"log Z = {partition['log_z']:.3f} ± {partition['log_z_stderr']:.3f} "
+             f"({partition['log_z_method']})")
+    result = {**metrics, **partition, "split": split, "seed": seed, "step": int(state["step"]),
+              "checkpoint": scored, "seconds": round(seconds, 3)}
+    spread = (f" ± {metrics['nll_stderr']:.2f} (standard error over examples)"
+              if "nll_stderr" in metrics else "")
+    note(f"{split}: NLL <= {metrics['nll']:.2f} nats (importance-weighted bound, S={samples}, "
+         f"{scored}.safetensors at step {result['step']}){spread}; -ELBO {metrics['neg_elbo']:.2f}; "
+         f"-relaxed objective {metrics['neg_relaxed_objective']:.2f} (not a bound); {seconds:.1f} s")
+    try:
+        atomic_write_bytes(out, (dumps(result) + "\n").encode())
+    except OSError as e:
+        note(f"dvae eval: could not write {out}: {e.strerror}; the result is only printed")
+    return result

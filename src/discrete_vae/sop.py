@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import __version__
 from .checkpoint import (
+    atomic_write_bytes,
+    finite_state,
     load_checkpoint,
     remove_partial_writes,
     restore_training,
@@ -49,15 +50,35 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import BatchIterator, load_dataset
-from .distributions import LogitBinaryConcrete, PlanarFlow
 from .errors import ConfigError, NonFiniteLossError, UserError
+from .models.sop_net import (  # noqa: F401  (the SOP network's names, re-exported)
+    ARCHS,
+    EVAL_ROWS,
+    MODELS,
+    SOPNet,
+    StochasticBinaryLayer,
+    deterministic_map,
+    evaluate,
+    multisample_objective,
+    sop_bound,
+    split_halves,
+)
+from .options import check_finite, coerce_options
+from .progress import GracefulStop, Stopped
+from .runs import (
+    BEST,
+    CONFIG,
+    LAST,
+    METRICS,
+    check_resumable,
+    dumps,
+    note,
+    open_new_run,
+    open_resumed_run,
+    record_overrides,
+)
 
-MODELS = ("gs", "igr-i", "igr-sb", "igr-planar")
-# arch -> (stochastic layers, deterministic maps are Linear-tanh-Linear)
-ARCHS = {"double_linear": (2, False), "triple_linear": (3, False), "nonlinear": (2, True)}
 DATASETS = ("binarized_mnist", "digits")
-LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.yaml", "metrics.jsonl"
-EVAL_ROWS = 8192  # decoder rows per chunk in evaluation: bounded memory for any number of samples
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -71,7 +92,8 @@ class SOPConfig:
     model: str = _opt("gs", f"relaxation of the binary units: {', '.join(MODELS)}")
     arch: str = _opt("double_linear", f"network: {', '.join(ARCHS)}")
     units: int = _opt(240, "stochastic binary units per layer (and hidden width of nonlinear maps)")
-    samples: int = _opt(1, "m, relaxed samples per example in the training objective L^m")
+    k: int = _opt(1, "m, relaxed samples per example in the training objective L^m (--samples is a "
+                  "deprecated alias)")
     temperature: float = _opt(1.0, "tau, temperature of the relaxation (training and relaxed_nll)")
     lr: float = _opt(1e-3, "AdamW learning rate")
     weight_decay: float = _opt(1e-3, "AdamW decoupled weight decay")
@@ -80,7 +102,7 @@ class SOPConfig:
     seed: int = _opt(0, "seed of the weights, the data order, the noise and the evaluations")
     dataset: str = _opt("binarized_mnist", f"dataset: {', '.join(DATASETS)}")
     data_dir: str | None = _opt(None, "folder of the dataset files (default: the dataset's own)")
-    out: str | None = _opt(None, "run folder (default: runs/sop-MODEL-ARCH-mM-TIMESTAMP)")
+    out: str | None = _opt(None, "run folder (default: runs/sop-MODEL-ARCH-mK-TIMESTAMP)")
     eval_every: int = _opt(5_000, "validate (hard samples, L^SP) every N steps and at the end")
     checkpoint_every: int = _opt(1_000, "write the resumable state to last.safetensors every N steps")
     log_every: int = _opt(100, "write the mean training loss to metrics.jsonl every N steps")
@@ -99,7 +121,8 @@ class SOPConfig:
             raise ConfigError(f"unknown --arch {self.arch!r}; choose one of: {', '.join(ARCHS)}")
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown --dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
-        for name in ("units", "samples", "batch_size", "steps", "eval_every", "checkpoint_every",
+        check_finite(self)
+        for name in ("units", "k", "batch_size", "steps", "eval_every", "checkpoint_every",
                      "log_every", "val_samples", "test_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -115,145 +138,11 @@ class SOPConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SOPConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown SOP option(s): {', '.join(unknown)}")
-        return cls(**values)
-
-
-def split_halves(x: Tensor, image_shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """``(n, H*W)`` images -> upper ``H // 2`` rows and the rest, each flattened (392/392 for MNIST)."""
-    cut = (image_shape[0] // 2) * image_shape[1]
-    return x[:, :cut], x[:, cut:]
-
-
-class StochasticBinaryLayer(nn.Module):
-    """One layer of ``units`` stochastic binary units in {-1, +1}, relaxed or hard.
-
-    ``model`` picks the relaxation (module docstring); only ``igr-planar`` has parameters (the
-    per-unit planar flow of Potapczynski et al. 2020, sec. 3.3, with two layers).
-    """
-
-    def __init__(self, model: str, units: int):
-        super().__init__()
-        self.model = model
-        self.flow = PlanarFlow(variables=units, dim=1, layers=2) if model == "igr-planar" else None
-
-    def preimage(self, mu: Tensor) -> Tensor:
-        """IGR: ``kappa ~ N(mu, 1)``, pushed through the planar flow for ``igr-planar``."""
-        kappa = mu + torch.randn_like(mu)
-        if self.flow is None:
-            return kappa
-        return self.flow(kappa.unsqueeze(-1))[0].squeeze(-1)
-
-    def relaxed(self, a: Tensor, tau: float) -> Tensor:
-        """A relaxed sample in (-1, 1) given the layer output ``a`` (reparameterized)."""
-        if self.model == "gs":
-            y = LogitBinaryConcrete(torch.as_tensor(tau, dtype=a.dtype, device=a.device), a).rsample()
-        else:
-            y = self.preimage(a) / tau
-        return 2 * torch.sigmoid(y) - 1
-
-    @torch.no_grad()
-    def hard(self, a: Tensor) -> Tensor:
-        """A hard sample in {-1, +1} from the discrete model the relaxation converges to."""
-        if self.model == "gs":
-            b = torch.bernoulli(torch.sigmoid(a))
-        else:
-            b = (self.preimage(a) > 0).to(a.dtype)
-        return 2 * b - 1
-
-    @torch.no_grad()
-    def prob_one(self, a: Tensor) -> Tensor:
-        """``P(z = +1)`` of the hard unit: ``sigmoid(a)``, ``Phi(a)``, or ``Phi(a - f^{-1}(0))``."""
-        if self.model == "gs":
-            return torch.sigmoid(a)
-        shift = 0.0
-        if self.flow is not None:  # f is increasing, so f(kappa) > 0 iff kappa > f^{-1}(0)
-            zero = torch.zeros(self.flow.b.shape[1], 1, dtype=a.dtype, device=a.device)
-            shift = self.flow.inverse(zero).squeeze(-1)
-        return torch.special.ndtr(a - shift)
-
-
-def deterministic_map(n_in: int, n_out: int, nonlinear: bool, hidden: int) -> nn.Module:
-    """``Linear``, or ``Linear-tanh-Linear`` (Maddison et al. 2017, Appendix D.2 "nonlinear")."""
-    if not nonlinear:
-        return nn.Linear(n_in, n_out)
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))
-
-
-class SOPNet(nn.Module):
-    """``x_upper -> [map -> binary layer] x L -> map -> Bernoulli logits of x_lower``."""
-
-    def __init__(self, in_dim: int, out_dim: int, arch: str, model: str, units: int = 240):
-        super().__init__()
-        depth, nonlinear = ARCHS[arch]
-        widths = [in_dim] + [units] * depth + [out_dim]
-        self.maps = nn.ModuleList(
-            deterministic_map(a, b, nonlinear, units) for a, b in zip(widths[:-1], widths[1:], strict=True)
-        )
-        self.layers = nn.ModuleList(StochasticBinaryLayer(model, units) for _ in range(depth))
-
-    def init_output_bias(self, mean_lower: Tensor) -> None:
-        """Start the output logits at the training mean of ``x_lower`` (a common initialisation)."""
-        last = self.maps[-1] if isinstance(self.maps[-1], nn.Linear) else self.maps[-1][-1]
-        with torch.no_grad():
-            last.bias.copy_(torch.logit(mean_lower.clamp(1e-3, 1 - 1e-3)))
-
-    def log_likelihood(self, upper: Tensor, lower: Tensor, samples: int, tau: float, hard: bool) -> Tensor:
-        """``log p(x_lower | z_i)`` (samples, B) for ``samples`` ancestral draws per example.
-
-        All draws go through one batched pass: the first layer's output is computed once and
-        expanded to ``(samples, B, units)`` before its noise is drawn.
-        """
-        h = self.maps[0](upper).expand(samples, *upper.shape[:-1], -1)
-        for layer, next_map in zip(self.layers, self.maps[1:], strict=True):
-            z = layer.hard(h) if hard else layer.relaxed(h, tau)
-            h = next_map(z)
-        return -F.binary_cross_entropy_with_logits(h, lower.expand_as(h), reduction="none").sum(-1)
-
-
-def multisample_objective(log_px: Tensor) -> Tensor:
-    """``log (1/m) sum_i p(x | z_i)`` per example from ``log_px`` (m, B) (Raiko et al. 2014, eq. 4)."""
-    return torch.logsumexp(log_px, 0) - math.log(log_px.shape[0])
-
-
-@torch.no_grad()
-def sop_bound(net: SOPNet, upper: Tensor, lower: Tensor, samples: int, tau: float, hard: bool,
-              rows: int = EVAL_ROWS) -> Tensor:
-    """``L^SP_S`` per example (n,), chunked over examples and samples so memory stays bounded."""
-    per_chunk = max(1, rows // samples)
-    sample_chunk = min(samples, rows)
-    out = []
-    for start in range(0, upper.shape[0], per_chunk):
-        up, low = upper[start : start + per_chunk], lower[start : start + per_chunk]
-        parts = [
-            torch.logsumexp(net.log_likelihood(up, low, min(sample_chunk, samples - s), tau, hard), 0)
-            for s in range(0, samples, sample_chunk)
-        ]
-        out.append(torch.logsumexp(torch.stack(parts), 0) - math.log(samples))
-    return torch.cat(out)
-
-
-def evaluate(net: SOPNet, x: Tensor, image_shape: tuple[int, int], samples: int, tau: float,
-             seed: int) -> dict[str, float]:
-    """``nll = -L^SP_S`` with hard samples and ``relaxed_nll = -L^S`` at ``tau``, seeded, RNG restored;
-    ``nll_stderr`` (more than one example) is the standard error of ``nll`` over the examples."""
-    upper, lower = split_halves(x, image_shape)
-    was_training = net.training
-    net.eval()
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        hard = sop_bound(net, upper, lower, samples, tau, hard=True)
-        relaxed = sop_bound(net, upper, lower, samples, tau, hard=False)
-    net.train(was_training)
-    metrics = {"nll": -float(hard.mean()), "relaxed_nll": -float(relaxed.mean()),
-               "samples": samples, "examples": int(x.shape[0])}
-    if hard.numel() > 1:
-        metrics["nll_stderr"] = float(hard.double().std()) / math.sqrt(hard.numel())
-    return metrics
+        """Type-checked like flags; ``samples``, the old name of ``k``, is read as ``k``."""
+        values = dict(values)
+        if "samples" in values and "k" not in values:
+            values["k"] = values.pop("samples")
+        return cls(**coerce_options(cls, values, "SOP option"))
 
 
 def build_net(config: SOPConfig, image_shape: tuple[int, int]) -> SOPNet:
@@ -283,10 +172,11 @@ def _run_dir(config: SOPConfig) -> Path:
     if config.out:
         return Path(config.out)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"sop-{config.model}-{config.arch}-m{config.samples}-{stamp}"
+    return Path("runs") / f"sop-{config.model}-{config.arch}-m{config.k}-{stamp}"
 
 
-RESUME_OVERRIDES = ("steps", "device", "eval_every", "checkpoint_every", "log_every")
+# what `dvae sop train --resume RUN` may change; each change is recorded in RUN/overrides.jsonl
+RESUME_OVERRIDES = ("steps", "lr", "device", "eval_every", "checkpoint_every", "log_every")
 RESUMABLE = ("model", "optimizer", "rng", "data", "step", "best", "best_model", "sums", "log_bytes",
              "config", "image_shape")
 
@@ -300,8 +190,7 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> SOPConfig:
     if changed:
         raise UserError(f"cannot change {', '.join('--' + c.replace('_', '-') for c in changed)} when "
                         f"resuming; only {', '.join('--' + c.replace('_', '-') for c in RESUME_OVERRIDES)}")
-    if not (run_dir / CONFIG).is_file() or not (run_dir / LAST).is_file():
-        raise UserError(f"{run_dir} holds no resumable SOP run ({CONFIG} and {LAST})")
+    check_resumable(run_dir, "SOP run")
     values = load_config_file(run_dir / CONFIG)
     try:
         return SOPConfig.from_dict({**values, **overrides})
@@ -328,6 +217,23 @@ def _load_resumable(run_dir: Path, config: SOPConfig) -> dict[str, Any]:
     return state
 
 
+def _finished(run_dir: Path, state: dict[str, Any], config: SOPConfig) -> dict[str, Any] | None:
+    """The test line of a run that is complete at ``config.steps`` (written after its last checkpoint)."""
+    if int(state["step"]) != config.steps:
+        return None
+    with (run_dir / METRICS).open("rb") as f:
+        f.seek(int(state["log_bytes"]))
+        tail = f.read().decode(errors="replace").splitlines()
+    for line in tail:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("split") == "test":
+            return record
+    return None
+
+
 def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
     """Train (or resume) one SOP model; keep the best-validation and the final net; score the best on test.
 
@@ -338,32 +244,57 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
     ``best.safetensors`` from the checkpoint's best, replays the step's line and validation on their
     grids and continues: it ends with the weights and ``metrics.jsonl`` of a run that was never
     interrupted. The last step's extras (a partial loss line, a validation off the ``eval_every``
-    grid, the test line) are not replayed when a finished run is resumed with a larger ``--steps``.
+    grid, the test line) are not replayed when a finished run is resumed with a larger ``--steps``; a
+    run already complete at ``--steps`` is left as it is. SIGTERM or SIGINT writes a checkpoint after
+    the current step's line and validation (``logged``: nothing to replay) and stops. The run folder
+    is locked while the run trains.
     """
     from .train import resolve_device
 
     device = resolve_device(config.device)
     run_dir = Path(resume) if resume is not None else _run_dir(config)
-    if resume is None and ((run_dir / LAST).exists() or (run_dir / BEST).exists()):
-        raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
     state = _load_resumable(run_dir, config) if resume is not None else None
     torch.manual_seed(config.seed)
     data = load_dataset(config.dataset, config.data_dir, seed=config.seed).to(device)
+    if state is not None:
+        lock = open_resumed_run(run_dir, "SOP run")
+    else:
+        lock = open_new_run(run_dir, "dvae sop train")
+    try:
+        return _train(config, run_dir, state, data, device)
+    finally:
+        lock.release()
+
+
+def _train(config: SOPConfig, run_dir: Path, state: dict[str, Any] | None, data: Any,
+           device: torch.device) -> dict[str, Any]:
+    """The loop of :func:`train`, in a run folder this process holds."""
     net = build_net(config, data.image_shape).to(device)
     net.init_output_bias(split_halves(data.train, data.image_shape)[1].mean(0))
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches = BatchIterator(data.train, config.batch_size, config.seed,
                             dynamic_binarization=data.dynamic_binarization)
-    step, best, best_model = 0, {"step": -1, "nll": math.inf, "metrics": {}}, None
+    step, best, best_model, saved = 0, {"step": -1, "nll": math.inf, "metrics": {}}, None, None
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum and steps since the last line
+    resume_command = f"dvae sop train --resume {run_dir}"
+    config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
     if state is None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        atomic_write_bytes(run_dir / CONFIG, config_yaml)
         log = (run_dir / METRICS).open("wb")
     else:
         restore_training(run_dir / LAST, state, {"model": net, "optimizer": optimizer, "data": batches},
                          device, expect={"image_shape": list(data.image_shape)})
+        done = _finished(run_dir, state, config)
+        if done is not None:  # nothing to do: write nothing
+            note(f"dvae sop train: {run_dir} is already complete at step {config.steps}; nothing to do "
+                 "(give --steps N to train further)")
+            return {"run_dir": str(run_dir), "nll": done["nll"], "relaxed_nll": done["relaxed_nll"],
+                    "steps": config.steps, "best_step": state["best"]["step"],
+                    "valid_nll": state["best"]["nll"], "k": config.k, "finished": True}
+        for group in optimizer.param_groups:  # a resume may give a new --lr
+            group["lr"] = config.lr
         step, best, best_model = int(state["step"]), dict(state["best"]), state["best_model"]
+        saved = step
         sums.copy_(state["sums"])
         remove_partial_writes(run_dir)
         if best_model is None:  # a validation after the checkpoint may have written one
@@ -371,7 +302,11 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
         else:
             save_checkpoint(run_dir / BEST, _state(best_model, config, data.image_shape, best["step"],
                                                    metrics=best["metrics"]))
-        (run_dir / CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        changed = record_overrides(run_dir, step, state["config"], config.to_dict(), RESUME_OVERRIDES)
+        if changed:
+            note(f"dvae sop train: from step {step}: " + ", ".join(
+                f"{k} {state['config'].get(k)} -> {getattr(config, k)}" for k in changed))
+        atomic_write_bytes(run_dir / CONFIG, config_yaml)
         log = (run_dir / METRICS).open("r+b")
         log.truncate(int(state["log_bytes"]))  # drop the lines written after the checkpoint
         log.seek(0, 2)
@@ -379,7 +314,7 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
 
     def write(split: str, metrics: dict[str, Any], at: int | None = None) -> None:
         line = {"step": step if at is None else at, "split": split, **metrics}
-        log.write((json.dumps(line) + "\n").encode())
+        log.write((dumps(line) + "\n").encode())
         log.flush()
 
     def validate() -> None:
@@ -393,31 +328,36 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
             save_checkpoint(run_dir / BEST, _state(best_model, config, data.image_shape, step,
                                                    metrics=metrics))
 
-    def checkpoint() -> None:
+    def checkpoint(logged: bool = False) -> None:
+        nonlocal saved
+        if not finite_state(net, optimizer):
+            raise NonFiniteLossError("non-finite parameters", step, saved, resume_command)
         save_checkpoint(run_dir / LAST, _state(
             net.state_dict(), config, data.image_shape, step, optimizer=optimizer.state_dict(),
-            rng=rng_state(device),
-            data=batches.state_dict(), best=best, best_model=best_model, sums=sums, log_bytes=log.tell()))
+            rng=rng_state(device), data=batches.state_dict(), best=best, best_model=best_model, sums=sums,
+            log_bytes=log.tell(), logged=logged))
+        saved = step
 
     def after_step() -> None:
         """The step's loss line and validation: on their grids, and both at the last step."""
         final = step == config.steps
         if sums[1] > 0 and (step % config.log_every == 0 or final):
-            write("train", {"loss": float(sums[0]) / float(sums[1]), "samples": config.samples})
+            write("train", {"loss": float(sums[0]) / float(sums[1]), "k": config.k})
             sums.zero_()
         if step % config.eval_every == 0 or final:
             validate()
 
-    with log:
+    with log, GracefulStop() as stop:
         net.train()
-        if step > 0:  # resumed: the checkpoint precedes its step's line and validation
+        if step > 0 and not (state or {}).get("logged"):  # resumed: the checkpoint precedes its step's lines
             after_step()
         while step < config.steps:
             upper, lower = split_halves(batches.next().to(device), data.image_shape)
-            log_px = net.log_likelihood(upper, lower, config.samples, config.temperature, hard=False)
+            log_px = net.log_likelihood(upper, lower, config.k, config.temperature, hard=False)
             loss = -multisample_objective(log_px).mean()
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(step + 1, float(loss.detach()))
+                raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())})", step + 1, saved,
+                                         resume_command)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -426,6 +366,9 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
             if step % config.checkpoint_every == 0 or step == config.steps:
                 checkpoint()
             after_step()
+            if stop.signum and step < config.steps:  # preemption or Ctrl-C: write the state, then stop
+                checkpoint(logged=True)
+                raise Stopped(stop.signum, step, str(run_dir))
         seconds = time.perf_counter() - started
         best_net = net
         if best_model is not None:
@@ -436,7 +379,7 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
         write("test", test, at=best["step"])
     return {"run_dir": str(run_dir), "nll": test["nll"], "relaxed_nll": test["relaxed_nll"],
             "steps": config.steps, "best_step": best["step"], "valid_nll": best["nll"],
-            "samples": config.samples, "train_seconds": round(seconds, 3),
+            "k": config.k, "train_seconds": round(seconds, 3),
             "steps_per_s": round((step - first_step) / max(seconds, 1e-9), 2)}
 
 

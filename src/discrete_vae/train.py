@@ -5,28 +5,26 @@ relaxed objective -> Adam. Every ``checkpoint_every`` steps the whole state (mod
 data order, step; the temperature schedule is a function of the step) is written atomically to
 ``last.safetensors``, so ``dvae train --resume RUN_DIR`` continues bitwise where it stopped.
 Every ``eval_every`` steps the discrete model is validated with the importance-weighted bound and
-the best model is kept in ``best.safetensors``. Under ``torchrun`` the same loop runs with
-DistributedDataParallel (gloo on CPU, nccl on CUDA); rank 0 writes the run folder.
+the best model is kept in ``best.safetensors``; a checkpoint is written only when every parameter and
+optimizer moment is finite. SIGTERM or SIGINT writes a checkpoint at the current step and stops. Under
+``torchrun`` the same loop runs with DistributedDataParallel (gloo on CPU, nccl on CUDA); rank 0 writes
+the run folder (:mod:`discrete_vae.runs`), each rank keeps its own RNG and PCD chains.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import yaml
-from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import (
+    atomic_write_bytes,
+    finite_state,
     load_checkpoint,
     remove_partial_writes,
     restore_training,
@@ -34,20 +32,33 @@ from .checkpoint import (
     run_checkpoint,
     save_checkpoint,
 )
-from .config import TrainConfig
+from .config import RESUME_OVERRIDES, TrainConfig
 from .data import BatchIterator, DataSplits, load_dataset
+from .distributed import Distributed, load_local_state, local_state, wrap
 from .errors import ConfigError, NonFiniteLossError, UserError
-from .evaluate import estimate_log_partition, evaluate
+from .evaluate import estimate_log_partition, evaluate, trivial_nll
 from .latents import build_family
 from .latents.mixed import GaussianPrior, Mixed, ProductPrior
 from .models import DiscreteVAE, MLPConfig
 from .objectives import OBJECTIVE_FUNCTIONS
 from .priors import build_prior
+from .progress import GracefulStop, Progress, Stopped
+from .runs import (
+    BEST,
+    CONFIG,
+    LAST,
+    OVERRIDES,
+    RunLog,
+    last_validation,
+    note,
+    open_new_run,
+    open_resumed_run,
+    record_overrides,
+)
 from .schedules import Schedule, constant, exponential_decay
-from .viz.grids import reconstruction_grid, save_png, tile
+from .viz.grids import as_array, reconstruction_figure, samples_figure, save_png
 
 DEFAULT_STEPS = 200_000
-LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.yaml", "metrics.jsonl"
 
 
 def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
@@ -129,7 +140,7 @@ def resolve_objective(config: TrainConfig, family) -> str:
     """``elbo`` or ``iw``; ``auto``: iw for families that train with it (DVAE#) when k > 1."""
     if config.objective != "auto":
         return config.objective
-    return "iw" if family.iw_default and config.samples > 1 else "elbo"
+    return "iw" if family.iw_default and config.k > 1 else "elbo"
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -146,37 +157,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"unsupported --device {name!r}; use cpu, cuda, cuda:N or auto")
     return device
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owns_group: bool = False  # this run created the process group and destroys it when done
-
-    @classmethod
-    def from_env(cls, device_name: str) -> Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world == 1:
-            return cls()
-        owns = not dist.is_initialized()
-        if owns:
-            backend = "nccl" if device_name.startswith("cuda") else "gloo"
-            dist.init_process_group(backend)
-        return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")), owns)
-
-    def close(self) -> None:
-        """Wait for every rank, then tear down the process group this run created (an exit with
-        live gloo threads can abort a rank: "terminate called without an active exception")."""
-        if self.world > 1:
-            dist.barrier()
-            if self.owns_group:
-                dist.destroy_process_group()
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 def fits_on(device: torch.device, data: DataSplits) -> bool:
@@ -203,54 +183,32 @@ def model_from_run(
     return model.to(device).eval(), config, state
 
 
-class RunLog:
-    """metrics.jsonl and TensorBoard, written by rank 0 only."""
-
-    def __init__(self, run_dir: Path, resume_step: int | None):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.path = run_dir / METRICS
-        if resume_step is not None and self.path.exists():  # drop lines after the checkpoint
-            lines = self.path.read_text().splitlines()
-            kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
-        self.file = self.path.open("a")
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
-
-    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
-        self.file.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
-        self.file.flush()
-        for name, value in metrics.items():
-            if isinstance(value, float | int):
-                self.writer.add_scalar(f"{split}/{name}", value, step)
-
-    def image(self, tag: str, grid: torch.Tensor, step: int) -> None:
-        self.writer.add_image(tag, grid.unsqueeze(0), step)
-
-    def close(self) -> None:
-        self.file.close()
-        self.writer.close()
-
-
-def save_images(
-    model: DiscreteVAE, data: DataSplits, run_dir: Path, log: RunLog, step: int, seed: int
-) -> None:
+def save_images(model: DiscreteVAE, data: DataSplits, run_dir: Path, log: RunLog, step: int, tau: float,
+                seed: int) -> None:
+    """Labelled PNG grids (32 validation images spread over the split above their reconstructions; 64
+    draws from the prior) under ``images/`` and in TensorBoard."""
     device = next(model.parameters()).device
+    caption = f"{run_dir.name}, step {step}, tau {tau:.3f}"
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        x = data.valid[:32].to(device)
-        recon = reconstruction_grid(x, model.reconstruct(x), data.image_shape)
-        samples = tile(model.sample_images(64), data.image_shape, 8)
-    save_png(recon, run_dir / "images" / f"reconstructions_{step:07d}.png")
-    save_png(samples, run_dir / "images" / f"samples_{step:07d}.png")
-    log.image("reconstructions", recon, step)
-    log.image("samples", samples, step)
+        x = data.subset("valid", 32).to(device)
+        figures = {
+            "reconstructions": reconstruction_figure(x, model.reconstruct(x), data.image_shape, caption),
+            "samples": samples_figure(model.sample_images(64), data.image_shape, caption),
+        }
+    for tag, image in figures.items():
+        save_png(image, run_dir / "images" / f"{tag}_{step:07d}.png")
+        log.image(tag, as_array(image), step)
 
 
 def train(
     config: TrainConfig, resume: Path | None = None, progress: bool | None = None
 ) -> dict[str, Any]:
-    """Train (or resume) a run; returns the final validation metrics."""
+    """Train (or resume) a run; returns the final validation metrics.
+
+    ``progress``: a bar (True), nothing (False), or a bar on a terminal and otherwise a line every 30 s
+    (None). The run folder is locked while it runs (:class:`~discrete_vae.runs.RunLock`).
+    """
     ddp = Distributed.from_env(config.device)
     device = resolve_device(config.device, ddp.local_rank)
     run_dir = (
@@ -259,6 +217,23 @@ def train(
     torch.manual_seed(config.seed)
     data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
     data = data.to(device) if fits_on(device, data) else data
+    lock, error = None, None
+    if ddp.main:
+        try:
+            lock = open_resumed_run(run_dir) if resume else open_new_run(run_dir)
+        except UserError as e:
+            error = str(e)
+    ddp.agree(error)
+    try:
+        return _train(config, data, device, ddp, run_dir, resume is not None, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Distributed, run_dir: Path,
+           resume: bool, progress: bool | None) -> dict[str, Any]:
+    """The loop of :func:`train`, in a run folder this process holds."""
     model = build_model(config, data.dim).to(device)
     model.init_decoder_bias(data.train_mean.to(device))
     optimizer = torch.optim.AdamW(
@@ -283,44 +258,56 @@ def train(
     objective = OBJECTIVE_FUNCTIONS[resolve_objective(config, model.family)]
     penalized = [p for p in model.parameters() if p.dim() == 2]  # weight matrices, RBM couplings
     torch.manual_seed(config.seed * 7919 + ddp.rank)  # per-rank noise; weights came from `seed`
-    step, best = 0, {"step": -1, "nll": math.inf}
+    net = wrap(model, ddp)  # DDP with more than one rank; the PCD chains stay each rank's own
+    step, best, saved = 0, {"step": -1, "nll": math.inf}, None  # saved: the step of last.safetensors
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    resume_command = f"dvae train --resume {run_dir}"
 
     if resume:
-        remove_partial_writes(run_dir)
+        if ddp.main:
+            remove_partial_writes(run_dir)
         state = load_checkpoint(run_dir / LAST, device)
         modules = {"model": model, "optimizer": optimizer, "data": batches}
         restore_training(run_dir / LAST, state, modules, device, rank=ddp.rank)
-        step, best = int(state["step"]), state["best"]
+        if "rank_local" in state:
+            load_local_state(model, state["rank_local"], ddp.rank)
+        step, best, saved = int(state["step"]), state["best"], int(state["step"])
         if step > total:
             raise UserError(f"--steps {total} lies before the checkpoint's step {step}")
-        if ddp.main:  # the new --steps, --eval-every, ... of this resume
-            (run_dir / CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    elif ddp.main:
-        if (run_dir / LAST).exists():
-            raise UserError(
-                f"{run_dir} already holds a run; use --resume {run_dir} or another --out"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-    net = DistributedDataParallel(model) if ddp.world > 1 else model
-    log = RunLog(run_dir, step if resume else None) if ddp.main else None
+        if "sums" in state:
+            sums.copy_(state["sums"])
+        if step == total:  # nothing to do: write nothing
+            if ddp.main:
+                note(f"dvae train: {run_dir} is already at its final step {step}; nothing to do "
+                     "(give --steps N to train further)")
+            ddp.close()
+            return {"step": step, "run_dir": str(run_dir), "best_step": best["step"], "finished": True,
+                    **last_validation(run_dir)}
+    log = RunLog(run_dir, step if resume else None) if ddp.main else None  # checks metrics.jsonl first
+    if resume and ddp.main:
+        changed = record_overrides(run_dir, step, state["config"], config.to_dict(), RESUME_OVERRIDES)
+        if changed:
+            note(f"dvae train: from step {step}: " + ", ".join(
+                f"{k} {state['config'].get(k)} -> {getattr(config, k)}" for k in changed
+            ) + f" (recorded in {run_dir / OVERRIDES})")
+    if ddp.main:  # the options in force (a resume's new --steps, --lr, ...)
+        atomic_write_bytes(run_dir / CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+    trivial = trivial_nll(data.train_mean, data.valid) if ddp.main else math.nan
 
     def checkpoint() -> None:
-        rng = rng_state(device)
-        if ddp.world > 1:
-            gathered: list[Any] = [None] * ddp.world
-            dist.all_gather_object(gathered, rng)
-            rng = {k: [g[k] for g in gathered] for k in rng}
-        else:
-            rng = {k: [v] for k, v in rng.items()}
+        nonlocal saved
+        if not finite_state(model, optimizer):
+            raise NonFiniteLossError("non-finite parameters", step, saved, resume_command)
+        rng = ddp.gather(rng_state(device))
+        local = ddp.gather(local_state(model))
         if ddp.main:
             save_checkpoint(
                 run_dir / LAST,
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
-                    "rng": rng,
+                    "rng": {k: [r[k] for r in rng] for k in rng[0]},
+                    "rank_local": {k: [r[k] for r in local] for k in local[0]},
                     "data": batches.state_dict(),
                     "step": step,
                     "best": best,
@@ -330,12 +317,13 @@ def train(
                     "version": __version__,
                 },
             )
+        saved = step
 
-    def validate() -> dict[str, float]:
+    def validate() -> dict[str, Any]:
         log_z = estimate_log_partition(
             model.prior, config.log_z_betas, config.log_z_samples, seed=config.seed + step
         )
-        metrics = evaluate(
+        metrics: dict[str, Any] = evaluate(
             model,
             data.valid,
             samples=config.val_samples,
@@ -344,7 +332,7 @@ def train(
             log_partition=log_z.get("log_z", 0.0),
         )
         metrics.update(log_z)
-        if metrics["nll"] < best["nll"]:
+        if metrics["nll"] < best["nll"] and finite_state(model, optimizer):
             best.update(step=step, nll=metrics["nll"])
             save_checkpoint(
                 run_dir / BEST,
@@ -356,74 +344,80 @@ def train(
                     "metrics": metrics,
                 },
             )
+        margin = 2 * metrics.get("nll_stderr", 0.0)  # beyond the noise of the examples scored
+        if not metrics["nll"] <= trivial + margin:  # diverged while staying finite, or NaN
+            metrics["warning"] = (f"the validation bound {metrics['nll']:.2f} is worse than the trivial "
+                                  f"model's {trivial:.2f} (independent pixels at the training marginals) "
+                                  "by more than twice its standard error: training has diverged")
+            note(f"dvae train: step {step}: {metrics['warning']}")
         log.write(step, "valid", metrics)
-        save_images(model, data, run_dir, log, step, config.seed)
+        save_images(model, data, run_dir, log, step, float(model.tau(schedule(step)).detach()), config.seed)
         return metrics
 
-    quiet = True if not ddp.main else (None if progress is None else not progress)  # None: tty only
-    bar = tqdm(total=total, initial=step, disable=quiet, dynamic_ncols=True, unit="step",
-               desc="train; loss = relaxed objective, not a bound")
-    metrics: dict[str, float] = {}
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
-    if resume and "sums" in state:
-        sums.copy_(state["sums"])
+    bar = Progress(total, step, Progress.mode_for(progress) if ddp.main else "off", desc="train")
+    metrics: dict[str, Any] = {}
     first_step, busy = step, 0.0  # seconds spent outside optimizer steps (validation, checkpoints)
     started = time.perf_counter()
     model.train()
     try:
-        while step < total:
-            x = batches.next().to(device, non_blocking=True)  # (B, D)
-            tau = schedule(step)
-            lr = learning_rate(config, step, total)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            out = net(x, tau, config.samples)
-            terms = objective(out.log_px, out.latent, kl_weight(config, step, total))
-            loss = terms.loss
-            if config.l2:
-                loss = loss + 0.5 * config.l2 * sum(p.square().sum() for p in penalized)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if not torch.isfinite(terms.loss):
-                raise NonFiniteLossError(step + 1, float(terms.loss.detach()))
-            optimizer.step()
-            step += 1
-            sums += torch.stack(
-                [terms.loss.detach(), terms.log_px.mean().detach(), terms.kl.mean().detach()]
-            )
-            if step % config.log_every == 0 or step == total:
-                n = config.log_every if step % config.log_every == 0 else step % config.log_every
-                loss, rec, kl = (sums / n).tolist()
-                sums.zero_()
-                tau_now = float(model.tau(tau).detach())
-                if ddp.main:
-                    line = {"loss": loss, "log_px": rec, "kl": kl, "tau": tau_now, "lr": lr}
-                    log.write(step, "train", {**line, **model.family.stats()})
-                    bar.set_postfix(loss=f"{loss:.2f}", tau=f"{tau_now:.3f}", refresh=False)
-            if step % config.eval_every == 0 or step % config.checkpoint_every == 0 or step == total:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                if ddp.main and (step % config.eval_every == 0 or step == total):
-                    metrics = validate()
-                if step % config.checkpoint_every == 0 or step == total:
-                    checkpoint()
-                busy += time.perf_counter() - t0
-            bar.update(1)
-    except BaseException:  # a bad option found by the first step, a non-finite loss, Ctrl-C
+        with GracefulStop() as stop:
+            while step < total:
+                x = batches.next().to(device, non_blocking=True)  # (B, D)
+                tau = schedule(step)
+                lr = learning_rate(config, step, total)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                out = net(x, tau, config.k)
+                terms = objective(out.log_px, out.latent, kl_weight(config, step, total))
+                loss = terms.loss
+                if config.l2:
+                    loss = loss + 0.5 * config.l2 * sum(p.square().sum() for p in penalized)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if not torch.isfinite(terms.loss):
+                    value = float(terms.loss.detach())
+                    raise NonFiniteLossError(f"non-finite loss ({value})", step + 1, saved, resume_command)
+                optimizer.step()
+                step += 1
+                sums += torch.stack(
+                    [terms.loss.detach(), -terms.log_px.mean().detach(), terms.kl.mean().detach()]
+                )
+                if step % config.log_every == 0 or step == total:
+                    n = config.log_every if step % config.log_every == 0 else step % config.log_every
+                    loss_now, rec, kl = (sums / n).tolist()
+                    sums.zero_()
+                    tau_now = float(model.tau(tau).detach())
+                    if ddp.main:
+                        line = {"loss": loss_now, "neg_log_px": rec, "kl": kl, "tau": tau_now, "lr": lr}
+                        log.write(step, "train", {**line, **model.family.stats()})
+                        bar.update(step, loss=loss_now, tau=tau_now)
+                if step % config.eval_every == 0 or step % config.checkpoint_every == 0 or step == total:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    t0 = time.perf_counter()
+                    if ddp.main and (step % config.eval_every == 0 or step == total):
+                        metrics = validate()
+                        bar.update(step, valid_nll=metrics["nll"])
+                    if step % config.checkpoint_every == 0 or step == total:
+                        checkpoint()
+                    busy += time.perf_counter() - t0
+                bar.update(step)
+                signum = ddp.any(stop.signum)
+                if signum and step < total:  # preemption or Ctrl-C: write the state, then stop
+                    if saved != step:
+                        checkpoint()
+                    raise Stopped(signum, step, str(run_dir))
+    finally:
         if log:
             log.close()
         bar.close()
-        raise
-    bar.close()
     train_seconds = time.perf_counter() - started - busy
-    if ddp.main:
-        if not metrics:
-            metrics = validate()
-        log.close()
     ddp.close()
-    return {
+    result = {
         "step": step, "run_dir": str(run_dir), "best_step": best["step"], **metrics,
         "train_seconds": round(train_seconds, 3),
         "steps_per_s": round((step - first_step) / max(train_seconds, 1e-9), 2),
     }
+    if "warning" in metrics:
+        note(f"dvae train: {metrics['warning']}")
+    return result

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..checkpoint import atomic_write_bytes
 from ..errors import DataError
 from .base import find_file, one_line
 
@@ -82,19 +83,6 @@ def _temp_path(folder: Path, name: str, suffix: str) -> Path:
     return Path(tmp)
 
 
-def write_atomic(dest: Path, data: bytes) -> None:
-    """Write ``data`` to ``dest`` through a synced temporary file in the same folder."""
-    tmp = _temp_path(dest.parent, dest.name, ".part")
-    try:
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def fetch_url(url: str, dest: Path, timeout: float = TIMEOUT_S) -> None:
     """Download ``url`` to ``dest`` atomically, with progress on stderr.
 
@@ -148,7 +136,7 @@ def _from_source(source: Source, remote: Remote, dest: Path) -> None:
             return
         data = source.convert(part.read_bytes(), source.url.rsplit("/", 1)[-1])
         _check(hashlib.sha256(data).hexdigest(), remote.sha256)
-        write_atomic(dest, data)
+        atomic_write_bytes(dest, data)
     finally:
         part.unlink(missing_ok=True)
 

@@ -177,7 +177,12 @@ class PCDSampler(nn.Module):
     - Each call runs ``sweeps`` sweeps of every chain from where the last call left it and returns the states.
     - The chains are the buffer ``chains`` (chains, n_a + n_b), so they are part of ``state_dict`` and survive
       checkpoint and resume; they start as independent fair coins.
+    - Under DistributedDataParallel each rank keeps its own chains (``rank_local_buffers``): they are not
+      broadcast from rank 0, each rank redraws them from its own noise (:meth:`reset_rank_local`), and
+      checkpoints hold one copy per rank.
     """
+
+    rank_local_buffers = ("chains",)
 
     def __init__(self, n_a: int, n_b: int, chains: int = 1000, sweeps: int = 40, block: int = 4):
         super().__init__()
@@ -189,6 +194,11 @@ class PCDSampler(nn.Module):
     def size(self) -> int:
         """How many samples one call can return."""
         return self.chains.shape[0]
+
+    @torch.no_grad()
+    def reset_rank_local(self) -> None:
+        """Redraw the chains as independent fair coins from the current RNG stream."""
+        self.chains.copy_(torch.bernoulli(torch.full_like(self.chains, 0.5)))
 
     def _kernel_for(self, like: Tensor) -> GibbsKernel:
         k = self._kernel

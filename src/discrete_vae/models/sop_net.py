@@ -1,0 +1,173 @@
+"""The network of structured output prediction (SOP): layers of stochastic binary units.
+
+The benchmark of Raiko et al. (2014), https://arxiv.org/abs/1406.2989, as used by Maddison, Mnih and
+Teh (2017, "The Concrete Distribution", https://arxiv.org/abs/1611.00712, sec. 5 and Appendix D) and
+by Potapczynski, Loaiza-Ganem and Cunningham (2020, "Invertible Gaussian Reparameterization",
+https://arxiv.org/abs/1912.09588, sec. 5): ``x_upper -> z_1 -> ... -> z_L -> p(x_lower)`` with
+layers of stochastic binary units ``z in {-1, +1}`` (``2b - 1``, as Maddison et al. do).
+
+- Training maximises the multi-sample objective
+  :math:`\\mathcal{L}^m = \\log \\frac{1}{m}\\sum_{i=1}^m p(x_{lower} \\mid z_i)` with relaxed ``z_i``
+  drawn ancestrally given ``x_upper`` (all ``m`` samples in one batched pass).
+- Evaluation scores the discrete model: :math:`\\mathcal{L}^{SP}_{100}`, the same quantity with 100
+  hard binary samples; ``nll = -L^SP`` in nats (Maddison et al. report 58.5 at m = 1 and 53.4 at
+  m = 50 for 392V-240H-240H-392V with the binary Concrete).
+
+Relaxations of one binary unit with layer output ``a``:
+
+- ``gs`` (binary Concrete): relaxed ``sigmoid((a + L) / tau)``, ``L ~ Logistic(0, 1)``; hard
+  ``Bernoulli(sigmoid(a))``.
+- ``igr-i`` / ``igr-sb`` (identical for one binary unit): ``kappa ~ N(a, 1)``, relaxed
+  ``sigmoid(kappa / tau)``; hard ``1[kappa > 0]``, i.e. ``Bernoulli(Phi(a))``.
+- ``igr-planar``: ``kappa ~ N(a, 1)`` then a learned one-dimensional planar flow ``f`` per unit;
+  relaxed ``sigmoid(f(kappa) / tau)``, hard ``1[f(kappa) > 0]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..distributions import LogitBinaryConcrete, PlanarFlow
+
+MODELS = ("gs", "igr-i", "igr-sb", "igr-planar")
+# arch -> (stochastic layers, deterministic maps are Linear-tanh-Linear)
+ARCHS = {"double_linear": (2, False), "triple_linear": (3, False), "nonlinear": (2, True)}
+EVAL_ROWS = 8192  # decoder rows per chunk in evaluation: bounded memory for any number of samples
+
+
+def split_halves(x: Tensor, image_shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """``(n, H*W)`` images -> upper ``H // 2`` rows and the rest, each flattened (392/392 for MNIST)."""
+    cut = (image_shape[0] // 2) * image_shape[1]
+    return x[:, :cut], x[:, cut:]
+
+
+class StochasticBinaryLayer(nn.Module):
+    """One layer of ``units`` stochastic binary units in {-1, +1}, relaxed or hard.
+
+    ``model`` picks the relaxation (module docstring); only ``igr-planar`` has parameters (the
+    per-unit planar flow of Potapczynski et al. 2020, sec. 3.3, with two layers).
+    """
+
+    def __init__(self, model: str, units: int):
+        super().__init__()
+        self.model = model
+        self.flow = PlanarFlow(variables=units, dim=1, layers=2) if model == "igr-planar" else None
+
+    def preimage(self, mu: Tensor) -> Tensor:
+        """IGR: ``kappa ~ N(mu, 1)``, pushed through the planar flow for ``igr-planar``."""
+        kappa = mu + torch.randn_like(mu)
+        if self.flow is None:
+            return kappa
+        return self.flow(kappa.unsqueeze(-1))[0].squeeze(-1)
+
+    def relaxed(self, a: Tensor, tau: float) -> Tensor:
+        """A relaxed sample in (-1, 1) given the layer output ``a`` (reparameterized)."""
+        if self.model == "gs":
+            y = LogitBinaryConcrete(torch.as_tensor(tau, dtype=a.dtype, device=a.device), a).rsample()
+        else:
+            y = self.preimage(a) / tau
+        return 2 * torch.sigmoid(y) - 1
+
+    @torch.no_grad()
+    def hard(self, a: Tensor) -> Tensor:
+        """A hard sample in {-1, +1} from the discrete model the relaxation converges to."""
+        if self.model == "gs":
+            b = torch.bernoulli(torch.sigmoid(a))
+        else:
+            b = (self.preimage(a) > 0).to(a.dtype)
+        return 2 * b - 1
+
+    @torch.no_grad()
+    def prob_one(self, a: Tensor) -> Tensor:
+        """``P(z = +1)`` of the hard unit: ``sigmoid(a)``, ``Phi(a)``, or ``Phi(a - f^{-1}(0))``."""
+        if self.model == "gs":
+            return torch.sigmoid(a)
+        shift = 0.0
+        if self.flow is not None:  # f is increasing, so f(kappa) > 0 iff kappa > f^{-1}(0)
+            zero = torch.zeros(self.flow.b.shape[1], 1, dtype=a.dtype, device=a.device)
+            shift = self.flow.inverse(zero).squeeze(-1)
+        return torch.special.ndtr(a - shift)
+
+
+def deterministic_map(n_in: int, n_out: int, nonlinear: bool, hidden: int) -> nn.Module:
+    """``Linear``, or ``Linear-tanh-Linear`` (Maddison et al. 2017, Appendix D.2 "nonlinear")."""
+    if not nonlinear:
+        return nn.Linear(n_in, n_out)
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))
+
+
+class SOPNet(nn.Module):
+    """``x_upper -> [map -> binary layer] x L -> map -> Bernoulli logits of x_lower``."""
+
+    def __init__(self, in_dim: int, out_dim: int, arch: str, model: str, units: int = 240):
+        super().__init__()
+        depth, nonlinear = ARCHS[arch]
+        widths = [in_dim] + [units] * depth + [out_dim]
+        self.maps = nn.ModuleList(
+            deterministic_map(a, b, nonlinear, units) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.layers = nn.ModuleList(StochasticBinaryLayer(model, units) for _ in range(depth))
+
+    def init_output_bias(self, mean_lower: Tensor) -> None:
+        """Start the output logits at the training mean of ``x_lower`` (a common initialisation)."""
+        last = self.maps[-1] if isinstance(self.maps[-1], nn.Linear) else self.maps[-1][-1]
+        with torch.no_grad():
+            last.bias.copy_(torch.logit(mean_lower.clamp(1e-3, 1 - 1e-3)))
+
+    def log_likelihood(self, upper: Tensor, lower: Tensor, samples: int, tau: float, hard: bool) -> Tensor:
+        """``log p(x_lower | z_i)`` (samples, B) for ``samples`` ancestral draws per example.
+
+        All draws go through one batched pass: the first layer's output is computed once and
+        expanded to ``(samples, B, units)`` before its noise is drawn.
+        """
+        h = self.maps[0](upper).expand(samples, *upper.shape[:-1], -1)
+        for layer, next_map in zip(self.layers, self.maps[1:], strict=True):
+            z = layer.hard(h) if hard else layer.relaxed(h, tau)
+            h = next_map(z)
+        return -F.binary_cross_entropy_with_logits(h, lower.expand_as(h), reduction="none").sum(-1)
+
+
+def multisample_objective(log_px: Tensor) -> Tensor:
+    """``log (1/m) sum_i p(x | z_i)`` per example from ``log_px`` (m, B) (Raiko et al. 2014, eq. 4)."""
+    return torch.logsumexp(log_px, 0) - math.log(log_px.shape[0])
+
+
+@torch.no_grad()
+def sop_bound(net: SOPNet, upper: Tensor, lower: Tensor, samples: int, tau: float, hard: bool,
+              rows: int = EVAL_ROWS) -> Tensor:
+    """``L^SP_S`` per example (n,), chunked over examples and samples so memory stays bounded."""
+    per_chunk = max(1, rows // samples)
+    sample_chunk = min(samples, rows)
+    out = []
+    for start in range(0, upper.shape[0], per_chunk):
+        up, low = upper[start : start + per_chunk], lower[start : start + per_chunk]
+        parts = [
+            torch.logsumexp(net.log_likelihood(up, low, min(sample_chunk, samples - s), tau, hard), 0)
+            for s in range(0, samples, sample_chunk)
+        ]
+        out.append(torch.logsumexp(torch.stack(parts), 0) - math.log(samples))
+    return torch.cat(out)
+
+
+def evaluate(net: SOPNet, x: Tensor, image_shape: tuple[int, int], samples: int, tau: float,
+             seed: int) -> dict[str, float]:
+    """``nll = -L^SP_S`` with hard samples and ``relaxed_nll = -L^S`` at ``tau``, seeded, RNG restored;
+    ``nll_stderr`` (more than one example) is the standard error of ``nll`` over the examples."""
+    upper, lower = split_halves(x, image_shape)
+    was_training = net.training
+    net.eval()
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        hard = sop_bound(net, upper, lower, samples, tau, hard=True)
+        relaxed = sop_bound(net, upper, lower, samples, tau, hard=False)
+    net.train(was_training)
+    metrics = {"nll": -float(hard.mean()), "relaxed_nll": -float(relaxed.mean()),
+               "samples": samples, "examples": int(x.shape[0])}
+    if hard.numel() > 1:
+        metrics["nll_stderr"] = float(hard.double().std()) / math.sqrt(hard.numel())
+    return metrics

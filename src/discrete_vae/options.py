@@ -1,0 +1,128 @@
+"""Typed option values: config files are checked like command-line flags.
+
+A config dataclass's fields are annotated ``int``, ``float``, ``bool``, ``str``, ``tuple[int, ...]`` or one of
+those ``| None``. :func:`coerce_options` turns the values of a YAML/TOML file (or a stored ``config.yaml``)
+into those types and rejects what a flag would reject, with one line that names the key and the type:
+
+- ``int``: an integer, or a number or numeric string with an integral value (``1e5``, which YAML 1.1 reads
+  as a string); never ``100.5``, a boolean or ``"abc"``.
+- ``float``: a number, or a numeric string; never a boolean. Whether it must be finite or positive is the
+  dataclass's own check.
+- ``bool``: ``true`` or ``false`` only (not ``"no"``, ``0`` or ``1``).
+- ``str``: a string.
+- ``tuple[int, ...]``: a list of integers, a bare integer (one entry), or a comma-separated string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any
+
+from .errors import ConfigError
+
+
+def field_type(annotation: Any) -> tuple[Any, bool]:
+    """``(base type, optional)`` of a dataclass field annotation (a string under ``from __future__``)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing), {})
+    optional = False
+    if isinstance(annotation, types.UnionType):
+        args = typing.get_args(annotation)
+        optional = type(None) in args
+        annotation = next(a for a in args if a is not type(None))
+    return annotation, optional
+
+
+def _number(key: str, value: Any, kind: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{key} must be {kind}, got {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be {kind}, got {value!r}") from None
+
+
+def coerce_int(key: str, value: Any) -> int:
+    """An integer option value (see the module docstring)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    number = _number(key, value, "an integer")
+    if not (math.isfinite(number) and number == int(number)):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    return int(number)
+
+
+def coerce_widths(key: str, value: Any) -> tuple[int, ...]:
+    """``"512,256"``, ``[512, 256]``, ``64``, ``""``/``"none"``/``"linear"``/``[]`` -> positive widths."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        items: list[Any] = [] if text in ("", "none", "linear") else text.split(",")
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    else:
+        raise ConfigError(f"{key} must be a list of integer widths (or one integer), got {value!r}")
+    try:
+        widths = tuple(coerce_int(key, v) for v in items)
+    except ConfigError:
+        raise ConfigError(f"{key} must be a list of integer widths (or one integer), got {value!r}") from None
+    if any(w < 1 for w in widths):
+        raise ConfigError(f"{key} widths must be at least 1, got {value!r}")
+    return widths
+
+
+def coerce_value(key: str, annotation: Any, value: Any) -> Any:
+    """``value`` as the type ``annotation`` names, or a one-line :class:`ConfigError` naming ``key``."""
+    base, optional = field_type(annotation)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} must not be empty")
+    if base is int:
+        return coerce_int(key, value)
+    if base is float:
+        return _number(key, value, "a number")
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if typing.get_origin(base) is tuple:
+        return coerce_widths(key, value)
+    raise TypeError(f"no coercion for the type of {key}: {annotation!r}")
+
+
+def coerce_options(cls: type, values: dict[str, Any], what: str = "config") -> dict[str, Any]:
+    """``values`` (keys with ``-`` or ``_``) checked and converted to the field types of dataclass ``cls``.
+
+    Unknown keys are one :class:`ConfigError` line listing them.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    clean = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(clean) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown {what} keys: {', '.join(unknown)}")
+    return {k: coerce_value(k, fields[k].type, v) for k, v in clean.items()}
+
+
+def check_finite(obj: Any) -> None:
+    """Every float field of dataclass ``obj`` that holds a value is finite (``inf`` and ``nan`` never are
+    meaningful options); one :class:`ConfigError` line otherwise."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
