@@ -50,6 +50,12 @@ def assert_readable_grid(path: Path, rows: int, ncol: int = 8, side: int = 8) ->
     label margin on the left and a caption above."""
     width, height = png_size(path)
     assert width >= ncol * 40 + 20 and height >= rows * 40 + 10, (width, height)
+    with Image.open(path) as image:
+        pixels = image.load()
+        tile_left = next(x for x in range(width) if pixels[x, height - 10] != 255)  # the first tile's edge
+        label = [pixels[x, y] for x in range(tile_left) for y in range(20, height)]
+        caption = [pixels[x, y] for x in range(width // 2) for y in range(14)]
+    assert min(label) < 128 and min(caption) < 128  # dark text: row labels on the left, a caption above
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -146,6 +152,18 @@ def test_sample_and_reconstruct_write_readable_pngs(run, tmp_path, capsys):
     assert_readable_grid(tmp_path / "h.png", rows=2)  # one data row, one recon row
     with Image.open(tmp_path / "f.png") as image:
         assert image.mode == "L" and image.getpixel((0, 0)) == 255  # the white border
+
+
+def test_reconstruct_takes_examples_spread_over_the_split(run, tmp_path, capsys, monkeypatch):
+    from discrete_vae.data import load_dataset
+    from discrete_vae.models import DiscreteVAE
+
+    seen, reconstruct = [], DiscreteVAE.reconstruct
+    monkeypatch.setattr(DiscreteVAE, "reconstruct", lambda self, x: seen.append(x) or reconstruct(self, x))
+    assert dvae(capsys, "reconstruct", run, "--n", 16, "--out", tmp_path / "r.png").rc == 0
+    (x,) = seen
+    test = load_dataset("digits").test
+    assert torch.equal(x, load_dataset("digits").subset("test", 16)) and not torch.equal(x, test[:16])
 
 
 def test_list_prints_the_registries(capsys):
