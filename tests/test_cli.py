@@ -38,7 +38,6 @@ from cli_helpers import (  # noqa: F401
     subprocess_env,
 )
 from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
-from discrete_vae.cli import main
 from discrete_vae.config import PRESETS, TrainConfig
 from discrete_vae.data import binarized_mnist as bm_mod
 from discrete_vae.data import download as download_mod
@@ -58,21 +57,7 @@ def assert_readable_grid(path: Path, rows: int, ncol: int = 8, side: int = 8) ->
     assert min(label) < 128 and min(caption) < 128  # dark text: row labels on the left, a caption above
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: faster on shared cores, and the same arithmetic in every run."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished 300-step run; tests must not modify it (copy it first)."""
-    out = tmp_path_factory.mktemp("shared") / "run"
-    assert main(["train", *RUN_ARGS, "--out", str(out)]) == 0
-    return out
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def copy_run(run: Path, tmp_path: Path) -> Path:

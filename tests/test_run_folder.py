@@ -32,24 +32,9 @@ from cli_helpers import (
     subprocess_env,
 )
 from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
-from discrete_vae.cli import main
 from discrete_vae.config import TrainConfig
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished 300-step run (checkpoints at 125, 250, 300); tests copy it before changing it."""
-    out = tmp_path_factory.mktemp("shared") / "run"
-    assert main(["train", *RUN_ARGS, "--out", str(out)]) == 0
-    return out
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def copy_run(run: Path, tmp_path: Path, name: str = "run") -> Path:

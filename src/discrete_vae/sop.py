@@ -13,14 +13,8 @@ layers of stochastic binary units ``z in {-1, +1}`` (``2b - 1``, as Maddison et 
   hard binary samples; ``nll = -L^SP`` in nats (Maddison et al. report 58.5 at m = 1 and 53.4 at
   m = 50 for 392V-240H-240H-392V with the binary Concrete).
 
-Relaxations of one binary unit with layer output ``a``:
-
-- ``gs`` (binary Concrete): relaxed ``sigmoid((a + L) / tau)``, ``L ~ Logistic(0, 1)``; hard
-  ``Bernoulli(sigmoid(a))``.
-- ``igr-i`` / ``igr-sb`` (identical for one binary unit): ``kappa ~ N(a, 1)``, relaxed
-  ``sigmoid(kappa / tau)``; hard ``1[kappa > 0]``, i.e. ``Bernoulli(Phi(a))``.
-- ``igr-planar``: ``kappa ~ N(a, 1)`` then a learned one-dimensional planar flow ``f`` per unit;
-  relaxed ``sigmoid(f(kappa) / tau)``, hard ``1[f(kappa) > 0]``.
+The network and its relaxations of one binary unit (``gs``, ``igr-i`` / ``igr-sb``, ``igr-planar``) are
+in :mod:`discrete_vae.models.sop_net`; this module holds the run: config, training loop, evaluation.
 """
 
 from __future__ import annotations

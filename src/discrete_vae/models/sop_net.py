@@ -1,17 +1,8 @@
 """The network of structured output prediction (SOP): layers of stochastic binary units.
 
-The benchmark of Raiko et al. (2014), https://arxiv.org/abs/1406.2989, as used by Maddison, Mnih and
-Teh (2017, "The Concrete Distribution", https://arxiv.org/abs/1611.00712, sec. 5 and Appendix D) and
-by Potapczynski, Loaiza-Ganem and Cunningham (2020, "Invertible Gaussian Reparameterization",
-https://arxiv.org/abs/1912.09588, sec. 5): ``x_upper -> z_1 -> ... -> z_L -> p(x_lower)`` with
-layers of stochastic binary units ``z in {-1, +1}`` (``2b - 1``, as Maddison et al. do).
-
-- Training maximises the multi-sample objective
-  :math:`\\mathcal{L}^m = \\log \\frac{1}{m}\\sum_{i=1}^m p(x_{lower} \\mid z_i)` with relaxed ``z_i``
-  drawn ancestrally given ``x_upper`` (all ``m`` samples in one batched pass).
-- Evaluation scores the discrete model: :math:`\\mathcal{L}^{SP}_{100}`, the same quantity with 100
-  hard binary samples; ``nll = -L^SP`` in nats (Maddison et al. report 58.5 at m = 1 and 53.4 at
-  m = 50 for 392V-240H-240H-392V with the binary Concrete).
+``x_upper -> z_1 -> ... -> z_L -> p(x_lower)`` with layers of stochastic binary units ``z in {-1, +1}``
+(the task, its objectives and papers: :mod:`discrete_vae.sop`), the multi-sample objective
+``log (1/m) sum_i p(x_lower | z_i)`` and its chunked evaluation with hard samples.
 
 Relaxations of one binary unit with layer output ``a``:
 

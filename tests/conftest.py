@@ -1,0 +1,33 @@
+"""Fixtures shared by the command-line tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli_helpers import RUN_ARGS
+from discrete_vae.cli import main
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: faster on shared cores, and the same arithmetic in every run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished 300-step run (checkpoints at 125, 250, 300); tests must not modify it (copy it first)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("shared") / "run"
+    try:
+        assert main(["train", *RUN_ARGS, "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
