@@ -156,17 +156,19 @@ def read_metrics(path: Path, up_to: int | None = None) -> list[str]:
 
 
 def record_overrides(run_dir: Path, step: int, old: dict[str, Any], new: dict[str, Any],
-                     keys: tuple[str, ...]) -> list[str]:
-    """Append to ``overrides.jsonl`` each option in ``keys`` whose value a resume changed; return them."""
+                     keys: tuple[str, ...], what: str) -> None:
+    """Append to ``overrides.jsonl`` each option in ``keys`` whose value a resume changed, and say so."""
     changed = [k for k in keys if old.get(k) != new.get(k)]
+    if not changed:
+        return
     path = run_dir / OVERRIDES
     seen = path.read_text().splitlines() if path.is_file() else []
     lines = [dumps({"step": step, "option": k, "from": old.get(k), "to": new.get(k)}) for k in changed]
     fresh = [line for line in lines if line not in seen]  # a resume repeated from the same checkpoint
-    if fresh:
-        with path.open("a") as f:
-            f.write("".join(line + "\n" for line in fresh))
-    return changed
+    with path.open("a") as f:
+        f.write("".join(line + "\n" for line in fresh))
+    note(f"{what}: from step {step}: " + ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in changed)
+         + f" (recorded in {path})")
 
 
 class RunLog:

@@ -296,10 +296,7 @@ def _train(config: SOPConfig, run_dir: Path, state: dict[str, Any] | None, data:
         else:
             save_checkpoint(run_dir / BEST, _state(best_model, config, data.image_shape, best["step"],
                                                    metrics=best["metrics"]))
-        changed = record_overrides(run_dir, step, state["config"], config.to_dict(), RESUME_OVERRIDES)
-        if changed:
-            note(f"dvae sop train: from step {step}: " + ", ".join(
-                f"{k} {state['config'].get(k)} -> {getattr(config, k)}" for k in changed))
+        record_overrides(run_dir, step, state["config"], config.to_dict(), RESUME_OVERRIDES, "dvae sop train")
         atomic_write_bytes(run_dir / CONFIG, config_yaml)
         log = (run_dir / METRICS).open("r+b")
         log.truncate(int(state["log_bytes"]))  # drop the lines written after the checkpoint

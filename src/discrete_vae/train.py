@@ -47,7 +47,6 @@ from .runs import (
     BEST,
     CONFIG,
     LAST,
-    OVERRIDES,
     RunLog,
     last_validation,
     note,
@@ -285,11 +284,7 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
                     **last_validation(run_dir)}
     log = RunLog(run_dir, step if resume else None) if ddp.main else None  # checks metrics.jsonl first
     if resume and ddp.main:
-        changed = record_overrides(run_dir, step, state["config"], config.to_dict(), RESUME_OVERRIDES)
-        if changed:
-            note(f"dvae train: from step {step}: " + ", ".join(
-                f"{k} {state['config'].get(k)} -> {getattr(config, k)}" for k in changed
-            ) + f" (recorded in {run_dir / OVERRIDES})")
+        record_overrides(run_dir, step, state["config"], config.to_dict(), RESUME_OVERRIDES, "dvae train")
     if ddp.main:  # the options in force (a resume's new --steps, --lr, ...)
         atomic_write_bytes(run_dir / CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
     trivial = trivial_nll(data.train_mean, data.valid) if ddp.main else math.nan
