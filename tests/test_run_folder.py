@@ -348,3 +348,27 @@ def test_eval_of_a_read_only_run_still_prints_its_result(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "is not writable" in done.stderr.splitlines()[0]  # said before the work, not after it
     assert json.loads(done.stdout.strip().splitlines()[-1])["checkpoint"] == "best"
+
+
+def test_run_folders_of_earlier_versions_still_evaluate_and_resume(run, tmp_path, capsys):
+    """Before this version: ``samples`` for ``k``, checkpoints without a checksum or rank-local state."""
+    from safetensors.torch import save
+
+    from discrete_vae.checkpoint import atomic_write_bytes, flatten
+
+    old = copy_run(run, tmp_path)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    config["samples"] = config.pop("k")
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    for name in ("last.safetensors", "best.safetensors"):
+        state = load_checkpoint(old / name)
+        state.pop("rank_local", None)
+        state["config"] = config
+        tensors: dict = {}
+        skeleton = flatten(state, "s", tensors)
+        tensors = {k: v.clone() for k, v in tensors.items()}
+        atomic_write_bytes(old / name, save(tensors, metadata={"state": json.dumps(skeleton)}))
+    assert dvae(capsys, "eval", old, "--samples", 5).rc == 0
+    result = dvae(capsys, "train", "--resume", old, "--steps", 320)
+    assert result.rc == 0, result.err
+    assert yaml.safe_load((old / "config.yaml").read_text())["k"] == 1
