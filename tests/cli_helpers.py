@@ -30,7 +30,8 @@ def cli_command(*argv: object) -> list[str]:
 
 def subprocess_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", DVAE_DATA_DIR=str(tmp_path / "data"))
+    # no progress lines in the tests' stderr, however slow the machine
+    env.update(OMP_NUM_THREADS="1", DVAE_DATA_DIR=str(tmp_path / "data"), DVAE_PROGRESS_EVERY="1e9")
     return env
 
 

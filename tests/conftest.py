@@ -11,6 +11,13 @@ from cli_helpers import RUN_ARGS
 from discrete_vae.cli import main
 
 
+@pytest.fixture(autouse=True)
+def no_progress_lines(monkeypatch):
+    """No progress lines in stderr (they come every 30 s; a slow machine would add them to the one line
+    of an error); the test of the lines sets its own cadence."""
+    monkeypatch.setattr("discrete_vae.progress.EVERY_S", 1e9)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread: faster on shared cores, and the same arithmetic in every run."""

@@ -1,8 +1,8 @@
 """What a long command tells the user while it runs, and how it stops on a signal.
 
 - :class:`Progress`: a tqdm bar when stderr is a terminal, else one line every :data:`EVERY_S` seconds
-  (``step 1200/2000 (60%), 133.1 steps/s, ETA 0:00:06, loss 92.31, tau 0.740, valid nll 95.12``), or
-  nothing with ``--no-progress``.
+  (``step 1200/2000 (60%), 133.1 steps/s, ETA 0:00:06, loss 92.31, tau 0.740, valid nll 95.12``; 30 s,
+  or ``$DVAE_PROGRESS_EVERY`` seconds), or nothing with ``--no-progress``.
 - :class:`GracefulStop`: SIGTERM (a cluster's preemption notice) and SIGINT (Ctrl-C) set a flag that the
   training loop reads after each step, so it can write a checkpoint and exit; a second signal of the same
   kind acts as usual.
@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -18,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-EVERY_S = 30.0
+EVERY_S = float(os.environ.get("DVAE_PROGRESS_EVERY", "30"))
 
 
 def _clock(seconds: float) -> str:
