@@ -47,6 +47,9 @@ def softmax_pp_inverse(log_psi: Tensor, temperature: Tensor, log_delta: float = 
 class GaussianPreimage(Distribution):
     """Base of the IGR relaxations: ``kappa ~ N(loc, scale)`` (``K - 1`` dims) mapped to ``log psi``.
 
+    :meth:`log_prob` is a density over the first ``K - 1`` log coordinates ``log psi_{1:K-1}``
+    (Lebesgue measure on them), for every subclass.
+
     Subclasses define :meth:`to_log_simplex` (``kappa -> log psi``), :meth:`from_log_simplex` and
     :meth:`log_abs_det` (log |det d kappa / d log psi_{1:K-1}|, as a function of ``kappa``), and
     :meth:`discrete_log_probs`, the class probabilities of the ``tau -> 0`` limit.
@@ -117,7 +120,12 @@ class GaussianPreimage(Distribution):
         return self.to_log_simplex(self.rsample_preimage(sample_shape))
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """Density of a log-space sample ``log psi`` w.r.t. its first ``K - 1`` coordinates."""
+        """Density of a log-space sample ``log psi`` w.r.t. Lebesgue measure on its first ``K - 1``
+        coordinates ``(log psi_1, ..., log psi_{K-1})`` (``log psi_K`` follows from them).
+
+        Not :class:`~discrete_vae.distributions.ExpConcrete`'s measure (the ``K - 1`` log-ratios
+        ``log psi_k - log psi_K``): there the same point has density ``log_prob + log psi_K``.
+        """
         if self._validate_args:
             self._validate_sample(value)
         kappa = self.from_log_simplex(value)
@@ -208,8 +216,12 @@ def igr_log_probs(
 class ExpIGR(GaussianPreimage):
     """IGR-I in log space: ``log softmax++(kappa / tau)``, ``kappa ~ N(loc, scale^2)``.
 
-    ``loc``, ``scale``: (*batch, K-1); samples and ``log_prob`` values are (*batch, K) log-simplex
-    points. ``delta`` (default 1) is the weight of the extra class.
+    - ``loc``, ``scale``: (*batch, K-1); samples are (*batch, K) log-simplex points ``log psi``.
+      ``delta`` (default 1) is the weight of the extra class.
+    - ``log_prob(log psi)``: a density w.r.t. Lebesgue measure on the ``K - 1`` log coordinates
+      ``log psi_1, ..., log psi_{K-1}``, ``log N(kappa) + (K - 1) log tau - log psi_K``. Over the
+      log-ratios ``log psi_k - log psi_K`` (:class:`ExpConcrete`'s coordinates) the density is
+      ``log N(kappa) + (K - 1) log tau``: never mix the two in one KL.
     """
 
     def __init__(
