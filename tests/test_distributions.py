@@ -92,6 +92,26 @@ def test_exp_concrete_log_prob_matches_torch(case):
     torch.testing.assert_close(ours.log_prob(y), expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("tau, logit", [(0.3, 1.3), (1.0, 0.0), (2.0, -0.7)])
+def test_exp_concrete_log_prob_is_a_density_over_the_log_ratio(tau, logit):
+    """K = 2: ``y_1 - y_2 = (logit + G_1 - G_2) / tau`` is logistic(logit / tau, 1 / tau), and
+    ``log_prob`` is its density; the density of ``y_1`` alone is ``log_prob - y_2``."""
+    logits = torch.tensor([logit, 0.0], dtype=F64)
+    q = ExpConcrete(tau, logits)
+    torch.manual_seed(0)
+    y = q.rsample((64,))  # (64, 2)
+    ratio = (y[:, 0] - y[:, 1]).numpy()
+    expected = stats.logistic.logpdf(ratio, loc=logit / tau, scale=1 / tau)
+    torch.testing.assert_close(q.log_prob(y), torch.from_numpy(expected), rtol=1e-10, atol=1e-10)
+    # d(y_1 - y_2) / d y_1 = 1 / exp(y_2) with y_2 = log(1 - exp(y_1)): integrates to one over y_1 < 0
+    mass, _ = integrate.quad(
+        lambda y1: math.exp(q.log_prob(torch.tensor([y1, math.log(-math.expm1(y1))], dtype=F64)).item()
+                            - math.log(-math.expm1(y1))),
+        -np.inf, 0.0, epsabs=1e-10,
+    )
+    assert mass == pytest.approx(1.0, abs=1e-7)
+
+
 @pytest.mark.parametrize("case", CATEGORICAL_CASES, ids=case_id)
 def test_gumbel_softmax_log_prob_matches_torch(case):
     k, batch, tau = case

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from scipy import integrate, stats
+from scipy import stats
 
 from cli_helpers import dvae
 from discrete_vae.distributions import (
@@ -18,7 +18,6 @@ from discrete_vae.distributions import (
     ExpIGRPlanar,
     ExpIGRSB,
     PlanarFlow,
-    igr_log_probs,
     truncate_sticks,
 )
 from discrete_vae.latents import LatentSpec, build_family
@@ -149,22 +148,6 @@ def test_stick_breaking_sums_to_one_and_support_grows_with_the_threshold():
 
 
 # ------------------------------------------------------------------ implied discrete probabilities
-def test_igr_i_quadrature_matches_scipy_integration():
-    loc, scale = _params((2, 4), seed=3)
-    got = igr_log_probs(loc, scale).exp()
-    for b in range(2):
-        mu, s = loc[b].numpy(), scale[b].numpy()
-        for k in range(4):
-            def integrand(x, k=k, mu=mu, s=s):
-                others = [stats.norm.cdf((x - mu[j]) / s[j]) for j in range(4) if j != k]
-                return stats.norm.pdf(x, mu[k], s[k]) * math.prod(others)
-
-            ref, _ = integrate.quad(integrand, 0, math.inf, epsabs=1e-12)
-            assert got[b, k].item() == pytest.approx(ref, abs=1e-10)
-        last = math.prod(stats.norm.cdf(-mu[j] / s[j]) for j in range(4))
-        assert got[b, 4].item() == pytest.approx(last, abs=1e-9)
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_implied_probabilities_match_hard_sample_frequencies(kind):
     """Chi-square goodness of fit, 100k draws per variable; false-failure rate 1e-3 per variable."""

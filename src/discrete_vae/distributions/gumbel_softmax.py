@@ -46,7 +46,12 @@ class ExpConcrete(Distribution):
       ``exp(y)`` is a Gumbel-Softmax sample on the simplex.
     - ``log_prob(y)`` scores the log-space vector with the ExpConcrete density (Maddison et al. 2017,
       eq. 26): :math:`\log (K-1)! + (K-1)\log\tau + \sum_k (\log\alpha_k - \tau y_k)
-      - K\,\mathrm{logsumexp}_k(\log\alpha_k - \tau y_k)`.
+      - K\,\mathrm{logsumexp}_k(\log\alpha_k - \tau y_k)`. Its reference measure is Lebesgue
+      measure on the ``K - 1`` log-ratios :math:`r_k = y_k - y_K`, ``k < K`` (the differences of the
+      perturbed logits :math:`(\log\alpha_k + G_k) / \tau`; the value is the same whichever class is
+      the reference). The density of the coordinates :math:`y_1, ..., y_{K-1}` themselves is
+      ``log_prob(y) - y_K`` (:math:`|\partial r / \partial y_{1:K-1}| = e^{-y_K}`), the measure of the
+      IGR classes' ``log_prob``: a KL or ``log q - log p`` takes both terms from one of the two.
     - Gradients: pathwise (reparameterized) with respect to ``logits`` and ``temperature``.
 
     ``temperature`` may be a float or a tensor broadcastable to the batch shape (a learnable

@@ -80,6 +80,12 @@ class ExpIGRPlanar(ExpIGR):
     variable this class exposes (:meth:`rsample_preimage`) is the flow's *output* ``lambda = f(kappa)``,
     whose density is ``log N(kappa) - log |det df/dkappa|``. ``mc_samples`` draws estimate the
     discrete class probabilities.
+
+    ``log_prob(log psi)`` is, as for :class:`ExpIGR`, a density w.r.t. Lebesgue measure on the
+    ``K - 1`` log coordinates ``log psi_1, ..., log psi_{K-1}``:
+    ``log q(lambda) + (K - 1) log tau - log psi_K`` with ``lambda = tau (log psi_{1:K-1} - log psi_K
+    + log delta)``; not a density over log-ratios, as
+    :class:`~discrete_vae.distributions.ExpConcrete`'s is.
     """
 
     def __init__(

@@ -44,7 +44,13 @@ def _reverse_cumulative_logsumexp(x: Tensor) -> Tensor:
 
 
 class ExpIGRSB(GaussianPreimage):
-    """IGR-SB in log space over ``K`` classes: ``loc``, ``scale`` (*batch, K-1) -> samples (*batch, K)."""
+    """IGR-SB in log space over ``K`` classes: ``loc``, ``scale`` (*batch, K-1) -> samples (*batch, K).
+
+    ``log_prob(log pi)`` is a density w.r.t. Lebesgue measure on the ``K - 1`` log coordinates
+    ``log pi_1, ..., log pi_{K-1}`` (``log pi_K`` follows from them):
+    ``log N(kappa) - sum_k log(sigmoid(-kappa_k / tau) / tau)``, the triangular Jacobian above. It is
+    not a density over log-ratios, as :class:`~discrete_vae.distributions.ExpConcrete`'s is.
+    """
 
     def to_log_simplex(self, kappa: Tensor) -> Tensor:
         return stick_breaking_log(kappa, self.temperature)
