@@ -47,10 +47,10 @@ def _add_k_flags(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def _hidden_widths(text: str) -> tuple[int, ...]:
-    from .config import parse_hidden
+    from .options import coerce_widths
 
     try:
-        return parse_hidden(text)
+        return coerce_widths("--hidden", text)
     except UserError as e:  # argparse reports only ArgumentTypeError/ValueError as usage errors
         raise argparse.ArgumentTypeError(str(e)) from None
 

@@ -182,11 +182,6 @@ class TrainConfig:
         return cls(**coerce_options(cls, values))
 
 
-def parse_hidden(value: Any) -> tuple[int, ...]:
-    """``"512,256"``, ``[512, 256]``, ``64``, ``""`` or ``"none"`` (linear) -> a tuple of widths."""
-    return coerce_widths("--hidden", value)
-
-
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file of config values."""
     path = Path(path)
