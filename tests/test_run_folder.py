@@ -295,7 +295,7 @@ def test_a_signal_writes_a_checkpoint_and_the_run_resumes_exactly(tmp_path, sig)
     assert victim.returncode == 128 + sig, err
     assert one_line(err) and f"stopped by {signal.Signals(sig).name} at step" in err and out == ""
     at = int(load_checkpoint(stopped / "last.safetensors")["step"])
-    assert f"at step {at};" in err and 130 < at < 1500
+    assert f"at step {at};" in err and 130 < at < 1500 and f"dvae train --resume {stopped}" in err
     resumed = subprocess.run(cli_command("train", "--resume", stopped), timeout=TIMEOUT_S,
                              capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr

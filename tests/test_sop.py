@@ -446,6 +446,7 @@ def test_sigterm_writes_a_checkpoint_and_the_resume_equals_a_straight_run(tmp_pa
     victim.send_signal(signal.SIGTERM)
     _, err = victim.communicate(timeout=60)
     assert victim.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
+    assert f"continue with: dvae sop train --resume {stopped}" in err
     at = int(load_checkpoint(stopped / "last.safetensors")["step"])
     assert f"at step {at};" in err and 0 < at < 4000
     small = ["--steps", str(at + 40)]

@@ -82,10 +82,10 @@ class Progress:
 class Stopped(Exception):
     """The run stopped on a signal after writing a checkpoint; the CLI exits with 128 + the signal."""
 
-    def __init__(self, signum: int, step: int, run_dir: str):
+    def __init__(self, signum: int, step: int, resume: str):
         name = signal.Signals(signum).name
         super().__init__(f"stopped by {name} at step {step}; the checkpoint of step {step} is written; "
-                         f"continue with: dvae train --resume {run_dir}")
+                         f"continue with: {resume}")
         self.signum = signum
 
 

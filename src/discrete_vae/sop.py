@@ -359,7 +359,7 @@ def _train(config: SOPConfig, run_dir: Path, state: dict[str, Any] | None, data:
             after_step()
             if stop.signum and step < config.steps:  # preemption or Ctrl-C: write the state, then stop
                 checkpoint(logged=True)
-                raise Stopped(stop.signum, step, str(run_dir))
+                raise Stopped(stop.signum, step, resume_command)
         seconds = time.perf_counter() - started
         best_net = net
         if best_model is not None:

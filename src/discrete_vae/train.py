@@ -401,7 +401,7 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
                 if signum and step < total:  # preemption or Ctrl-C: write the state, then stop
                     if saved != step:
                         checkpoint()
-                    raise Stopped(signum, step, str(run_dir))
+                    raise Stopped(signum, step, resume_command)
     finally:
         if log:
             log.close()
