@@ -1,0 +1,214 @@
+"""The estimator contract: ``estimator(q, f, n_samples) -> Estimate``.
+
+An estimator turns an expectation :math:`\\mathbb{E}_{q_\\phi(z)}[f(z)]` over discrete ``z`` into a
+*surrogate* whose gradient is the estimator's estimate of :math:`\\nabla \\mathbb{E}_q[f]` (with respect to
+``q``'s logits and to any parameters inside ``f``), and a *value*, its estimate of the expectation itself.
+
+- ``q``: a factorial :class:`~torch.distributions.Bernoulli` (logits ``(B, *shape)``) or
+  :class:`~torch.distributions.OneHotCategorical` (logits ``(B, *shape, K)``), optionally wrapped in
+  :class:`~torch.distributions.Independent`. The first batch dimension is the example; every other
+  dimension is a latent variable of that example.
+- ``f``: ``z (S, B, *shape[, K]) -> (S, B)``, called as often as the estimator needs, on hard ``z`` or,
+  for estimators that declare ``relaxed``, on relaxed ``z``. It may depend on parameters.
+- ``surrogate[b]`` depends only on example ``b``'s logits and draws, unless the estimator documents
+  sharing (a moving-average baseline). ``aux_loss`` (a scalar, or None) is what the estimator's own
+  parameters (learned baselines, control variates, temperatures) minimise: step it with respect to
+  ``estimator.parameters()`` only.
+
+Estimators declare what they support (``binary``, ``categorical``), whether they are ``unbiased``, and
+whether they evaluate ``f`` at relaxed points; an unsupported pairing is one :class:`ConfigError`.
+Their options are a typed dataclass (``Options``) registered with the method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
+
+from ..errors import ConfigError
+from ..options import check_finite, coerce_options
+from ..registry import Registry
+
+Objective = Callable[[Tensor], Tensor]  # z (S, B, ...) -> (S, B)
+KINDS = ("binary", "categorical")
+
+
+class Estimate(NamedTuple):
+    """``surrogate`` (B,): its gradient is the estimate; ``value`` (B,): the estimate of ``E_q[f]``
+    (detached); ``aux_loss``: the scalar the estimator's own parameters minimise (None without)."""
+
+    surrogate: Tensor
+    value: Tensor
+    aux_loss: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Latents:
+    """The discrete distribution an estimator works on, as logits.
+
+    ``kind`` is ``binary`` (``logits`` (B, *shape): Bernoulli logits) or ``categorical`` (``logits``
+    (B, *shape, K), normalised log probabilities). Samples carry a leading sample dimension.
+    """
+
+    kind: str
+    logits: Tensor
+
+    @classmethod
+    def of(cls, q: Distribution) -> Latents:
+        base = q
+        while isinstance(base, Independent):
+            base = base.base_dist
+        if isinstance(base, OneHotCategorical):
+            return cls("categorical", base.logits)
+        if isinstance(base, Bernoulli):
+            return cls("binary", base.logits)
+        raise ConfigError("estimators take a Bernoulli or OneHotCategorical distribution, "
+                          f"not {type(q).__name__}")
+
+    @property
+    def batch(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def event_dims(self) -> int:
+        """Trailing dimensions of one example's latents (all but the batch dimension)."""
+        return self.logits.dim() - 1
+
+    def probs(self) -> Tensor:
+        return torch.sigmoid(self.logits) if self.kind == "binary" else self.logits.softmax(-1)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        """``n`` hard draws per example: (n, B, ...)."""
+        probs = self.probs().expand(n, *self.logits.shape)
+        if self.kind == "binary":
+            return torch.bernoulli(probs)
+        index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).view(*probs.shape[:-1], 1)
+        return torch.zeros_like(probs).scatter_(-1, index, 1.0)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """``log q(z)`` summed over each example's latents: (..., B, ...) -> (..., B)."""
+        if self.kind == "binary":
+            per = z * self.logits - torch.nn.functional.softplus(self.logits)  # z log s + (1 - z) log(1 - s)
+        else:
+            per = z * self.logits.log_softmax(-1)
+        return self.sum_event(per)
+
+    def sum_event(self, t: Tensor) -> Tensor:
+        """Sum a tensor shaped like draws over each example's latent dimensions: (S, B, ...) -> (S, B)."""
+        return t.sum(tuple(range(t.dim() - self.event_dims, t.dim()))) if self.event_dims else t
+
+
+def call_f(f: Objective, z: Tensor) -> Tensor:
+    """``f(z)``, checked to be (S, B)."""
+    out = f(z)
+    if out.shape != z.shape[:2]:
+        raise ConfigError(f"f must map z {tuple(z.shape)} to (samples, batch) = {tuple(z.shape[:2])}, "
+                          f"got {tuple(out.shape)}")
+    return out
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """This estimator has no options."""
+
+
+class Estimator(nn.Module):
+    """Base class: subclasses set the class attributes and implement :meth:`estimate`."""
+
+    name: ClassVar[str] = ""
+    supports: ClassVar[tuple[str, ...]] = KINDS
+    unbiased: ClassVar[bool] = False
+    relaxed: ClassVar[bool] = False  # evaluates f at points off the discrete support
+    min_samples: ClassVar[int] = 1
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any = None):
+        super().__init__()
+        self.options = options if options is not None else self.Options()
+
+    def forward(self, q: Distribution, f: Objective, n_samples: int = 1, *, tau: Tensor | float | None = None,
+                context: Tensor | None = None) -> Estimate:
+        """Estimate ``E_q[f]`` and its gradient from ``n_samples`` draws per example.
+
+        ``tau`` overrides the temperature option of relaxed estimators (a schedule's value);
+        ``context`` is what learned baselines condition on (NVIL's input ``x``; default the logits).
+        """
+        latents = Latents.of(q)
+        self.check(latents.kind, n_samples)
+        return self.estimate(latents, f, n_samples, tau=tau, context=context)
+
+    def check(self, kind: str, n_samples: int) -> None:
+        if kind not in self.supports:
+            raise ConfigError(f"estimator {self.name} supports {' and '.join(self.supports)} latents, "
+                              f"not {kind}")
+        if n_samples < self.min_samples:
+            raise ConfigError(f"estimator {self.name} needs at least {self.min_samples} samples per example, "
+                              f"got {n_samples}")
+
+    def estimate(self, latents: Latents, f: Objective, n_samples: int, *, tau: Tensor | float | None,
+                 context: Tensor | None) -> Estimate:
+        raise NotImplementedError
+
+    def temperature(self, tau: Tensor | float | None, like: Tensor) -> Tensor:
+        """The temperature in force: ``tau`` if given, else the ``temperature`` option."""
+        value = self.options.temperature if tau is None else tau
+        return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+    def stats(self) -> dict[str, float]:
+        """Numbers worth logging with the training metrics (a learned temperature, a baseline)."""
+        return {}
+
+
+ESTIMATORS: Registry = Registry("estimator")
+
+
+def register(cls: type[Estimator]) -> type[Estimator]:
+    """Class decorator: register ``cls`` under ``cls.name``."""
+    return ESTIMATORS.register(cls.name)(cls)
+
+
+def estimator_options(name: str, values: dict[str, Any]) -> Any:
+    """``name``'s typed options from ``values`` (names with ``-`` or ``_``); unknown keys are one error."""
+    cls = ESTIMATORS.get(name)
+    fields = {f.name for f in dataclasses.fields(cls.Options)}
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        known = ", ".join(sorted(fields)) or "none"
+        raise ConfigError(f"estimator {name} has no option {unknown[0]!r} (its options: {known})")
+    options = cls.Options(**coerce_options(cls.Options, values))
+    check_finite(options)
+    return options
+
+
+def build_estimator(name: str, **options: Any) -> Estimator:
+    """The estimator registered as ``name`` with ``options`` (keywords of its ``Options``)."""
+    return ESTIMATORS.get(name)(estimator_options(name, options))
+
+
+class Pathwise(Estimator):
+    """Estimators that draw a differentiable ``z`` per sample and differentiate ``f`` through it:
+    ``surrogate = value = mean_s f(z_s)``. The draw (:meth:`rsample`) is local to each latent variable, so
+    it also serves networks with several stochastic layers (``dvae sop``)."""
+
+    def rsample(self, latents: Latents, n: int, tau: Tensor | float | None = None) -> Tensor:
+        """``n`` differentiable draws per example: (n, B, ...)."""
+        raise NotImplementedError
+
+    def estimate(self, latents: Latents, f: Objective, n_samples: int, *, tau: Tensor | float | None,
+                 context: Tensor | None) -> Estimate:
+        value = call_f(f, self.rsample(latents, n_samples, tau)).mean(0)  # (B,)
+        return Estimate(value, value.detach())
+
+
+def positive_temperature(options: Any) -> None:
+    """``__post_init__`` check shared by options with a ``temperature`` field."""
+    if not options.temperature > 0:
+        raise ConfigError(f"--temperature must be positive, got {options.temperature}")
