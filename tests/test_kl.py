@@ -25,7 +25,7 @@ from torch.distributions import Bernoulli, Categorical
 from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
-from discrete_vae.latents import ConcreteBinary, ConcreteCategorical, LatentSpec, build_family
+from discrete_vae.posteriors import ConcreteBinary, ConcreteCategorical, LatentSpec, build_posterior
 from discrete_vae.priors import BernoulliPrior, CategoricalPrior, build_prior
 
 F64 = torch.float64
@@ -97,7 +97,7 @@ def assert_within_4_se(samples: torch.Tensor, expected: torch.Tensor, extra_se=0
 def test_categorical_analytic_kl_matches_enumeration_with_gradients(case):
     n, k, kind = case
     prior = make_prior(kind, n, k, binary=False, seed=n * k)
-    family = build_family("gs", LatentSpec(n, k))
+    family = build_posterior("categorical", LatentSpec(n, k))
     assert isinstance(family, ConcreteCategorical) and family.kl == "analytic"
     params = make_logits((BATCH, n * k), seed=1).requires_grad_()
     latent = family.relaxed(params, prior, torch.tensor(0.5, dtype=F64), n_samples=2)
@@ -119,7 +119,7 @@ def assert_same_gradients(got: torch.Tensor, want: torch.Tensor, leaves: list) -
 def test_bernoulli_analytic_kl_matches_enumeration_with_gradients(case):
     n, kind = case
     prior = make_prior(kind, n, 2, binary=True, seed=n)
-    family = build_family("gs", LatentSpec(n, 2, binary=True))
+    family = build_posterior("categorical", LatentSpec(n, 2, binary=True))
     assert isinstance(family, ConcreteBinary) and family.kl == "analytic"
     params = make_logits((BATCH, n), seed=2).requires_grad_()
     latent = family.relaxed(params, prior, torch.tensor(0.5, dtype=F64), n_samples=2)
@@ -134,7 +134,7 @@ def test_analytic_kl_matches_monte_carlo_over_hard_samples(binary):
     # BATCH = 3 components at 4 SE: false-failure rate 1.9e-4 per case.
     n, k = (3, 2) if binary else (2, 4)
     prior = make_prior("learnable", n, k, binary=binary, seed=3)
-    family = build_family("gs", LatentSpec(n, k, binary=binary))
+    family = build_posterior("categorical", LatentSpec(n, k, binary=binary))
     params = make_logits((BATCH, n if binary else n * k), seed=4)
     kl = family.relaxed(params, prior, torch.tensor(1.0, dtype=F64), n_samples=1).kl
 
@@ -149,7 +149,7 @@ def test_analytic_kl_matches_monte_carlo_over_hard_samples(binary):
 def test_analytic_kl_is_nonnegative_and_zero_iff_posterior_is_prior(binary):
     n, k = (5, 2) if binary else (4, 3)
     spec = LatentSpec(n, k, binary=binary)
-    family = build_family("gs", spec)
+    family = build_posterior("categorical", spec)
     tau = torch.tensor(1.0, dtype=F64)
     for kind in ("uniform", "learnable"):
         prior = make_prior(kind, n, k, binary=binary, seed=6)
@@ -173,7 +173,7 @@ def test_analytic_kl_is_nonnegative_and_zero_iff_posterior_is_prior(binary):
 def test_relaxed_categorical_kl_matches_independent_monte_carlo(n, k, tau, prior_tau):
     # Two independent means per example, BATCH = 3 at 4 combined SE: false-failure rate 1.9e-4.
     prior = make_prior("learnable", n, k, binary=False, seed=8)
-    family = build_family("gs", LatentSpec(n, k), kl="relaxed", prior_temperature=prior_tau)
+    family = build_posterior("categorical", LatentSpec(n, k), kl="relaxed", prior_temperature=prior_tau)
     params = make_logits((BATCH, n * k), seed=9)
     torch.manual_seed(10)
     latent = family.relaxed(params, prior, torch.tensor(tau, dtype=F64), n_samples=20_000)
@@ -210,8 +210,8 @@ def logistic_kl(q_logit: float, q_tau: float, p_logit: float, p_tau: float) -> f
 def test_relaxed_binary_kl_matches_quadrature(n, tau, prior_tau):
     # BATCH = 3 components at 4 SE: false-failure rate 1.9e-4 per case.
     prior = make_prior("learnable", n, 2, binary=True, seed=12)
-    family = build_family(
-        "gs", LatentSpec(n, 2, binary=True), kl="relaxed", prior_temperature=prior_tau
+    family = build_posterior(
+        "categorical", LatentSpec(n, 2, binary=True), kl="relaxed", prior_temperature=prior_tau
     )
     params = make_logits((BATCH, n), seed=13)
     torch.manual_seed(14)
@@ -236,7 +236,7 @@ def test_relaxed_binary_kl_matches_quadrature(n, tau, prior_tau):
 def test_relaxed_kl_is_zero_sample_by_sample_when_posterior_is_prior(binary):
     n, k = (3, 2) if binary else (2, 3)
     prior = make_prior("learnable", n, k, binary=binary, seed=15)
-    family = build_family("gs", LatentSpec(n, k, binary=binary), kl="relaxed")
+    family = build_posterior("categorical", LatentSpec(n, k, binary=binary), kl="relaxed")
     params = prior.logits.detach().flatten().expand(BATCH, -1)  # q = p at the same temperature
     torch.manual_seed(16)
     latent = family.relaxed(params, prior, torch.tensor(0.7, dtype=F64), n_samples=50)

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from scipy.special import logsumexp
 
 from discrete_vae.evaluate import evaluate, iw_log_likelihood
-from discrete_vae.latents import LatentSample, LatentSpec, build_family
 from discrete_vae.models import DiscreteVAE, MLPConfig
 from discrete_vae.objectives import ObjectiveTerms, iw_bound, relaxed_elbo
+from discrete_vae.posteriors import LatentSample, LatentSpec, build_posterior
 from discrete_vae.priors import build_prior
 
 F64 = torch.float64
@@ -146,7 +146,7 @@ STATES = torch.stack(
 def tiny_model() -> DiscreteVAE:
     """Gumbel-Softmax family, uniform prior, 8-unit MLPs; sharpened so q(z|x) is not p(z|x)."""
     torch.manual_seed(0)
-    family = build_family("gs", LatentSpec(2, 3))
+    family = build_posterior("categorical", LatentSpec(2, 3))
     prior = build_prior("uniform", 2, 3, False)
     model = DiscreteVAE(4, family, prior, MLPConfig(hidden=(8,)), MLPConfig(hidden=(8,))).double()
     with torch.no_grad():  # a sharper likelihood: ELBO gaps up to 0.16 nats, chi2 <= 0.35

@@ -60,6 +60,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
     groups = {name: parser.add_argument_group(title) for name, title in OPTION_GROUPS}
     for f in fields(TrainConfig):
+        if f.name == "estimator_options":  # one flag per option, below
+            continue
         tp = field_type(f.type)[0]
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} (default: {f.default})"
@@ -83,17 +85,44 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             )
         else:
             group.add_argument(flag, dest=f.name, type=tp, default=argparse.SUPPRESS, help=help_text)
+    _add_estimator_flags(parser)
+
+
+ESTIMATOR_OPTION = "estimator_option."  # argparse dest prefix of the estimators' own options
+
+
+def _add_estimator_flags(parser: argparse.ArgumentParser) -> None:
+    """One group per estimator with options of its own (its typed ``Options``; the temperature of relaxed
+    estimators is the schedule's ``--temperature``). An option two estimators share is one flag."""
+    from .estimators import ESTIMATORS
+
+    seen: dict[str, list[str]] = {}
+    for name in ESTIMATORS.names():
+        for f in fields(ESTIMATORS.get(name).Options):
+            if f.name != "temperature":
+                seen.setdefault(f.name, []).append(name)
+    groups: dict[str, Any] = {}
+    for option, owners in seen.items():
+        cls = ESTIMATORS.get(owners[0]).Options
+        f = next(f for f in fields(cls) if f.name == option)
+        group = groups.setdefault(owners[0], parser.add_argument_group(f"estimator {owners[0]}"))
+        also = f"; also {', '.join(owners[1:])}" if owners[1:] else ""
+        group.add_argument("--" + option.replace("_", "-"), dest=ESTIMATOR_OPTION + option,
+                           type=field_type(f.type)[0], default=argparse.SUPPRESS,
+                           help=f"{f.metadata.get('help', '')} (default: {f.default}{also})")
 
 
 # `dvae train --help` groups the options by what they belong to
-OPTION_GROUPS = (("model", "model and latents"), ("prior", "RBM prior and its sampler"),
-                 ("optim", "optimisation"), ("temperature", "temperature"), ("data", "data"),
-                 ("run", "run folder, device and reporting"))
+OPTION_GROUPS = (("model", "method, latents and objective"), ("igr", "IGR posteriors"),
+                 ("dvae", "DVAE posteriors (smoothed binaries)"), ("nets", "encoder and decoder"),
+                 ("prior", "prior (and the RBM's sampler)"), ("optim", "optimisation"),
+                 ("temperature", "temperature"), ("data", "data"), ("run", "run folder, device and reporting"))
 GROUPED = {
-    "model": ("model", "latent", "binary", "prior", "kl", "prior_temperature", "continuous", "delta",
-              "prior_scale", "sb_threshold", "sb_percentile", "flow_layers", "mc_samples", "k", "struct",
-              "levels", "batch_norm", "center_input", "beta", "hidden", "activation", "objective"),
-    "prior": ("sampler", "chains", "sweeps", "log_z_betas", "log_z_samples"),
+    "model": ("model", "posterior", "estimator", "latent", "binary", "kl", "continuous", "k", "objective"),
+    "igr": ("delta", "prior_scale", "sb_threshold", "sb_percentile", "flow_layers", "mc_samples"),
+    "dvae": ("struct", "levels", "beta", "center_input"),
+    "nets": ("hidden", "activation", "batch_norm"),
+    "prior": ("prior", "prior_temperature", "sampler", "chains", "sweeps", "log_z_betas", "log_z_samples"),
     "optim": ("steps", "epochs", "batch_size", "lr", "lr_schedule", "lr_final", "weight_decay", "l2",
               "adam_eps", "kl_warmup", "seed"),
     "temperature": ("temperature", "min_temperature", "anneal_rate", "anneal_every", "learn_temperature"),
@@ -169,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     _add_sop_parser(sub)
-    p = sub.add_parser("list", help="registered models, priors, datasets, presets and structs")
+    p = sub.add_parser("list", help="registered models (methods), posteriors, estimators, priors, datasets, presets and structs")
     p.add_argument("what", nargs="?", choices=sorted(LISTS), default=None,
                    help="one registry; presets and structs with what each sets (default: a summary of all)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
@@ -235,6 +264,9 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     from .train import train
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    own = {k[len(ESTIMATOR_OPTION):]: v for k, v in vars(args).items() if k.startswith(ESTIMATOR_OPTION)}
+    if own:
+        given["estimator_options"] = own
     if args.resume:
         if args.config or args.preset:
             raise UserError("--resume takes its options from the run folder, not --config/--preset")
@@ -253,6 +285,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         values.update(PRESETS.get(args.preset))
     if args.config:
         values.update(load_config_file(args.config))
+    if own:  # flags add to (and override) the file's estimator options
+        given["estimator_options"] = {**(values.get("estimator_options") or {}), **own}
     values.update(given)
     return train(TrainConfig.from_dict(with_struct(values)), progress=args.progress)
 
@@ -341,14 +375,29 @@ def _sop(args: argparse.Namespace) -> dict[str, Any]:
 def _registries() -> dict[str, Any]:
     from .config import PRESETS, STRUCTS
     from .data import DATASETS
-    from .latents import LATENT_FAMILIES
+    from .estimators import ESTIMATORS
+    from .methods import METHODS
+    from .posteriors import POSTERIORS
     from .priors import PRIORS
 
-    return {"models": LATENT_FAMILIES, "priors": PRIORS, "datasets": DATASETS, "presets": PRESETS,
-            "structs": STRUCTS}
+    return {"models": METHODS, "posteriors": POSTERIORS, "estimators": ESTIMATORS, "priors": PRIORS,
+            "datasets": DATASETS, "presets": PRESETS, "structs": STRUCTS}
 
 
-LISTS = ("models", "priors", "datasets", "presets", "structs")
+LISTS = ("models", "posteriors", "estimators", "priors", "datasets", "presets", "structs")
+
+
+def _described(what: str, registry: Any) -> dict[str, dict[str, Any]]:
+    """What each method sets, or what each estimator supports and its options."""
+    if what == "models":
+        return {name: {"posterior": m.posterior, "estimator": m.estimator, **m.defaults}
+                for name in registry.names() for m in [registry.get(name)]}
+    described = {}
+    for name in registry.names():
+        cls = registry.get(name)
+        described[name] = {"supports": list(cls.supports), "unbiased": cls.unbiased,
+                           **{f.name: f.default for f in fields(cls.Options)}}
+    return described
 
 
 def _list(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -356,6 +405,8 @@ def _list(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.what in ("presets", "structs"):  # what each sets
         listed: Any = {name: {k: list(v) if isinstance(v, tuple) else v for k, v in registries[args.what].get(
             name).items()} for name in registries[args.what].names()}
+    elif args.what in ("models", "estimators"):
+        listed = _described(args.what, registries[args.what])
     elif args.what:
         listed = registries[args.what].names()
     else:
@@ -373,7 +424,8 @@ def _list(args: argparse.Namespace) -> dict[str, Any] | None:
         width = max(map(len, listed))
         for kind, names in listed.items():
             print(f"{kind:<{width}}  {', '.join(names)}")
-        print("\n`dvae list presets` and `dvae list structs` show what each sets; --json for scripts")
+        print("\n`dvae list models|presets|structs` show what each sets, `dvae list estimators` what each "
+              "supports; --json for scripts")
     return None
 
 

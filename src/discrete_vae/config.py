@@ -16,8 +16,10 @@ import tomllib
 import yaml
 
 from .errors import ConfigError
-from .latents import LATENT_FAMILIES, LatentSpec
+from .estimators import estimator_options
+from .methods import METHODS
 from .options import check_finite, coerce_options, coerce_widths
+from .posteriors import POSTERIORS, LatentSpec
 from .priors import PRIORS
 from .registry import Registry
 
@@ -37,7 +39,12 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class TrainConfig:
     """Everything a training run needs; stored as ``config.yaml`` in the run folder."""
 
-    model: str = _f("gs", "latent family / method (gs, st-gs, expgs, igr-i, igr-sb, ...)")
+    model: str = _f("gs", "method: a preset of posterior + estimator (gs, st-gs, expgs, igr-i, dvaes-power, ...; "
+                    "dvae list models)")
+    posterior: str = _f("auto", "what q(z|x) is (categorical, igr-i, dvaes-power, ...); auto = the method's")
+    estimator: str = _f("auto", "how the gradient of E_q[...] is estimated (gs, st-gs, reinforce, rloo, vimco, "
+                        "disarm, rebar, relax, reinmax, gumbel-rao, ...); auto = the method's")
+    estimator_options: dict = _f(None, "the estimator's own options (a mapping; flags per option)")
     latent: str = _f("20x10", "N x K: N latent variables of K classes (200x2 means binary)")
     binary: bool = _f(False, "Bernoulli latents (K = 2) relaxed by the binary Concrete")
     prior: str = _f("auto", "prior over the latents: uniform, learnable or rbm; auto = the model's own")
@@ -67,7 +74,8 @@ class TrainConfig:
     learn_temperature: bool = _f(False, "learn tau (positive by construction) instead of annealing")
     kl: str = _f(
         "auto",
-        "KL term: analytic (closed form) or relaxed (Monte Carlo); auto = the method's own",
+        "KL term: analytic (closed form), relaxed (Monte Carlo over the relaxed sample) or sampled (Monte "
+        "Carlo over hard samples, inside f); auto = the method's own",
     )
     prior_temperature: float | None = _f(
         None, "temperature of the relaxed prior for --kl relaxed (default: the posterior's)"
@@ -107,7 +115,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.hidden = coerce_widths("hidden", self.hidden)
         check_finite(self)
-        LATENT_FAMILIES.get(self.model)
+        self.check_method()
         self.latent_spec()
         if self.steps is not None and self.epochs is not None:
             raise ConfigError("give --steps or --epochs, not both")
@@ -155,12 +163,26 @@ class TrainConfig:
             PRIORS.get(self.prior)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
-        if self.kl not in ("auto", "analytic", "relaxed"):
-            raise ConfigError(f"--kl must be auto, analytic or relaxed, got {self.kl!r}")
+        if self.kl not in ("auto", "analytic", "relaxed", "sampled"):
+            raise ConfigError(f"--kl must be auto, analytic, relaxed or sampled, got {self.kl!r}")
         if self.continuous < 0:
             raise ConfigError("--continuous must be non-negative")
         if self.activation not in ("relu", "tanh"):
             raise ConfigError(f"--activation must be relu or tanh, got {self.activation!r}")
+
+    def check_method(self) -> None:
+        method = METHODS.get(self.model)
+        if self.posterior != "auto":
+            POSTERIORS.get(self.posterior)
+        self.estimator_options = dict(self.estimator_options or {})
+        if self.estimator != "auto" or self.estimator_options:
+            estimator_options(self.estimator_name(method), self.estimator_options)
+
+    def estimator_name(self, method: Any = None) -> str:
+        """The estimator in force: ``--estimator``, else the method's (for its own posterior)."""
+        if self.estimator != "auto":
+            return self.estimator
+        return (method or METHODS.get(self.model)).estimator
 
     def latent_spec(self) -> LatentSpec:
         return LatentSpec.parse(self.latent, self.binary)
@@ -168,6 +190,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
+        d["estimator_options"] = dict(self.estimator_options)
         return d
 
     @classmethod
@@ -179,7 +202,10 @@ class TrainConfig:
         values = dict(values)
         if "samples" in values and "k" not in values:
             values["k"] = values.pop("samples")
-        return cls(**coerce_options(cls, values))
+        options = values.pop("estimator_options", None)
+        if options is not None and not isinstance(options, dict):
+            raise ConfigError(f"estimator_options must be a mapping of option names to values, got {options!r}")
+        return cls(**coerce_options(cls, values), estimator_options=options)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -67,6 +67,14 @@ class Distributed:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return int(value)
 
+    def average(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The mean of each tensor over the ranks (in place; gradients DDP does not reduce itself)."""
+        if self.world > 1:
+            for t in tensors:
+                dist.all_reduce(t)
+                t.div_(self.world)
+        return tensors
+
     def gather(self, obj: Any) -> list[Any]:
         """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
         if self.world == 1:
@@ -86,10 +94,12 @@ def rank_local_buffers(model: nn.Module) -> list[str]:
 
 def wrap(model: nn.Module, ddp: Distributed) -> nn.Module:
     """``model`` under DistributedDataParallel (with more than one rank), its rank-local buffers excluded
-    from the broadcasts and redrawn on each rank from that rank's own RNG stream."""
+    from the broadcasts and redrawn on each rank from that rank's own RNG stream. The estimator's own
+    parameters are left out too: they follow their ``aux_loss``, whose gradient the loop averages itself."""
     if ddp.world == 1:
         return model
     local = rank_local_buffers(model)
+    local += [name for name, _ in model.named_parameters() if name.startswith("estimator.")]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, local)
     for module in model.modules():
         if getattr(module, "rank_local_buffers", ()):

@@ -17,7 +17,7 @@ from typing import NamedTuple
 from torch import Tensor
 
 from .errors import ConfigError
-from .latents import LatentSample
+from .posteriors import LatentSample
 
 
 class ObjectiveTerms(NamedTuple):

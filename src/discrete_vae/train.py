@@ -36,11 +36,13 @@ from .config import RESUME_OVERRIDES, TrainConfig
 from .data import BatchIterator, DataSplits, load_dataset
 from .distributed import Distributed, load_local_state, local_state, wrap
 from .errors import ConfigError, NonFiniteLossError, UserError
+from .estimators import ESTIMATORS, estimator_options
 from .evaluate import estimate_log_partition, evaluate, trivial_nll
-from .latents import build_family
-from .latents.mixed import GaussianPrior, Mixed, ProductPrior
+from .methods import METHODS
 from .models import DiscreteVAE, MLPConfig
-from .objectives import OBJECTIVE_FUNCTIONS
+from .models.vae import MULTI_SAMPLE
+from .posteriors import build_posterior
+from .posteriors.mixed import GaussianPrior, Mixed, ProductPrior
 from .priors import build_prior
 from .progress import GracefulStop, Progress, Stopped
 from .runs import (
@@ -61,20 +63,26 @@ DEFAULT_STEPS = 200_000
 
 
 def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
-    """The model a config describes (weights drawn from the current RNG state)."""
+    """The model a config describes (weights drawn from the current RNG state): the method's posterior and
+    estimator, or those ``--posterior`` / ``--estimator`` name."""
     spec = config.latent_spec()
+    method = METHODS.get(config.model)
+    method.check(config.model, config)
+    posterior_name = method.posterior if config.posterior == "auto" else config.posterior
     encoder = MLPConfig(tuple(config.hidden), config.activation, config.batch_norm)
-    family = build_family(
-        config.model,
+    defaults = method.defaults if posterior_name == method.posterior else {}
+    posterior = build_posterior(
+        posterior_name,
         spec,
-        kl=config.kl,
+        kl=defaults.get("kl", "auto") if config.kl == "auto" else config.kl,
         beta=config.beta,
         dataset=config.dataset,
         struct=config.struct,
         levels=config.levels,
         context_dim=data_dim,
         level_mlp=encoder,
-        prior_temperature=config.prior_temperature,
+        prior_temperature=(defaults.get("prior_temperature") if config.prior_temperature is None
+                           else config.prior_temperature),
         delta=config.delta,
         prior_scale=config.prior_scale,
         sb_threshold=config.sb_threshold,
@@ -82,23 +90,31 @@ def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
         flow_layers=config.flow_layers,
         mc_samples=config.mc_samples,
     )
-    if family.levels != config.levels:
-        raise ConfigError(f"--levels applies to the DVAE models, not to {config.model}")
-    prior_name = family.default_prior if config.prior == "auto" else config.prior
-    prior = build_prior(prior_name, spec.n, spec.k, not family.one_hot, sampler=config.sampler,
+    if posterior.levels != config.levels:
+        raise ConfigError(f"--levels applies to the DVAE posteriors, not to {posterior_name}")
+    if config.estimator != "auto":
+        estimator_name = config.estimator
+    elif posterior_name == method.posterior:
+        estimator_name = method.estimator
+    else:
+        estimator_name = next(iter(posterior.relaxations))
+    estimator = ESTIMATORS.get(estimator_name)(estimator_options(estimator_name, config.estimator_options))
+    prior_name = posterior.default_prior if config.prior == "auto" else config.prior
+    prior = build_prior(prior_name, spec.n, spec.k, not posterior.one_hot, sampler=config.sampler,
                         chains=config.chains, sweeps=config.sweeps)
-    family.check_prior(prior)
+    posterior.check_prior(prior)
     if config.continuous:
         if not prior.normalized:
             raise ConfigError(f"--continuous needs a normalised discrete prior, not {prior_name}")
-        family = Mixed(config.continuous, family, config.kl)
+        posterior = Mixed(config.continuous, posterior, config.kl)
         prior = ProductPrior([GaussianPrior(config.continuous), prior])
     return DiscreteVAE(
         data_dim,
-        family,
+        posterior,
         prior,
         encoder,
         encoder.mirrored(),
+        estimator=estimator,
         learnable_temperature=config.temperature if config.learn_temperature else None,
         center_input=config.center_input,
     )
@@ -135,11 +151,29 @@ def kl_weight(config: TrainConfig, step: int, total: int) -> float:
     return min(1.0, step / (config.kl_warmup * total))
 
 
-def resolve_objective(config: TrainConfig, family) -> str:
-    """``elbo`` or ``iw``; ``auto``: iw for families that train with it (DVAE#) when k > 1."""
+def resolve_objective(config: TrainConfig, model: DiscreteVAE) -> str:
+    """``elbo`` or ``iw``; ``auto``: iw for posteriors that train with it (DVAE#) when k > 1. The ``vimco``
+    estimator's value is the IW bound itself; other estimators outside a relaxation train the ELBO."""
+    relaxation = model.estimator.name in model.posterior.relaxations
+    if model.estimator.name in MULTI_SAMPLE:
+        if config.objective == "elbo":
+            raise ConfigError(f"{model.estimator.name} trains the importance-weighted bound: drop --objective elbo")
+        return "iw"
+    if config.objective == "iw" and not relaxation:
+        raise ConfigError(f"--objective iw needs a relaxation estimator ({', '.join(model.posterior.relaxations)}) "
+                          "or vimco")
     if config.objective != "auto":
         return config.objective
-    return "iw" if family.iw_default and config.k > 1 else "elbo"
+    return "iw" if model.posterior.iw_default and config.k > 1 and relaxation else "elbo"
+
+
+def estimator_gradients(own: list[torch.Tensor], aux_loss: torch.Tensor | None) -> list[torch.Tensor]:
+    """The gradient of the estimator's ``aux_loss`` with respect to its own parameters only (zeros where
+    it has none), taken before the model's backward pass, whose graph it shares."""
+    if aux_loss is None or not own:
+        return [torch.zeros_like(p) for p in own]
+    grads = torch.autograd.grad(aux_loss, own, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(own, grads, strict=True)]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -254,8 +288,10 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
         config.epochs * batches.steps_per_epoch if config.epochs else DEFAULT_STEPS
     )
     schedule = temperature_schedule(config)
-    objective = OBJECTIVE_FUNCTIONS[resolve_objective(config, model.family)]
-    penalized = [p for p in model.parameters() if p.dim() == 2]  # weight matrices, RBM couplings
+    objective = resolve_objective(config, model)
+    # weight matrices and the RBM's couplings (the estimator's own networks are not the model's)
+    penalized = [p for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("estimator.")]
+    own = list(model.estimator.parameters())  # stepped on the estimator's aux_loss only
     torch.manual_seed(config.seed * 7919 + ddp.rank)  # per-rank noise; weights came from `seed`
     net = wrap(model, ddp)  # DDP with more than one rank; the PCD chains stay each rank's own
     step, best, saved = 0, {"step": -1, "nll": math.inf}, None  # saved: the step of last.safetensors
@@ -362,21 +398,26 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
                 lr = learning_rate(config, step, total)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                out = net(x, tau, config.k)
-                terms = objective(out.log_px, out.latent, kl_weight(config, step, total))
+                weight = kl_weight(config, step, total)
+                terms = net(x, tau, config.k, weight, objective)
                 loss = terms.loss
+                phase = model.prior.negative_phase()  # the RBM's ∇ log Z from its sampler; None if normalised
+                if phase is not None:
+                    loss = loss + weight * phase
                 if config.l2:
                     loss = loss + 0.5 * config.l2 * sum(p.square().sum() for p in penalized)
                 optimizer.zero_grad(set_to_none=True)
+                aux = estimator_gradients(own, terms.aux_loss)
                 loss.backward()
-                if not torch.isfinite(terms.loss):
-                    value = float(terms.loss.detach())
+                reported = -terms.objective.mean()
+                if not (torch.isfinite(reported) and torch.isfinite(loss)):
+                    value = float(reported if not torch.isfinite(reported) else loss.detach())
                     raise NonFiniteLossError(f"non-finite loss ({value})", step + 1, saved, resume_command)
+                for p, g in zip(own, ddp.average(aux), strict=True):
+                    p.grad = g
                 optimizer.step()
                 step += 1
-                sums += torch.stack(
-                    [terms.loss.detach(), -terms.log_px.mean().detach(), terms.kl.mean().detach()]
-                )
+                sums += torch.stack([reported, -terms.log_px.mean(), terms.kl.mean()])
                 if step % config.log_every == 0 or step == total:
                     n = config.log_every if step % config.log_every == 0 else step % config.log_every
                     loss_now, rec, kl = (sums / n).tolist()
@@ -384,7 +425,8 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
                     tau_now = float(model.tau(tau).detach())
                     if ddp.main:
                         line = {"loss": loss_now, "neg_log_px": rec, "kl": kl, "tau": tau_now, "lr": lr}
-                        log.write(step, "train", {**line, **model.family.stats()})
+                        stats = {**model.posterior.stats(), **model.estimator.stats()}
+                        log.write(step, "train", {**line, **stats})
                         bar.update(step, loss=loss_now, tau=tau_now)
                 if step % config.eval_every == 0 or step % config.checkpoint_every == 0 or step == total:
                     if device.type == "cuda":

@@ -1,6 +1,6 @@
-"""Networks and the discrete VAE that composes encoder, latent family, prior and decoder."""
+"""Networks and the discrete VAE that composes encoder, posterior, estimator, prior and decoder."""
 
 from .mlp import ACTIVATIONS, MLPConfig, build_mlp
-from .vae import DiscreteVAE, Outputs
+from .vae import DiscreteVAE, Terms
 
-__all__ = ["ACTIVATIONS", "DiscreteVAE", "MLPConfig", "Outputs", "build_mlp"]
+__all__ = ["ACTIVATIONS", "DiscreteVAE", "MLPConfig", "Terms", "build_mlp"]

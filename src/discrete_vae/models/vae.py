@@ -1,8 +1,12 @@
-"""The discrete VAE: data -> encoder -> posterior/relaxation -> prior -> decoder -> terms.
+"""The discrete VAE: data -> encoder -> posterior -> estimator -> prior and decoder -> objective terms.
 
-One class serves every latent family: the family turns encoder outputs into a relaxed sample and a
-KL term for training, and into the discrete posterior for evaluation. The objective is computed by
-:mod:`discrete_vae.objectives` from the per-sample terms this returns.
+One class serves every posterior, estimator and prior. The posterior turns encoder outputs into the
+discrete q(z|x); the estimator (:mod:`discrete_vae.estimators`) decides how ``E_q[f]`` and its gradient are
+obtained, calling ``f(z) = log p(x|z)`` (plus ``log p(z) - log q(z|x)`` where the KL is not analytic) as
+often as it needs; estimators that differentiate through a posterior's own relaxation (``gs``, ``st-gs``,
+``relaxed``) take the posterior's :meth:`relaxed` path, whose terms go to :mod:`discrete_vae.objectives`.
+Encoder and decoder are any ``nn.Module``: the encoder maps ``(B, D)`` to ``(B, posterior.param_dim)``,
+the decoder ``(..., posterior.decoder_dim)`` to Bernoulli logits ``(..., D)``.
 """
 
 from __future__ import annotations
@@ -13,17 +17,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..latents import LatentFamily, LatentSample
+from ..errors import ConfigError
+from ..estimators import Estimator, build_estimator
+from ..objectives import OBJECTIVE_FUNCTIONS
+from ..posteriors import Posterior
+from ..posteriors.kl import analytic_kl
 from ..priors import Prior
 from ..schedules import LearnableTemperature
 from .mlp import MLPConfig, build_mlp
 
+MULTI_SAMPLE = ("vimco",)  # estimators whose value is the importance-weighted bound over their samples
 
-class Outputs(NamedTuple):
-    """Per-sample terms of one forward pass: ``log_px`` (S, B) and the family's latent sample."""
 
+class Terms(NamedTuple):
+    """One training pass. ``loss``: the scalar to minimise (its gradient is the estimate); ``objective``
+    (B,): the training objective's value; ``log_px``, ``kl`` (B,): its parts (``kl`` unweighted);
+    ``aux_loss``: what the estimator's own parameters minimise (None without)."""
+
+    loss: Tensor
+    objective: Tensor
     log_px: Tensor
-    latent: LatentSample
+    kl: Tensor
+    aux_loss: Tensor | None = None
 
 
 def bernoulli_log_likelihood(x_logits: Tensor, x: Tensor) -> Tensor:
@@ -40,16 +55,30 @@ def bernoulli_log_likelihood(x_logits: Tensor, x: Tensor) -> Tensor:
     return torch.einsum("sbd,bd->sb", x_logits, x) - F.softplus(x_logits).sum(-1)
 
 
+def _network(module: nn.Module | MLPConfig, n_in: int, n_out: int) -> nn.Module:
+    return build_mlp(n_in, n_out, module) if isinstance(module, MLPConfig) else module
+
+
+def _hard_rows(z: Tensor) -> Tensor:
+    """(S, B) mask of the draws in ``z`` (S, B, ...) that are hard (every entry 0 or 1)."""
+    return ((z == 0) | (z == 1)).flatten(2).all(-1)
+
+
 class DiscreteVAE(nn.Module):
-    """Encoder, latent family, prior and decoder; a learnable temperature when asked for."""
+    """Encoder, posterior, estimator, prior and decoder; a learnable temperature when asked for.
+
+    ``encoder`` and ``decoder`` are modules, or :class:`MLPConfig` to build multilayer perceptrons of the
+    right sizes. ``estimator`` defaults to the posterior's first relaxation (``gs`` for categorical latents).
+    """
 
     def __init__(
         self,
         data_dim: int,
-        family: LatentFamily,
+        posterior: Posterior,
         prior: Prior,
-        encoder: MLPConfig,
-        decoder: MLPConfig,
+        encoder: nn.Module | MLPConfig,
+        decoder: nn.Module | MLPConfig,
+        estimator: Estimator | None = None,
         learnable_temperature: float | None = None,
         center_input: bool = False,
     ):
@@ -58,24 +87,43 @@ class DiscreteVAE(nn.Module):
         self.center_input = center_input
         if center_input:  # the encoder sees x minus the training data's per-pixel mean
             self.register_buffer("x_mean", torch.zeros(data_dim))
-        self.family = family
+        self.posterior = posterior
         self.prior = prior
-        self.encoder = build_mlp(data_dim, family.param_dim, encoder)
-        self.decoder = build_mlp(family.decoder_dim, data_dim, decoder)
+        self.encoder = _network(encoder, data_dim, posterior.param_dim)
+        self.decoder = _network(decoder, posterior.decoder_dim, data_dim)
         self.temperature = (
             LearnableTemperature(learnable_temperature) if learnable_temperature else None
         )
+        self.estimator = estimator if estimator is not None else build_estimator(next(iter(posterior.relaxations)))
+        self.check_estimator()
+        self._register_load_state_dict_pre_hook(_legacy_keys)
+
+    def check_estimator(self) -> None:
+        """One error line for a posterior the estimator cannot serve."""
+        name = self.estimator.name
+        if name in self.posterior.relaxations:
+            return
+        if name == "relaxed" or not self.posterior.factorial:
+            serves = ", ".join(self.posterior.relaxations)
+            more = " or any estimator" if self.posterior.factorial else ""
+            raise ConfigError(f"estimator {name} does not apply to this posterior ({type(self.posterior).__name__}); "
+                              f"it takes {serves}{more}")
+        kind = "binary" if not self.posterior.one_hot else "categorical"
+        self.estimator.check(kind, self.estimator.min_samples)
 
     def init_decoder_bias(self, train_mean: Tensor) -> None:
-        """Set the decoder's output bias to the logit of the data's base rate (and the input centring)."""
+        """Start the decoder's output bias at the logit of the data's base rate (when its last layer is a
+        ``Linear`` with one bias per pixel), and set the input centring."""
         with torch.no_grad():
-            self.decoder[-1].bias.copy_(torch.logit(train_mean.clamp(1e-3, 1 - 1e-3)))
+            last = [m for m in self.decoder.modules() if isinstance(m, nn.Linear)]
+            if last and last[-1].bias is not None and last[-1].bias.shape == train_mean.shape:
+                last[-1].bias.copy_(torch.logit(train_mean.clamp(1e-3, 1 - 1e-3)))
             if self.center_input:
                 self.x_mean.copy_(train_mean)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(params, context)``: the encoder's outputs and its (centred) input, which hierarchical
-        families condition their later groups on."""
+        posteriors condition their later groups on."""
         context = x - self.x_mean if self.center_input else x
         return self.encoder(context), context
 
@@ -83,18 +131,63 @@ class DiscreteVAE(nn.Module):
         """The temperature in force: the learnable one if present, else the scheduled value."""
         if self.temperature is not None:
             return self.temperature()
-        return torch.tensor(scheduled, device=self.decoder[-1].bias.device)
+        device = next(self.decoder.parameters()).device
+        return torch.tensor(scheduled, device=device)
 
-    def forward(self, x: Tensor, scheduled_tau: float, n_samples: int = 1) -> Outputs:
-        """Relaxed pass for training: x (B, D) -> log p(x|z) (S, B) and the latent sample.
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log p(x|z)`` (S, B) for latents ``z`` (S, B, ...), hard or relaxed."""
+        return bernoulli_log_likelihood(self.decoder(self.posterior.decoder_input(z)), x)
 
-        ``scheduled_tau`` is the schedule's temperature; a learnable temperature overrides it.
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log p(x|z) + log p(z)`` (S, B) for hard ``z`` (unnormalised for the RBM prior)."""
+        return self.log_likelihood(x, z) + self.prior.log_prob(z)
+
+    def forward(self, x: Tensor, scheduled_tau: float, n_samples: int = 1, kl_weight: float = 1.0,
+                objective: str = "elbo") -> Terms:
+        """One training pass over ``x`` (B, D) with ``n_samples`` latent draws per example.
+
+        ``objective``: ``elbo`` or ``iw`` (the relaxed paths' importance-weighted bound; the ``vimco``
+        estimator's value is the IW bound itself). ``kl_weight`` < 1 is KL warm-up.
         """
         tau = self.tau(scheduled_tau)
         params, context = self.encode(x)  # (B, P)
-        latent = self.family.relaxed(params, self.prior, tau, n_samples, context=context)
-        log_px = bernoulli_log_likelihood(self.decoder(latent.z), x)  # (S, B)
-        return Outputs(log_px, latent)
+        name = self.estimator.name
+        if name in self.posterior.relaxations:
+            latent = self.posterior.relaxed(params, self.prior, tau, n_samples, context=context,
+                                            straight_through=self.posterior.relaxations[name])
+            log_px = bernoulli_log_likelihood(self.decoder(latent.z), x)  # (S, B); z is the decoder input
+            t = OBJECTIVE_FUNCTIONS[objective](log_px, latent, kl_weight)
+            return Terms(t.loss, t.objective.detach(), t.log_px.detach(), t.kl.detach())
+        return self._estimated(x, params, context, tau, n_samples, kl_weight)
+
+    def _estimated(self, x: Tensor, params: Tensor, context: Tensor, tau: Tensor, n_samples: int,
+                   kl_weight: float) -> Terms:
+        """The estimator's path: ``E_q[log p(x|z)] - KL`` with the registered analytic KL, or ``f`` with a
+        Monte Carlo KL inside (``--kl sampled``, an unregistered pair, and ``vimco``'s IW bound)."""
+        q = self.posterior.discrete_posterior(params, context=context)
+        sampled = self.posterior.kl == "sampled" or self.estimator.name in MULTI_SAMPLE
+        kl = None if sampled else analytic_kl(self.posterior, params, self.prior)
+        sampled = kl is None
+        seen: list[tuple[Tensor, Tensor, Tensor]] = []  # (hard mask, log p(x|z), log q - log p) per call
+
+        def f(z: Tensor) -> Tensor:
+            log_px = self.log_likelihood(x, z)  # (S, B)
+            if not sampled:
+                seen.append((_hard_rows(z), log_px.detach(), torch.zeros_like(log_px)))
+                return log_px
+            log_ratio = q.log_prob(z) - self.prior.log_prob(z)  # (S, B), log Z excluded
+            seen.append((_hard_rows(z), log_px.detach(), log_ratio.detach()))
+            return log_px - kl_weight * log_ratio
+
+        out = self.estimator(q, f, n_samples, tau=tau, context=context)
+        mask = torch.cat([m for m, _, _ in seen]).to(params.dtype)  # (sum S, B)
+        count = mask.sum(0).clamp_min(1)
+        log_px = (torch.cat([lp for _, lp, _ in seen]) * mask).sum(0) / count  # over the hard draws f saw
+        if sampled:
+            kl_value = (torch.cat([r for _, _, r in seen]) * mask).sum(0) / count
+            return Terms(-out.surrogate.mean(), out.value, log_px, kl_value, out.aux_loss)
+        objective = out.value - kl_weight * kl.detach()
+        return Terms(-(out.surrogate - kl_weight * kl).mean(), objective, log_px, kl.detach(), out.aux_loss)
 
     @torch.no_grad()
     def discrete_log_weights(self, x: Tensor, n_samples: int) -> Tensor:
@@ -103,20 +196,26 @@ class DiscreteVAE(nn.Module):
         For a prior that is not normalised, ``log p(z)`` is unnormalised (subtract ``log Z``).
         """
         params, context = self.encode(x)
-        q = self.family.discrete_posterior(params, context=context)
+        q = self.posterior.discrete_posterior(params, context=context)
         z = q.sample((n_samples,))  # (S, B, *event)
-        x_logits = self.decoder(self.family.decoder_input(z))  # (S, B, D)
-        return bernoulli_log_likelihood(x_logits, x) + self.prior.log_prob(z) - q.log_prob(z)
+        return self.log_joint(x, z) - q.log_prob(z)
 
     @torch.no_grad()
     def sample_images(self, n: int) -> Tensor:
         """Bernoulli means of ``p(x|z)`` for ``n`` prior draws: (n, D)."""
         z = self.prior.sample(n)
-        return torch.sigmoid(self.decoder(self.family.decoder_input(z)))
+        return torch.sigmoid(self.decoder(self.posterior.decoder_input(z)))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """Bernoulli means of ``p(x|z)`` with ``z`` the posterior's mode: (B, D)."""
         params, context = self.encode(x)
-        q = self.family.discrete_posterior(params, context=context)
-        return torch.sigmoid(self.decoder(self.family.decoder_input(q.mode.nan_to_num(0.0))))
+        q = self.posterior.discrete_posterior(params, context=context)
+        return torch.sigmoid(self.decoder(self.posterior.decoder_input(q.mode.nan_to_num(0.0))))
+
+
+def _legacy_keys(state: dict, prefix: str, *_: object) -> None:
+    """Checkpoints written before posteriors were their own axis name the posterior ``family``."""
+    for key in [k for k in state if k.startswith(prefix + "family.")]:
+        state[prefix + "posterior." + key[len(prefix) + len("family."):]] = state.pop(key)
+

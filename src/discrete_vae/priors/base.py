@@ -31,6 +31,11 @@ class Prior(nn.Module):
         """The discrete prior as a ``torch.distributions`` object with event = all latents."""
         raise NotImplementedError
 
+    def negative_phase(self) -> Tensor | None:
+        """For a prior that is not normalised, a scalar of value 0 whose gradient is ``∇ log Z`` (the
+        training loop adds it to the loss, weighted like the KL); None for a normalised prior."""
+        return None
+
     def relaxed(self, temperature: Tensor | float) -> Distribution:
         """The prior's relaxation at ``temperature``, scoring log-space relaxed samples."""
         raise NotImplementedError

@@ -36,7 +36,7 @@ class RBMPrior(Prior):
     - ``sample(n)`` runs the sampler ``sampler`` (``SAMPLERS``: ``pcd`` keeps persistent chains in this
       module's ``state_dict``; ``pa`` anneals a population); ``sampler_options`` go to its constructor.
     - Gradients of the prior term: :meth:`contrastive_loss` (positive minus negative phase) to fit the RBM
-      to samples; in a VAE, :meth:`log_partition_surrogate` gives ``∇ log Z`` beside an unnormalised
+      to samples; in a VAE, :meth:`negative_phase` gives ``∇ log Z`` beside an unnormalised
       cross-entropy (:meth:`cross_entropy`) or relaxed density.
     """
 
@@ -135,15 +135,14 @@ class RBMPrior(Prior):
         return self.energy(z_pos).mean() - self.energy(z_neg.detach()).mean()
 
     # --- training terms of the DVAE family (latents/dvae.py) ------------------------------------------------
-    def log_partition_surrogate(self) -> Tensor:
+    def negative_phase(self) -> Tensor:
         """A scalar whose *value* is 0 and whose gradient is ``∇ log Z = -E_{z~p}[∇E(z)]``.
 
         The expectation is the mean over one call of the sampler (all its chains), detached: the negative
-        phase. Adding ``-log_partition_surrogate()`` to an unnormalised log density gives the gradient of the
-        normalised one (the value stays unnormalised: its ``log Z`` is estimated separately for reporting).
+        phase, an explicit step of the training loop. Added to a loss built on the unnormalised log density
+        (weighted like the KL), it gives the gradient of the normalised one; the value stays unnormalised
+        (its ``log Z`` is estimated separately for reporting).
         """
-        if not torch.is_grad_enabled():  # evaluation: no gradient to give, and the chains stay where they are
-            return self.w.new_zeros(())
         z_neg = self.sample(self.sampler.size).detach()
         phase = -self.energy(z_neg).mean()
         return phase - phase.detach()

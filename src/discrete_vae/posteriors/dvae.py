@@ -20,8 +20,10 @@ Prior terms (``kl``):
   exact Gaussian-integral marginal (:meth:`RBMPrior.gaussian_integral_log_prob`). These make the
   importance-weighted bound of DVAE# (``--objective iw``, the default with ``--k`` > 1).
 
-Either way ``log Z`` enters through its gradient only (the sampler's negative phase,
-:meth:`RBMPrior.log_partition_surrogate`): the logged ``kl`` and training objective exclude ``log Z``.
+Either way ``log Z`` is left out here: the training loop adds its gradient, weighted like the KL, through the
+prior's negative phase (:meth:`RBMPrior.negative_phase`); the logged ``kl`` and objective exclude it.
+With one group the posterior is a factorial Bernoulli, so the hard-sample estimators of
+:mod:`discrete_vae.estimators` apply too, with the analytic ``E_q[E(z)] - H(q)`` registered for the pair.
 Densities of unit-interval smoothings are evaluated at ``ζ`` clamped to ``[1e-7, 1 - 1e-7]`` with the
 gradient passed straight through (the power function puts mass at ``ζ`` below 1e-40, where ``log r`` is
 infinite; the original code adds 1e-7 inside its logarithms for the same reason).
@@ -39,7 +41,8 @@ from ..errors import ConfigError
 from ..models.mlp import MLPConfig, build_mlp
 from ..priors import Prior
 from ..priors.rbm import RBMPrior
-from .base import LATENT_FAMILIES, LatentFamily, LatentSample, LatentSpec
+from .base import POSTERIORS, LatentSample, LatentSpec, Posterior
+from .kl import register_kl
 
 # --model name -> (the original code's --baseline name, its prior term)
 MODELS: dict[str, tuple[str, str]] = {
@@ -120,7 +123,7 @@ class HierarchicalBernoulli(Distribution):
         return self._walk(lambda level, lg: (lg > 0).to(lg.dtype))[0]
 
 
-class SmoothedBoltzmann(LatentFamily):
+class SmoothedBoltzmann(Posterior):
     """A DVAE-family posterior over binary latents (``--model dvae-spike-exp|dvaepp-*|dvaes-*``)."""
 
     default_prior = "rbm"
@@ -167,6 +170,10 @@ class SmoothedBoltzmann(LatentFamily):
         )
         self._stats: dict[str, Tensor] = {}
 
+    @property
+    def factorial(self) -> bool:  # one group: an Independent Bernoulli
+        return self.levels == 1 and not self.gi
+
     def check_prior(self, prior: Prior) -> None:
         if not isinstance(prior, RBMPrior):
             raise ConfigError(f"{self.model} needs the RBM prior (--prior rbm)")
@@ -194,7 +201,7 @@ class SmoothedBoltzmann(LatentFamily):
         return zeta + (zeta.clamp(DENSITY_FLOOR, 1 - DENSITY_FLOOR) - zeta).detach()
 
     def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
-                context: Tensor | None = None) -> LatentSample:
+                context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
         zetas: list[Tensor] = []
         points: list[Tensor] = []  # where each group's densities are evaluated
         logits: list[Tensor] = []
@@ -225,13 +232,12 @@ class SmoothedBoltzmann(LatentFamily):
         self._stats = {"posterior_mean": probs.detach().mean()}  # read (and synchronised) when logged
         if self.kl == "analytic":
             cross = prior.cross_entropy(probs, torch.cat(nu, -1) if nu else None)  # (S, B)
-            kl = (cross - entropy).mean(0) + prior.log_partition_surrogate()
-            return LatentSample(zeta, kl=kl)
+            return LatentSample(zeta, kl=(cross - entropy).mean(0))
         if self.gi:
             log_p = prior.gaussian_integral_log_prob(zeta, self.beta)
         else:
             log_p = prior.marginal_log_prob_mf(torch.cat(points, -1), self.smoothing)
-        return LatentSample(zeta, log_q=log_q, log_p=log_p - prior.log_partition_surrogate())
+        return LatentSample(zeta, log_q=log_q, log_p=log_p)
 
     def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Distribution:
         first = self._split(params, 0)[0]
@@ -246,8 +252,17 @@ class SmoothedBoltzmann(LatentFamily):
         return {name: float(value) for name, value in self._stats.items()}
 
 
+@register_kl(SmoothedBoltzmann, RBMPrior)
+def _kl_rbm(posterior: SmoothedBoltzmann, params: Tensor, prior: RBMPrior) -> Tensor:
+    """Factorial ``q``: ``E_q[E(z)] - H(q)`` (B,), exact up to ``log Z`` (DVAE++'s cross-entropy)."""
+    if not posterior.factorial:
+        raise ConfigError("the analytic RBM cross-entropy of a hierarchical posterior needs its relaxation: "
+                          "use --estimator relaxed")
+    return prior.cross_entropy(torch.sigmoid(params)) - bernoulli_entropy(params).sum(-1)
+
+
 def _register(model: str) -> None:
-    LATENT_FAMILIES.register(model)(lambda spec, **options: SmoothedBoltzmann(spec, model, **options))
+    POSTERIORS.register(model)(lambda spec, **options: SmoothedBoltzmann(spec, model, **options))
 
 
 for _model in MODELS:

@@ -1,10 +1,16 @@
-"""The latent-family contract.
+"""The posterior contract: what q(z|x) is, given the encoder's outputs.
 
-Training: ``relaxed(params, prior, tau, n_samples)`` returns a :class:`LatentSample` — the decoder
-input and either per-sample log densities (``log_q``, ``log_p``: a Monte Carlo KL, usable in an
-importance-weighted bound) or a per-example analytic ``kl``.
-Evaluation: ``discrete_posterior(params, context)`` is the *discrete* posterior the family implies, with
-hard ``sample`` and exact ``log_prob``; ``decoder_input(z)`` embeds hard latents for the decoder.
+- ``discrete_posterior(params, context)`` is the *discrete* posterior, a ``torch.distributions`` object
+  with hard ``sample``, exact ``log_prob`` and ``mode``; evaluation scores it, and the estimators of
+  :mod:`discrete_vae.estimators` work on it where it is a factorial Bernoulli or categorical
+  (``factorial = True``).
+- ``relaxed(params, prior, tau, n_samples, context, straight_through)`` is the posterior's own relaxation
+  (the Concrete, an IGR map, a DVAE smoothing), differentiated pathwise: it returns a
+  :class:`LatentSample` — the decoder input and either per-sample log densities of the relaxed sample
+  (``log_q``, ``log_p``: a Monte Carlo KL, usable in an importance-weighted bound) or a per-example
+  analytic ``kl``. ``relaxations`` names the estimators served this way (``gs``/``st-gs`` for the
+  Concrete, ``relaxed`` for the others) and whether each is straight-through.
+- ``decoder_input(z)`` embeds latents (hard or relaxed) for the decoder.
 """
 
 from __future__ import annotations
@@ -62,8 +68,8 @@ class LatentSample(NamedTuple):
     kl: Tensor | None = None
 
 
-class LatentFamily(nn.Module):
-    """Base class of latent families; ``param_dim`` encoder outputs -> ``decoder_dim`` inputs."""
+class Posterior(nn.Module):
+    """Base class of posteriors; ``param_dim`` encoder outputs -> ``decoder_dim`` decoder inputs."""
 
     spec: LatentSpec
     param_dim: int
@@ -72,10 +78,12 @@ class LatentFamily(nn.Module):
     default_prior: str = "uniform"  # the prior `--prior auto` picks
     levels: int = 1  # groups of a hierarchical posterior
     iw_default: bool = False  # `--objective auto` trains with the IW bound when k > 1
+    relaxations: dict[str, bool] = {"relaxed": False}  # estimator name -> straight-through
+    factorial: bool = False  # discrete_posterior is an Independent Bernoulli / OneHotCategorical
 
     def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
-                context: Tensor | None = None) -> LatentSample:
-        """``context`` is the encoder's input, for families whose later latent groups condition on it."""
+                context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
+        """``context`` is the encoder's input, for posteriors whose later latent groups condition on it."""
         raise NotImplementedError
 
     def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Distribution:
@@ -85,20 +93,20 @@ class LatentFamily(nn.Module):
         raise NotImplementedError
 
     def check_prior(self, prior: Prior) -> None:
-        """Raise a :class:`ConfigError` if this family cannot work with ``prior`` (default: any normalised
+        """Raise a :class:`ConfigError` if this posterior cannot work with ``prior`` (default: any normalised
         prior; the RBM belongs to the DVAE models)."""
         if not prior.normalized:
             raise ConfigError(f"this model needs a normalised prior, not {type(prior).__name__}; "
                               "the RBM prior is for the DVAE models (dvae-*, dvaepp-*, dvaes-*)")
 
     def stats(self) -> dict[str, float]:
-        """Family-specific numbers of the last relaxed batch, logged with the training metrics."""
+        """Posterior-specific numbers of the last relaxed batch, logged with the training metrics."""
         return {}
 
 
-LATENT_FAMILIES: Registry = Registry("model")
+POSTERIORS: Registry = Registry("posterior")
 
 
-def build_family(model: str, spec: LatentSpec, **options) -> LatentFamily:
-    """The family registered as ``model`` (the ``--model`` name), for latents ``spec``."""
-    return LATENT_FAMILIES.get(model)(spec, **options)
+def build_posterior(name: str, spec: LatentSpec, **options) -> Posterior:
+    """The posterior registered as ``name``, for latents ``spec``."""
+    return POSTERIORS.get(name)(spec, **options)

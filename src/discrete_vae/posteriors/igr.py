@@ -27,12 +27,12 @@ from ..distributions import ExpIGR, ExpIGRPlanar, ExpIGRSB, PlanarFlow, truncate
 from ..errors import ConfigError
 from ..priors import CategoricalPrior, Prior
 from ..priors.igr import uniform_preimage_prior
-from .base import LATENT_FAMILIES, LatentFamily, LatentSample, LatentSpec
+from .base import POSTERIORS, LatentSample, LatentSpec, Posterior
 
 KINDS = ("i", "sb", "sb-finite", "planar")
 
 
-class IGRCategorical(LatentFamily):
+class IGRCategorical(Posterior):
     """``N`` categorical latents of ``K`` classes relaxed by an IGR map of kind ``kind``."""
 
     def __init__(
@@ -91,7 +91,7 @@ class IGRCategorical(LatentFamily):
         return Normal(self.prior_loc, self.prior_scale, validate_args=False)
 
     def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
-                context: Tensor | None = None) -> LatentSample:
+                context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
         q = self.posterior(params, tau)
         shape = torch.Size([n_samples])
         if self.kind == "planar":
@@ -138,12 +138,12 @@ class IGRCategorical(LatentFamily):
 
 
 def _igr_family(kind: str):
-    def build(spec: LatentSpec, **options) -> LatentFamily:
+    def build(spec: LatentSpec, **options) -> Posterior:
         return IGRCategorical(spec, kind, **options)
 
     return build
 
 
 for _kind in KINDS:
-    LATENT_FAMILIES.register(f"igr-{_kind}")(_igr_family(_kind))
+    POSTERIORS.register(f"igr-{_kind}")(_igr_family(_kind))
 

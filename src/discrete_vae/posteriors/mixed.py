@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, constraints, kl_divergence
 
 from ..priors import Prior
-from .base import LatentFamily, LatentSample
+from .base import LatentSample, Posterior
 
 
 class Concatenated(Distribution):
@@ -82,27 +82,29 @@ class GaussianPrior(Prior):
         return self.distribution().sample((n,))
 
 
-class Mixed(LatentFamily):
+class Mixed(Posterior):
     """``d`` Gaussian latents followed by the latents of ``discrete`` (a discrete family)."""
 
-    def __init__(self, d: int, discrete: LatentFamily, kl: str = "analytic"):
+    def __init__(self, d: int, discrete: Posterior, kl: str = "analytic"):
         super().__init__()
         self.d, self.discrete, self.spec = d, discrete, discrete.spec
         self.analytic = kl in ("analytic", "auto")
         self.param_dim = 2 * d + discrete.param_dim
         self.decoder_dim = d + discrete.decoder_dim
         self.one_hot = discrete.one_hot
+        self.relaxations = discrete.relaxations
 
     def _gaussian(self, params: Tensor) -> tuple[Independent, Tensor]:
         mean, log_std = params[..., : 2 * self.d].chunk(2, -1)
         return Independent(Normal(mean, log_std.exp(), validate_args=False), 1), params[..., 2 * self.d :]
 
     def relaxed(self, params: Tensor, prior: ProductPrior, tau: Tensor, n_samples: int,
-                context: Tensor | None = None) -> LatentSample:
+                context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
         q_c, rest = self._gaussian(params)
         p_c = prior.parts[0].distribution()
         c = q_c.rsample((n_samples,))  # (S, B, d)
-        part = self.discrete.relaxed(rest, prior.parts[1], tau, n_samples, context=context)
+        part = self.discrete.relaxed(rest, prior.parts[1], tau, n_samples, context=context,
+                                     straight_through=straight_through)
         z = torch.cat([c, part.z], -1)
         kl, log_q, log_p = part.kl, part.log_q, part.log_p
         if self.analytic:

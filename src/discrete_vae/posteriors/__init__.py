@@ -3,22 +3,22 @@
 Each family is registered by the ``--model`` names it serves (``gs``, ``st-gs``, ...).
 """
 
-from .base import LATENT_FAMILIES, LatentFamily, LatentSample, LatentSpec, build_family
+from .base import POSTERIORS, LatentSample, LatentSpec, Posterior, build_posterior
 from .concrete import ConcreteBinary, ConcreteCategorical
 from .dvae import HierarchicalBernoulli, SmoothedBoltzmann
 from .igr import IGRCategorical
 from .mixed import Mixed
 
 __all__ = [
-    "LATENT_FAMILIES",
+    "POSTERIORS",
     "ConcreteBinary",
     "ConcreteCategorical",
     "HierarchicalBernoulli",
     "SmoothedBoltzmann",
     "IGRCategorical",
     "Mixed",
-    "LatentFamily",
+    "Posterior",
     "LatentSample",
     "LatentSpec",
-    "build_family",
+    "build_posterior",
 ]

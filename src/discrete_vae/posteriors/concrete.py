@@ -1,0 +1,140 @@
+"""Factorial categorical and Bernoulli posteriors, relaxed by the Concrete (Gumbel-Softmax).
+
+Papers: Jang, Gu, Poole (2017) https://arxiv.org/abs/1611.01144 and Maddison, Mnih, Teh (2017)
+https://arxiv.org/abs/1611.00712.
+
+The encoder's outputs are the logits. Every estimator of :mod:`discrete_vae.estimators` works on these
+posteriors (``factorial``); the ``gs`` and ``st-gs`` estimators go through :meth:`relaxed`, which also
+offers the relaxed KL:
+
+- ``kl="analytic"``: the exact KL between posterior and prior probabilities (the registered pair,
+  :mod:`.kl`), as in Jang et al.;
+- ``kl="relaxed"``: a single-sample Monte Carlo KL between the ExpConcrete posterior at ``tau`` and
+  the relaxed prior at ``prior_temperature`` (Maddison et al.); with it the training objective is a
+  bound on the *relaxed* model's likelihood, never on the discrete model's.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+from torch.distributions import Bernoulli, Independent, OneHotCategorical, kl_divergence
+
+from ..distributions import ExpConcrete, LogitBinaryConcrete
+from ..errors import ConfigError
+from ..estimators.base import Latents
+from ..estimators.gs import concrete_log_sample, from_log_sample
+from ..priors import BernoulliPrior, CategoricalPrior, Prior
+from .base import POSTERIORS, LatentSample, LatentSpec, Posterior
+from .kl import analytic_kl, register_kl
+
+KL_KINDS = ("analytic", "relaxed", "sampled")
+
+
+class _Concrete(Posterior):
+    relaxations = {"gs": False, "st-gs": True}
+    factorial = True
+
+    def __init__(self, spec: LatentSpec, kl: str = "auto", prior_temperature: float | None = None,
+                 **_: object):
+        super().__init__()
+        if kl == "auto":
+            kl = "analytic"
+        if kl not in KL_KINDS:
+            raise ConfigError(f"--kl must be one of {', '.join(KL_KINDS)}, got {kl!r}")
+        self.spec = spec
+        self.kl = kl
+        self.prior_temperature = prior_temperature
+
+    def _prior_tau(self, tau: Tensor) -> Tensor | float:
+        return tau.detach() if self.prior_temperature is None else self.prior_temperature
+
+    def _latents(self, params: Tensor) -> Latents:
+        raise NotImplementedError
+
+    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
+                context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
+        if self.kl == "sampled":
+            raise ConfigError("--kl sampled is the Monte Carlo KL of hard-sample estimators; the gs and st-gs "
+                              "estimators take --kl analytic or relaxed")
+        latents = self._latents(params)
+        y = concrete_log_sample(latents, n_samples, tau)  # (S, B, N[, K]) log space
+        z = st_gs.straight_through(latents.kind, y) if straight_through else from_log_sample(latents.kind, y)
+        z = self.decoder_input(z)  # (S, B, D)
+        if self.kl == "analytic":
+            return LatentSample(z, kl=kl_concrete(self, params, prior))
+        log_q = latents_relaxed_log_prob(latents, tau, y)  # (S, B)
+        log_p = prior.relaxed(self._prior_tau(tau)).log_prob(y)  # (S, B)
+        return LatentSample(z, log_q=log_q, log_p=log_p)
+
+
+def latents_relaxed_log_prob(latents: Latents, tau: Tensor, y: Tensor) -> Tensor:
+    """The relaxed posterior's log density of log-space draws ``y``, summed per example: (S, B)."""
+    if latents.kind == "binary":
+        return LogitBinaryConcrete(tau, latents.logits, validate_args=False).log_prob(y).sum(-1)
+    return ExpConcrete(tau, latents.logits, validate_args=False).log_prob(y).sum(-1)
+
+
+class ConcreteCategorical(_Concrete):
+    """``N`` categorical latents of ``K`` classes; params are logits (B, N*K)."""
+
+    def __init__(self, spec: LatentSpec, **options):
+        super().__init__(spec, **options)
+        self.param_dim = self.decoder_dim = spec.n * spec.k
+
+    def _logits(self, params: Tensor) -> Tensor:
+        return params.view(*params.shape[:-1], self.spec.n, self.spec.k)  # (B, N, K)
+
+    def _latents(self, params: Tensor) -> Latents:
+        return Latents("categorical", self._logits(params))
+
+    def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Independent:
+        return Independent(OneHotCategorical(logits=self._logits(params), validate_args=False), 1)
+
+    def decoder_input(self, z: Tensor) -> Tensor:
+        return z.flatten(-2)  # one-hot (..., N, K) -> (..., N*K)
+
+
+class ConcreteBinary(_Concrete):
+    """``N`` Bernoulli latents; params are Bernoulli logits (B, N)."""
+
+    def __init__(self, spec: LatentSpec, **options):
+        super().__init__(spec, **options)
+        self.param_dim = self.decoder_dim = spec.n
+        self.one_hot = False
+
+    def _latents(self, params: Tensor) -> Latents:
+        return Latents("binary", params)
+
+    def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Independent:
+        return Independent(Bernoulli(logits=params, validate_args=False), 1)
+
+    def decoder_input(self, z: Tensor) -> Tensor:
+        return z
+
+
+@register_kl(ConcreteCategorical, CategoricalPrior)
+def _kl_categorical(posterior: ConcreteCategorical, params: Tensor, prior: CategoricalPrior) -> Tensor:
+    """``sum_n sum_k q_nk (log q_nk - log p_nk)``, exactly: (B,)."""
+    log_q = posterior._logits(params).log_softmax(-1)  # (B, N, K)
+    return (log_q.exp() * (log_q - prior.log_probs())).sum((-2, -1))
+
+
+@register_kl(ConcreteBinary, BernoulliPrior)
+def _kl_bernoulli(posterior: ConcreteBinary, params: Tensor, prior: BernoulliPrior) -> Tensor:
+    q = posterior.discrete_posterior(params)
+    # torch's Bernoulli KL does not broadcast batch shapes: expand the prior to (B,)
+    return kl_divergence(q, prior.distribution().expand(q.batch_shape))
+
+
+def kl_concrete(posterior: _Concrete, params: Tensor, prior: Prior) -> Tensor:
+    kl = analytic_kl(posterior, params, prior)
+    if kl is None:
+        raise ConfigError(f"no analytic KL between this posterior and {type(prior).__name__}: use --kl relaxed")
+    return kl
+
+
+@POSTERIORS.register("categorical")
+def _categorical(spec: LatentSpec, **options) -> Posterior:
+    """Factorial categorical latents (Bernoulli ones when ``spec`` is binary)."""
+    cls = ConcreteBinary if spec.binary else ConcreteCategorical
+    return cls(spec, **options)
