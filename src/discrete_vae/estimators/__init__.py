@@ -10,12 +10,22 @@ One file per method, each registered in :data:`ESTIMATORS`; the contract is in :
 exact reference by enumeration in :mod:`.exact`.
 """
 
-from . import (  # noqa: F401  (registration)
     arm,
     disarm,
     gs,
     relaxed,
     st_gs,
+)
+from . import (  # noqa: F401  (registration)
+    arm,
+    disarm,
+    gs,
+    nvil,
+    reinforce,
+    relaxed,
+    rloo,
+    st_gs,
+    vimco,
 )
 from .base import ESTIMATORS, Estimate, Estimator, Latents, Pathwise, build_estimator, estimator_options
 from .exact import exact_expectation, exact_iw_expectation
