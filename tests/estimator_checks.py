@@ -79,3 +79,15 @@ def assert_unbiased(draws: Tensor, exact: Tensor, what: str = "gradient",
     mean, want = float(draws.mean(0)[worst]), float(exact.reshape(-1)[worst])
     assert z.abs().max() < limit, (f"{what}: coordinate {worst} has z = {float(z[worst]):.2f} "
                                    f"(limit {limit:.2f}); mean {mean:.5f} vs exact {want:.5f}")
+
+
+def assert_same_mean(a: Tensor, b: Tensor, what: str = "gradient", rate: float = FALSE_FAILURE) -> None:
+    """Independent draws ``a`` (R, P) and ``b`` (R', P) have the same mean in every coordinate (two-sample
+    z-test, Bonferroni over the coordinates) at family-wise false-failure rate ``rate``."""
+    se = (a.var(0) / a.shape[0] + b.var(0) / b.shape[0]).sqrt()
+    z = (a.mean(0) - b.mean(0)) / se.clamp_min(1e-12)
+    limit = norm.ppf(1 - rate / (2 * z.numel()))
+    worst = int(z.abs().argmax())
+    assert z.abs().max() < limit, (f"{what}: coordinate {worst} has z = {float(z[worst]):.2f} "
+                                   f"(limit {limit:.2f}); means {float(a.mean(0)[worst]):.5f} "
+                                   f"vs {float(b.mean(0)[worst]):.5f}")

@@ -16,7 +16,6 @@ exact reference by enumeration in :mod:`.exact`.
     relaxed,
     st_gs,
 )
-from . import (  # noqa: F401  (registration)
     arm,
     disarm,
     gs,
@@ -26,6 +25,21 @@ from . import (  # noqa: F401  (registration)
     rloo,
     st_gs,
     vimco,
+)
+from . import (  # noqa: F401  (registration)
+    arm,
+    disarm,
+    gs,
+    gumbel_rao,
+    nvil,
+    reinforce,
+    reinmax,
+    relaxed,
+    rloo,
+    st,
+    st_gs,
+    vimco,
+    zgr,
 )
 from .base import ESTIMATORS, Estimate, Estimator, Latents, Pathwise, build_estimator, estimator_options
 from .exact import exact_expectation, exact_iw_expectation
