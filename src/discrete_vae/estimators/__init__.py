@@ -10,22 +10,6 @@ One file per method, each registered in :data:`ESTIMATORS`; the contract is in :
 exact reference by enumeration in :mod:`.exact`.
 """
 
-    arm,
-    disarm,
-    gs,
-    relaxed,
-    st_gs,
-)
-    arm,
-    disarm,
-    gs,
-    nvil,
-    reinforce,
-    relaxed,
-    rloo,
-    st_gs,
-    vimco,
-)
 from . import (  # noqa: F401  (registration)
     arm,
     disarm,
