@@ -21,7 +21,7 @@ from discrete_vae.distributions import (
     truncate_sticks,
 )
 from discrete_vae.models import DiscreteVAE, MLPConfig
-from discrete_vae.objectives import iw_bound, relaxed_elbo
+from discrete_vae.objectives import iw_bound
 from discrete_vae.posteriors import LatentSpec, build_posterior
 from discrete_vae.posteriors.mixed import GaussianPrior, Mixed, ProductPrior
 from discrete_vae.priors import CategoricalPrior

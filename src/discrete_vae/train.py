@@ -269,6 +269,7 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
     """The loop of :func:`train`, in a run folder this process holds."""
     model = build_model(config, data.dim).to(device)
     model.init_decoder_bias(data.train_mean.to(device))
+    model.prepare(data.train[: config.batch_size].to(device))
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=config.lr,

@@ -111,6 +111,19 @@ class DiscreteVAE(nn.Module):
         kind = "binary" if not self.posterior.one_hot else "categorical"
         self.estimator.check(kind, self.estimator.min_samples)
 
+    def prepare(self, x: Tensor) -> None:
+        """Size the estimator's lazily shaped parameters (a learned baseline's input width) with one pass
+        over ``x`` that changes nothing else: eval mode, no gradient, the RNG state restored. Call it before
+        building the optimizer; a checkpoint's ``load_state_dict`` sizes them too."""
+        if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.estimator.parameters()):
+            return
+        was_training = self.training
+        self.eval()
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            self(x, 1.0, max(2, self.estimator.min_samples))
+        self.train(was_training)
+
     def init_decoder_bias(self, train_mean: Tensor) -> None:
         """Start the decoder's output bias at the logit of the data's base rate (when its last layer is a
         ``Linear`` with one bias per pixel), and set the input centring."""

@@ -21,6 +21,7 @@ from torch.distributions import Bernoulli, Independent, OneHotCategorical, kl_di
 
 from ..distributions import ExpConcrete, LogitBinaryConcrete
 from ..errors import ConfigError
+from ..estimators import st_gs
 from ..estimators.base import Latents
 from ..estimators.gs import concrete_log_sample, from_log_sample
 from ..priors import BernoulliPrior, CategoricalPrior, Prior
