@@ -116,7 +116,8 @@ def _add_estimator_flags(parser: argparse.ArgumentParser) -> None:
 OPTION_GROUPS = (("model", "method, latents and objective"), ("igr", "IGR posteriors"),
                  ("dvae", "DVAE posteriors (smoothed binaries)"), ("nets", "encoder and decoder"),
                  ("prior", "prior (and the RBM's sampler)"), ("optim", "optimisation"),
-                 ("temperature", "temperature"), ("data", "data"), ("run", "run folder, device and reporting"))
+                 ("temperature", "temperature"), ("data", "data"),
+                 ("run", "run folder, device and reporting"))
 GROUPED = {
     "model": ("model", "posterior", "estimator", "latent", "binary", "kl", "continuous", "k", "objective"),
     "igr": ("delta", "prior_scale", "sb_threshold", "sb_percentile", "flow_layers", "mc_samples"),
@@ -198,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     _add_sop_parser(sub)
-    p = sub.add_parser("list", help="registered models (methods), posteriors, estimators, priors, datasets, presets and structs")
+    p = sub.add_parser("list", help="registered models (methods), posteriors, estimators, priors, datasets, "
+                       "presets and structs")
     p.add_argument("what", nargs="?", choices=sorted(LISTS), default=None,
                    help="one registry; presets and structs with what each sets (default: a summary of all)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")

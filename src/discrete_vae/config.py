@@ -39,11 +39,11 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class TrainConfig:
     """Everything a training run needs; stored as ``config.yaml`` in the run folder."""
 
-    model: str = _f("gs", "method: a preset of posterior + estimator (gs, st-gs, expgs, igr-i, dvaes-power, ...; "
-                    "dvae list models)")
+    model: str = _f("gs", "method: a preset of posterior + estimator (gs, st-gs, expgs, igr-i, dvaes-power, "
+                    "...; dvae list models)")
     posterior: str = _f("auto", "what q(z|x) is (categorical, igr-i, dvaes-power, ...); auto = the method's")
-    estimator: str = _f("auto", "how the gradient of E_q[...] is estimated (gs, st-gs, reinforce, rloo, vimco, "
-                        "disarm, rebar, relax, reinmax, gumbel-rao, ...); auto = the method's")
+    estimator: str = _f("auto", "how the gradient of E_q[...] is estimated (gs, st-gs, reinforce, rloo, "
+                        "vimco, disarm, rebar, relax, reinmax, gumbel-rao, ...); auto = the method's")
     estimator_options: dict = _f(None, "the estimator's own options (a mapping; flags per option)")
     latent: str = _f("20x10", "N x K: N latent variables of K classes (200x2 means binary)")
     binary: bool = _f(False, "Bernoulli latents (K = 2) relaxed by the binary Concrete")
@@ -204,7 +204,8 @@ class TrainConfig:
             values["k"] = values.pop("samples")
         options = values.pop("estimator_options", None)
         if options is not None and not isinstance(options, dict):
-            raise ConfigError(f"estimator_options must be a mapping of option names to values, got {options!r}")
+            raise ConfigError(f"estimator_options must be a mapping of option names to values, "
+                              f"got {options!r}")
         return cls(**coerce_options(cls, values), estimator_options=options)
 
 

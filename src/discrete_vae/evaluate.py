@@ -1,6 +1,7 @@
 """Evaluation of the *discrete* model: the importance-weighted bound with hard samples.
 
-For each example, ``S`` hard samples ``z_s ~ q(z|x)`` from the discrete posterior give ``log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x)``; the bound is
+For each example, ``S`` hard samples ``z_s ~ q(z|x)`` from the discrete posterior give
+``log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x)``; the bound is
 ``log (1/S) sum_s w_s`` (Burda et al. 2016), reported as ``nll`` = minus its mean over the split.
 The same weights give the discrete ELBO (their mean). For estimators that train through the
 posterior's relaxation the relaxed training objective is reported beside them because it is what training

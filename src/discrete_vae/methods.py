@@ -44,7 +44,8 @@ METHODS.register("st-gs")(Method("categorical", "st-gs", help="straight-through 
 # ExpGS (the IGR paper's baseline): Gumbel-Softmax scored in log space with the relaxed (ExpConcrete) KL, the
 # prior temperature the IGR repository's 0.5
 METHODS.register("expgs")(Method("categorical", "gs", {"kl": "relaxed", "prior_temperature": 0.5},
-                                 help="Gumbel-Softmax with the relaxed KL (Maddison et al. 2017)", fixed=("kl",)))
+                                 help="Gumbel-Softmax with the relaxed KL (Maddison et al. 2017)",
+                                 fixed=("kl",)))
 for _kind in IGR_KINDS:
     METHODS.register(f"igr-{_kind}")(Method(f"igr-{_kind}", "relaxed", help=f"IGR ({_kind}), Potapczynski "
                                             "et al. 2020"))

@@ -157,11 +157,12 @@ def resolve_objective(config: TrainConfig, model: DiscreteVAE) -> str:
     relaxation = model.estimator.name in model.posterior.relaxations
     if model.estimator.name in MULTI_SAMPLE:
         if config.objective == "elbo":
-            raise ConfigError(f"{model.estimator.name} trains the importance-weighted bound: drop --objective elbo")
+            raise ConfigError(f"{model.estimator.name} trains the importance-weighted bound: "
+                              "drop --objective elbo")
         return "iw"
     if config.objective == "iw" and not relaxation:
-        raise ConfigError(f"--objective iw needs a relaxation estimator ({', '.join(model.posterior.relaxations)}) "
-                          "or vimco")
+        relaxations = ", ".join(model.posterior.relaxations)
+        raise ConfigError(f"--objective iw needs a relaxation estimator ({relaxations}) or vimco")
     if config.objective != "auto":
         return config.objective
     return "iw" if model.posterior.iw_default and config.k > 1 and relaxation else "elbo"

@@ -94,7 +94,9 @@ class DiscreteVAE(nn.Module):
         self.temperature = (
             LearnableTemperature(learnable_temperature) if learnable_temperature else None
         )
-        self.estimator = estimator if estimator is not None else build_estimator(next(iter(posterior.relaxations)))
+        if estimator is None:  # the posterior's own relaxation
+            estimator = build_estimator(next(iter(posterior.relaxations)))
+        self.estimator = estimator
         self.check_estimator()
         self._register_load_state_dict_pre_hook(_legacy_keys)
 
@@ -106,8 +108,8 @@ class DiscreteVAE(nn.Module):
         if name == "relaxed" or not self.posterior.factorial:
             serves = ", ".join(self.posterior.relaxations)
             more = " or any estimator" if self.posterior.factorial else ""
-            raise ConfigError(f"estimator {name} does not apply to this posterior ({type(self.posterior).__name__}); "
-                              f"it takes {serves}{more}")
+            raise ConfigError(f"estimator {name} does not apply to this posterior "
+                              f"({type(self.posterior).__name__}); it takes {serves}{more}")
         kind = "binary" if not self.posterior.one_hot else "categorical"
         self.estimator.check(kind, self.estimator.min_samples)
 

@@ -55,8 +55,8 @@ class _Concrete(Posterior):
     def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
                 context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
         if self.kl == "sampled":
-            raise ConfigError("--kl sampled is the Monte Carlo KL of hard-sample estimators; the gs and st-gs "
-                              "estimators take --kl analytic or relaxed")
+            raise ConfigError("--kl sampled is the Monte Carlo KL of hard-sample estimators; the gs and "
+                              "st-gs estimators take --kl analytic or relaxed")
         latents = self._latents(params)
         y = concrete_log_sample(latents, n_samples, tau)  # (S, B, N[, K]) log space
         z = st_gs.straight_through(latents.kind, y) if straight_through else from_log_sample(latents.kind, y)
@@ -130,7 +130,8 @@ def _kl_bernoulli(posterior: ConcreteBinary, params: Tensor, prior: BernoulliPri
 def kl_concrete(posterior: _Concrete, params: Tensor, prior: Prior) -> Tensor:
     kl = analytic_kl(posterior, params, prior)
     if kl is None:
-        raise ConfigError(f"no analytic KL between this posterior and {type(prior).__name__}: use --kl relaxed")
+        raise ConfigError(f"no analytic KL between this posterior and {type(prior).__name__}: "
+                          "use --kl relaxed")
     return kl
 
 
