@@ -23,6 +23,7 @@ import yaml
 from PIL import Image
 from safetensors import safe_open
 
+import discrete_vae.objectives as objectives_mod
 import discrete_vae.train as train_mod
 from cli_helpers import (  # noqa: F401
     FAST,
@@ -235,7 +236,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, capsys):
 
 # ------------------------------------------------------------------ non-finite loss
 def test_non_finite_loss_exits_1_and_the_run_resumes(run, tmp_path, capsys, monkeypatch):
-    relaxed_elbo, calls = train_mod.OBJECTIVE_FUNCTIONS["elbo"], []
+    relaxed_elbo, calls = objectives_mod.OBJECTIVE_FUNCTIONS["elbo"], []
 
     def nan_at_step_130(*args, **kwargs):
         terms = relaxed_elbo(*args, **kwargs)
@@ -243,7 +244,7 @@ def test_non_finite_loss_exits_1_and_the_run_resumes(run, tmp_path, capsys, monk
         return terms._replace(loss=terms.loss * math.nan) if len(calls) == 130 else terms
 
     out = tmp_path / "run"
-    monkeypatch.setitem(train_mod.OBJECTIVE_FUNCTIONS, "elbo", nan_at_step_130)
+    monkeypatch.setitem(objectives_mod.OBJECTIVE_FUNCTIONS, "elbo", nan_at_step_130)
     result = dvae(capsys, "train", *RUN_ARGS, "--out", out)
     assert result.rc == 1
     assert len(result.err.strip().splitlines()) == 1 and "step 130" in result.err, result.err
@@ -254,7 +255,7 @@ def test_non_finite_loss_exits_1_and_the_run_resumes(run, tmp_path, capsys, monk
     assert int(state["step"]) == 125
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
-    monkeypatch.setitem(train_mod.OBJECTIVE_FUNCTIONS, "elbo", relaxed_elbo)
+    monkeypatch.setitem(objectives_mod.OBJECTIVE_FUNCTIONS, "elbo", relaxed_elbo)
     resumed = dvae(capsys, "train", "--resume", out)
     assert resumed.rc == 0, resumed.err
     assert (out / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()

@@ -14,10 +14,14 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor
 
 from .errors import ConfigError
-from .posteriors import LatentSample
+
+if TYPE_CHECKING:  # the posteriors import the models' networks, which import this module
+    from .posteriors import LatentSample
 
 
 class ObjectiveTerms(NamedTuple):

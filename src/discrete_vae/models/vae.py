@@ -115,14 +115,14 @@ class DiscreteVAE(nn.Module):
 
     def prepare(self, x: Tensor) -> None:
         """Size the estimator's lazily shaped parameters (a learned baseline's input width) with one pass
-        over ``x`` that changes nothing else: eval mode, no gradient, the RNG state restored. Call it before
-        building the optimizer; a checkpoint's ``load_state_dict`` sizes them too."""
+        over ``x`` that changes nothing else: eval mode, the RNG state restored, no backward pass. Call it
+        before building the optimizer; a checkpoint's ``load_state_dict`` sizes them too."""
         if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.estimator.parameters()):
             return
         was_training = self.training
         self.eval()
         devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with torch.random.fork_rng(devices=devices):  # with gradients: control variates skip their nets without
             self(x, 1.0, max(2, self.estimator.min_samples))
         self.train(was_training)
 
