@@ -10,7 +10,7 @@ One file per method, each registered in :data:`ESTIMATORS`; the contract is in :
 exact reference by enumeration in :mod:`.exact`.
 """
 
-from . import gs, st_gs  # noqa: F401  (registration)
+from . import gs, rebar, relax, st_gs  # noqa: F401  (registration)
 from .base import ESTIMATORS, Estimate, Estimator, Latents, Pathwise, build_estimator, estimator_options
 from .exact import exact_expectation, exact_iw_expectation
 
