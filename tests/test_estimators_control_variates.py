@@ -23,7 +23,7 @@ from discrete_vae.estimators.rebar import conditional, harden, perturbed
 from estimator_checks import FALSE_FAILURE, Problem, assert_unbiased
 
 CASES = [("binary", (5,)), ("categorical", (2, 3))]
-SMALL = {"rebar": {}, "relax": {"hidden": (32, 32)}}  # a small r_rho keeps the file fast
+SMALL = {"rebar": {}, "relax": {"cv_hidden": (32, 32)}}  # a small r_rho keeps the file fast
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -291,10 +291,10 @@ def test_registry_options_and_declarations():
             build_estimator(name, temperature=0.0)
         with pytest.raises(ConfigError, match="finite"):
             build_estimator(name, eta=float("nan"))
-    assert build_estimator("relax", hidden="16,8").options.hidden == (16, 8)
+    assert build_estimator("relax", cv_hidden="16,8").options.cv_hidden == (16, 8)
     assert build_estimator("rebar", temperature=0.25).stats() == pytest.approx({"eta": 1.0,
                                                                                 "temperature": 0.25})
     with pytest.raises(ConfigError, match="at least one width"):
-        build_estimator("relax", hidden="none")
-    with pytest.raises(ConfigError, match="no option 'hidden'"):
-        build_estimator("rebar", hidden=(8,))
+        build_estimator("relax", cv_hidden="none")
+    with pytest.raises(ConfigError, match="no option 'cv_hidden'"):
+        build_estimator("rebar", cv_hidden=(8,))

@@ -127,6 +127,7 @@ class Estimator(nn.Module):
     unbiased: ClassVar[bool] = False
     relaxed: ClassVar[bool] = False  # evaluates f at points off the discrete support
     min_samples: ClassVar[int] = 1
+    learns_temperature: ClassVar[bool] = False  # a training schedule's tau would override what it learns
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, options: Any = None):

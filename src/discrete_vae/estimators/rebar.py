@@ -131,6 +131,7 @@ class Rebar(Estimator):
     """
 
     name = "rebar"
+    learns_temperature = True
     unbiased = True
     relaxed = True
     Options = RebarOptions

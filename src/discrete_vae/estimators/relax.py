@@ -35,14 +35,14 @@ from .rebar import Rebar, RebarOptions
 
 @dataclass(frozen=True)
 class RelaxOptions(RebarOptions):
-    hidden: tuple[int, ...] = field(default=(200, 200), metadata={"help": "hidden widths of the control "
+    cv_hidden: tuple[int, ...] = field(default=(200, 200), metadata={"help": "hidden widths of the control "
                                                                   "variate's network r (ReLU MLP)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "hidden", coerce_widths("--hidden", self.hidden))
-        if not self.hidden:
-            raise ConfigError("--hidden needs at least one width: relax's network r has a hidden layer")
+        object.__setattr__(self, "cv_hidden", coerce_widths("--cv-hidden", self.cv_hidden))
+        if not self.cv_hidden:
+            raise ConfigError("--cv-hidden needs at least one width: relax's network r has a hidden layer")
 
 
 def control_network(hidden: tuple[int, ...]) -> nn.Sequential:
@@ -72,7 +72,7 @@ class Relax(Rebar):
 
     def __init__(self, options: RelaxOptions | None = None):
         super().__init__(options)
-        self.net = control_network(self.options.hidden)
+        self.net = control_network(self.options.cv_hidden)
 
     def control(self, z: Tensor, f: Objective, temperature: Tensor, kind: str,
                 context: Tensor | None) -> Tensor:

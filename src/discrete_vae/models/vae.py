@@ -194,6 +194,7 @@ class DiscreteVAE(nn.Module):
             seen.append((_hard_rows(z), log_px.detach(), log_ratio.detach()))
             return log_px - kl_weight * log_ratio
 
+        tau = None if self.estimator.learns_temperature else tau  # REBAR and RELAX learn theirs
         out = self.estimator(q, f, n_samples, tau=tau, context=context)
         mask = torch.cat([m for m, _, _ in seen]).to(params.dtype)  # (sum S, B)
         count = mask.sum(0).clamp_min(1)
