@@ -45,6 +45,7 @@ from .checkpoint import (
 )
 from .data import BatchIterator, load_dataset
 from .errors import ConfigError, NonFiniteLossError, UserError
+from .estimators import ESTIMATORS, Pathwise, build_estimator
 from .models.sop_net import (  # noqa: F401  (the SOP network's names, re-exported)
     ARCHS,
     EVAL_ROWS,
@@ -83,7 +84,9 @@ def _opt(default: Any, help: str) -> Any:
 class SOPConfig:
     """Every option of one SOP run (the ``dvae sop train`` flags); stored in ``config.yaml``."""
 
-    model: str = _opt("gs", f"relaxation of the binary units: {', '.join(MODELS)}")
+    model: str = _opt("gs", f"posterior of the binary units: {', '.join(MODELS)}")
+    estimator: str = _opt("auto", "per-unit estimator of the gs units: gs, st-gs, st, reinmax, gumbel-rao, "
+                          "zgr; the IGR units take their own relaxation (relaxed); auto = gs or relaxed")
     arch: str = _opt("double_linear", f"network: {', '.join(ARCHS)}")
     units: int = _opt(240, "stochastic binary units per layer (and hidden width of nonlinear maps)")
     k: int = _opt(1, "m, relaxed samples per example in the training objective L^m (--samples is a "
@@ -111,6 +114,12 @@ class SOPConfig:
         """Raise a one-line :class:`ConfigError` for an unknown name or an out-of-range value."""
         if self.model not in MODELS:
             raise ConfigError(f"unknown --model {self.model!r}; choose one of: {', '.join(MODELS)}")
+        if self.estimator not in ("auto", "relaxed") or self.model == "gs":
+            per_unit = [n for n in ESTIMATORS.names() if issubclass(ESTIMATORS.get(n), Pathwise)]
+            if self.model != "gs" or self.estimator not in ("auto", *per_unit):
+                raise ConfigError(f"--model {self.model} trains with --estimator "
+                                  f"{', '.join(per_unit) if self.model == 'gs' else 'relaxed'} (per-unit "
+                                  f"draws through the network), not {self.estimator}")
         if self.arch not in ARCHS:
             raise ConfigError(f"unknown --arch {self.arch!r}; choose one of: {', '.join(ARCHS)}")
         if self.dataset not in DATASETS:
@@ -141,7 +150,11 @@ class SOPConfig:
 
 def build_net(config: SOPConfig, image_shape: tuple[int, int]) -> SOPNet:
     cut = (image_shape[0] // 2) * image_shape[1]
-    return SOPNet(cut, image_shape[0] * image_shape[1] - cut, config.arch, config.model, config.units)
+    estimator = None
+    if config.model == "gs":
+        estimator = build_estimator("gs" if config.estimator == "auto" else config.estimator)
+    return SOPNet(cut, image_shape[0] * image_shape[1] - cut, config.arch, config.model, config.units,
+                  estimator)
 
 
 def _state(model: dict[str, Tensor], config: SOPConfig, image_shape: tuple[int, int], step: int,

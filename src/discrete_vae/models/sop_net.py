@@ -4,13 +4,15 @@
 (the task, its objectives and papers: :mod:`discrete_vae.sop`), the multi-sample objective
 ``log (1/m) sum_i p(x_lower | z_i)`` and its chunked evaluation with hard samples.
 
-Relaxations of one binary unit with layer output ``a``:
+Each binary unit with layer output ``a`` is one posterior of the toolkit, differentiated by a per-unit
+(pathwise) estimator of :mod:`discrete_vae.estimators`:
 
-- ``gs`` (binary Concrete): relaxed ``sigmoid((a + L) / tau)``, ``L ~ Logistic(0, 1)``; hard
-  ``Bernoulli(sigmoid(a))``.
-- ``igr-i`` / ``igr-sb`` (identical for one binary unit): ``kappa ~ N(a, 1)``, relaxed
-  ``sigmoid(kappa / tau)``; hard ``1[kappa > 0]``, i.e. ``Bernoulli(Phi(a))``.
-- ``igr-planar``: ``kappa ~ N(a, 1)`` then a learned one-dimensional planar flow ``f`` per unit;
+- ``gs``: ``Bernoulli(sigmoid(a))``, drawn by the ``--estimator`` (default ``gs``, the binary Concrete
+  ``sigmoid((a + L) / tau)``; also ``st-gs``, ``st``, ``reinmax``, ``gumbel-rao``, ``zgr``).
+- ``igr-i`` / ``igr-sb`` (identical for one binary unit): the two-class IGR-SB distribution
+  (:class:`~discrete_vae.distributions.ExpIGRSB`, ``kappa ~ N(a, 1)``, relaxed ``sigmoid(kappa / tau)``,
+  hard ``1[kappa > 0]``, i.e. ``Bernoulli(Phi(a))``), through its own relaxation (``relaxed``).
+- ``igr-planar``: the same with a learned one-dimensional planar flow ``f`` per unit on ``kappa``;
   relaxed ``sigmoid(f(kappa) / tau)``, hard ``1[f(kappa) > 0]``.
 """
 
@@ -22,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..distributions import LogitBinaryConcrete, PlanarFlow
+from ..distributions import ExpIGRSB, PlanarFlow
+from ..estimators import Latents, Pathwise, build_estimator
 
 MODELS = ("gs", "igr-i", "igr-sb", "igr-planar")
 # arch -> (stochastic layers, deterministic maps are Linear-tanh-Linear)
@@ -39,29 +42,37 @@ def split_halves(x: Tensor, image_shape: tuple[int, int]) -> tuple[Tensor, Tenso
 class StochasticBinaryLayer(nn.Module):
     """One layer of ``units`` stochastic binary units in {-1, +1}, relaxed or hard.
 
-    ``model`` picks the relaxation (module docstring); only ``igr-planar`` has parameters (the
-    per-unit planar flow of Potapczynski et al. 2020, sec. 3.3, with two layers).
+    ``model`` picks the posterior of a unit and ``estimator`` how its draw is differentiated (module
+    docstring); only ``igr-planar`` has parameters (the per-unit planar flow of Potapczynski et al. 2020,
+    sec. 3.3, with two layers).
     """
 
-    def __init__(self, model: str, units: int):
+    def __init__(self, model: str, units: int, estimator: Pathwise | None = None):
         super().__init__()
         self.model = model
+        self.estimator = estimator if model == "gs" else None
+        if model == "gs" and estimator is None:
+            self.estimator = build_estimator("gs")
         self.flow = PlanarFlow(variables=units, dim=1, layers=2) if model == "igr-planar" else None
 
-    def preimage(self, mu: Tensor) -> Tensor:
-        """IGR: ``kappa ~ N(mu, 1)``, pushed through the planar flow for ``igr-planar``."""
-        kappa = mu + torch.randn_like(mu)
-        if self.flow is None:
-            return kappa
-        return self.flow(kappa.unsqueeze(-1))[0].squeeze(-1)
+    def _igr(self, a: Tensor, tau: float) -> ExpIGRSB:
+        """The two-class IGR-SB relaxation of the unit: pre-image ``N(a, 1)`` (..., units, 1)."""
+        loc = a.unsqueeze(-1)
+        return ExpIGRSB(torch.as_tensor(tau, dtype=a.dtype, device=a.device), loc, torch.ones_like(loc),
+                        validate_args=False)
+
+    def preimage(self, a: Tensor) -> Tensor:
+        """IGR: ``kappa ~ N(a, 1)``, pushed through the planar flow for ``igr-planar``: (..., units, 1)."""
+        kappa = self._igr(a, 1.0).rsample_preimage()
+        return kappa if self.flow is None else self.flow(kappa)[0]
 
     def relaxed(self, a: Tensor, tau: float) -> Tensor:
-        """A relaxed sample in (-1, 1) given the layer output ``a`` (reparameterized)."""
-        if self.model == "gs":
-            y = LogitBinaryConcrete(torch.as_tensor(tau, dtype=a.dtype, device=a.device), a).rsample()
+        """A differentiable sample in [-1, 1] given the layer output ``a``."""
+        if self.estimator is not None:
+            z = self.estimator.rsample(Latents("binary", a), 1, tau)[0]
         else:
-            y = self.preimage(a) / tau
-        return 2 * torch.sigmoid(y) - 1
+            z = self._igr(a, tau).to_log_simplex(self.preimage(a))[..., 0].exp()  # sigmoid(kappa / tau)
+        return 2 * z - 1
 
     @torch.no_grad()
     def hard(self, a: Tensor) -> Tensor:
@@ -69,7 +80,7 @@ class StochasticBinaryLayer(nn.Module):
         if self.model == "gs":
             b = torch.bernoulli(torch.sigmoid(a))
         else:
-            b = (self.preimage(a) > 0).to(a.dtype)
+            b = (self.preimage(a)[..., 0] > 0).to(a.dtype)
         return 2 * b - 1
 
     @torch.no_grad()
@@ -94,14 +105,15 @@ def deterministic_map(n_in: int, n_out: int, nonlinear: bool, hidden: int) -> nn
 class SOPNet(nn.Module):
     """``x_upper -> [map -> binary layer] x L -> map -> Bernoulli logits of x_lower``."""
 
-    def __init__(self, in_dim: int, out_dim: int, arch: str, model: str, units: int = 240):
+    def __init__(self, in_dim: int, out_dim: int, arch: str, model: str, units: int = 240,
+                 estimator: Pathwise | None = None):
         super().__init__()
         depth, nonlinear = ARCHS[arch]
         widths = [in_dim] + [units] * depth + [out_dim]
         self.maps = nn.ModuleList(
             deterministic_map(a, b, nonlinear, units) for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
-        self.layers = nn.ModuleList(StochasticBinaryLayer(model, units) for _ in range(depth))
+        self.layers = nn.ModuleList(StochasticBinaryLayer(model, units, estimator) for _ in range(depth))
 
     def init_output_bias(self, mean_lower: Tensor) -> None:
         """Start the output logits at the training mean of ``x_lower`` (a common initialisation)."""
