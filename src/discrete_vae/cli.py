@@ -103,13 +103,23 @@ def _add_estimator_flags(parser: argparse.ArgumentParser) -> None:
                 seen.setdefault(f.name, []).append(name)
     groups: dict[str, Any] = {}
     for option, owners in seen.items():
-        cls = ESTIMATORS.get(owners[0]).Options
-        f = next(f for f in fields(cls) if f.name == option)
+        found = [next(f for f in fields(ESTIMATORS.get(o).Options) if f.name == option) for o in owners]
+        f = found[0]
         group = groups.setdefault(owners[0], parser.add_argument_group(f"estimator {owners[0]}"))
-        also = f"; also {', '.join(owners[1:])}" if owners[1:] else ""
+        shown = [_value(list(g.default) if isinstance(g.default, tuple) else g.default) for g in found]
+        if len(set(shown)) > 1:
+            default = "default: " + "; ".join(f"{v} for {o}" for v, o in zip(shown, owners, strict=True))
+        else:
+            default = f"default: {shown[0]}" + (f"; also {', '.join(owners[1:])}" if owners[1:] else "")
+        tp = field_type(f.type)[0]
+        kind: dict[str, Any] = {"type": tp, "metavar": option.upper()}
+        if tp is bool:
+            kind = {"action": argparse.BooleanOptionalAction}
+        elif typing.get_origin(tp) is tuple:
+            kind = {"type": _hidden_widths, "metavar": "W1,W2"}
         group.add_argument("--" + option.replace("_", "-"), dest=ESTIMATOR_OPTION + option,
-                           type=field_type(f.type)[0], default=argparse.SUPPRESS,
-                           help=f"{f.metadata.get('help', '')} (default: {f.default}{also})")
+                           default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} ({default})",
+                           **kind)
 
 
 # `dvae train --help` groups the options by what they belong to
