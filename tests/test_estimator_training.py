@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cli_helpers import dvae, last_json, read_metrics
 from safetensors.torch import load_file
 from torch import nn
 
+from cli_helpers import dvae, last_json, read_metrics
 from discrete_vae.config import TrainConfig
 from discrete_vae.errors import ConfigError
 from discrete_vae.estimators import ESTIMATORS, build_estimator

@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from torch import Tensor
 
