@@ -18,8 +18,8 @@ from discrete_vae.posteriors.kl import analytic_kl
 from discrete_vae.priors import build_prior
 from discrete_vae.train import build_model
 
-TINY = ["--dataset", "digits", "--hidden", "16", "--batch-size", "20", "--val-samples", "2", "--device", "cpu",
-        "--lr-schedule", "constant", "--eval-every", "10", "--checkpoint-every", "10", "--log-every", "5"]
+TINY = ["--dataset", "digits", "--hidden", "16", "--batch-size", "20", "--val-samples", "2",
+        "--device", "cpu", "--lr-schedule", "constant", "--eval-every", "10", "--checkpoint-every", "10", "--log-every", "5"]
 TRAINED = sorted(set(ESTIMATORS.names()) - {"relaxed"})  # relaxed: the IGR and DVAE posteriors' own
 STATEFUL = {"reinforce", "nvil", "rebar", "relax"}  # moving averages, learned baselines, control variates
 
@@ -44,7 +44,8 @@ def test_each_estimator_trains_evaluates_and_resumes_exactly(name, tmp_path, cap
     rc, _, err = dvae(capsys, "train", "--resume", tmp_path / "part", "--steps", 20)
     assert rc == 0, err
     assert read_metrics(tmp_path / "part") == read_metrics(tmp_path / "full")
-    full, part = load_file(tmp_path / "full" / "last.safetensors"), load_file(tmp_path / "part" / "last.safetensors")
+    full = load_file(tmp_path / "full" / "last.safetensors")
+    part = load_file(tmp_path / "part" / "last.safetensors")
     weights = [k for k in full if k.startswith("model.")]
     own = [k for k in weights if k.startswith("model.estimator.")]
     assert bool(own) == (name in STATEFUL), own  # the estimator's parameters and state are checkpointed
@@ -67,7 +68,8 @@ def test_score_function_with_the_rbm_prior_trains_with_the_negative_phase(tmp_pa
 
 @pytest.mark.parametrize("argv, match", [
     (["--model", "igr-i", "--estimator", "rloo"], "does not apply"),
-    (["--model", "dvaes-power", "--latent", "8x2", "--levels", "2", "--estimator", "disarm"], "does not apply"),
+    (["--model", "dvaes-power", "--latent", "8x2", "--levels", "2", "--estimator", "disarm"],
+     "does not apply"),
     (["--estimator", "relaxed"], "does not apply"),
     (["--estimator", "arm"], "supports binary"),
     (["--estimator", "rloo", "--objective", "iw"], "objective iw"),
@@ -91,7 +93,8 @@ def test_estimator_options_reach_the_estimator_and_the_stored_config(tmp_path, c
 
 def test_model_presets_are_posterior_plus_estimator():
     """--model names keep training what they trained: gs and st-gs differ only in the estimator."""
-    for model, posterior, estimator in [("gs", "ConcreteCategorical", "gs"), ("st-gs", "ConcreteCategorical", "st-gs"),
+    for model, posterior, estimator in [("gs", "ConcreteCategorical", "gs"),
+                                        ("st-gs", "ConcreteCategorical", "st-gs"),
                                         ("igr-sb", "IGRCategorical", "relaxed")]:
         built = build_model(TrainConfig(model=model, latent="3x4", hidden=(8,)), 16)
         assert (type(built.posterior).__name__, built.estimator.name) == (posterior, estimator)
@@ -134,8 +137,8 @@ def test_any_encoder_and_decoder_module(one_thread):
     data = load_dataset("digits")
     posterior = build_posterior("categorical", LatentSpec(6, 4))
     decoder = nn.Sequential(nn.Linear(posterior.decoder_dim, 32), nn.Tanh(), nn.Linear(32, data.dim))
-    model = DiscreteVAE(data.dim, posterior, build_prior("uniform", 6, 4, False), ConvEncoder(posterior.param_dim),
-                        decoder, estimator=build_estimator("rloo"))
+    model = DiscreteVAE(data.dim, posterior, build_prior("uniform", 6, 4, False),
+                        ConvEncoder(posterior.param_dim), decoder, estimator=build_estimator("rloo"))
     model.init_decoder_bias(data.train_mean)
     assert torch.allclose(decoder[-1].bias, torch.logit(data.train_mean.clamp(1e-3, 1 - 1e-3)))
     optimizer = torch.optim.Adam(model.parameters(), 3e-3)

@@ -122,7 +122,8 @@ class DiscreteVAE(nn.Module):
         was_training = self.training
         self.eval()
         devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # with gradients: control variates skip their nets without
+        # with gradients: control variates skip their networks without
+        with torch.random.fork_rng(devices=devices):
             self(x, 1.0, max(2, self.estimator.min_samples))
         self.train(was_training)
 
