@@ -19,7 +19,8 @@ from discrete_vae.priors import build_prior
 from discrete_vae.train import build_model
 
 TINY = ["--dataset", "digits", "--hidden", "16", "--batch-size", "20", "--val-samples", "2",
-        "--device", "cpu", "--lr-schedule", "constant", "--eval-every", "10", "--checkpoint-every", "10", "--log-every", "5"]
+        "--device", "cpu", "--lr-schedule", "constant", "--eval-every", "10", "--checkpoint-every", "10",
+        "--log-every", "5"]
 TRAINED = sorted(set(ESTIMATORS.names()) - {"relaxed"})  # relaxed: the IGR and DVAE posteriors' own
 STATEFUL = {"reinforce", "nvil", "rebar", "relax"}  # moving averages, learned baselines, control variates
 
