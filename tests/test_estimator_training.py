@@ -47,8 +47,8 @@ def test_each_estimator_trains_evaluates_and_resumes_exactly(name, tmp_path, cap
     assert read_metrics(tmp_path / "part") == read_metrics(tmp_path / "full")
     full = load_file(tmp_path / "full" / "last.safetensors")
     part = load_file(tmp_path / "part" / "last.safetensors")
-    weights = [k for k in full if k.startswith("model.")]
-    own = [k for k in weights if k.startswith("model.estimator.")]
+    weights = [k for k in full if k.startswith("s.model.")]  # the checkpoint's flattened state
+    own = [k for k in weights if k.startswith("s.model.estimator.")]
     assert bool(own) == (name in STATEFUL), own  # the estimator's parameters and state are checkpointed
     for key in weights:
         assert torch.equal(full[key], part[key]), key

@@ -141,8 +141,8 @@ class SmoothedBoltzmann(Posterior):
             raise ConfigError("with several latent groups the RBM halves must hold whole groups: use an even "
                               "--levels (2 or 4)")
         kl = own if kl == "auto" else kl
-        if kl not in ("analytic", "relaxed"):
-            raise ConfigError(f"--kl must be auto, analytic or relaxed, got {kl!r}")
+        if kl not in ("analytic", "relaxed", "sampled"):
+            raise ConfigError(f"--kl must be auto, analytic, relaxed or sampled, got {kl!r}")
         if kl == "relaxed" and model == "dvae-spike-exp":
             raise ConfigError("dvae-spike-exp has no relaxed prior density: use --kl analytic")
         if kl == "analytic" and model == "dvaes-gi":
@@ -202,6 +202,9 @@ class SmoothedBoltzmann(Posterior):
 
     def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
                 context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
+        if self.kl == "sampled":
+            raise ConfigError("--kl sampled is the Monte Carlo KL of hard-sample estimators (rloo, disarm, "
+                              "...); the relaxed estimator takes --kl analytic or relaxed")
         zetas: list[Tensor] = []
         points: list[Tensor] = []  # where each group's densities are evaluated
         logits: list[Tensor] = []
