@@ -21,7 +21,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from discrete_vae.data import load_dataset  # noqa: E402
 from discrete_vae.evaluate import evaluate  # noqa: E402
-from discrete_vae.train import model_from_run, temperature_schedule  # noqa: E402
+from discrete_vae.recipe import model_from_run, temperature_schedule  # noqa: E402
 from matmul_flops import measure_matmul_flops  # noqa: E402
 
 

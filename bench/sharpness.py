@@ -26,7 +26,7 @@ from discrete_vae.data import load_dataset
 from discrete_vae.distributions import ExpConcrete, ExpIGR, ExpIGRPlanar, ExpIGRSB, PlanarFlow
 from discrete_vae.objectives import relaxed_elbo
 from discrete_vae.priors.igr import uniform_preimage_prior
-from discrete_vae.train import build_model, model_from_run
+from discrete_vae.recipe import build_model, model_from_run
 
 MODELS = ("gs", "expgs", "igr-i", "igr-sb", "igr-planar")
 TAUS = (0.05, 0.1, 0.15, 0.25, 0.5, 0.85, 1.0, 1.5)

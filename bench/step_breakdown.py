@@ -15,7 +15,7 @@ import torch
 from discrete_vae.config import TrainConfig
 from discrete_vae.data import BatchIterator, load_dataset
 from discrete_vae.objectives import relaxed_elbo
-from discrete_vae.train import build_model
+from discrete_vae.recipe import build_model
 
 
 def per_call_ms(fn: Callable[[torch.Tensor], object], batches: list[torch.Tensor], n: int) -> float:

@@ -42,7 +42,7 @@ from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
 from discrete_vae.config import PRESETS, TrainConfig
 from discrete_vae.data import binarized_mnist as bm_mod
 from discrete_vae.data import download as download_mod
-from discrete_vae.train import model_from_run
+from discrete_vae.recipe import model_from_run
 
 
 def assert_readable_grid(path: Path, rows: int, ncol: int = 8, side: int = 8) -> None:

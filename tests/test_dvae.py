@@ -23,7 +23,7 @@ from discrete_vae.objectives import relaxed_elbo, relaxed_iw
 from discrete_vae.posteriors import HierarchicalBernoulli, LatentSpec, build_posterior
 from discrete_vae.posteriors.dvae import MODELS
 from discrete_vae.priors import RBMPrior
-from discrete_vae.train import kl_weight, learning_rate
+from discrete_vae.recipe import kl_weight, learning_rate
 from test_rbm import make_rbm
 
 

@@ -16,7 +16,7 @@ from discrete_vae.models import DiscreteVAE, MLPConfig
 from discrete_vae.posteriors import LatentSpec, build_posterior
 from discrete_vae.posteriors.kl import analytic_kl
 from discrete_vae.priors import build_prior
-from discrete_vae.train import build_model
+from discrete_vae.recipe import build_model
 
 TINY = ["--dataset", "digits", "--hidden", "16", "--batch-size", "20", "--val-samples", "2",
         "--device", "cpu", "--lr-schedule", "constant", "--eval-every", "10", "--checkpoint-every", "10",

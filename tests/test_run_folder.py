@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+import discrete_vae.recipe as recipe
 import discrete_vae.train as train_mod
 from cli_helpers import (
     FAST,
@@ -247,8 +248,8 @@ def test_resume_with_a_smaller_learning_rate_is_recorded(run, tmp_path, capsys):
     assert (config.lr, config.steps) == (2e-4, 400)
     lrs = {m["step"]: m["lr"] for m in read_metrics(copy) if m["split"] == "train"}
     old = TrainConfig.from_dict(load_checkpoint(run / "last.safetensors")["config"])
-    assert lrs[300] == train_mod.learning_rate(old, 299, 300)  # the first 300 steps: as they were
-    assert lrs[350] == train_mod.learning_rate(config, 349, 400) != train_mod.learning_rate(old, 349, 400)
+    assert lrs[300] == recipe.learning_rate(old, 299, 300)  # the first 300 steps: as they were
+    assert lrs[350] == recipe.learning_rate(config, 349, 400) != recipe.learning_rate(old, 349, 400)
     refused = dvae(capsys, "train", "--resume", copy, "--batch-size", 10)
     assert refused.rc == 2 and "--lr" in refused.err and one_line(refused.err)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NonFiniteLossError, UserError
+from .flags import ESTIMATOR_OPTION, add_k_flags, add_train_flags, value_text
 from .options import field_type
 from .progress import Stopped
 from .runs import dumps, note
@@ -26,127 +27,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-class _Deprecated(argparse.Action):
-    """An old spelling of a flag: stores into the new one's ``dest`` and says which to use."""
-
-    def __init__(self, *args: Any, new: str = "", **kwargs: Any):
-        self.new = new
-        super().__init__(*args, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        note(f"{parser.prog}: warning: {option_string} is deprecated and will be removed; use {self.new}")
-        setattr(namespace, self.dest, values)
-
-
-def _add_k_flags(parser: argparse.ArgumentParser, help_text: str) -> None:
-    """``--k`` (relaxed samples per example in training) and its deprecated spelling ``--samples``."""
-    parser.add_argument("--k", dest="k", type=int, default=argparse.SUPPRESS, help=help_text)
-    parser.add_argument("--samples", dest="k", type=int, default=argparse.SUPPRESS, action=_Deprecated,
-                        new="--k", help="deprecated spelling of --k")
-
-
-def _hidden_widths(text: str) -> tuple[int, ...]:
-    from .options import coerce_widths
-
-    try:
-        return coerce_widths("--hidden", text)
-    except UserError as e:  # argparse reports only ArgumentTypeError/ValueError as usage errors
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from .config import TrainConfig
-
-    groups = {name: parser.add_argument_group(title) for name, title in OPTION_GROUPS}
-    for f in fields(TrainConfig):
-        if f.name == "estimator_options":  # one flag per option, below
-            continue
-        tp = field_type(f.type)[0]
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default: {f.default})"
-        group = groups[next((g for g, names in GROUPED.items() if f.name in names), "run")]
-        if f.name == "k":
-            _add_k_flags(group, help_text)
-        elif tp is bool:
-            group.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        elif f.name == "hidden":
-            group.add_argument(
-                flag,
-                type=_hidden_widths,
-                default=argparse.SUPPRESS,
-                metavar="W1,W2",
-                help=help_text + "; 'none' for a linear map",
-            )
-        else:
-            group.add_argument(flag, dest=f.name, type=tp, default=argparse.SUPPRESS, help=help_text)
-    _add_estimator_flags(parser)
-
-
-ESTIMATOR_OPTION = "estimator_option."  # argparse dest prefix of the estimators' own options
-
-
-def _add_estimator_flags(parser: argparse.ArgumentParser) -> None:
-    """One group per estimator with options of its own (its typed ``Options``; the temperature of relaxed
-    estimators is the schedule's ``--temperature``). An option two estimators share is one flag."""
-    from .estimators import ESTIMATORS
-
-    seen: dict[str, list[str]] = {}
-    for name in ESTIMATORS.names():
-        for f in fields(ESTIMATORS.get(name).Options):
-            if f.name != "temperature":
-                seen.setdefault(f.name, []).append(name)
-    groups: dict[str, Any] = {}
-    for option, owners in seen.items():
-        found = [next(f for f in fields(ESTIMATORS.get(o).Options) if f.name == option) for o in owners]
-        f = found[0]
-        group = groups.setdefault(owners[0], parser.add_argument_group(f"estimator {owners[0]}"))
-        shown = [_value(list(g.default) if isinstance(g.default, tuple) else g.default) for g in found]
-        if len(set(shown)) > 1:
-            default = "default: " + "; ".join(f"{v} for {o}" for v, o in zip(shown, owners, strict=True))
-        else:
-            default = f"default: {shown[0]}" + (f"; also {', '.join(owners[1:])}" if owners[1:] else "")
-        tp = field_type(f.type)[0]
-        kind: dict[str, Any] = {"type": tp, "metavar": option.upper()}
-        if tp is bool:
-            kind = {"action": argparse.BooleanOptionalAction}
-        elif typing.get_origin(tp) is tuple:
-            kind = {"type": _hidden_widths, "metavar": "W1,W2"}
-        group.add_argument("--" + option.replace("_", "-"), dest=ESTIMATOR_OPTION + option,
-                           default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} ({default})",
-                           **kind)
-
-
-# `dvae train --help` groups the options by what they belong to
-OPTION_GROUPS = (("model", "method, latents and objective"), ("igr", "IGR posteriors"),
-                 ("dvae", "DVAE posteriors (smoothed binaries)"), ("nets", "encoder and decoder"),
-                 ("prior", "prior (and the RBM's sampler)"), ("optim", "optimisation"),
-                 ("temperature", "temperature"), ("data", "data"),
-                 ("run", "run folder, device and reporting"))
-GROUPED = {
-    "model": ("model", "posterior", "estimator", "latent", "binary", "kl", "continuous", "k", "objective"),
-    "igr": ("delta", "prior_scale", "sb_threshold", "sb_percentile", "flow_layers", "mc_samples"),
-    "dvae": ("struct", "levels", "beta", "center_input"),
-    "nets": ("hidden", "activation", "batch_norm"),
-    "prior": ("prior", "prior_temperature", "sampler", "chains", "sweeps", "log_z_betas", "log_z_samples"),
-    "optim": ("steps", "epochs", "batch_size", "lr", "lr_schedule", "lr_final", "weight_decay", "l2",
-              "adam_eps", "kl_warmup", "seed"),
-    "temperature": ("temperature", "min_temperature", "anneal_rate", "anneal_every", "learn_temperature"),
-    "data": ("dataset", "data_dir"),
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dvae", description="Discrete-latent VAEs: train, evaluate, sample.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a model (or resume a run)")
-    _add_config_flags(p)
+    add_train_flags(p)
     g = p.add_argument_group("configuration and resuming")
     g.add_argument("--config", type=Path, help="YAML or TOML file of the options above")
     g.add_argument("--preset", help="named preset of options (see `dvae list presets`)")
@@ -248,7 +134,7 @@ def _add_sop_parser(sub: Any) -> None:
         if "(default:" not in help_text:
             help_text += f" (default: {f.default})"
         if f.name == "k":
-            _add_k_flags(t, help_text)
+            add_k_flags(t, help_text)
             continue
         t.add_argument("--" + f.name.replace("_", "-"), type=field_type(f.type)[0], default=argparse.SUPPRESS,
                        help=help_text)
@@ -316,7 +202,7 @@ def _images(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from .data import load_dataset
-    from .train import model_from_run, temperature_schedule
+    from .recipe import model_from_run, temperature_schedule
     from .viz.grids import reconstruction_figure, samples_figure, save_png
 
     if args.n < 1:
@@ -371,8 +257,8 @@ def _igr_prior(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _sop(args: argparse.Namespace) -> dict[str, Any]:
+    from .recipe import resolve_device
     from .sop import SOPConfig, evaluate_run, resume_config, train
-    from .train import resolve_device
 
     if args.sop_command == "train":
         given = {f.name: getattr(args, f.name) for f in fields(SOPConfig) if hasattr(args, f.name)}
@@ -408,7 +294,8 @@ def _described(what: str, registry: Any) -> dict[str, dict[str, Any]]:
     for name in registry.names():
         cls = registry.get(name)
         described[name] = {"supports": list(cls.supports), "unbiased": cls.unbiased,
-                           **{f.name: f.default for f in fields(cls.Options)}}
+                           **{f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                              for f in fields(cls.Options)}}
     return described
 
 
@@ -430,8 +317,13 @@ def _list(args: argparse.Namespace) -> dict[str, Any] | None:
     elif args.what:  # name, then its settings
         width = max(map(len, listed))
         for name, settings in listed.items():
-            text = " ".join(f"--{k.replace('_', '-')} {_value(v)}" for k, v in settings.items())
-            print(f"{name:<{width}}  {text}")
+            settings = dict(settings)
+            lead = ""
+            if args.what == "estimators":  # what it supports, then its options (as flags)
+                lead = (f"{', '.join(settings.pop('supports'))}; "
+                        f"{'unbiased' if settings.pop('unbiased') else 'biased'}; ")
+            text = " ".join(f"--{k.replace('_', '-')} {value_text(v)}" for k, v in settings.items())
+            print(f"{name:<{width}}  {lead}{text}".rstrip("; "))
     else:
         width = max(map(len, listed))
         for kind, names in listed.items():
@@ -439,12 +331,6 @@ def _list(args: argparse.Namespace) -> dict[str, Any] | None:
         print("\n`dvae list models|presets|structs` show what each sets, `dvae list estimators` what each "
               "supports; --json for scripts")
     return None
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(map(str, value)) or "none"
-    return str(value)
 
 
 COMMANDS = {

@@ -143,8 +143,8 @@ def evaluate_run(run_dir: Path, *, samples: int, split: str = "test", seed: int 
     from .data import load_dataset
     from .errors import UserError
     from .progress import Progress
+    from .recipe import model_from_run, resolve_device, temperature_schedule
     from .runs import dumps, note
-    from .train import model_from_run, resolve_device, temperature_schedule
 
     if samples < 1:
         raise UserError("--samples must be at least 1")

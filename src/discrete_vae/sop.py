@@ -256,7 +256,7 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
     the current step's line and validation (``logged``: nothing to replay) and stops. The run folder
     is locked while the run trains.
     """
-    from .train import resolve_device
+    from .recipe import resolve_device
 
     device = resolve_device(config.device)
     run_dir = Path(resume) if resume is not None else _run_dir(config)

@@ -29,22 +29,23 @@ from .checkpoint import (
     remove_partial_writes,
     restore_training,
     rng_state,
-    run_checkpoint,
     save_checkpoint,
 )
 from .config import RESUME_OVERRIDES, TrainConfig
 from .data import BatchIterator, DataSplits, load_dataset
 from .distributed import Distributed, load_local_state, local_state, wrap
-from .errors import ConfigError, NonFiniteLossError, UserError
-from .estimators import ESTIMATORS, estimator_options
+from .errors import NonFiniteLossError, UserError
 from .evaluate import estimate_log_partition, evaluate, trivial_nll
-from .methods import METHODS
-from .models import DiscreteVAE, MLPConfig
-from .models.vae import MULTI_SAMPLE
-from .posteriors import build_posterior
-from .posteriors.mixed import GaussianPrior, Mixed, ProductPrior
-from .priors import build_prior
+from .models import DiscreteVAE
 from .progress import GracefulStop, Progress, Stopped
+from .recipe import (
+    build_model,
+    kl_weight,
+    learning_rate,
+    resolve_device,
+    resolve_objective,
+    temperature_schedule,
+)
 from .runs import (
     BEST,
     CONFIG,
@@ -56,116 +57,9 @@ from .runs import (
     open_resumed_run,
     record_overrides,
 )
-from .schedules import Schedule, constant, exponential_decay
 from .viz.grids import as_array, reconstruction_figure, samples_figure, save_png
 
 DEFAULT_STEPS = 200_000
-
-
-def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
-    """The model a config describes (weights drawn from the current RNG state): the method's posterior and
-    estimator, or those ``--posterior`` / ``--estimator`` name."""
-    spec = config.latent_spec()
-    method = METHODS.get(config.model)
-    method.check(config.model, config)
-    posterior_name = method.posterior if config.posterior == "auto" else config.posterior
-    encoder = MLPConfig(tuple(config.hidden), config.activation, config.batch_norm)
-    defaults = method.defaults if posterior_name == method.posterior else {}
-    posterior = build_posterior(
-        posterior_name,
-        spec,
-        kl=defaults.get("kl", "auto") if config.kl == "auto" else config.kl,
-        beta=config.beta,
-        dataset=config.dataset,
-        struct=config.struct,
-        levels=config.levels,
-        context_dim=data_dim,
-        level_mlp=encoder,
-        prior_temperature=(defaults.get("prior_temperature") if config.prior_temperature is None
-                           else config.prior_temperature),
-        delta=config.delta,
-        prior_scale=config.prior_scale,
-        sb_threshold=config.sb_threshold,
-        sb_percentile=config.sb_percentile,
-        flow_layers=config.flow_layers,
-        mc_samples=config.mc_samples,
-    )
-    if posterior.levels != config.levels:
-        raise ConfigError(f"--levels applies to the DVAE posteriors, not to {posterior_name}")
-    if config.estimator != "auto":
-        estimator_name = config.estimator
-    elif posterior_name == method.posterior:
-        estimator_name = method.estimator
-    else:
-        estimator_name = next(iter(posterior.relaxations))
-    estimator = ESTIMATORS.get(estimator_name)(estimator_options(estimator_name, config.estimator_options))
-    prior_name = posterior.default_prior if config.prior == "auto" else config.prior
-    prior = build_prior(prior_name, spec.n, spec.k, not posterior.one_hot, sampler=config.sampler,
-                        chains=config.chains, sweeps=config.sweeps)
-    posterior.check_prior(prior)
-    if config.continuous:
-        if not prior.normalized:
-            raise ConfigError(f"--continuous needs a normalised discrete prior, not {prior_name}")
-        posterior = Mixed(config.continuous, posterior, config.kl)
-        prior = ProductPrior([GaussianPrior(config.continuous), prior])
-    return DiscreteVAE(
-        data_dim,
-        posterior,
-        prior,
-        encoder,
-        encoder.mirrored(),
-        estimator=estimator,
-        learnable_temperature=config.temperature if config.learn_temperature else None,
-        center_input=config.center_input,
-    )
-
-
-def temperature_schedule(config: TrainConfig) -> Schedule:
-    if config.learn_temperature or config.anneal_rate == 0:
-        return constant(config.temperature)
-    return exponential_decay(
-        config.temperature, config.anneal_rate, config.min_temperature, config.anneal_every
-    )
-
-
-PIECEWISE = ((0.02, 0.1), (0.6, 1.0), (0.75, 1 / 3), (0.95, 0.1), (math.inf, 1 / 33))
-
-
-def learning_rate(config: TrainConfig, step: int, total: int) -> float:
-    """Constant; piecewise (the DVAE code's: ``lr`` times 1/10, 1, 1/3, 1/10, 1/33 before 2, 60, 75, 95,
-    100 % of the steps); or cosine from ``lr`` at step 0 to ``lr_final`` at the last step."""
-    if config.lr_schedule == "constant":
-        return config.lr
-    if config.lr_schedule == "piecewise":
-        return config.lr * next(f for end, f in PIECEWISE if end == math.inf or step < int(end * total))
-    progress = min(1.0, step / max(1, total))
-    return config.lr_final + 0.5 * (config.lr - config.lr_final) * (
-        1 + math.cos(math.pi * progress)
-    )
-
-
-def kl_weight(config: TrainConfig, step: int, total: int) -> float:
-    """KL warm-up: ``min(1, step / (kl_warmup * total))``; 1 without warm-up."""
-    if config.kl_warmup == 0:
-        return 1.0
-    return min(1.0, step / (config.kl_warmup * total))
-
-
-def resolve_objective(config: TrainConfig, model: DiscreteVAE) -> str:
-    """``elbo`` or ``iw``; ``auto``: iw for posteriors that train with it (DVAE#) when k > 1. The ``vimco``
-    estimator's value is the IW bound itself; other estimators outside a relaxation train the ELBO."""
-    relaxation = model.estimator.name in model.posterior.relaxations
-    if model.estimator.name in MULTI_SAMPLE:
-        if config.objective == "elbo":
-            raise ConfigError(f"{model.estimator.name} trains the importance-weighted bound: "
-                              "drop --objective elbo")
-        return "iw"
-    if config.objective == "iw" and not relaxation:
-        relaxations = ", ".join(model.posterior.relaxations)
-        raise ConfigError(f"--objective iw needs a relaxation estimator ({relaxations}) or vimco")
-    if config.objective != "auto":
-        return config.objective
-    return "iw" if model.posterior.iw_default and config.k > 1 and relaxation else "elbo"
 
 
 def estimator_gradients(own: list[torch.Tensor], aux_loss: torch.Tensor | None) -> list[torch.Tensor]:
@@ -175,22 +69,6 @@ def estimator_gradients(own: list[torch.Tensor], aux_loss: torch.Tensor | None) 
         return [torch.zeros_like(p) for p in own]
     grads = torch.autograd.grad(aux_loss, own, retain_graph=True, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(own, grads, strict=True)]
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but CUDA is not available")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown --device {name!r}; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported --device {name!r}; use cpu, cuda, cuda:N or auto")
-    return device
 
 
 def fits_on(device: torch.device, data: DataSplits) -> bool:
@@ -204,17 +82,6 @@ def fits_on(device: torch.device, data: DataSplits) -> bool:
 def default_run_dir(config: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{config.model}-{config.latent}-{stamp}"
-
-
-def model_from_run(
-    run_dir: Path, which: str = "best", device: str = "cpu"
-) -> tuple[DiscreteVAE, TrainConfig, dict]:
-    """Load the model of a run folder (``best`` or ``last`` checkpoint) for eval/sample/reconstruct."""
-    state = load_checkpoint(run_checkpoint(run_dir, which))
-    config = TrainConfig.from_dict(state["config"])
-    model = build_model(config, int(state["data_dim"]))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), config, state
 
 
 def save_images(model: DiscreteVAE, data: DataSplits, run_dir: Path, log: RunLog, step: int, tau: float,
