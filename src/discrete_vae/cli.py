@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=200_000, help="Monte Carlo draws of the check")
     p.add_argument("--seed", type=int, default=0)
 
+    _add_gradients_parser(sub)
     _add_sop_parser(sub)
     p = sub.add_parser("list", help="registered models (methods), posteriors, estimators, priors, datasets, "
                        "presets and structs")
@@ -120,6 +121,41 @@ def _add_progress_flag(parser: Any) -> None:
         default=None,
         help="a progress bar, or nothing (default: a bar when stderr is a terminal, else a line every 30 s)",
     )
+
+
+def _add_gradients_parser(sub: Any) -> None:
+    """``dvae gradients``: gradient estimators against the true gradient (:mod:`discrete_vae.gradients`)."""
+    p = sub.add_parser("gradients", help="bias, variance and cost of gradient estimators on one batch",
+                       description="Bias, variance and cost of gradient estimators on one batch, against "
+                       "the exact gradient of the discrete ELBO (or a high-sample reference), for a run's "
+                       "model or a fresh one built from the `dvae train` options below.")
+    p.add_argument("run_dir", type=Path, nargs="?", default=None,
+                   help="run folder written by `dvae train` (default: a fresh model from the options below)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="best-validation or last model of a run (default: best)")
+    g = p.add_argument_group("gradient diagnostics")
+    g.add_argument("--estimators", default=None, metavar="A,B,...",
+                   help="estimators to measure (default: the posterior's relaxations and every estimator of "
+                   "its kind but vimco)")
+    g.add_argument("--split", default="valid", choices=["valid", "test", "train"],
+                   help="split the batch comes from (default: valid)")
+    g.add_argument("--batch", type=int, default=20, help="examples in the batch (default: 20)")
+    g.add_argument("--batch-seed", type=int, default=0,
+                   help="seed of the batch's fixed subset of the split (default: 0)")
+    g.add_argument("--draws", type=int, default=200,
+                   help="R, independent estimates per estimator (default: 200)")
+    g.add_argument("--tau", type=float, default=None,
+                   help="temperature of relaxed estimators (default: a run's schedule at its step; fresh: "
+                   "--temperature)")
+    g.add_argument("--reference-samples", type=int, default=10_000,
+                   help="draws per example of the sampled reference, used beyond 2^16 latent states per "
+                   "example (default: 10000)")
+    g.add_argument("--out", type=Path, default=None,
+                   help="folder for gradients.json and gradients.png (default: RUN_DIR/gradients, else "
+                   "./gradients-<time>)")
+    g.add_argument("--config", type=Path, help="YAML or TOML file of model options (fresh model)")
+    g.add_argument("--preset", help="named preset of options (fresh model; see `dvae list presets`)")
+    add_train_flags(p, skip=GRADIENTS_SKIP)
 
 
 def _add_sop_parser(sub: Any) -> None:
@@ -187,6 +223,38 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         given["estimator_options"] = {**(values.get("estimator_options") or {}), **own}
     values.update(given)
     return train(TrainConfig.from_dict(with_struct(values)), progress=args.progress)
+
+
+GRADIENTS_SKIP = ("out", "estimator")  # train flags `dvae gradients` has not (its --out is its own folder)
+GRADIENTS_RUN_FLAGS = ("seed", "k", "device", "data_dir")  # the train flags `dvae gradients RUN_DIR` takes
+
+
+def _gradients(args: argparse.Namespace) -> dict[str, Any]:
+    from .config import PRESETS, TrainConfig, load_config_file, with_struct
+    from .gradients import gradients_command
+
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if hasattr(args, f.name) and f.name not in GRADIENTS_SKIP}
+    own = {k[len(ESTIMATOR_OPTION):]: v for k, v in vars(args).items() if k.startswith(ESTIMATOR_OPTION)}
+    config = None
+    if args.run_dir is not None:
+        other = sorted(set(given) - set(GRADIENTS_RUN_FLAGS))
+        if args.config or args.preset or other:
+            named = ["--config"] * bool(args.config) + ["--preset"] * bool(args.preset) + _flags(other)
+            raise UserError(f"a run's model comes from its folder: drop {', '.join(named)} (with RUN_DIR "
+                            f"only {', '.join(_flags(GRADIENTS_RUN_FLAGS))} apply)")
+    else:
+        values: dict[str, Any] = dict(PRESETS.get(args.preset)) if args.preset else {}
+        if args.config:
+            values.update(load_config_file(args.config))
+        config = TrainConfig.from_dict(with_struct({**values, **given}))
+    names = [n.strip() for n in args.estimators.split(",") if n.strip()] if args.estimators else None
+    seed, k, device = (config.seed, config.k, config.device) if config else (0, 1, "auto")
+    return gradients_command(
+        args.run_dir, config, checkpoint=args.checkpoint, seed=given.get("seed", seed), k=given.get("k", k),
+        device=given.get("device", device), data_dir=given.get("data_dir"), split=args.split,
+        batch=args.batch, batch_seed=args.batch_seed, estimators=names, draws=args.draws, tau=args.tau,
+        reference_samples=args.reference_samples, options=own, out=args.out)
 
 
 def _eval(args: argparse.Namespace) -> dict[str, Any]:
@@ -336,6 +404,7 @@ def _list(args: argparse.Namespace) -> dict[str, Any] | None:
 COMMANDS = {
     "train": _train,
     "eval": _eval,
+    "gradients": _gradients,
     "sample": _images,
     "reconstruct": _images,
     "demo": _demo,

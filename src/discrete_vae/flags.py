@@ -42,12 +42,12 @@ def hidden_widths(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def add_train_flags(parser: argparse.ArgumentParser) -> None:
+def add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     from .config import TrainConfig
 
     groups = {name: parser.add_argument_group(title) for name, title in OPTION_GROUPS}
     for f in fields(TrainConfig):
-        if f.name == "estimator_options":  # one flag per option, below
+        if f.name == "estimator_options" or f.name in skip:  # estimator options: one flag each, below
             continue
         tp = field_type(f.type)[0]
         flag = "--" + f.name.replace("_", "-")
