@@ -48,7 +48,6 @@ from .estimators.reinforce import score_surrogate
 from .estimators.rloo import leave_one_out_mean
 from .models import DiscreteVAE
 from .models.vae import MULTI_SAMPLE
-from .posteriors.kl import analytic_kl
 
 CHUNK_ROWS = 2**22  # states x examples x widest decoder layer, per chunk of the enumeration
 REFERENCE_BLOCKS = 50
@@ -82,21 +81,14 @@ def cosine(a: Tensor, b: Tensor) -> float:
 
 
 def discrete_terms(model: DiscreteVAE, x: Tensor, iw: bool) -> tuple[Any, Any, Tensor | None]:
-    """``(q, f, kl)`` of the discrete objective: ``f(z) = log p(x|z)`` and ``kl`` the analytic KL (B,), or
-    (``iw``, or no registered KL) ``f(z) = log p(x|z) + log p(z) - log q(z|x)`` and ``kl`` None."""
-    params, context = model.encode(x)  # (B, P)
-    q = model.posterior.discrete_posterior(params, context=context)
+    """``(q, f, kl)`` of the discrete objective (:meth:`DiscreteVAE.discrete_terms`; ``iw``: the KL inside
+    ``f``), for a posterior whose discrete ``q(z|x)`` is a factorial Bernoulli or categorical."""
+    q, f, kl, _ = model.discrete_terms(x, sampled=iw)
     try:
         Latents.of(q)
     except ConfigError:
         raise ConfigError("dvae gradients needs a posterior whose discrete q(z|x) is a factorial Bernoulli "
                           f"or categorical, not {type(q).__name__}") from None
-    kl = None if iw else analytic_kl(model.posterior, params, model.prior)
-
-    def f(z: Tensor) -> Tensor:  # (S, B, ...) -> (S, B)
-        log_px = model.log_likelihood(x, z)
-        return log_px if kl is not None else log_px + model.prior.log_prob(z) - q.log_prob(z)
-
     return q, f, kl
 
 

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
 from ..errors import ConfigError
 from ..estimators import Estimator, build_estimator
@@ -53,6 +54,41 @@ def bernoulli_log_likelihood(x_logits: Tensor, x: Tensor) -> Tensor:
             x_logits, x.expand_as(x_logits), reduction="none"
         ).sum(-1)
     return torch.einsum("sbd,bd->sb", x_logits, x) - F.softplus(x_logits).sum(-1)
+
+
+class DiscreteTerms(NamedTuple):
+    """``q`` (the discrete posterior), ``f`` (:class:`Integrand`), ``kl`` (B,) or None, and the encoder's
+    ``context`` (what learned baselines condition on)."""
+
+    q: Distribution
+    f: Integrand
+    kl: Tensor | None
+    context: Tensor
+
+
+class Integrand:
+    """``f(z)`` of the discrete ELBO for a batch ``x``: ``log p(x|z)``, minus ``w (log q(z|x) - log p(z))``
+    when the KL is sampled. Remembers each call's parts, so that the terms logged are their means over
+    the hard draws an estimator evaluated (:meth:`hard_means`)."""
+
+    def __init__(self, model: DiscreteVAE, x: Tensor, q: Distribution, sampled: bool, kl_weight: float):
+        self.model, self.x, self.q, self.sampled, self.kl_weight = model, x, q, sampled, kl_weight
+        self.seen: list[tuple[Tensor, Tensor, Tensor]] = []  # (hard mask, log p(x|z), log q - log p) per call
+
+    def __call__(self, z: Tensor) -> Tensor:  # (S, B, ...) -> (S, B)
+        log_px = self.model.log_likelihood(self.x, z)
+        if self.sampled:  # log Z excluded for the RBM prior
+            log_ratio = self.q.log_prob(z) - self.model.prior.log_prob(z)
+        else:
+            log_ratio = torch.zeros_like(log_px)
+        self.seen.append((_hard_rows(z), log_px.detach(), log_ratio.detach()))
+        return log_px - self.kl_weight * log_ratio if self.sampled else log_px
+
+    def hard_means(self) -> tuple[Tensor, Tensor]:
+        """``log p(x|z)`` and ``log q - log p`` (B,) averaged over the hard draws of every call so far."""
+        mask = torch.cat([m for m, _, _ in self.seen]).to(self.x.dtype)  # (sum S, B)
+        count = mask.sum(0).clamp_min(1)
+        return tuple((torch.cat([t[i] for t in self.seen]) * mask).sum(0) / count for i in (1, 2))
 
 
 def _network(module: nn.Module | MLPConfig, n_in: int, n_out: int) -> nn.Module:
@@ -166,43 +202,35 @@ class DiscreteVAE(nn.Module):
         estimator's value is the IW bound itself). ``kl_weight`` < 1 is KL warm-up.
         """
         tau = self.tau(scheduled_tau)
-        params, context = self.encode(x)  # (B, P)
         name = self.estimator.name
         if name in self.posterior.relaxations:
+            params, context = self.encode(x)  # (B, P)
             latent = self.posterior.relaxed(params, self.prior, tau, n_samples, context=context,
                                             straight_through=self.posterior.relaxations[name])
             log_px = bernoulli_log_likelihood(self.decoder(latent.z), x)  # (S, B); z is the decoder input
             t = OBJECTIVE_FUNCTIONS[objective](log_px, latent, kl_weight)
             return Terms(t.loss, t.objective.detach(), t.log_px.detach(), t.kl.detach())
-        return self._estimated(x, params, context, tau, n_samples, kl_weight)
+        return self._estimated(x, tau, n_samples, kl_weight)
 
-    def _estimated(self, x: Tensor, params: Tensor, context: Tensor, tau: Tensor, n_samples: int,
-                   kl_weight: float) -> Terms:
+    def discrete_terms(self, x: Tensor, sampled: bool = False, kl_weight: float = 1.0) -> DiscreteTerms:
+        """The discrete ELBO of ``x`` as ``E_q[f] - KL``: ``q`` the discrete posterior, ``f(z) = log p(x|z)``
+        and ``kl`` the registered analytic KL (B,); or, with ``sampled`` (or no registered pair), ``kl`` None
+        and ``f(z) = log p(x|z) - w (log q(z|x) - log p(z))`` (``log Z`` excluded for the RBM prior)."""
+        params, context = self.encode(x)
+        q = self.posterior.discrete_posterior(params, context=context)
+        kl = None if sampled else analytic_kl(self.posterior, params, self.prior)
+        return DiscreteTerms(q, Integrand(self, x, q, kl is None, kl_weight), kl, context)
+
+    def _estimated(self, x: Tensor, tau: Tensor, n_samples: int, kl_weight: float) -> Terms:
         """The estimator's path: ``E_q[log p(x|z)] - KL`` with the registered analytic KL, or ``f`` with a
         Monte Carlo KL inside (``--kl sampled``, an unregistered pair, and ``vimco``'s IW bound)."""
-        q = self.posterior.discrete_posterior(params, context=context)
         sampled = self.posterior.kl == "sampled" or self.estimator.name in MULTI_SAMPLE
-        kl = None if sampled else analytic_kl(self.posterior, params, self.prior)
-        sampled = kl is None
-        seen: list[tuple[Tensor, Tensor, Tensor]] = []  # (hard mask, log p(x|z), log q - log p) per call
-
-        def f(z: Tensor) -> Tensor:
-            log_px = self.log_likelihood(x, z)  # (S, B)
-            if not sampled:
-                seen.append((_hard_rows(z), log_px.detach(), torch.zeros_like(log_px)))
-                return log_px
-            log_ratio = q.log_prob(z) - self.prior.log_prob(z)  # (S, B), log Z excluded
-            seen.append((_hard_rows(z), log_px.detach(), log_ratio.detach()))
-            return log_px - kl_weight * log_ratio
-
+        q, f, kl, context = self.discrete_terms(x, sampled, kl_weight)
         tau = None if self.estimator.learns_temperature else tau  # REBAR and RELAX learn theirs
         out = self.estimator(q, f, n_samples, tau=tau, context=context)
-        mask = torch.cat([m for m, _, _ in seen]).to(params.dtype)  # (sum S, B)
-        count = mask.sum(0).clamp_min(1)
-        log_px = (torch.cat([lp for _, lp, _ in seen]) * mask).sum(0) / count  # over the hard draws f saw
-        if sampled:
-            kl_value = (torch.cat([r for _, _, r in seen]) * mask).sum(0) / count
-            return Terms(-out.surrogate.mean(), out.value, log_px, kl_value, out.aux_loss)
+        log_px, log_ratio = f.hard_means()
+        if kl is None:
+            return Terms(-out.surrogate.mean(), out.value, log_px, log_ratio, out.aux_loss)
         objective = out.value - kl_weight * kl.detach()
         return Terms(-(out.surrogate - kl_weight * kl).mean(), objective, log_px, kl.detach(), out.aux_loss)
 
