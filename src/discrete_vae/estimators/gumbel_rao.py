@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 from torch.distributions.utils import clamp_probs
+from torch.nn.functional import softplus
 
 from ..errors import ConfigError
 from .base import Latents, Pathwise, register
@@ -46,29 +47,54 @@ class GumbelRaoOptions(ConcreteOptions):
             raise ConfigError(f"--mc must be at least 1, got {self.mc}")
 
 
+def pick(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``a`` where ``mask`` is 1, else ``b``: ``torch.where`` for a 0/1 float mask and finite values, written
+    as ``lerp``, which is exact at weights 0 and 1 and, unlike ``where``, vectorised on the CPU."""
+    return torch.lerp(b, a, mask)
+
+
 def conditional_gumbel_scores(log_probs: Tensor, hard: Tensor, k: int) -> Tensor:
-    """``k`` draws of ``log_probs + G`` (G iid Gumbel) given that their argmax is ``hard``:
-    ``log_probs`` (..., C) normalised, ``hard`` (n, ..., C) one-hot -> (k, n, ..., C)."""
-    u = clamp_probs(torch.rand((k, *hard.shape), dtype=log_probs.dtype, device=log_probs.device))
-    log_e = (-u.log()).log()  # log E, E ~ Exp(1): (k, n, ..., C)
-    log_e_top = (log_e * hard).sum(-1, keepdim=True)  # (k, n, ..., 1)
-    below = -torch.logaddexp(log_e_top, log_e - log_probs)  # Gumbel(log_probs) truncated at the maximum
-    return torch.where(hard.bool(), -log_e_top, below)
+    """``k`` draws of ``log_probs + G`` (G iid Gumbel) given that their argmax is ``hard``, classes first:
+    ``log_probs`` (C, ...) normalised over the classes, ``hard`` (C, n, ...) one-hot -> (C, k, n, ...).
+
+    The uniforms are drawn class-last, (k, n, ..., C), and laid out classes first, so that every operation
+    over the classes works on whole slabs (CPU kernels over a short last dimension are slow)."""
+    shape = (k, *hard.shape[1:], hard.shape[0])
+    u = torch.rand(shape, dtype=log_probs.dtype, device=log_probs.device).movedim(-1, 0).contiguous()
+    log_e = (-clamp_probs(u).log()).log()  # log E, E ~ Exp(1): (C, k, n, ...)
+    hard = hard.unsqueeze(1)  # (C, 1, n, ...)
+    log_e_top = (log_e * hard).sum(0)  # (k, n, ...)
+    below = -torch.logaddexp(log_e_top, log_e - log_probs[:, None, None])  # Gumbel truncated at the maximum
+    return pick(hard, -log_e_top, below)
+
+
+def conditional_logistic_scores(logits: Tensor, hard: Tensor, k: int) -> Tensor:
+    """Binary latents, the classes ``(0, l)``: ``k`` draws of the score difference ``(theta_1 + G_1) -
+    (theta_0 + G_0) = l + L`` (``L`` logistic) given the drawn bit: ``logits`` (...), ``hard`` (n, ...) in
+    {0, 1} -> (k, n, ...). The draws and equations of :func:`conditional_gumbel_scores` at ``C = 2``, per
+    variable: the drawn class scores ``-log E_D``, the other ``-log(E_D + E_o / pi_o)``."""
+    u = clamp_probs(torch.rand((k, *hard.shape, 2), dtype=logits.dtype, device=logits.device))
+    log_e0, log_e1 = ((-t.log()).log() for t in u.unbind(-1))  # log E per class: (k, n, ...) each
+    log_p_other = pick(hard, -softplus(logits), -softplus(-logits))  # log pi of the class not drawn: (n, ...)
+    log_e_top = pick(hard, log_e1, log_e0)  # (k, n, ...)
+    gap = torch.logaddexp(log_e_top, pick(hard, log_e0, log_e1) - log_p_other) - log_e_top  # top - other
+    return (2 * hard - 1) * gap  # (k, n, ...)
 
 
 def gumbel_rao(latents: Latents, hard: Tensor, tau: Tensor, k: int) -> Tensor:
     """``hard`` (n, B, ...) forward, the average of ``k`` conditional Concrete Jacobians backward."""
-    logits = latents.logits
-    if latents.kind == "binary":  # two classes, (0, l): (B, ..., 2)
-        logits = torch.stack([torch.zeros_like(logits), logits], -1)
-        hard = torch.stack([1 - hard, hard], -1)
-    log_probs = logits.log_softmax(-1)  # (B, ..., C)
+    logits = latents.logits  # (B, ...) binary, (B, ..., C) categorical
+    if latents.kind == "binary":  # softmax(((0, l) + G) / tau)_1 = sigmoid((l + G_1 - G_0) / tau)
+        with torch.no_grad():
+            noise = conditional_logistic_scores(logits, hard, k) - logits  # (k, n, B, ...)
+        soft = torch.sigmoid((logits + noise) / tau).mean(0)  # (n, B, ...); tau () or (B, ...)
+        return hard + (soft - soft.detach())
+    log_probs = logits.movedim(-1, 0).log_softmax(0)  # classes first: (C, B, ...)
     with torch.no_grad():
-        noise = conditional_gumbel_scores(log_probs, hard, k) - log_probs  # (k, n, B, ..., C)
-    tau = tau if tau.dim() == 0 else tau.unsqueeze(-1)  # () or (B, ..., 1)
-    soft = ((log_probs + noise) / tau).softmax(-1).mean(0)  # (n, B, ..., C)
-    z = hard + (soft - soft.detach())
-    return z[..., 1] if latents.kind == "binary" else z
+        noise = conditional_gumbel_scores(log_probs, hard.movedim(-1, 0), k) - log_probs[:, None, None]
+    scores = (log_probs[:, None, None] + noise) / tau  # (C, k, n, B, ...); tau () or (B, ...)
+    soft = scores.softmax(0).mean(1).movedim(0, -1)  # (n, B, ..., C)
+    return hard + (soft - soft.detach())
 
 
 @register
