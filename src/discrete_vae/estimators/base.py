@@ -105,6 +105,19 @@ class Latents:
         return t.sum(tuple(range(t.dim() - self.event_dims, t.dim()))) if self.event_dims else t
 
 
+def class_softmax(logits: Tensor) -> Tensor:
+    """``logits.softmax(-1)`` computed over the classes laid out first: the same values up to rounding, and
+    on the CPU several times faster for few classes (torch's kernel over a short last dimension goes row by
+    row, the one over a leading dimension works on whole slabs). For Jacobians: draws keep
+    :meth:`Latents.probs`, so that they stay bitwise what they were."""
+    return logits.movedim(-1, 0).softmax(0).movedim(0, -1)
+
+
+def class_log_softmax(logits: Tensor) -> Tensor:
+    """``logits.log_softmax(-1)``, computed as :func:`class_softmax` is."""
+    return logits.movedim(-1, 0).log_softmax(0).movedim(0, -1)
+
+
 def call_f(f: Objective, z: Tensor) -> Tensor:
     """``f(z)``, checked to be (S, B)."""
     out = f(z)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Latents, Pathwise, register
+from .base import Latents, Pathwise, class_softmax, register
 
 
 @dataclass(frozen=True)
@@ -43,24 +43,43 @@ class ReinMaxOptions:
                               f"got {self.temperature}")
 
 
-def softmax_jacobian_surrogate(p: Tensor, delta: Tensor) -> Tensor:
-    """``J(p) delta`` with ``J(p) = diag(p) - p p^T`` (last dimension): zero in value for ``delta =
-    theta - sg(theta)``, with Jacobian ``J(p)`` (a constant ``p``) with respect to ``theta``."""
-    return p * delta - p * (p * delta).sum(-1, keepdim=True)
+def softmax_jacobian_product(p: Tensor, v: Tensor) -> Tensor:
+    """``J(p) v`` with ``J(p) = diag(p) - p p^T`` (last dimension; ``J`` is symmetric)."""
+    pv = p * v
+    return pv - p * pv.sum(-1, keepdim=True)
+
+
+class _ReinMaxJacobian(torch.autograd.Function):
+    """Forward: ``hard`` (n, B, ...) as given. Backward: the incoming gradient times the ReinMax Jacobian,
+    summed over the draws, to the logits (B, ...) only; the Jacobian is computed in the backward pass from
+    the detached logits (a constant, as the straight-through family's), not stored as a graph."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, hard: Tensor, tau: Tensor, binary: bool) -> Tensor:
+        ctx.save_for_backward(logits.detach(), hard, tau.detach())
+        ctx.binary = binary
+        return hard
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        logits, hard, tau = ctx.saved_tensors
+        shape = logits.shape  # the draws' gradients are summed into it
+        if ctx.binary:  # dz/dl = 2 a (1 - a) - p (1 - p) / 2
+            a = 0.5 * (hard + torch.sigmoid(logits / tau))  # (n, B, ...): pi_1 of class 1
+            p = torch.sigmoid(logits)  # (B, ...)
+            out = (grad * (2 * a * (1 - a))).sum_to_size(shape) - 0.5 * p * (1 - p) * grad.sum_to_size(shape)
+            return out, None, None, None
+        tau = tau if tau.dim() == 0 else tau.unsqueeze(-1)  # () or (B, ..., 1)
+        pi_0 = class_softmax(logits)  # (B, ..., K)
+        pi_1 = 0.5 * (hard + class_softmax(logits / tau))  # (n, B, ..., K)
+        out = (2 * softmax_jacobian_product(pi_1, grad).sum_to_size(shape)
+               - 0.5 * softmax_jacobian_product(pi_0, grad.sum_to_size(shape)))
+        return out, None, None, None
 
 
 def reinmax(latents: Latents, hard: Tensor, tau: Tensor) -> Tensor:
     """``hard`` (n, B, ...) forward, the ReinMax Jacobian backward (pathwise in the logits only)."""
-    logits, tau = latents.logits.detach(), tau.detach()  # (B, ...) binary, (B, ..., K) categorical
-    delta = latents.logits - logits  # zero, gradient the identity
-    if latents.kind == "binary":
-        a = 0.5 * (hard + torch.sigmoid(logits / tau))  # (n, B, ...): pi_1 of class 1
-        p = torch.sigmoid(logits)  # (B, ...)
-        return hard + (2 * a * (1 - a) - 0.5 * p * (1 - p)) * delta
-    pi_0 = logits.softmax(-1)  # (B, ..., K)
-    tau = tau if tau.dim() == 0 else tau.unsqueeze(-1)  # () or (B, ..., 1)
-    pi_1 = 0.5 * (hard + (logits / tau).softmax(-1))  # (n, B, ..., K)
-    return hard + 2 * softmax_jacobian_surrogate(pi_1, delta) - 0.5 * softmax_jacobian_surrogate(pi_0, delta)
+    return _ReinMaxJacobian.apply(latents.logits, hard, tau, latents.kind == "binary")
 
 
 @register

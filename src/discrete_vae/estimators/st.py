@@ -16,14 +16,16 @@ No temperature: a schedule's ``tau`` is ignored.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from .base import Latents, Pathwise, register
+from .base import Latents, Pathwise, class_softmax, register
 
 
 def straight_through_probs(latents: Latents, hard: Tensor) -> Tensor:
     """``hard`` (n, B, ...) forward, the gradient of ``q``'s probabilities backward."""
-    probs = latents.probs()  # (B, ...)
+    logits = latents.logits
+    probs = torch.sigmoid(logits) if latents.kind == "binary" else class_softmax(logits)  # (B, ...)
     return hard + (probs - probs.detach())
 
 

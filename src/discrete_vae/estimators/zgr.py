@@ -21,19 +21,22 @@ variable.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from torch.nn.functional import softplus
 
-from .base import Latents, Pathwise, register
+from .base import Latents, Pathwise, class_log_softmax, class_softmax, register
 
 
 def zgr(latents: Latents, hard: Tensor) -> Tensor:
     """``hard`` (n, B, ...) forward, half straight-through plus half DARN backward."""
-    logits, probs = latents.logits, latents.probs()  # (B, ...) binary, (B, ..., K) categorical
+    logits = latents.logits  # (B, ...) binary, (B, ..., K) categorical
     if latents.kind == "binary":
+        probs = torch.sigmoid(logits)
         log_q = hard * logits - softplus(logits)  # log q(b) per variable: (n, B, ...)
     else:
-        log_q = (hard * logits.log_softmax(-1)).sum(-1, keepdim=True)  # log pi_D: (n, B, ..., 1)
+        probs = class_softmax(logits)
+        log_q = (hard * class_log_softmax(logits)).sum(-1, keepdim=True)  # log pi_D: (n, B, ..., 1)
     st = probs - probs.detach()
     darn = (hard - probs).detach() * (log_q - log_q.detach())
     return hard + 0.5 * (st + darn)
