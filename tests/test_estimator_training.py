@@ -162,3 +162,18 @@ def test_default_estimator_is_the_posteriors_own_relaxation():
     with pytest.raises(ConfigError, match="does not apply"):
         DiscreteVAE(16, build_posterior("igr-i", LatentSpec(2, 3)), build_prior("uniform", 2, 3, False),
                     MLPConfig((8,)), MLPConfig((8,)), estimator=build_estimator("disarm"))
+
+
+def test_run_folders_from_before_posteriors_and_estimators_still_load():
+    """Checkpoints named the posterior ``family`` and configs had no posterior or estimator keys."""
+    old_config = {"model": "igr-planar", "latent": "3x4", "hidden": [8], "samples": 1}
+    config = TrainConfig.from_dict(old_config)
+    assert (config.posterior, config.estimator, config.estimator_options) == ("auto", "auto", {})
+    torch.manual_seed(0)
+    model = build_model(config, 16)
+    old_state = {k.replace("posterior.", "family.", 1): v for k, v in model.state_dict().items()}
+    assert any(k.startswith("family.flow.") for k in old_state)
+    fresh = build_model(config, 16)
+    fresh.load_state_dict(old_state)
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
