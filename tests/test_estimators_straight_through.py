@@ -205,3 +205,22 @@ def test_registry_and_options():
     for name in ("st", "zgr"):
         with pytest.raises(ConfigError, match="no option 'temperature'"):
             build_estimator(name, temperature=1.0)
+
+
+@pytest.mark.parametrize("logit", [-2.0, 0.5, 4.0])
+@pytest.mark.parametrize("bit", [0.0, 1.0])
+def test_binary_conditional_draws_have_the_truncated_logistic_law(logit, bit):
+    """Gumbel-Rao's binary draws of ``l + L`` given the bit: a KS test against the logistic truncated to
+    the bit's side (20,000 draws, fixed seed; each test fails falsely at rate 1e-4)."""
+    from scipy.special import expit
+    from scipy.stats import kstest
+
+    from discrete_vae.estimators.gumbel_rao import conditional_logistic_scores
+
+    torch.manual_seed(3)
+    s = conditional_logistic_scores(torch.tensor([logit], dtype=torch.float64),
+                                    torch.tensor([[bit]], dtype=torch.float64), 20_000).flatten().numpy()
+    assert ((s > 0) == bool(bit)).all()
+    mass = expit(logit) if bit else expit(-logit)  # P(bit)
+    low = expit(-logit) if bit else 0.0  # the logistic CDF at the truncation's lower end
+    assert kstest(s, lambda x: (expit(x - logit) - low) / mass).pvalue > 1e-4

@@ -19,7 +19,8 @@ sample of ``q``; the ``K`` relaxed points share one batched softmax.
 Conditional noise (top-down, with :math:`\theta` normalised, :math:`\log\sum_k e^{\theta_k} = 0`, and
 :math:`E_i \sim \mathrm{Exp}(1)`): the maximum :math:`\theta_D + G_D = -\log E_D` and, for :math:`i \ne D`,
 :math:`\theta_i + G_i = -\log(E_D + E_i e^{-\theta_i})`, a Gumbel truncated below the maximum. Binary latents
-are the two-class case :math:`\theta = (0, l)` (relaxed point :math:`\sigma((l + L)/\tau)`, ``L`` logistic).
+are the two-class case :math:`\theta = (0, l)`: relaxed point :math:`\sigma((l + L)/\tau)` with ``L`` logistic
+and ``l + L`` drawn given its sign by the inverse CDF of the truncated logistic (one uniform per draw).
 """
 
 from __future__ import annotations
@@ -69,16 +70,16 @@ def conditional_gumbel_scores(log_probs: Tensor, hard: Tensor, k: int) -> Tensor
 
 
 def conditional_logistic_scores(logits: Tensor, hard: Tensor, k: int) -> Tensor:
-    """Binary latents, the classes ``(0, l)``: ``k`` draws of the score difference ``(theta_1 + G_1) -
-    (theta_0 + G_0) = l + L`` (``L`` logistic) given the drawn bit: ``logits`` (...), ``hard`` (n, ...) in
-    {0, 1} -> (k, n, ...). The draws and equations of :func:`conditional_gumbel_scores` at ``C = 2``, per
-    variable: the drawn class scores ``-log E_D``, the other ``-log(E_D + E_o / pi_o)``."""
-    u = clamp_probs(torch.rand((k, *hard.shape, 2), dtype=logits.dtype, device=logits.device))
-    log_e0, log_e1 = ((-t.log()).log() for t in u.unbind(-1))  # log E per class: (k, n, ...) each
-    log_p_other = pick(hard, -softplus(logits), -softplus(-logits))  # log pi of the class not drawn: (n, ...)
-    log_e_top = pick(hard, log_e1, log_e0)  # (k, n, ...)
-    gap = torch.logaddexp(log_e_top, pick(hard, log_e0, log_e1) - log_p_other) - log_e_top  # top - other
-    return (2 * hard - 1) * gap  # (k, n, ...)
+    """Binary latents, the classes ``(0, l)``: ``k`` draws of the score difference ``s = l + L`` (``L``
+    logistic, ``s = G_1 - G_0 + l``) given the drawn bit ``b = 1[s > 0]``: ``logits`` (...), ``hard`` (n, ...)
+    in {0, 1} -> (k, n, ...). One uniform per draw, by the inverse CDF of the truncated logistic: with
+    ``m = (2b - 1) l``, ``(2b - 1) s = m + logit(sigma(-m) + u sigma(m))``, in log space."""
+    u = clamp_probs(torch.rand((k, *hard.shape), dtype=logits.dtype, device=logits.device))
+    sign = 2 * hard - 1  # (n, ...)
+    m = sign * logits  # the drawn class's logit against the other's
+    log_p_top, log_p_other = -softplus(-m), -softplus(m)  # log sigma(m), log sigma(-m)
+    log_cdf = torch.logaddexp(log_p_other, u.log() + log_p_top)  # log(sigma(-m) + u sigma(m))
+    return sign * (m + log_cdf - log_p_top - torch.log1p(-u))  # log(1 - cdf) = log sigma(m) + log(1 - u)
 
 
 def gumbel_rao(latents: Latents, hard: Tensor, tau: Tensor, k: int) -> Tensor:
