@@ -315,8 +315,9 @@ def test_bad_dvae_options_exit_2_with_one_line(argv, tmp_path, capsys):
 def test_struct_fills_what_flags_leave_unset():
     from discrete_vae.config import with_struct
 
-    values = with_struct({"struct": "2-layer-nonlin", "lr": 1e-3, "epochs": 3})
+    values = with_struct({"model": "dvaes-power", "struct": "2-layer-nonlin", "lr": 1e-3, "epochs": 3})
     config = TrainConfig.from_dict(values)
-    assert (config.latent, config.levels, config.hidden, config.batch_norm) == ("400x2", 2, (200, 200), True)
+    assert (config.latent, config.posterior_options, config.hidden, config.batch_norm) == (
+        "400x2", {"levels": 2}, (200, 200), True)
     assert (config.lr, config.epochs, config.steps, config.lr_schedule) == (1e-3, 3, None, "piecewise")
     assert config.center_input and config.kl_warmup == 0.3 and config.l2 == 1e-4

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NonFiniteLossError, UserError
-from .flags import ESTIMATOR_OPTION, add_k_flags, add_train_flags, value_text
+from .flags import add_k_flags, add_train_flags, method_flags, value_text
 from .options import field_type
 from .progress import Stopped
 from .runs import dumps, note
@@ -198,9 +198,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     from .train import train
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    own = {k[len(ESTIMATOR_OPTION):]: v for k, v in vars(args).items() if k.startswith(ESTIMATOR_OPTION)}
-    if own:
-        given["estimator_options"] = own
+    given.update(method_flags(args))  # the posterior's and estimator's options, routed by from_dict
     if args.resume:
         if args.config or args.preset:
             raise UserError("--resume takes its options from the run folder, not --config/--preset")
@@ -219,8 +217,6 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         values.update(PRESETS.get(args.preset))
     if args.config:
         values.update(load_config_file(args.config))
-    if own:  # flags add to (and override) the file's estimator options
-        given["estimator_options"] = {**(values.get("estimator_options") or {}), **own}
     values.update(given)
     return train(TrainConfig.from_dict(with_struct(values)), progress=args.progress)
 
@@ -235,7 +231,10 @@ def _gradients(args: argparse.Namespace) -> dict[str, Any]:
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if hasattr(args, f.name) and f.name not in GRADIENTS_SKIP}
-    own = {k[len(ESTIMATOR_OPTION):]: v for k, v in vars(args).items() if k.startswith(ESTIMATOR_OPTION)}
+    own = method_flags(args)
+    if args.run_dir is None:  # a fresh model takes them all; the estimators measured, their own
+        given.update(own)
+    own = {k: v for k, v in own.items() if k in estimator_option_names()}
     config = None
     if args.run_dir is not None:
         other = sorted(set(given) - set(GRADIENTS_RUN_FLAGS))
@@ -255,6 +254,12 @@ def _gradients(args: argparse.Namespace) -> dict[str, Any]:
         device=given.get("device", device), data_dir=given.get("data_dir"), split=args.split,
         batch=args.batch, batch_seed=args.batch_seed, estimators=names, draws=args.draws, tau=args.tau,
         reference_samples=args.reference_samples, options=own, out=args.out)
+
+
+def estimator_option_names() -> set[str]:
+    from .estimators import ESTIMATORS
+
+    return {f.name for name in ESTIMATORS.names() for f in fields(ESTIMATORS.get(name).Options)}
 
 
 def _eval(args: argparse.Namespace) -> dict[str, Any]:
@@ -354,16 +359,18 @@ LISTS = ("models", "posteriors", "estimators", "priors", "datasets", "presets", 
 
 
 def _described(what: str, registry: Any) -> dict[str, dict[str, Any]]:
-    """What each method sets, or what each estimator supports and its options."""
+    """What each method sets; each posterior's family and options; what each estimator supports and its
+    options."""
     if what == "models":
         return {name: {"posterior": m.posterior, "estimator": m.estimator, **m.defaults}
                 for name in registry.names() for m in [registry.get(name)]}
     described = {}
     for name in registry.names():
-        cls = registry.get(name)
-        described[name] = {"supports": list(cls.supports), "unbiased": cls.unbiased,
-                           **{f.name: list(f.default) if isinstance(f.default, tuple) else f.default
-                              for f in fields(cls.Options)}}
+        entry = registry.get(name)
+        lead = ({"family": entry.family} if what == "posteriors" else
+                {"supports": list(entry.supports), "unbiased": entry.unbiased})
+        described[name] = {**lead, **{f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                                      for f in fields(entry.Options)}}
     return described
 
 
@@ -372,7 +379,7 @@ def _list(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.what in ("presets", "structs"):  # what each sets
         listed: Any = {name: {k: list(v) if isinstance(v, tuple) else v for k, v in registries[args.what].get(
             name).items()} for name in registries[args.what].names()}
-    elif args.what in ("models", "estimators"):
+    elif args.what in ("models", "posteriors", "estimators"):
         listed = _described(args.what, registries[args.what])
     elif args.what:
         listed = registries[args.what].names()
@@ -390,6 +397,8 @@ def _list(args: argparse.Namespace) -> dict[str, Any] | None:
             if args.what == "estimators":  # what it supports, then its options (as flags)
                 lead = (f"{', '.join(settings.pop('supports'))}; "
                         f"{'unbiased' if settings.pop('unbiased') else 'biased'}; ")
+            elif args.what == "posteriors":
+                lead = f"{settings.pop('family')}; "
             text = " ".join(f"--{k.replace('_', '-')} {value_text(v)}" for k, v in settings.items())
             print(f"{name:<{width}}  {lead}{text}".rstrip("; "))
     else:

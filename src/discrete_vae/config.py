@@ -16,10 +16,11 @@ import tomllib
 import yaml
 
 from .errors import ConfigError
-from .estimators import estimator_options
+from .estimators import ESTIMATORS, estimator_options
 from .methods import METHODS
 from .options import check_finite, coerce_options, coerce_widths
 from .posteriors import POSTERIORS, LatentSpec
+from .posteriors.base import posterior_options
 from .priors import PRIORS
 from .registry import Registry
 
@@ -45,6 +46,7 @@ class TrainConfig:
     estimator: str = _f("auto", "how the gradient of E_q[...] is estimated (gs, st-gs, reinforce, rloo, "
                         "vimco, disarm, rebar, relax, reinmax, gumbel-rao, ...); auto = the method's")
     estimator_options: dict = _f(None, "the estimator's own options (a mapping; flags per option)")
+    posterior_options: dict = _f(None, "the posterior's own options (a mapping; flags per option)")
     latent: str = _f("20x10", "N x K: N latent variables of K classes (200x2 means binary)")
     binary: bool = _f(False, "Bernoulli latents (K = 2) relaxed by the binary Concrete")
     prior: str = _f("auto", "prior over the latents: uniform, learnable or rbm; auto = the model's own")
@@ -77,25 +79,13 @@ class TrainConfig:
         "KL term: analytic (closed form), relaxed (Monte Carlo over the relaxed sample) or sampled (Monte "
         "Carlo over hard samples, inside f); auto = the method's own",
     )
-    prior_temperature: float | None = _f(
-        None, "temperature of the relaxed prior for --kl relaxed (default: the posterior's)"
-    )
     continuous: int = _f(0, "Gaussian latents beside the discrete ones (a mixed model); 0 = none")
-    delta: float = _f(1.0, "IGR-I/Planar: weight of softmax++'s extra class")
-    prior_scale: float = _f(1.0, "IGR: std of the Gaussian pre-image prior (implies a uniform prior)")
-    sb_threshold: float = _f(0.99, "igr-sb: stick mass the classes kept must reach")
-    sb_percentile: float = _f(70.0, "igr-sb: percentile over the batch of the classes needed")
-    flow_layers: int = _f(2, "igr-planar: planar-flow layers per latent variable")
-    mc_samples: int = _f(1000, "igr-planar: draws estimating the implied discrete posterior")
     k: int = _f(1, "relaxed samples per example in the training objective (--samples is a deprecated "
                 "alias)")
     struct: str | None = _f(None, "DVAE structure (1-layer-lin, 1-layer-nonlin, 2-layer-nonlin, "
                             "4-layer-nonlin): the original's architecture and training setup")
-    levels: int = _f(1, "groups of binary latents in a hierarchical posterior q(z_1|x) q(z_2|x, z_1) ...")
     batch_norm: bool = _f(False, "batch norm before each hidden activation")
     center_input: bool = _f(False, "feed the encoder x minus the training data's mean")
-    beta: float | None = _f(None, "DVAE smoothing sharpness beta (default: the original's per model, "
-                            "dataset and structure; other datasets take binarized MNIST's)")
     sampler: str = _f("pcd", "RBM prior's training sampler: pcd (persistent chains) or pa (population "
                       "annealing)")
     chains: int = _f(1000, "RBM sampler: chains (samples) per step")
@@ -127,9 +117,6 @@ class TrainConfig:
             "log_every",
             "k",
             "val_samples",
-            "flow_layers",
-            "mc_samples",
-            "levels",
             "chains",
             "sweeps",
             "log_z_samples",
@@ -153,12 +140,8 @@ class TrainConfig:
             raise ConfigError(f"--sampler must be one of {', '.join(SAMPLER_NAMES)}, got {self.sampler!r}")
         if self.log_z_betas < 2:
             raise ConfigError("--log-z-betas must be at least 2")
-        if self.beta is not None and not self.beta > 0:
-            raise ConfigError("--beta must be positive")
         if self.struct is not None:
             STRUCTS.get(self.struct)
-        if self.prior_temperature is not None and not self.prior_temperature > 0:
-            raise ConfigError("--prior-temperature must be positive")
         if self.prior != "auto":
             PRIORS.get(self.prior)
         if self.lr_schedule not in LR_SCHEDULES:
@@ -171,18 +154,11 @@ class TrainConfig:
             raise ConfigError(f"--activation must be relu or tanh, got {self.activation!r}")
 
     def check_method(self) -> None:
-        method = METHODS.get(self.model)
-        if self.posterior != "auto":
-            POSTERIORS.get(self.posterior)
         self.estimator_options = dict(self.estimator_options or {})
-        if self.estimator != "auto" or self.estimator_options:
-            estimator_options(self.estimator_name(method), self.estimator_options)
-
-    def estimator_name(self, method: Any = None) -> str:
-        """The estimator in force: ``--estimator``, else the method's (for its own posterior)."""
-        if self.estimator != "auto":
-            return self.estimator
-        return (method or METHODS.get(self.model)).estimator
+        self.posterior_options = dict(self.posterior_options or {})
+        posterior, estimator = method_names(self.model, self.posterior, self.estimator)
+        posterior_options(posterior, self.posterior_options)
+        estimator_options(estimator, self.estimator_options)
 
     def latent_spec(self) -> LatentSpec:
         return LatentSpec.parse(self.latent, self.binary)
@@ -191,6 +167,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         d["estimator_options"] = dict(self.estimator_options)
+        d["posterior_options"] = dict(self.posterior_options)
         return d
 
     @classmethod
@@ -199,14 +176,59 @@ class TrainConfig:
 
         ``samples``, the old name of ``k``, is read as ``k`` (run folders written before the rename).
         """
-        values = dict(values)
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
         if "samples" in values and "k" not in values:
             values["k"] = values.pop("samples")
-        options = values.pop("estimator_options", None)
-        if options is not None and not isinstance(options, dict):
-            raise ConfigError(f"estimator_options must be a mapping of option names to values, "
-                              f"got {options!r}")
-        return cls(**coerce_options(cls, values), estimator_options=options)
+        nested = {}
+        for kind in ("estimator", "posterior"):
+            given = values.pop(f"{kind}_options", None) or {}
+            if not isinstance(given, dict):
+                raise ConfigError(f"{kind}_options must be a mapping of option names to values, "
+                                  f"got {given!r}")
+            nested[kind] = dict(given)
+        return cls(**coerce_options(cls, _route(values, nested)), estimator_options=nested["estimator"],
+                   posterior_options=nested["posterior"])
+
+
+# options that were TrainConfig fields before posteriors had options of their own, with their defaults then:
+# every config.yaml of that time holds them all; a default for another posterior is dropped on reading
+LEGACY_POSTERIOR_DEFAULTS = {"delta": 1.0, "prior_scale": 1.0, "sb_threshold": 0.99, "sb_percentile": 70.0,
+                             "flow_layers": 2, "mc_samples": 1000, "levels": 1, "beta": None,
+                             "prior_temperature": None}
+
+
+def method_names(model: str, posterior: str = "auto", estimator: str = "auto") -> tuple[str, str]:
+    """``(posterior, estimator)`` in force: the flags' own, else the method's; a posterior other than the
+    method's takes its own relaxation (``gs`` for categorical, ``relaxed`` for the others)."""
+    method = METHODS.get(model)
+    if posterior == "auto":
+        posterior = method.posterior
+    if estimator == "auto":
+        estimator = method.estimator if posterior == method.posterior else (
+            "gs" if posterior == "categorical" else "relaxed")
+    return posterior, estimator
+
+
+def _route(values: dict[str, Any], nested: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Move the option names of the chosen posterior and estimator out of ``values`` (flat, as flags and
+    config files give them) into ``nested``; what is left are :class:`TrainConfig` fields."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = method_names(values.get("model") or "gs", values.get("posterior") or "auto",
+                         values.get("estimator") or "auto")
+    owners = {"posterior": POSTERIORS.get(names[0]).Options, "estimator": ESTIMATORS.get(names[1]).Options}
+    own = {kind: {f.name for f in dataclasses.fields(cls)} for kind, cls in owners.items()}
+    left = {}
+    for key, value in values.items():
+        owner = next((kind for kind in own if key in own[kind]), None)
+        if owner is not None and key not in fields:  # a flag's value over a file's mapping
+            nested[owner][key] = value
+        elif key in LEGACY_POSTERIOR_DEFAULTS and value == LEGACY_POSTERIOR_DEFAULTS[key]:
+            continue  # an old config.yaml's default for another posterior
+        elif key in LEGACY_POSTERIOR_DEFAULTS:
+            raise ConfigError(f"--{key.replace('_', '-')} is not an option of posterior {names[0]}")
+        else:
+            left[key] = value
+    return left
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

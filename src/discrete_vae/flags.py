@@ -47,7 +47,7 @@ def add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
 
     groups = {name: parser.add_argument_group(title) for name, title in OPTION_GROUPS}
     for f in fields(TrainConfig):
-        if f.name == "estimator_options" or f.name in skip:  # estimator options: one flag each, below
+        if f.name in ("estimator_options", "posterior_options") or f.name in skip:  # one flag each, below
             continue
         tp = field_type(f.type)[0]
         flag = "--" + f.name.replace("_", "-")
@@ -72,55 +72,78 @@ def add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
             )
         else:
             group.add_argument(flag, dest=f.name, type=tp, default=argparse.SUPPRESS, help=help_text)
-    add_estimator_flags(parser)
+    add_method_flags(parser, skip)
 
 
-ESTIMATOR_OPTION = "estimator_option."  # argparse dest prefix of the estimators' own options
+METHOD_OPTION = "option."  # argparse dest prefix of the posteriors' and estimators' own options
 
 
-def add_estimator_flags(parser: argparse.ArgumentParser) -> None:
-    """One group per estimator with options of its own (its typed ``Options``; the temperature of relaxed
-    estimators is the schedule's ``--temperature``). An option two estimators share is one flag."""
+def _method_groups() -> list[tuple[str, str, type, list[str]]]:
+    """``(option, group title, Options class, owners)`` for every option of a registered posterior or
+    estimator (the temperature of relaxed estimators is the schedule's ``--temperature``), grouped by the
+    posterior's family or the estimator's name."""
     from .estimators import ESTIMATORS
+    from .posteriors import POSTERIORS
 
-    seen: dict[str, list[str]] = {}
-    for name in ESTIMATORS.names():
-        for f in fields(ESTIMATORS.get(name).Options):
-            if f.name != "temperature":
-                seen.setdefault(f.name, []).append(name)
+    found: dict[str, tuple[str, type, list[str]]] = {}
+    for kind, registry in (("posterior", POSTERIORS), ("estimator", ESTIMATORS)):
+        for name in registry.names():
+            entry = registry.get(name)
+            for f in fields(entry.Options):
+                if f.name == "temperature":
+                    continue
+                title = f"posterior: {entry.family}" if kind == "posterior" else f"estimator {name}"
+                found.setdefault(f.name, (title, entry.Options, []))[2].append(name)
+    return [(option, title, cls, owners) for option, (title, cls, owners) in found.items()]
+
+
+def add_method_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per option of the posteriors and estimators, in a group per posterior family or estimator;
+    an option several share is one flag. Their values reach :meth:`TrainConfig.from_dict` by name, which
+    hands each to the posterior or estimator in force."""
+    from .estimators import ESTIMATORS
+    from .posteriors import POSTERIORS
+
     groups: dict[str, Any] = {}
-    for option, owners in seen.items():
-        found = [next(f for f in fields(ESTIMATORS.get(o).Options) if f.name == option) for o in owners]
+    for option, title, _, owners in _method_groups():
+        if option in skip:
+            continue
+        registry = POSTERIORS if title.startswith("posterior") else ESTIMATORS
+        found = [next(f for f in fields(registry.get(o).Options) if f.name == option) for o in owners]
         f = found[0]
-        group = groups.setdefault(owners[0], parser.add_argument_group(f"estimator {owners[0]}"))
+        group = groups.setdefault(title, parser.add_argument_group(title))
         shown = [value_text(list(g.default) if isinstance(g.default, tuple) else g.default) for g in found]
         if len(set(shown)) > 1:
             default = "default: " + "; ".join(f"{v} for {o}" for v, o in zip(shown, owners, strict=True))
         else:
-            default = f"default: {shown[0]}" + (f"; also {', '.join(owners[1:])}" if owners[1:] else "")
+            default = f"default: {shown[0]}"
         tp = field_type(f.type)[0]
         kind: dict[str, Any] = {"type": tp, "metavar": option.upper()}
         if tp is bool:
             kind = {"action": argparse.BooleanOptionalAction}
         elif typing.get_origin(tp) is tuple:
             kind = {"type": hidden_widths, "metavar": "W1,W2"}
-        group.add_argument("--" + option.replace("_", "-"), dest=ESTIMATOR_OPTION + option,
+        group.add_argument("--" + option.replace("_", "-"), dest=METHOD_OPTION + option,
                            default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} ({default})",
                            **kind)
 
 
+def method_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The posterior and estimator options given on the command line, by name."""
+    return {k[len(METHOD_OPTION):]: v for k, v in vars(args).items() if k.startswith(METHOD_OPTION)}
+
+
 # `dvae train --help` groups the options by what they belong to
-OPTION_GROUPS = (("model", "method, latents and objective"), ("igr", "IGR posteriors"),
-                 ("dvae", "DVAE posteriors (smoothed binaries)"), ("nets", "encoder and decoder"),
+OPTION_GROUPS = (("model", "method, latents and objective"), ("dvae", "DVAE structures"),
+                 ("nets", "encoder and decoder"),
                  ("prior", "prior (and the RBM's sampler)"), ("optim", "optimisation"),
                  ("temperature", "temperature"), ("data", "data"),
                  ("run", "run folder, device and reporting"))
 GROUPED = {
     "model": ("model", "posterior", "estimator", "latent", "binary", "kl", "continuous", "k", "objective"),
-    "igr": ("delta", "prior_scale", "sb_threshold", "sb_percentile", "flow_layers", "mc_samples"),
-    "dvae": ("struct", "levels", "beta", "center_input"),
+    "dvae": ("struct", "center_input"),
     "nets": ("hidden", "activation", "batch_norm"),
-    "prior": ("prior", "prior_temperature", "sampler", "chains", "sweeps", "log_z_betas", "log_z_samples"),
+    "prior": ("prior", "sampler", "chains", "sweeps", "log_z_betas", "log_z_samples"),
     "optim": ("steps", "epochs", "batch_size", "lr", "lr_schedule", "lr_final", "weight_decay", "l2",
               "adam_eps", "kl_warmup", "seed"),
     "temperature": ("temperature", "min_temperature", "anneal_rate", "anneal_every", "learn_temperature"),

@@ -126,3 +126,18 @@ def check_finite(obj: Any) -> None:
         value = getattr(obj, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+
+
+def method_options(kind: str, name: str, cls: type, values: dict[str, Any]) -> Any:
+    """The typed options (dataclass ``cls``) of method ``name`` (a ``kind``: estimator, posterior) from
+    ``values`` (names with ``-`` or ``_``), checked like flags; an unknown key is one error naming the
+    method's options."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        known = ", ".join(sorted(fields)) or "none"
+        raise ConfigError(f"{kind} {name} has no option {unknown[0]!r} (its options: {known})")
+    options = cls(**coerce_options(cls, values))
+    check_finite(options)
+    return options

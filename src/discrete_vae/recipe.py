@@ -5,19 +5,20 @@ schedules of its step (temperature, learning rate, KL weight); and a run folder'
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load_checkpoint, run_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, method_names
 from .errors import ConfigError
 from .estimators import ESTIMATORS, estimator_options
 from .methods import METHODS
 from .models import DiscreteVAE, MLPConfig
 from .models.vae import MULTI_SAMPLE
-from .posteriors import build_posterior
+from .posteriors import POSTERIORS, build_posterior
 from .posteriors.mixed import GaussianPrior, Mixed, ProductPrior
 from .priors import build_prior
 from .schedules import Schedule, constant, exponential_decay
@@ -29,36 +30,21 @@ def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
     spec = config.latent_spec()
     method = METHODS.get(config.model)
     method.check(config.model, config)
-    posterior_name = method.posterior if config.posterior == "auto" else config.posterior
+    posterior_name, estimator_name = method_names(config.model, config.posterior, config.estimator)
     encoder = MLPConfig(tuple(config.hidden), config.activation, config.batch_norm)
     defaults = method.defaults if posterior_name == method.posterior else {}
+    own = {f.name for f in dataclasses.fields(POSTERIORS.get(posterior_name).Options)}
+    options = {**{k: v for k, v in defaults.items() if k in own}, **config.posterior_options}
     posterior = build_posterior(
         posterior_name,
         spec,
+        **options,
         kl=defaults.get("kl", "auto") if config.kl == "auto" else config.kl,
-        beta=config.beta,
         dataset=config.dataset,
         struct=config.struct,
-        levels=config.levels,
         context_dim=data_dim,
         level_mlp=encoder,
-        prior_temperature=(defaults.get("prior_temperature") if config.prior_temperature is None
-                           else config.prior_temperature),
-        delta=config.delta,
-        prior_scale=config.prior_scale,
-        sb_threshold=config.sb_threshold,
-        sb_percentile=config.sb_percentile,
-        flow_layers=config.flow_layers,
-        mc_samples=config.mc_samples,
     )
-    if posterior.levels != config.levels:
-        raise ConfigError(f"--levels applies to the DVAE posteriors, not to {posterior_name}")
-    if config.estimator != "auto":
-        estimator_name = config.estimator
-    elif posterior_name == method.posterior:
-        estimator_name = method.estimator
-    else:
-        estimator_name = next(iter(posterior.relaxations))
     estimator = ESTIMATORS.get(estimator_name)(estimator_options(estimator_name, config.estimator_options))
     prior_name = posterior.default_prior if config.prior == "auto" else config.prior
     prior = build_prior(prior_name, spec.n, spec.k, not posterior.one_hot, sampler=config.sampler,

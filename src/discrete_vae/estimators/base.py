@@ -22,7 +22,6 @@ Their options are a typed dataclass (``Options``) registered with the method.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -32,7 +31,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 
 from ..errors import ConfigError
-from ..options import check_finite, coerce_options
+from ..options import method_options
 from ..registry import Registry
 
 Objective = Callable[[Tensor], Tensor]  # z (S, B, ...) -> (S, B)
@@ -190,16 +189,7 @@ def register(cls: type[Estimator]) -> type[Estimator]:
 
 def estimator_options(name: str, values: dict[str, Any]) -> Any:
     """``name``'s typed options from ``values`` (names with ``-`` or ``_``); unknown keys are one error."""
-    cls = ESTIMATORS.get(name)
-    fields = {f.name for f in dataclasses.fields(cls.Options)}
-    values = {k.replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        known = ", ".join(sorted(fields)) or "none"
-        raise ConfigError(f"estimator {name} has no option {unknown[0]!r} (its options: {known})")
-    options = cls.Options(**coerce_options(cls.Options, values))
-    check_finite(options)
-    return options
+    return method_options("estimator", name, ESTIMATORS.get(name).Options, values)
 
 
 def build_estimator(name: str, **options: Any) -> Estimator:

@@ -15,13 +15,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..errors import ConfigError
+from ..options import method_options
 from ..priors import Prior
 from ..registry import Registry
 
@@ -104,9 +107,38 @@ class Posterior(nn.Module):
         return {}
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """This posterior has no options."""
+
+
+@dataclass(frozen=True)
+class PosteriorType:
+    """A registered posterior: ``build(spec, **options, **context)`` and its typed ``Options`` (the flags
+    of its group in ``dvae train --help``, ``family`` names the group); ``context`` is what the model
+    supplies (``kl``, ``dataset``, ``struct``, ``context_dim``, ``level_mlp``)."""
+
+    build: Callable[..., Posterior]
+    Options: type = NoOptions
+    family: str = ""
+
+    def __call__(self, spec: LatentSpec, **kwargs: Any) -> Posterior:
+        return self.build(spec, **kwargs)
+
+
 POSTERIORS: Registry = Registry("posterior")
 
 
-def build_posterior(name: str, spec: LatentSpec, **options) -> Posterior:
-    """The posterior registered as ``name``, for latents ``spec``."""
-    return POSTERIORS.get(name)(spec, **options)
+def posterior_options(name: str, values: dict[str, Any]) -> Any:
+    """``name``'s typed options from ``values``; an unknown key is one error naming its options."""
+    return method_options("posterior", name, POSTERIORS.get(name).Options, values)
+
+
+def build_posterior(name: str, spec: LatentSpec, **kwargs: Any) -> Posterior:
+    """The posterior registered as ``name``, for latents ``spec``; keywords that are its options are
+    checked as such, the others are context."""
+    entry = POSTERIORS.get(name)
+    own = {f.name for f in dataclasses.fields(entry.Options)}
+    options = posterior_options(name, {k: v for k, v in kwargs.items() if k in own})
+    context = {k: v for k, v in kwargs.items() if k not in own}
+    return entry(spec, **dataclasses.asdict(options), **context)

@@ -16,6 +16,8 @@ offers the relaxed KL:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from torch import Tensor
 from torch.distributions import Bernoulli, Independent, OneHotCategorical, kl_divergence
 
@@ -25,7 +27,7 @@ from ..estimators import st_gs
 from ..estimators.base import Latents
 from ..estimators.gs import concrete_log_sample, from_log_sample
 from ..priors import BernoulliPrior, CategoricalPrior, Prior
-from .base import POSTERIORS, LatentSample, LatentSpec, Posterior
+from .base import POSTERIORS, LatentSample, LatentSpec, Posterior, PosteriorType
 from .kl import analytic_kl, register_kl
 
 KL_KINDS = ("analytic", "relaxed", "sampled")
@@ -135,8 +137,20 @@ def kl_concrete(posterior: _Concrete, params: Tensor, prior: Prior) -> Tensor:
     return kl
 
 
-@POSTERIORS.register("categorical")
+@dataclass(frozen=True)
+class CategoricalOptions:
+    prior_temperature: float | None = field(default=None, metadata={
+        "help": "temperature of the relaxed prior for --kl relaxed (default: the posterior's)"})
+
+    def __post_init__(self) -> None:
+        if self.prior_temperature is not None and not self.prior_temperature > 0:
+            raise ConfigError(f"--prior-temperature must be positive, got {self.prior_temperature}")
+
+
 def _categorical(spec: LatentSpec, **options) -> Posterior:
     """Factorial categorical latents (Bernoulli ones when ``spec`` is binary)."""
     cls = ConcreteBinary if spec.binary else ConcreteCategorical
     return cls(spec, **options)
+
+
+POSTERIORS.register("categorical")(PosteriorType(_categorical, CategoricalOptions, "categorical"))

@@ -31,6 +31,8 @@ infinite; the original code adds 1e-7 inside its logarithms for the same reason)
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -41,7 +43,7 @@ from ..errors import ConfigError
 from ..models.mlp import MLPConfig, build_mlp
 from ..priors import Prior
 from ..priors.rbm import RBMPrior
-from .base import POSTERIORS, LatentSample, LatentSpec, Posterior
+from .base import POSTERIORS, LatentSample, LatentSpec, Posterior, PosteriorType
 from .kl import register_kl
 
 # --model name -> (the original code's --baseline name, its prior term)
@@ -264,8 +266,24 @@ def _kl_rbm(posterior: SmoothedBoltzmann, params: Tensor, prior: RBMPrior) -> Te
     return prior.cross_entropy(torch.sigmoid(params)) - bernoulli_entropy(params).sum(-1)
 
 
+@dataclass(frozen=True)
+class SmoothedOptions:
+    beta: float | None = field(default=None, metadata={"help": "smoothing sharpness beta (default: the "
+                               "original's per model, dataset and structure; other datasets take binarized "
+                               "MNIST's)"})
+    levels: int = field(default=1, metadata={"help": "groups of binary latents in a hierarchical posterior "
+                                             "q(z_1|x) q(z_2|x, z_1) ..."})
+
+    def __post_init__(self) -> None:
+        if self.beta is not None and not self.beta > 0:
+            raise ConfigError(f"--beta must be positive, got {self.beta}")
+        if self.levels < 1:
+            raise ConfigError(f"--levels must be at least 1, got {self.levels}")
+
+
 def _register(model: str) -> None:
-    POSTERIORS.register(model)(lambda spec, **options: SmoothedBoltzmann(spec, model, **options))
+    build = lambda spec, **options: SmoothedBoltzmann(spec, model, **options)  # noqa: E731
+    POSTERIORS.register(model)(PosteriorType(build, SmoothedOptions, "DVAE (smoothed binaries)"))
 
 
 for _model in MODELS:

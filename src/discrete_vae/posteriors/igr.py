@@ -19,6 +19,8 @@ proposal so that the bound stays a true lower bound).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor
 from torch.distributions import Independent, Normal, OneHotCategorical
@@ -27,7 +29,7 @@ from ..distributions import ExpIGR, ExpIGRPlanar, ExpIGRSB, PlanarFlow, truncate
 from ..errors import ConfigError
 from ..priors import CategoricalPrior, Prior
 from ..priors.igr import uniform_preimage_prior
-from .base import POSTERIORS, LatentSample, LatentSpec, Posterior
+from .base import POSTERIORS, LatentSample, LatentSpec, Posterior, PosteriorType
 
 KINDS = ("i", "sb", "sb-finite", "planar")
 
@@ -137,13 +139,49 @@ class IGRCategorical(Posterior):
         return {"n_required": self.n_required} if self.kind == "sb" else {}
 
 
-def _igr_family(kind: str):
-    def build(spec: LatentSpec, **options) -> Posterior:
-        return IGRCategorical(spec, kind, **options)
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
 
-    return build
+
+@dataclass(frozen=True)
+class IGROptions:
+    prior_scale: float = field(default=1.0, metadata=_help("std of the Gaussian pre-image prior (it implies "
+                                                           "a uniform prior)"))
+
+
+@dataclass(frozen=True)
+class IGRIOptions(IGROptions):
+    delta: float = field(default=1.0, metadata=_help("weight of softmax++'s extra class (igr-i, igr-planar)"))
+
+
+@dataclass(frozen=True)
+class IGRSBOptions(IGROptions):
+    sb_threshold: float = field(default=0.99, metadata=_help("igr-sb: stick mass the classes kept must "
+                                                             "reach"))
+    sb_percentile: float = field(default=70.0, metadata=_help("igr-sb: percentile over the batch of the "
+                                                              "classes needed"))
+
+
+@dataclass(frozen=True)
+class IGRPlanarOptions(IGRIOptions):
+    flow_layers: int = field(default=2, metadata=_help("igr-planar: planar-flow layers per latent variable"))
+    mc_samples: int = field(default=1000, metadata=_help("igr-planar: draws estimating the implied discrete "
+                                                         "posterior"))
+
+
+def _positive(options: IGRPlanarOptions) -> None:
+    if options.flow_layers < 1 or options.mc_samples < 1:
+        raise ConfigError("--flow-layers and --mc-samples must be at least 1")
+
+
+IGRPlanarOptions.__post_init__ = _positive
+OPTIONS = {"i": IGRIOptions, "sb": IGRSBOptions, "sb-finite": IGROptions, "planar": IGRPlanarOptions}
+
+
+def _igr(kind: str) -> PosteriorType:
+    return PosteriorType(lambda spec, **options: IGRCategorical(spec, kind, **options), OPTIONS[kind], "IGR")
 
 
 for _kind in KINDS:
-    POSTERIORS.register(f"igr-{_kind}")(_igr_family(_kind))
+    POSTERIORS.register(f"igr-{_kind}")(_igr(_kind))
 
