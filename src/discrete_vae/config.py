@@ -226,9 +226,18 @@ def _route(values: dict[str, Any], nested: dict[str, dict[str, Any]]) -> dict[st
             continue  # an old config.yaml's default for another posterior
         elif key in LEGACY_POSTERIOR_DEFAULTS:
             raise ConfigError(f"--{key.replace('_', '-')} is not an option of posterior {names[0]}")
+        elif key not in fields and (owners := _owners(key)):
+            raise ConfigError(f"--{key.replace('_', '-')} is not an option of posterior {names[0]} or "
+                              f"estimator {names[1]} (it belongs to {', '.join(owners)})")
         else:
             left[key] = value
     return left
+
+
+def _owners(option: str) -> list[str]:
+    """The registered posteriors and estimators that have ``option``."""
+    return [name for registry in (POSTERIORS, ESTIMATORS) for name in registry.names()
+            if option in {f.name for f in dataclasses.fields(registry.get(name).Options)}]
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
