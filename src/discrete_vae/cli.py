@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NonFiniteLossError, UserError
-from .flags import add_k_flags, add_train_flags, method_flags, value_text
+from .flags import add_k_flags, add_train_flags, method_flags
+from .listing import LISTS
 from .options import field_type
 from .progress import Stopped
 from .runs import dumps, note
@@ -343,71 +344,10 @@ def _sop(args: argparse.Namespace) -> dict[str, Any]:
                         args.data_dir, args.checkpoint, device)
 
 
-def _registries() -> dict[str, Any]:
-    from .config import PRESETS, STRUCTS
-    from .data import DATASETS
-    from .estimators import ESTIMATORS
-    from .methods import METHODS
-    from .posteriors import POSTERIORS
-    from .priors import PRIORS
-
-    return {"models": METHODS, "posteriors": POSTERIORS, "estimators": ESTIMATORS, "priors": PRIORS,
-            "datasets": DATASETS, "presets": PRESETS, "structs": STRUCTS}
-
-
-LISTS = ("models", "posteriors", "estimators", "priors", "datasets", "presets", "structs")
-
-
-def _described(what: str, registry: Any) -> dict[str, dict[str, Any]]:
-    """What each method sets; each posterior's family and options; what each estimator supports and its
-    options."""
-    if what == "models":
-        return {name: {"posterior": m.posterior, "estimator": m.estimator, **m.defaults}
-                for name in registry.names() for m in [registry.get(name)]}
-    described = {}
-    for name in registry.names():
-        entry = registry.get(name)
-        lead = ({"family": entry.family} if what == "posteriors" else
-                {"supports": list(entry.supports), "unbiased": entry.unbiased})
-        described[name] = {**lead, **{f.name: list(f.default) if isinstance(f.default, tuple) else f.default
-                                      for f in fields(entry.Options)}}
-    return described
-
-
 def _list(args: argparse.Namespace) -> dict[str, Any] | None:
-    registries = _registries()
-    if args.what in ("presets", "structs"):  # what each sets
-        listed: Any = {name: {k: list(v) if isinstance(v, tuple) else v for k, v in registries[args.what].get(
-            name).items()} for name in registries[args.what].names()}
-    elif args.what in ("models", "posteriors", "estimators"):
-        listed = _described(args.what, registries[args.what])
-    elif args.what:
-        listed = registries[args.what].names()
-    else:
-        listed = {kind: registries[kind].names() for kind in LISTS}
-    if args.json:
-        return listed if isinstance(listed, dict) else {args.what: listed}
-    if isinstance(listed, list):
-        print("\n".join(listed))
-    elif args.what:  # name, then its settings
-        width = max(map(len, listed))
-        for name, settings in listed.items():
-            settings = dict(settings)
-            lead = ""
-            if args.what == "estimators":  # what it supports, then its options (as flags)
-                lead = (f"{', '.join(settings.pop('supports'))}; "
-                        f"{'unbiased' if settings.pop('unbiased') else 'biased'}; ")
-            elif args.what == "posteriors":
-                lead = f"{settings.pop('family')}; "
-            text = " ".join(f"--{k.replace('_', '-')} {value_text(v)}" for k, v in settings.items())
-            print(f"{name:<{width}}  {lead}{text}".rstrip("; "))
-    else:
-        width = max(map(len, listed))
-        for kind, names in listed.items():
-            print(f"{kind:<{width}}  {', '.join(names)}")
-        print("\n`dvae list models|presets|structs` show what each sets, `dvae list estimators` what each "
-              "supports; --json for scripts")
-    return None
+    from .listing import list_registries
+
+    return list_registries(args.what, args.json)
 
 
 COMMANDS = {
