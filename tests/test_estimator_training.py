@@ -177,3 +177,16 @@ def test_run_folders_from_before_posteriors_and_estimators_still_load():
     fresh.load_state_dict(old_state)
     for key, value in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def test_dvae_list_describes_posteriors_and_estimators(capsys):
+    rc, out, _ = dvae(capsys, "list", "estimators", "--json")
+    listed = last_json(out)
+    assert rc == 0 and set(listed) == set(ESTIMATORS.names())
+    assert listed["arm"]["supports"] == ["binary"] and listed["rloo"]["unbiased"] is True
+    assert listed["gumbel-rao"]["mc"] == 10
+    rc, out, _ = dvae(capsys, "list", "posteriors", "--json")
+    posteriors = last_json(out)
+    assert posteriors["igr-sb"]["sb_threshold"] == 0.99 and posteriors["dvaes-power"]["levels"] == 1
+    rc, out, _ = dvae(capsys, "list", "estimators")
+    assert rc == 0 and "binary, categorical; unbiased" in out
