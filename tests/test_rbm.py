@@ -220,3 +220,18 @@ def test_ais_accepts_a_custom_schedule_and_checks_it():
     assert abs(est.log_z - exact) < 3 * est.stderr  # false-failure rate 0.27% (normal tail at 3 SE)
     with pytest.raises(ValueError, match="from 0 to 1"):
         ais_log_partition(rbm, betas=torch.linspace(0.1, 1, 10))
+
+
+def test_a_draw_that_does_not_persist_leaves_the_training_chains_in_place():
+    """Pictures and evaluation draw from the persistent chains without moving them: the next training draw
+    is the one it would have been."""
+    rbm = make_rbm(3, 3, 0.8, seed=5, chains=64, sweeps=3)
+    before = rbm.sampler.chains.clone()
+    torch.manual_seed(1)
+    picture = rbm.sample(10, persist=False)
+    assert picture.shape == (10, 6) and torch.equal(rbm.sampler.chains, before)
+    torch.manual_seed(2)
+    after_picture = rbm.sample(64)
+    rbm.sampler.chains.copy_(before)
+    torch.manual_seed(2)
+    assert torch.equal(rbm.sample(64), after_picture)

@@ -247,8 +247,8 @@ class DiscreteVAE(nn.Module):
 
     @torch.no_grad()
     def sample_images(self, n: int) -> Tensor:
-        """Bernoulli means of ``p(x|z)`` for ``n`` prior draws: (n, D)."""
-        z = self.prior.sample(n)
+        """Bernoulli means of ``p(x|z)`` for ``n`` prior draws: (n, D); an RBM's training chains stay put."""
+        z = self.prior.sample(n, persist=False)
         return torch.sigmoid(self.decoder(self.posterior.decoder_input(z)))
 
     @torch.no_grad()

@@ -60,7 +60,7 @@ class ProductPrior(Prior):
     def log_prob(self, z: Tensor) -> Tensor:
         return self.distribution().log_prob(z)
 
-    def sample(self, n: int) -> Tensor:
+    def sample(self, n: int, persist: bool = True) -> Tensor:
         return self.distribution().sample((n,))
 
 
@@ -78,7 +78,7 @@ class GaussianPrior(Prior):
     def log_prob(self, z: Tensor) -> Tensor:
         return self.distribution().log_prob(z)
 
-    def sample(self, n: int) -> Tensor:
+    def sample(self, n: int, persist: bool = True) -> Tensor:
         return self.distribution().sample((n,))
 
 

@@ -23,8 +23,9 @@ class Prior(nn.Module):
         """``log p(z)`` for hard latents ``z`` (..., *event), summed over the event: (...)."""
         raise NotImplementedError
 
-    def sample(self, n: int) -> Tensor:
-        """``n`` hard latents, (n, *event)."""
+    def sample(self, n: int, persist: bool = True) -> Tensor:
+        """``n`` hard latents, (n, *event). ``persist=False`` leaves a sampler's persistent state (the RBM's
+        training chains) where it was: draws for pictures and evaluation that training must not feel."""
         raise NotImplementedError
 
     def distribution(self) -> Distribution:

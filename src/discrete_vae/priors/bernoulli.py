@@ -25,7 +25,7 @@ class BernoulliPrior(Prior):
     def log_prob(self, z: Tensor) -> Tensor:
         return (z * self.logits - nn.functional.softplus(self.logits)).sum(-1)
 
-    def sample(self, n: int) -> Tensor:
+    def sample(self, n: int, persist: bool = True) -> Tensor:
         return self.distribution().sample((n,))
 
     def distribution(self) -> Independent:

@@ -31,7 +31,7 @@ class CategoricalPrior(Prior):
     def log_prob(self, z: Tensor) -> Tensor:
         return (z * self.log_probs()).sum((-2, -1))
 
-    def sample(self, n: int) -> Tensor:
+    def sample(self, n: int, persist: bool = True) -> Tensor:
         return self.distribution().sample((n,))
 
     def distribution(self) -> Independent:

@@ -107,15 +107,16 @@ class RBMPrior(Prior):
         """AIS estimate of ``log Z`` and its standard error (:func:`.samplers.ais_log_partition`)."""
         return ais_log_partition(self, n_betas=n_betas, n_samples=n_samples, base=base)
 
-    def sample(self, n: int) -> Tensor:
+    def sample(self, n: int, persist: bool = True) -> Tensor:
         """``n`` samples (n, n_a + n_b) from the configured sampler; no gradient flows through them.
 
         More than the sampler's ``size`` takes several calls (each one more round of sweeps or annealing).
+        ``persist=False`` runs persistent chains from where they are without moving them.
         """
         parts, left = [], n
         while left > 0:
             take = min(left, self.sampler.size)
-            parts.append(self.sampler(self, take))
+            parts.append(self.sampler(self, take, persist))
             left -= take
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 

@@ -207,14 +207,17 @@ class PCDSampler(nn.Module):
         return k
 
     @torch.no_grad()
-    def forward(self, rbm: RBMLike, n: int) -> Tensor:
-        """Advance all chains ``sweeps`` sweeps; return the first ``n`` states (n, n_a + n_b), a copy."""
+    def forward(self, rbm: RBMLike, n: int, persist: bool = True) -> Tensor:
+        """Advance all chains ``sweeps`` sweeps; return the first ``n`` states (n, n_a + n_b), a copy.
+        ``persist=False`` sweeps copies and leaves the chains where they were."""
         if n > self.size:
             raise ValueError(f"asked for {n} samples from {self.size} persistent chains; raise `chains`")
         like = rbm.w.detach()
         z_a = self.chains[:, : self.n_a].to(like, copy=True)  # (C, n_a), contiguous working copies
         z_b = self.chains[:, self.n_a :].to(like, copy=True)  # (C, n_b)
         self._kernel_for(like).sweeps(z_a, z_b, rbm, self.sweeps)
+        if not persist:
+            return torch.cat([z_a[:n], z_b[:n]], 1).to(self.chains.dtype)
         self.chains.copy_(torch.cat([z_a, z_b], 1))
         return self.chains[:n].clone()
 
@@ -297,8 +300,9 @@ class PASampler(nn.Module):
         est = _log_mean_exp_with_se(log_z)
         return PAResult(torch.cat([z_a, z_b], 1), est, resamples)
 
-    def forward(self, rbm: RBMLike, n: int) -> Tensor:
-        """``n`` equally weighted samples at β = 1 from one annealing of all populations (n, n_a + n_b)."""
+    def forward(self, rbm: RBMLike, n: int, persist: bool = True) -> Tensor:
+        """``n`` equally weighted samples at β = 1 from one annealing of all populations (n, n_a + n_b);
+        nothing persists between calls, whatever ``persist``."""
         if n > self.size:
             raise ValueError(f"asked for {n} samples from a population of {self.size}; raise `population`")
         return self.run(rbm).samples[:n]
