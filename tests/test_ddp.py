@@ -125,8 +125,8 @@ def test_torchrun_ranks_hold_identical_models(tmp_path, extra, own):
 
 
 # Runs `dvae` like `-m discrete_vae.cli`, recording the PCD chains at every entry to the sampler in training
-# (grad mode on; validation draws images under no_grad) into chains_rank<R>.safetensors; with a stop step
-# S > 0 the process ends at the start of step S + 1, as a kill right after the checkpoint of step S would.
+# (the negative phase; validation's pictures draw with persist=False) into chains_rank<R>.safetensors; with a
+# stop step S > 0 the process ends at the start of step S + 1, as a kill right after step S's checkpoint would.
 RECORD_CHAINS = """
 import os
 import sys
@@ -147,10 +147,10 @@ def save():
     save_file({f"{i:04d}": t for i, t in enumerate(entries)}, f"{out}/chains_rank{rank}.safetensors")
 
 
-def recording(self, rbm, n):
-    if torch.is_grad_enabled():
+def recording(self, rbm, n, persist=True):
+    if persist:
         entries.append(self.chains.detach().clone())
-    return forward(self, rbm, n)
+    return forward(self, rbm, n, persist)
 
 
 def counting(self):
