@@ -126,7 +126,7 @@ def test_torchrun_ranks_hold_identical_models(tmp_path, extra, own):
 
 # Runs `dvae` like `-m discrete_vae.cli`, recording the PCD chains at every entry to the sampler in training
 # (the negative phase; validation's pictures draw with persist=False) into chains_rank<R>.safetensors; with a
-# stop step S > 0 the process ends at the start of step S + 1, as a kill right after step S's checkpoint would.
+# stop step S > 0 the process ends at the start of step S + 1, as a kill after step S's checkpoint would.
 RECORD_CHAINS = """
 import os
 import sys
