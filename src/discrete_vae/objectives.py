@@ -32,7 +32,7 @@ class ObjectiveTerms(NamedTuple):
 
 
 def relaxed_elbo(log_px: Tensor, latent: LatentSample, kl_weight: float = 1.0) -> ObjectiveTerms:
-    """``log_px`` (S, B) and the family's latent terms -> the relaxed ELBO per example.
+    """``log_px`` (S, B) and the posterior's relaxed latent terms -> the relaxed ELBO per example.
 
     ``kl_weight`` < 1 is KL warm-up (the objective is then no bound; ``kl`` is reported unweighted).
     """

@@ -1,4 +1,4 @@
-"""A tiny name -> object registry, used for datasets, latent families, priors, models and presets.
+"""A tiny name -> object registry, used for datasets, posteriors, estimators, priors, methods and presets.
 
 A new method is one file plus one ``@REGISTRY.register("name")`` line; the CLI lists the names.
 """

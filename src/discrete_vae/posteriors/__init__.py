@@ -1,6 +1,8 @@
-"""Latent families: how encoder outputs become a posterior, a relaxed sample and a KL term.
+"""Posteriors: what q(z|x) is, given the encoder's outputs — the discrete distribution, and where one exists
+its own relaxation (the Concrete, an IGR map, a DVAE smoothing) with its KL terms.
 
-Each family is registered by the ``--model`` names it serves (``gs``, ``st-gs``, ...).
+Each is registered under its ``--posterior`` name with its typed options (:class:`base.PosteriorType`);
+analytic KL terms against priors come from the registry of pairs in :mod:`.kl`.
 """
 
 from .base import POSTERIORS, LatentSample, LatentSpec, Posterior, build_posterior

@@ -1,4 +1,4 @@
-"""IGR latent families: ``igr-i``, ``igr-sb`` (countably infinite), ``igr-sb-finite``, ``igr-planar``.
+"""IGR posteriors: ``igr-i``, ``igr-sb`` (countably infinite), ``igr-sb-finite``, ``igr-planar``.
 
 Paper: Potapczynski, Loaiza-Ganem, Cunningham (2020), https://arxiv.org/abs/1912.09588.
 

@@ -1,7 +1,7 @@
-"""Mixed continuous-discrete latents: a Gaussian part beside any discrete family.
+"""Mixed continuous-discrete latents: a Gaussian part beside any discrete posterior.
 
 The latent is the concatenation ``[c, z]`` of ``D`` Gaussian coordinates ``c ~ N(m(x), s(x)^2)`` with
-a standard normal prior and the discrete family's latents (flattened). Training sums the two KL terms
+a standard normal prior and the discrete posterior's latents (flattened). Training sums the two KL terms
 (closed form for the Gaussian with ``kl="analytic"``, else sampled); evaluation samples ``c`` and the
 hard discrete ``z`` jointly, so the importance-weighted bound covers both parts as usual.
 """
