@@ -385,6 +385,50 @@ def test_every_preset_parses(resolve, name):
     assert config.to_dict().items() >= preset.items()
 
 
+@pytest.mark.parametrize("name", PRESETS.names())
+def test_every_preset_builds(name):
+    """Every preset makes a model, with its own networks, prior and latents (on its dataset's dimension)."""
+    from discrete_vae.recipe import build_model
+
+    config = TrainConfig.from_dict(PRESETS.get(name))
+    model = build_model(config, 64 if config.dataset == "digits" else 784)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize(("name", "widths", "leaky"), [
+    ("dong2020-linear", [(784, 200), (200, 784)], 0),
+    ("dong2020-nonlinear", [(784, 200), (200, 200), (200, 200), (200, 200), (200, 200), (200, 784)], 4),
+])
+def test_dong2020_presets_are_the_disarm_code_models(resolve, name, widths, leaky):
+    """The DisARM code's single-layer models: 200 binary latents, learned Bernoulli prior, Adam 1e-4 at batch
+    50 for 1e6 steps; linear, or two LeakyReLU(0.3) layers of 200 each way."""
+    from discrete_vae.recipe import build_model
+
+    config = resolve("--preset", name, "--estimator", "disarm", "--k", "2")
+    assert (config.batch_size, config.lr, config.lr_schedule, config.steps) == (50, 1e-4, "constant", 10**6)
+    model = build_model(config, 784)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == widths
+    slopes = [m.negative_slope for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert slopes == [0.3] * leaky
+    learned = dict(model.prior.named_parameters())
+    assert [tuple(p.shape) for p in learned.values()] == [(200,)]
+    x = torch.bernoulli(torch.full((3, 784), 0.3))
+    terms = model(x, 1.0, config.k)
+    assert terms.loss.isfinite() and terms.objective.shape == (3,)
+
+
+def test_activation_check_follows_the_registry():
+    from discrete_vae.errors import ConfigError
+    from discrete_vae.models.mlp import ACTIVATIONS
+
+    assert {"relu", "tanh", "leaky_relu"} <= set(ACTIVATIONS)
+    for name in ACTIVATIONS:
+        assert TrainConfig(activation=name).activation == name
+    with pytest.raises(ConfigError, match="leaky_relu"):
+        TrainConfig(activation="gelu")
+
+
 # ------------------------------------------------------------------ bad input: status 2, one line
 def _cfg(tmp_path: Path, name: str, text: str) -> Path:
     (tmp_path / name).write_text(text)

@@ -18,6 +18,7 @@ import yaml
 from .errors import ConfigError
 from .estimators import ESTIMATORS, estimator_options
 from .methods import METHODS
+from .models.mlp import ACTIVATIONS
 from .options import check_finite, coerce_options, coerce_widths
 from .posteriors import POSTERIORS, LatentSpec
 from .posteriors.base import posterior_options
@@ -93,7 +94,7 @@ class TrainConfig:
     log_z_betas: int = _f(1000, "RBM log Z by AIS at validation: inverse temperatures")
     log_z_samples: int = _f(1024, "RBM log Z by AIS at validation: chains")
     hidden: tuple[int, ...] = _f((512, 256), "encoder hidden widths; the decoder mirrors them")
-    activation: str = _f("relu", "hidden activation: relu or tanh")
+    activation: str = _f("relu", "hidden activation: relu, tanh or leaky_relu (negative slope 0.3)")
     seed: int = _f(0, "random seed (weights, noise, data order)")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
     out: str | None = _f(None, "run folder (default runs/<model>-<latent>-<time>)")
@@ -150,8 +151,9 @@ class TrainConfig:
             raise ConfigError(f"--kl must be auto, analytic, relaxed or sampled, got {self.kl!r}")
         if self.continuous < 0:
             raise ConfigError("--continuous must be non-negative")
-        if self.activation not in ("relu", "tanh"):
-            raise ConfigError(f"--activation must be relu or tanh, got {self.activation!r}")
+        if self.activation not in ACTIVATIONS:
+            choices = ", ".join(ACTIVATIONS)
+            raise ConfigError(f"--activation must be one of {choices}, got {self.activation!r}")
 
     def check_method(self) -> None:
         self.estimator_options = dict(self.estimator_options or {})
@@ -300,6 +302,29 @@ _IGR2020 = {
 }
 PRESETS.register("igr2020-dense")({**_IGR2020, "hidden": ()})  # linear encoder and decoder
 PRESETS.register("igr2020-dense-nonlinear")({**_IGR2020, "hidden": (512, 256)})
+# DisARM (Dong, Mnih & Tucker 2020; github.com/google-research/google-research disarm/binary,
+# experiment_launcher_singlelayer.py and its README's command): 200 binary latents under a learned
+# factorial Bernoulli prior, batch 50, Adam 1e-4 (encoder and decoder; the code steps the prior's logits
+# by SGD 1e-2, which one Adam here cannot), 1e6 steps, encoder input centred (--demean_input), decoder
+# bias at the data's logits (--initialize_with_bias, always done here); the 100-sample test bound.
+# Linear: 784-200 / 200-784. Nonlinear: 784-200-200-200 with LeakyReLU(0.3), mirrored. Its 4x200 linear
+# model stacks stochastic layers, which `dvae train` cannot express.
+_DONG2020 = {
+    "latent": "200",
+    "binary": True,
+    "prior": "learnable",
+    "batch_size": 50,
+    "lr": 1e-4,
+    "lr_schedule": "constant",
+    "steps": 1_000_000,
+    "center_input": True,
+    "val_samples": 100,
+    "eval_every": 50_000,
+    "checkpoint_every": 5000,
+    "log_every": 1000,
+}
+PRESETS.register("dong2020-linear")({**_DONG2020, "hidden": ()})
+PRESETS.register("dong2020-nonlinear")({**_DONG2020, "hidden": (200, 200), "activation": "leaky_relu"})
 
 
 # DVAE structures (Vahdat et al. 2018, github.com/QuadrantAI/dvae run.py): the original's architecture and its

@@ -9,9 +9,12 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 
+LEAKY_RELU_SLOPE = 0.3  # negative slope of `leaky_relu` (Dong, Mnih & Tucker 2020; Keras's default alpha)
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=True),  # in place: one activation buffer fewer per layer
     "tanh": nn.Tanh,
+    # the DisARM code's nonlinear networks (google-research disarm/binary): Keras LeakyReLU(alpha=0.3)
+    "leaky_relu": lambda: nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True),
 }
 
 
