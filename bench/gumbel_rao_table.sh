@@ -16,10 +16,13 @@
 # disarm (their smallest), validation with S = 10 every 5000 steps picks the checkpoint scored.
 #
 # Resumable, one process at a time: first every run trains 500 steps (its steps/s probe, `--steps 500`),
-# then, run by run, each resumes to 50,000 and is scored (constant lr and temperature, so the split changes nothing but an extra
-# validation at step 500); an interrupted run resumes from its checkpoint; finished runs (RUN.train.json)
-# and scores (RUN.eval-S5000-LLIMIT.json) are skipped. SIGTERM to this script is passed to the running
-# `dvae` process, which checkpoints and exits; rerun the same command to continue.
+# then, run by run, each resumes to 50,000 and is scored (constant lr and temperature, so the split
+# changes nothing but an extra validation at step 500); an interrupted run resumes from its checkpoint;
+# finished runs (RUN.train.json) and scores (RUN.eval-S5000-LLIMIT.json) are skipped. SIGTERM to this
+# script is passed to the running `dvae` process, which checkpoints and exits; rerun the same command to
+# continue. Threads: OMP_NUM_THREADS (default 1: on a shared machine, 2 threads were slower).
+# `dvae` is $DVAE (default: dvae), the summary's Python $PYTHON (default: python3).
+# STEPS, PROBE and SAMPLES override 50000, 500 and 5000 (a smoke test: STEPS=6 PROBE=3 SAMPLES=2).
 set -uo pipefail
 usage="usage: bench/gumbel_rao_table.sh DATA_DIR OUT_DIR [LIMIT] [COLUMN:ESTIMATOR ...]"
 data=${1:?$usage}
@@ -87,7 +90,8 @@ for job in "${jobs[@]}"; do
   run="$out/$col-$est"
   [ -f "$run.train.json" ] || run_step "$run.train.json" train --resume "$run" --steps "$steps" --no-progress
   ev="$run.eval-S$samples-L$limit.json"
-  [ -f "$ev" ] || run_step "$ev" eval "$run" --samples "$samples" --split test --limit "$limit" --data-dir "$data"
+  [ -f "$ev" ] || run_step "$ev" eval "$run" --samples "$samples" --split test --limit "$limit" \
+    --data-dir "$data"
   echo "$col $est done: $(cut -c1-120 "$ev")"
 done
 "${PYTHON:-python3}" "$(dirname "$0")/gr_table.py" "$out"
