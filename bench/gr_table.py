@@ -22,7 +22,7 @@ PUBLISHED = {
     "gs": {"bin": "96.4", "cat8": "92.3"},
     "st": {"bin": "103.1", "cat8": "105.1"},
     "st-gs": {"bin": "97.1", "cat8": "92.8"},
-    "gumbel-rao": {"bin": "MC100 96.8, MC1000 97.0", "cat8": "MC100 92.2, MC1000 92.5"},
+    "gumbel-rao": {"bin": "MC10 97.4, MC100 96.8, MC1000 97.0", "cat8": "MC10 93.1, MC100 92.2, MC1000 92.5"},
 }
 
 
@@ -31,6 +31,13 @@ def last_json(path: Path) -> dict | None:
         return json.loads(path.read_text().strip().splitlines()[-1])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except OSError:
+        return []
 
 
 def progress(run: Path) -> str:
@@ -58,6 +65,9 @@ def cell(out: Path, col: str, est: str) -> tuple[str, str]:
         ours = "trained, not scored"
     else:
         ours = progress(run)
+    mc = [line.split()[-1] for line in _lines(run / "config.yaml") if line.strip().startswith("mc:")]
+    if mc:
+        ours += f" [K={mc[0]}]"
     probe = last_json(out / f"{col}-{est}.probe.json")
     return ours, f"{probe['steps_per_s']:.1f}" if probe else "—"
 

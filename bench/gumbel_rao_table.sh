@@ -11,9 +11,10 @@
 # constant 1e-3 (the paper: SGD with momentum, hyperparameters by a 20-run random search per estimator),
 # 784-512-256 ReLU encoder and mirror decoder, 240 latent dimensions (bin: 240 Bernoulli; cat8: 30 x 8),
 # constant temperature (no annealing; gs, st-gs 0.65 and gumbel-rao 0.35 = the paper's average
-# temperatures of the best ST-GS and GR-MC1000 models; reinmax 1.0, its lowest allowed), GR with K = 100
-# (GR-MC1000 costs ~10x per step on CPU; the paper finds K saturating at 100), k = 2 for rloo, vimco and
-# disarm (their smallest), validation with S = 10 every 5000 steps picks the checkpoint scored.
+# temperatures of the best ST-GS and GR-MC1000 models; reinmax 1.0, its lowest allowed), GR with
+# K = $GR_MC, default 10 (the paper's rows are K = 10, 100, 1000; on one CPU thread K = 100 ran at about
+# 1 step/s, 50,000 steps in ~14 h), k = 2 for rloo, vimco and disarm (their smallest); validation with
+# S = 10 every 5000 steps picks the checkpoint scored.
 #
 # Resumable, one process at a time: first every run trains 500 steps (its steps/s probe, `--steps 500`),
 # then, run by run, each resumes to 50,000 and is scored (constant lr and temperature, so the split
@@ -38,7 +39,7 @@ dvae=(${DVAE:-dvae})
 declare -A latent=([bin]=240x2 [cat8]=30x8)
 declare -A flags=(
   [gs]="--temperature 0.65" [st-gs]="--temperature 0.65" [st]=""
-  [gumbel-rao]="--temperature 0.35 --mc 100" [reinmax]="--temperature 1.0"
+  [gumbel-rao]="--temperature 0.35 --mc ${GR_MC:-10}" [reinmax]="--temperature 1.0"
   [rloo]="--k 2" [vimco]="--k 2" [disarm]="--k 2" [relax]=""
 )
 published="gs st st-gs gumbel-rao"
@@ -67,12 +68,9 @@ run_step() {  # run a dvae command in the background so that SIGTERM reaches it;
   tail -n 1 "$dest.log" > "$dest.tmp" && mv "$dest.tmp" "$dest"
 }
 
-mkdir -p "$out"
-# Phase 1: every run's first 500 steps, for steps/s (and the total time) before anything long runs.
-for job in "${jobs[@]}"; do
-  col=${job%%:*} est=${job#*:}
-  run="$out/$col-$est"
-  [ -f "$run.train.json" ] || [ -f "$run.probe.json" ] && continue
+probe() {  # the first 500 steps of run $1 (column $2, estimator $3), unless it has them
+  local run=$1 col=$2 est=$3
+  [ -f "$run.train.json" ] || [ -f "$run.probe.json" ] && return 0
   if [ -f "$run/last.safetensors" ]; then
     run_step "$run.probe.json" train --resume "$run"
   else
@@ -83,11 +81,16 @@ for job in "${jobs[@]}"; do
       --no-progress
   fi
   echo "$col $est probe: $(grep -o '"steps_per_s": [0-9.]*' "$run.probe.json")"
-done
+}
+
+mkdir -p "$out"
+# Phase 1: the first 500 steps of every run (or of those in $PROBE_JOBS), for steps/s and the total time.
+for job in ${PROBE_JOBS:-${jobs[@]}}; do probe "$out/${job%%:*}-${job#*:}" "${job%%:*}" "${job#*:}"; done
 # Phase 2: in the jobs' order, train each run to 50,000 steps, then score it.
 for job in "${jobs[@]}"; do
   col=${job%%:*} est=${job#*:}
   run="$out/$col-$est"
+  probe "$run" "$col" "$est"
   [ -f "$run.train.json" ] || run_step "$run.train.json" train --resume "$run" --steps "$steps" --no-progress
   ev="$run.eval-S$samples-L$limit.json"
   [ -f "$ev" ] || run_step "$ev" eval "$run" --samples "$samples" --split test --limit "$limit" \
