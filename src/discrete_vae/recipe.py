@@ -14,7 +14,7 @@ import torch
 from .checkpoint import load_checkpoint, run_checkpoint
 from .config import TrainConfig, method_names
 from .errors import ConfigError
-from .estimators import ESTIMATORS, estimator_options
+from .estimators import build_estimator
 from .methods import METHODS
 from .models import DiscreteVAE, MLPConfig
 from .models.vae import MULTI_SAMPLE
@@ -45,7 +45,7 @@ def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
         context_dim=data_dim,
         level_mlp=encoder,
     )
-    estimator = ESTIMATORS.get(estimator_name)(estimator_options(estimator_name, config.estimator_options))
+    estimator = build_estimator(estimator_name, **config.estimator_options)
     prior_name = posterior.default_prior if config.prior == "auto" else config.prior
     prior = build_prior(prior_name, spec.n, spec.k, not posterior.one_hot, sampler=config.sampler,
                         chains=config.chains, sweeps=config.sweeps)
