@@ -15,7 +15,8 @@ import torch
 from scipy import integrate, stats
 
 from discrete_vae.distributions import SMOOTHINGS, SmoothedBernoulli, get_smoothing
-from discrete_vae.distributions.smoothing import GaussianIntegral, Smoothing
+from discrete_vae.distributions.dvae_sharp import GaussianIntegral
+from discrete_vae.distributions.smoothing import Smoothing
 from discrete_vae.errors import ConfigError
 
 NAMES = ["exp", "gauss", "gi", "power", "spike-exp", "unexp"]

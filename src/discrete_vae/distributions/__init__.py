@@ -27,6 +27,9 @@ __all__ = [
     "straight_through_binary",
     "straight_through_one_hot",
 ]
-from .smoothing import BASELINES, SMOOTHINGS, SmoothedBernoulli, Smoothing, get_smoothing  # noqa: E402
+from .dvae_sharp import Gaussian, GaussianIntegral, UniformExponential  # noqa: E402
+from .smoothed_bernoulli import SmoothedBernoulli  # noqa: E402
+from .smoothing import BASELINES, SMOOTHINGS, Smoothing, get_smoothing  # noqa: E402
 
-__all__ += ["BASELINES", "SMOOTHINGS", "SmoothedBernoulli", "Smoothing", "get_smoothing"]
+__all__ += ["BASELINES", "SMOOTHINGS", "Gaussian", "GaussianIntegral", "SmoothedBernoulli", "Smoothing",
+            "UniformExponential", "get_smoothing"]

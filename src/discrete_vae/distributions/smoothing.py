@@ -21,26 +21,8 @@ backward. Every smoothing accepts ``implicit=True``, so the closed forms can be 
 ``BASELINES`` records which gradient each configuration of the original code (github.com/QuadrantAI/dvae)
 uses.
 
-Gaussian integral trick (``gi``, DVAE# §4). With the RBM prior :math:`p(z) ∝ \exp(a^\top z + \tfrac12
-z^\top W z)` (``W`` symmetric, zero diagonal; for a bipartite RBM ``W = [[0, w], [w^\top, 0]]``) and
-:math:`Λ = W + λI` positive definite, the prior-side smoothing is the *correlated* Gaussian
-:math:`r(ζ|z) = N(ζ; z, Λ^{-1})`. Because :math:`z_i^2 = z_i`, the joint is
-:math:`p(z, ζ) ∝ \exp((a - λ/2)^\top z + ζ^\top Λ z - \tfrac12 ζ^\top Λ ζ)` and ``z`` sums out in closed form:
-
-.. math:: \log p(ζ) = -\log Z + \tfrac12\log\det(Λ/2π) - \tfrac12 ζ^\top Λ ζ
-          + \sum_i \mathrm{softplus}((Λζ)_i + a_i - λ/2),
-
-with ``Z`` the RBM's own partition function. What the prior (``priors/rbm.py``, later) must do:
-form ``Λ = W + λI`` with ``λ = max(relu(-min eig W) + 5, β)`` (the original code recomputes the eigenvalues
-of ``W``; ``β`` is the floor ``minimum_lambda``, default 40, see :meth:`Smoothing.default_beta`), get
-``log det Λ`` (the code uses ``λ^n det(I - λ^{-2} w^\top w)`` through a Cholesky of the Schur complement),
-and score relaxed samples with the formula above during training; evaluation uses the discrete RBM.
-The per-unit part, implemented here by :class:`GaussianIntegral`, is the *posterior* smoothing:
-a factorial mixture :math:`N(ζ_i; z_i + δ_i, σ_i^2)` whose scale ``σ`` and shift ``δ`` are free (the
-KL uses ``log q(ζ)`` and ``log p(ζ)`` directly, so they need not match ``Λ``). The original code learns
-``σ_i = |s_i| + 0.05`` per unit (``s`` initialised to 0.2) and ``δ = 0.5 (σ(h) - 0.5)`` from a second encoder
-output ``h``; here both are arguments (floats or tensors), by default ``σ = β^{-1/2}`` (the prior's
-conditional when ``W = 0``) and ``δ = 0``, and the implicit gradient reaches them as well.
+The smoothings DVAE# introduced (uniform+exponential, Gaussian, the Gaussian integral trick) are in
+:mod:`.dvae_sharp`; the mixture as a ``torch.distributions`` object is :mod:`.smoothed_bernoulli`.
 """
 
 from __future__ import annotations
@@ -51,13 +33,12 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributions import Distribution, constraints
-from torch.special import ndtr, ndtri
+from torch.distributions import constraints
 
 from ..errors import ConfigError
 from ..registry import Registry
 
-__all__ = ["BASELINES", "SMOOTHINGS", "SmoothedBernoulli", "Smoothing", "get_smoothing"]
+__all__ = ["BASELINES", "SMOOTHINGS", "Smoothing", "get_smoothing"]
 
 SMOOTHINGS: Registry[type[Smoothing]] = Registry("smoothing")
 
@@ -438,121 +419,6 @@ class Power(Smoothing):
         return 1 / (1 + self.beta)
 
 
-@SMOOTHINGS.register("unexp")
-class UniformExponential(_Exponential):
-    r"""DVAE# uniform+exponential: ``r(ζ|0) = (1-ε) β e^{-βζ}/(1-e^{-β}) + ε`` on ``[0, 1]``, ``ε = 0.05``.
-
-    Implicit gradient only. ``ε = 0.05`` is the value of the original code (``vae.py``).
-    """
-
-    name, baselines = "unexp", ("dvaes_unexp",)
-
-    def __init__(self, beta: float | Tensor, eps: float = 0.05):
-        super().__init__(beta)
-        if not 0 <= eps < 1:
-            raise ValueError(f"smoothing 'unexp': eps (the uniform weight) must be in [0, 1), got {eps}")
-        self.eps = eps
-
-    def log_r0(self, zeta: Tensor) -> Tensor:
-        uniform = torch.full_like(zeta, math.log(self.eps))
-        value = torch.logaddexp(math.log1p(-self.eps) + self._log_exp(zeta), uniform)
-        return self._inside(zeta, value)
-
-    def cdf0(self, zeta: Tensor) -> Tensor:
-        return (1 - self.eps) * self._cdf_exp(zeta) + self.eps * zeta.clamp(0, 1)
-
-    def mean0(self) -> Tensor:
-        return (1 - self.eps) * self._mean_exp() + self.eps / 2
-
-    def _sample0(self, shape: torch.Size, device: torch.device) -> Tensor:  # uniform w.p. eps, else the exp
-        u, w = torch.rand((2, *shape), dtype=torch.float64, device=device).unbind(0)
-        return torch.where(w < self.eps, u, self._icdf_exp(u))
-
-
-@SMOOTHINGS.register("gauss")
-class Gaussian(Smoothing):
-    r"""DVAE# Gaussian: ``r(ζ|0) = N(ζ; 0, 1/β)``, ``r(ζ|1) = N(ζ; 1, 1/β)`` on ``ℝ``; implicit gradient."""
-
-    name, baselines = "gauss", ("dvaes_gauss",)
-    support = constraints.real
-
-    def _loc(self, z: int) -> Tensor | float:
-        return float(z)
-
-    def _scale(self) -> Tensor:
-        return self.beta.rsqrt()
-
-    def _log_normal(self, zeta: Tensor, z: int) -> Tensor:
-        s = self._scale()
-        return -0.5 * ((zeta - self._loc(z)) / s) ** 2 - torch.log(s) - 0.5 * math.log(2 * math.pi)
-
-    def log_r0(self, zeta: Tensor) -> Tensor:
-        return self._log_normal(zeta, 0)
-
-    def log_r1(self, zeta: Tensor) -> Tensor:
-        return self._log_normal(zeta, 1)
-
-    def cdf0(self, zeta: Tensor) -> Tensor:
-        return ndtr((zeta - self._loc(0)) / self._scale())
-
-    def cdf1(self, zeta: Tensor) -> Tensor:
-        return ndtr((zeta - self._loc(1)) / self._scale())
-
-    def _cdf_gap(self, zeta: Tensor) -> Tensor:  # upper tail through survival functions: no cancellation
-        u0, u1 = (zeta - self._loc(0)) / self._scale(), (zeta - self._loc(1)) / self._scale()
-        upper = zeta > (self._loc(0) + self._loc(1)) / 2
-        return torch.where(upper, ndtr(-u1) - ndtr(-u0), ndtr(u0) - ndtr(u1))
-
-    def _bracket(self, rho: Tensor) -> tuple[Tensor, Tensor]:
-        u = ndtri(rho) * self._scale()
-        return u + self._loc(0), u + self._loc(1)
-
-    def mean0(self) -> Tensor | float:
-        return self._loc(0)
-
-    def sample_component(self, one: Tensor) -> Tensor:
-        loc0, loc1, scale = (torch.as_tensor(x, dtype=torch.float64, device=one.device)
-                             for x in (self._loc(0), self._loc(1), self._scale()))
-        return torch.where(one, loc1, loc0) + scale * torch.randn(one.shape, dtype=torch.float64,
-                                                                  device=one.device)
-
-    def mean1(self) -> Tensor | float:
-        return self._loc(1)
-
-
-@SMOOTHINGS.register("gi")
-class GaussianIntegral(Gaussian):
-    r"""Posterior side of DVAE#'s Gaussian integral trick: ``r(ζ|z) = N(ζ; z + δ, σ²)`` per unit.
-
-    - ``β`` is the prior's floor on ``λ`` in ``Λ = W + λI`` (see the module docstring for the prior side);
-      ``sigma`` defaults to ``β^{-1/2}``, ``shift`` (``δ``) to 0; both may be tensors that broadcast with
-      the logits.
-    - Implicit gradient in ``logits`` and, when they require grad, in ``sigma`` and ``shift``
-      (``∂ζ/∂δ = 1``; ``∂ζ/∂σ = Σ_z π_z r(ζ|z)(ζ - z - δ)/σ / q(ζ)``, both obtained as ``-∂F/∂θ / q(ζ)``).
-    """
-
-    name, baselines = "gi", ("dvaes_gi",)
-
-    def __init__(
-        self, beta: float | Tensor, sigma: float | Tensor | None = None, shift: float | Tensor = 0.0
-    ):
-        super().__init__(beta)
-        if sigma is not None:
-            _check_positive(self.name, "sigma", sigma)
-        self.sigma = self.beta.rsqrt() if sigma is None else _param(sigma)
-        self.shift = _param(shift)
-        self.symmetric = False
-
-    def _loc(self, z: int) -> Tensor:
-        return self.shift + z
-
-    def _scale(self) -> Tensor:
-        return self.sigma
-
-    def tensor_params(self) -> tuple[Tensor, ...]:
-        return tuple(p for p in (self.beta, self.sigma, self.shift) if p.requires_grad)
-
-
 def get_smoothing(name: str, beta: float | Tensor | None = None, dataset: str = "binarized_mnist",
                   struct: str = "1-layer-lin", **kwargs) -> Smoothing:
     """Build a registered smoothing (or an original-code baseline name); ``beta=None`` takes the default."""
@@ -560,48 +426,3 @@ def get_smoothing(name: str, beta: float | Tensor | None = None, dataset: str = 
     cls = SMOOTHINGS.get(BASELINES[name][0] if baseline else name)
     beta = cls.default_beta(dataset, struct, baseline) if beta is None else beta
     return cls(beta, **kwargs)
-
-
-class SmoothedBernoulli(Distribution):
-    r"""The mixture :math:`q(ζ) = (1-q) r(ζ|0) + q r(ζ|1)` of a factorial Bernoulli as a distribution.
-
-    - Samples: ``ζ = F^{-1}(ρ)`` by the smoothing's closed form, or when ``implicit`` an ancestral draw
-      (``icdf``: bisection).
-    - ``log_prob(ζ)`` scores the mixture density (w.r.t. ``δ_0 + Lebesgue`` for spike-exp).
-    - Gradients: pathwise in ``logits``; implicit (DVAE# eq. 5) unless the closed form is used.
-    """
-
-    arg_constraints = {"logits": constraints.real}
-    has_rsample = True
-
-    def __init__(self, logits: Tensor, smoothing: Smoothing, implicit: bool | None = None,
-                 validate_args: bool | None = None):
-        self.logits, self.smoothing, self.implicit = logits, smoothing, implicit
-        super().__init__(logits.shape, validate_args=validate_args)
-
-    @constraints.dependent_property(is_discrete=False, event_dim=0)
-    def support(self) -> constraints.Constraint:
-        return self.smoothing.support
-
-    @property
-    def mean(self) -> Tensor:
-        return self.smoothing.mean(self.logits)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(SmoothedBernoulli, _instance)
-        new.logits = self.logits.expand(batch_shape)
-        new.smoothing, new.implicit = self.smoothing, self.implicit
-        super(SmoothedBernoulli, new).__init__(torch.Size(batch_shape), validate_args=False)
-        return new
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        return self.smoothing.rsample(self.logits, sample_shape, self.implicit)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        return self.smoothing.log_prob(value, self.logits)
-
-    def cdf(self, value: Tensor) -> Tensor:
-        return self.smoothing.cdf(value, self.logits)
-
-    def icdf(self, value: Tensor) -> Tensor:
-        return self.smoothing.icdf(value, self.logits, self.implicit)

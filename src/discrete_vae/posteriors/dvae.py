@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, constraints
 
-from ..distributions.smoothing import BASELINES, GaussianIntegral, Smoothing, get_smoothing
+from ..distributions.dvae_sharp import GaussianIntegral
+from ..distributions.smoothing import BASELINES, Smoothing, get_smoothing
 from ..errors import ConfigError
 from ..models.mlp import MLPConfig, build_mlp
 from ..priors import Prior
