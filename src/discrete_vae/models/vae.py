@@ -158,7 +158,7 @@ class DiscreteVAE(nn.Module):
         was_training = self.training
         self.eval()
         devices = [x.device] if x.device.type == "cuda" else []
-        # with gradients: control variates skip their networks without
+        # gradients stay on: control variates skip their networks under no_grad
         with torch.random.fork_rng(devices=devices):
             self(x, 1.0, max(2, self.estimator.min_samples))
         self.train(was_training)
