@@ -84,12 +84,19 @@ class Latents:
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
-        """``n`` hard draws per example: (n, B, ...)."""
-        probs = self.probs().expand(n, *self.logits.shape)
+        """``n`` hard draws per example: (n, B, ...), one uniform ``u`` per latent: binary ``1[u < p]``;
+        categorical by the inverse CDF, the class ``i`` with ``F_{i-1} <= u F_C < F_i`` (``F`` the cumulative
+        sum of the probabilities over the classes, laid out first; a class of probability 0 is never drawn).
+        Several times faster on the CPU than ``torch.bernoulli`` and ``torch.multinomial``."""
+        logits = self.logits
         if self.kind == "binary":
-            return torch.bernoulli(probs)
-        index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).view(*probs.shape[:-1], 1)
-        return torch.zeros_like(probs).scatter_(-1, index, 1.0)
+            u = torch.rand((n, *logits.shape), dtype=logits.dtype, device=logits.device)
+            return (u < torch.sigmoid(logits)).to(logits.dtype)
+        cdf = logits.movedim(-1, 0).softmax(0).cumsum(0)  # (C, B, ...)
+        u = torch.rand((n, *cdf.shape[1:]), dtype=logits.dtype, device=logits.device)
+        index = (cdf.unsqueeze(1) <= u.mul_(cdf[-1])).sum(0).clamp_(max=cdf.shape[0] - 1)  # (n, B, ...)
+        return torch.zeros((n, *logits.shape), dtype=logits.dtype, device=logits.device).scatter_(
+            -1, index.unsqueeze(-1), 1.0)
 
     def log_prob(self, z: Tensor) -> Tensor:
         """``log q(z)`` summed over each example's latents: (..., B, ...) -> (..., B)."""
@@ -107,8 +114,7 @@ class Latents:
 def class_softmax(logits: Tensor) -> Tensor:
     """``logits.softmax(-1)`` computed over the classes laid out first: the same values up to rounding, and
     on the CPU several times faster for few classes (torch's kernel over a short last dimension goes row by
-    row, the one over a leading dimension works on whole slabs). For Jacobians: draws keep
-    :meth:`Latents.probs`, so that they stay bitwise what they were."""
+    row, the one over a leading dimension works on whole slabs)."""
     return logits.movedim(-1, 0).softmax(0).movedim(0, -1)
 
 

@@ -14,13 +14,15 @@ drawn class. The derivative holds :math:`G^{(k)}` fixed, as ST-GS does (differen
 conditional draw of :math:`G^{(k)}` as well would change the mean), so the mean gradient is ST-GS's and the
 variance is lower (Rao-Blackwell: by :math:`\tfrac{K-1}{K}\,\mathbb{E}\,\mathrm{Var}[\hat\nabla_{ST\text{-}GS}
 \mid D]`); ``K = 1`` is ST-GS in distribution. ``f`` is evaluated once per sample, at ``D``, an exact
-sample of ``q``; the ``K`` relaxed points share one batched softmax.
+sample of ``q``. The ``K`` relaxed points are drawn without an autograd graph and their Jacobians averaged in
+a custom backward pass; no gradient reaches :math:`\tau`.
 
 Conditional noise (top-down, with :math:`\theta` normalised, :math:`\log\sum_k e^{\theta_k} = 0`, and
 :math:`E_i \sim \mathrm{Exp}(1)`): the maximum :math:`\theta_D + G_D = -\log E_D` and, for :math:`i \ne D`,
-:math:`\theta_i + G_i = -\log(E_D + E_i e^{-\theta_i})`, a Gumbel truncated below the maximum. Binary latents
-are the two-class case :math:`\theta = (0, l)`: relaxed point :math:`\sigma((l + L)/\tau)` with ``L`` logistic
-and ``l + L`` drawn given its sign by the inverse CDF of the truncated logistic (one uniform per draw).
+:math:`\theta_i + G_i = -\log(E_D + E_i e^{-\theta_i})`, a Gumbel truncated below the maximum; the
+softmax is taken from weights relative to class ``D``. Binary latents are the two-class case
+:math:`\theta = (0, l)`: relaxed point :math:`\sigma((l + L)/\tau)` with ``L`` logistic and ``l + L`` drawn
+given its sign by the inverse CDF of the truncated logistic (one uniform per draw).
 """
 
 from __future__ import annotations
@@ -48,54 +50,79 @@ class GumbelRaoOptions(ConcreteOptions):
             raise ConfigError(f"--mc must be at least 1, got {self.mc}")
 
 
-def pick(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """``a`` where ``mask`` is 1, else ``b``: ``torch.where`` for a 0/1 float mask and finite values, written
-    as ``lerp``, which is exact at weights 0 and 1 and, unlike ``where``, vectorised on the CPU."""
-    return torch.lerp(b, a, mask)
+def conditional_margins(margin: Tensor, k: int) -> Tensor:
+    """Binary latents, the classes ``(0, l)`` drawn as bit ``b``: ``k`` draws of ``t = (2b - 1)(l + L)``
+    (``L`` logistic) given ``t > 0``, from ``margin`` ``m = (2b - 1) l``: (n, ...) -> (k, n, ...).
 
-
-def conditional_gumbel_scores(log_probs: Tensor, hard: Tensor, k: int) -> Tensor:
-    """``k`` draws of ``log_probs + G`` (G iid Gumbel) given that their argmax is ``hard``, classes first:
-    ``log_probs`` (C, ...) normalised over the classes, ``hard`` (C, n, ...) one-hot -> (C, k, n, ...).
-
-    The uniforms are drawn class-last, (k, n, ..., C), and laid out classes first, so that every operation
-    over the classes works on whole slabs (CPU kernels over a short last dimension are slow)."""
-    shape = (k, *hard.shape[1:], hard.shape[0])
-    u = torch.rand(shape, dtype=log_probs.dtype, device=log_probs.device).movedim(-1, 0).contiguous()
-    log_e = (-clamp_probs(u).log()).log()  # log E, E ~ Exp(1): (C, k, n, ...)
-    hard = hard.unsqueeze(1)  # (C, 1, n, ...)
-    log_e_top = (log_e * hard).sum(0)  # (k, n, ...)
-    below = -torch.logaddexp(log_e_top, log_e - log_probs[:, None, None])  # Gumbel truncated at the maximum
-    return pick(hard, -log_e_top, below)
+    One uniform per draw, by the inverse CDF of the truncated logistic: ``t = m + logit(sigma(-m) + u
+    sigma(m))``, written ``softplus(m) + log(sigma(-m) + u sigma(m)) - log(1 - u)``: a sum of positive terms
+    inside the log, so no cancellation at saturated logits."""
+    u = clamp_probs(torch.rand((k, *margin.shape), dtype=margin.dtype, device=margin.device))
+    t = torch.addcmul(torch.sigmoid(-margin), torch.sigmoid(margin), u).log_()
+    return t.add_(softplus(margin)).sub_(u.neg_().add_(1).log_())  # 1 - u is exact for rand's grid
 
 
 def conditional_logistic_scores(logits: Tensor, hard: Tensor, k: int) -> Tensor:
-    """Binary latents, the classes ``(0, l)``: ``k`` draws of the score difference ``s = l + L`` (``L``
-    logistic, ``s = G_1 - G_0 + l``) given the drawn bit ``b = 1[s > 0]``: ``logits`` (...), ``hard`` (n, ...)
-    in {0, 1} -> (k, n, ...). One uniform per draw, by the inverse CDF of the truncated logistic: with
-    ``m = (2b - 1) l``, ``(2b - 1) s = m + logit(sigma(-m) + u sigma(m))``, in log space."""
-    u = clamp_probs(torch.rand((k, *hard.shape), dtype=logits.dtype, device=logits.device))
-    sign = 2 * hard - 1  # (n, ...)
-    m = sign * logits  # the drawn class's logit against the other's
-    log_p_top, log_p_other = -softplus(-m), -softplus(m)  # log sigma(m), log sigma(-m)
-    log_cdf = torch.logaddexp(log_p_other, u.log() + log_p_top)  # log(sigma(-m) + u sigma(m))
-    return sign * (m + log_cdf - log_p_top - torch.log1p(-u))  # log(1 - cdf) = log sigma(m) + log(1 - u)
+    """``k`` draws of the score difference ``s = l + L`` (``s = G_1 - G_0 + l``) given the drawn bit ``b =
+    1[s > 0]``: ``logits`` (...), ``hard`` (n, ...) in {0, 1} -> (k, n, ...)."""
+    sign = 2 * hard - 1
+    return sign * conditional_margins(sign * logits, k)
+
+
+def conditional_softmax(log_probs: Tensor, hard: Tensor, k: int, tau: Tensor) -> Tensor:
+    """``k`` draws of ``softmax((log_probs + G) / tau)`` (G iid Gumbel) given that the argmax of ``log_probs
+    + G`` is ``hard``, classes first: ``log_probs`` (C, ...) normalised, ``hard`` (C, n, ...) one-hot, ``tau``
+    () or (...) -> (C, k, n, ...).
+
+    Top-down (Maddison et al. 2014): with ``E_i ~ Exp(1)`` the maximum is ``-log E_D`` and, for ``i != D``,
+    ``log pi_i + G_i = -log(E_D + E_i / pi_i)``. So the softmax's weights relative to class ``D`` are
+    ``(1 + E_i / (pi_i E_D))^(-1 / tau)`` in (0, 1]: no overflow at any temperature, 1 for ``D``. With
+    ``log u = -E`` the ratio ``E_i / E_D`` is ``log u_i / log u_D``. ``1 / pi_i`` is capped at 1e30 (a weight
+    of at most 1e-30 ** (1 / tau) either way)."""
+    inv_pi = log_probs.neg().exp_().clamp_(max=1e30).unsqueeze(1)  # (C, 1, ...)
+    scale = (inv_pi * (1 - hard)).unsqueeze(1)  # (C, 1, n, ...): 0 at the drawn class
+    shape = (hard.shape[0], k, *hard.shape[1:])
+    log_u = clamp_probs(torch.rand(shape, dtype=log_probs.dtype, device=log_probs.device)).log_()  # -E
+    log_u_top = (log_u * hard.unsqueeze(1)).sum(0)  # -E_D: (k, n, ...)
+    weights = log_u.mul_(scale).div_(log_u_top).add_(1).log_().mul_(-1 / tau).exp_()
+    return weights.div_(weights.sum(0))
+
+
+class _GumbelRaoJacobian(torch.autograd.Function):
+    """Forward: ``hard`` (n, B, ...) as given, and the ``k`` conditional relaxed points drawn (no graph).
+    Backward: the incoming gradient times their average Concrete Jacobian, summed over the draws, to the
+    logits (B, ...) only. Binary: ``d sigma(s / tau) / dl`` averaged is one number per latent, kept;
+    categorical: the relaxed points ``p`` (C, k, n, ...) are kept and ``J(p) v / tau``, ``J(p) = diag(p) -
+    p p^T``, averaged in the backward pass (the log-softmax between the logits and the scores adds
+    nothing: ``J(p) 1 = 0``)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, hard: Tensor, tau: Tensor, k: int, binary: bool) -> Tensor:
+        ctx.binary, ctx.shape = binary, logits.shape
+        if binary:  # sigma' is even: the margin (2b - 1)(l + L) serves for l + L
+            y = conditional_margins((2 * hard - 1) * logits, k).div_(tau).sigmoid_()
+            ctx.save_for_backward(torch.addcmul(y, y, y, value=-1).mean(0).div_(tau))  # (n, B, ...)
+        else:
+            ctx.tau = tau
+            log_probs = logits.movedim(-1, 0).log_softmax(0)  # classes first: (C, B, ...)
+            ctx.save_for_backward(conditional_softmax(log_probs, hard.movedim(-1, 0), k, tau))
+        return hard
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (saved,) = ctx.saved_tensors
+        if ctx.binary:
+            return (grad * saved).sum_to_size(ctx.shape), None, None, None, None
+        p, v = saved, grad.movedim(-1, 0).unsqueeze(1)  # (C, k, n, B, ...), (C, 1, n, B, ...)
+        pv = p * v
+        jv = pv.sub_(p * pv.sum(0)).sum((1, 2)).div_(p.shape[1] * ctx.tau)  # (C, B, ...)
+        return jv.movedim(0, -1), None, None, None, None
 
 
 def gumbel_rao(latents: Latents, hard: Tensor, tau: Tensor, k: int) -> Tensor:
-    """``hard`` (n, B, ...) forward, the average of ``k`` conditional Concrete Jacobians backward."""
-    logits = latents.logits  # (B, ...) binary, (B, ..., C) categorical
-    if latents.kind == "binary":  # softmax(((0, l) + G) / tau)_1 = sigmoid((l + G_1 - G_0) / tau)
-        with torch.no_grad():
-            noise = conditional_logistic_scores(logits, hard, k) - logits  # (k, n, B, ...)
-        soft = torch.sigmoid((logits + noise) / tau).mean(0)  # (n, B, ...); tau () or (B, ...)
-        return hard + (soft - soft.detach())
-    log_probs = logits.movedim(-1, 0).log_softmax(0)  # classes first: (C, B, ...)
-    with torch.no_grad():
-        noise = conditional_gumbel_scores(log_probs, hard.movedim(-1, 0), k) - log_probs[:, None, None]
-    scores = (log_probs[:, None, None] + noise) / tau  # (C, k, n, B, ...); tau () or (B, ...)
-    soft = scores.softmax(0).mean(1).movedim(0, -1)  # (n, B, ..., C)
-    return hard + (soft - soft.detach())
+    """``hard`` (n, B, ...) forward, the average of ``k`` conditional Concrete Jacobians backward (to the
+    logits only: no gradient reaches ``tau``, which is a schedule's or the option's)."""
+    return _GumbelRaoJacobian.apply(latents.logits, hard, tau.detach(), k, latents.kind == "binary")
 
 
 @register
