@@ -21,6 +21,7 @@ from .listing import LISTS
 from .options import field_type
 from .progress import Stopped
 from .runs import dumps, note
+from .sweep.command import SweepFailed, add_sweep_parser, sweep_command
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_gradients_parser(sub)
     _add_sop_parser(sub)
+    add_sweep_parser(sub)
     p = sub.add_parser("list", help="registered models (methods), posteriors, estimators, priors, datasets, "
                        "presets and structs")
     p.add_argument("what", nargs="?", choices=sorted(LISTS), default=None,
@@ -194,8 +196,8 @@ def _add_sop_parser(sub: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import PRESETS, RESUME_OVERRIDES, TrainConfig, load_config_file, with_struct
-    from .runs import CONFIG, check_resumable
+    from .config import PRESETS, RESUME_OVERRIDES, TrainConfig, load_config_file, resumed_config, with_struct
+    from .runs import check_resumable
     from .train import train
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
@@ -208,10 +210,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(f"cannot change {', '.join(_flags(changed))} when resuming; only "
                             f"{', '.join(_flags(RESUME_OVERRIDES))}")
         check_resumable(args.resume)
-        values = {**load_config_file(args.resume / CONFIG), **given}
-        if "steps" in given or "epochs" in given:  # a new length replaces the old one
-            values["epochs" if "steps" in given else "steps"] = None
-        config = TrainConfig.from_dict(values)  # train() rewrites config.yaml once the state fits
+        config = resumed_config(args.resume, given)  # train() rewrites config.yaml once the state fits
         return train(config, resume=args.resume, progress=args.progress)
     values: dict[str, Any] = {}
     if args.preset:
@@ -360,6 +359,7 @@ COMMANDS = {
     "igr-prior": _igr_prior,
     "sop": _sop,
     "list": _list,
+    "sweep": sweep_command,
 }
 
 
@@ -373,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         note(f"{command}: error: {e}")
         return 2
+    except SweepFailed as e:
+        print(dumps(e.summary))
+        note(f"{command}: {e}")
+        return 1
     except NonFiniteLossError as e:
         note(f"{command}: stopped: {e}")
         return 1

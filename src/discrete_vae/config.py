@@ -350,6 +350,17 @@ STRUCTS.register("2-layer-nonlin")({**_DVAE2018, **_NONLIN, "latent": "400x2", "
 STRUCTS.register("4-layer-nonlin")({**_DVAE2018, **_NONLIN, "latent": "400x2", "levels": 4})
 
 
+def resumed_config(run_dir: str | Path, given: dict[str, Any]) -> TrainConfig:
+    """The config a resumed run trains with: its ``config.yaml`` with ``given`` (options that may change on
+    resume) over it; a new ``steps`` replaces ``epochs`` and the reverse."""
+    from .runs import CONFIG
+
+    values = {**load_config_file(Path(run_dir) / CONFIG), **given}
+    if "steps" in given or "epochs" in given:  # a new length replaces the old one
+        values["epochs" if "steps" in given else "steps"] = None
+    return TrainConfig.from_dict(values)
+
+
 def with_struct(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with the unset options filled from ``values["struct"]`` (if any); ``steps``/``epochs``
     given count as each other (a struct's step count does not override ``--epochs``)."""

@@ -1,0 +1,83 @@
+"""``dvae sweep``'s flags and command."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+
+def add_sweep_parser(sub: Any) -> None:
+    p = sub.add_parser("sweep", help="run a grid of runs from a spec (settings x seeds) and build its tables",
+                       description="Train and evaluate every point of SPEC's grid through submitit, skipping "
+                       "what is done and resuming what was interrupted, then write table.md, results.csv, "
+                       "results.json and plots into --out.")
+    p.add_argument("spec", type=Path, help="sweep spec (YAML): base, grid, eval, tables (see experiments/)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="sweep folder: one run folder per point, and the results (default: sweeps/NAME, "
+                   "sweeps/NAME-quick with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="the spec's quick form: the same grid with its quick: overrides (digits, few steps)")
+    p.add_argument("--status", action="store_true",
+                   help="show each point's state (done, running, failed, interrupted, submitted, pending) "
+                   "and run nothing")
+    p.add_argument("--executor", default="local", choices=["local", "slurm", "debug"],
+                   help="local: jobs as processes on this machine; slurm: one job array on a SLURM cluster; "
+                   "debug: one after another in this process (default: local)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="local: points run at once (default: one per core)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per job (default: cores / --jobs; slurm: 1, or --cpus)")
+    p.add_argument("--data-dir", default=None, help="dataset folder for every point (else the spec's, "
+                   "else $DVAE_DATA_DIR)")
+    p.add_argument("--timeout", type=int, default=7 * 24 * 60,
+                   help="local: minutes after which a job is stopped (default: a week)")
+    g = p.add_argument_group("slurm (--executor slurm)")
+    g.add_argument("--partition", default=None)
+    g.add_argument("--time", type=int, default=1440, help="minutes per job (default: 1440)")
+    g.add_argument("--gpus", type=int, default=0, help="GPUs per job (default: 0)")
+    g.add_argument("--cpus", type=int, default=None, help="CPUs per job (default: --threads)")
+    g.add_argument("--mem", default=None, help="memory per job, e.g. 16G")
+    g.add_argument("--array-parallelism", type=int, default=64, help="array tasks at once (default: 64)")
+    g.add_argument("--account", default=None)
+    g.add_argument("--qos", default=None)
+    g.add_argument("--constraint", default=None)
+    g.add_argument("--setup", action="append", default=[],
+                   help="a shell line run before each job (module load ...; repeatable)")
+    g.add_argument("--no-wait", dest="wait", action="store_false",
+                   help="submit and return; `dvae sweep SPEC --status` follows the jobs, and a rerun "
+                   "builds the tables")
+
+
+def sweep_command(args: argparse.Namespace) -> dict[str, Any]:
+    from . import Slurm, default_out, load_spec, print_status, run_sweep, sweep_status
+
+    spec = load_spec(args.spec, quick=args.quick)
+    out = args.out or default_out(spec, args.quick)
+    if args.status:
+        summary = sweep_status(spec, out)
+        print_status(summary)
+        return summary
+    if args.executor != "slurm" and args.gpus:
+        raise UserError("--gpus is for --executor slurm; here, set the device with the spec's device option")
+    slurm = Slurm(partition=args.partition, time=args.time, gpus=args.gpus, cpus=args.cpus, mem=args.mem,
+                  array_parallelism=args.array_parallelism, account=args.account, qos=args.qos,
+                  constraint=args.constraint, setup=tuple(args.setup))
+    summary = run_sweep(spec, out, executor=args.executor, jobs=args.jobs, threads=args.threads,
+                        data_dir=args.data_dir, slurm=slurm, wait=args.wait, timeout_min=args.timeout)
+    print_status(summary)
+    if summary["states"]["failed"]:
+        raise SweepFailed(summary)
+    return summary
+
+
+class SweepFailed(Exception):
+    """Some points failed (the others ran, the tables hold them); the CLI prints the summary, exits 1."""
+
+    def __init__(self, summary: dict[str, Any]):
+        failed = summary["states"]["failed"]
+        super().__init__(f"{failed} of {summary['points']} points failed (errors above and in "
+                         f"{summary['out']}/POINT/error.json); rerun the same command to retry them")
+        self.summary = summary

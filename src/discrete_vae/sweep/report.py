@@ -1,0 +1,230 @@
+"""A sweep's results: ``results.json`` and ``results.csv`` (one row per grid point), ``table.md`` (every
+table of the spec, in the README's format) and two plots: the validation bound against the step (mean and
+band over seeds, per setting) and the final value of each table's metric with error bars over seeds."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .runner import ERROR, TRAIN, eval_file, point_state, read_json
+from .spec import SEED, TRAIN_METRICS, Point, Spec, Table, metric_source
+
+RESULTS_JSON, RESULTS_CSV, TABLE_MD = "results.json", "results.csv", "table.md"
+CURVES_PNG, FINAL_PNG = "validation.png", "final.png"
+
+
+def collect(spec: Spec, out: Path, submitted: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """One record per point: its labels, state, training result, evaluations and error."""
+    records = []
+    for point in spec.points():
+        folder = out / point.name
+        record: dict[str, Any] = {"point": point.name, **dict(point.labels),
+                                  "state": point_state(folder, spec.evals, point.name in submitted)}
+        train = read_json(folder / TRAIN)
+        record["train"] = {k: train.get(k) for k in TRAIN_METRICS} if train else None
+        record["evals"] = {e.name: read_json(folder / eval_file(e)) for e in spec.evals}
+        error = read_json(folder / ERROR)
+        record["error"] = error.get("error") if error else None
+        records.append(record)
+    return records
+
+
+def value_of(record: dict[str, Any], metric: str, spec: Spec) -> float | None:
+    source, key = metric_source(metric, spec.evals)
+    part = record["train"] if source == "train" else record["evals"].get(source)
+    value = part.get(key) if part else None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def flat(record: dict[str, Any], spec: Spec) -> dict[str, Any]:
+    row = {k: record[k] for k in ("point", *spec.axis_names, "state")}
+    for key in TRAIN_METRICS:
+        row[f"train.{key}"] = (record["train"] or {}).get(key)
+    for evaluation in spec.evals:
+        result = record["evals"].get(evaluation.name) or {}
+        for key in ("nll", "nll_stderr", "neg_elbo", "samples", "examples", "step", "checkpoint"):
+            row[f"{evaluation.name}.{key}"] = result.get(key)
+    row["error"] = record["error"]
+    return row
+
+
+def _fmt(values: list[float], digits: int, seeds: bool) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}" + (" (1 seed)" if seeds else "")
+    text = f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    return text + (f" ({len(values)} seeds)" if seeds else "")
+
+
+def _options_text(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items()) or "(base)"
+
+
+def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]]) -> str:
+    """The table: rows and columns by axis label in the spec's order; a cell is mean ± std over seeds (or
+    one column per seed); below it, what every row and column label sets, and what all points share."""
+    by_point = {r["point"]: r for r in records}
+    points = spec.points()
+    axes = dict(spec.axes)
+
+    def labels(point: Point, names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(point.label(a) for a in names)
+
+    row_keys = list(dict.fromkeys(labels(p, table.rows) for p in points))
+    col_keys = list(dict.fromkeys(labels(p, table.columns) for p in points))
+    seeds = list(dict.fromkeys(p.label(SEED) for p in points)) if SEED in spec.axis_names else [""]
+    cells: dict[tuple, dict[str, float]] = {}
+    for p in points:
+        value = value_of(by_point[p.name], table.metric, spec)
+        if value is not None:
+            key = (labels(p, table.rows), labels(p, table.columns))
+            cells.setdefault(key, {})[p.label(SEED) if SEED in spec.axis_names else ""] = value
+    counts = {len(v) for v in cells.values()}
+    uneven = len(counts) > 1 or len(cells) < len(row_keys) * len(col_keys)
+    head = [" / ".join(table.rows)]
+    columns = [(c, s) for c in col_keys for s in (seeds if table.seeds == "each" else [None])]
+    for c, s in columns:
+        name = " / ".join(c) if c else table.metric
+        head.append(f"{name} (seed {s})" if s is not None else name)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in row_keys:
+        row = [" / ".join(r)]
+        for c, s in columns:
+            got = cells.get((r, c), {})
+            values = [got[s]] if s is not None and s in got else [] if s is not None else list(got.values())
+            row.append(_fmt(values, table.digits, uneven and s is None))
+        lines.append("| " + " | ".join(row) + " |")
+    varied = {k for _, bundle in spec.axes for _, options in bundle for k in options}
+    shared = {k: v for k, v in spec.base.items() if k not in varied}
+    notes = [f"Metric: {table.metric}" + (f"; {seeds_note(counts)}" if table.seeds == "mean" else "") + "."]
+    for axis in table.rows + table.columns:
+        sets = "; ".join(f"{label}: {_options_text(o)}" for label, o in axes[axis] if o != {axis: label})
+        if sets:
+            notes.append(f"{axis}: {sets}.")
+    if shared:
+        notes.append("All points: " + _options_text(shared) + ".")
+    evaluations = {e.name: e for e in spec.evals}
+    source, _ = metric_source(table.metric, spec.evals)
+    if source in evaluations:
+        e = evaluations[source]
+        examples = "all examples" if e.limit is None else f"{e.limit} examples"
+        notes.append(f"Evaluation {e.name}: {e.split} split, S = {e.samples}, {examples}, "
+                     f"{e.checkpoint} checkpoint.")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def seeds_note(counts: set[int]) -> str:
+    if not counts:
+        return "no finished points"
+    if len(counts) == 1:
+        n = next(iter(counts))
+        return f"mean ± std over {n} seeds" if n > 1 else "1 seed"
+    return "mean ± std over the seeds shown per cell"
+
+
+def write_report(spec: Spec, out: Path, records: list[dict[str, Any]]) -> dict[str, Path]:
+    """Write results.json, results.csv, table.md and the plots; returns their paths by kind."""
+    from ..checkpoint import atomic_write_bytes
+    from ..runs import dumps
+
+    written = {}
+    atomic_write_bytes(out / RESULTS_JSON, (dumps(records) + "\n").encode())
+    written["json"] = out / RESULTS_JSON
+    rows = [flat(r, spec) for r in records]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["point"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / RESULTS_CSV, buffer.getvalue().encode())
+    written["csv"] = out / RESULTS_CSV
+    parts = [f"# {spec.name}\n"] + ([spec.description.strip() + "\n"] if spec.description else [])
+    for table in spec.tables:
+        parts.append(f"## {table.name}\n\n" + table_markdown(spec, table, records))
+    atomic_write_bytes(out / TABLE_MD, "\n".join(parts).encode())
+    written["table"] = out / TABLE_MD
+    written.update(write_plots(spec, out, records))
+    return written
+
+
+def validation_curves(spec: Spec, out: Path) -> dict[str, dict[int, list[float]]]:
+    """Per setting (every axis label but the seed), the validation bound at each step over its seeds."""
+    curves: dict[str, dict[int, list[float]]] = {}
+    for point in spec.points():
+        setting = ", ".join(f"{a}={label}" for a, label in point.labels if a != SEED) or spec.name
+        path = out / point.name / "run" / "metrics.jsonl"
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("split") == "valid" and isinstance(entry.get("nll"), int | float):
+                curves.setdefault(setting, {}).setdefault(int(entry["step"]), []).append(float(entry["nll"]))
+    return curves
+
+
+def write_plots(spec: Spec, out: Path, records: list[dict[str, Any]]) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..checkpoint import atomic_write_bytes
+
+    def save(fig: Any, name: str) -> Path:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        atomic_write_bytes(out / name, buffer.getvalue())
+        return out / name
+
+    written = {}
+    curves = validation_curves(spec, out)
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for setting, by_step in curves.items():
+            steps = sorted(by_step)
+            means = [statistics.mean(by_step[s]) for s in steps]
+            spread = [statistics.stdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps]
+            ax.plot(steps, means, label=setting, lw=1.2)
+            ax.fill_between(steps, [m - d for m, d in zip(means, spread, strict=True)],
+                            [m + d for m, d in zip(means, spread, strict=True)], alpha=0.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation NLL bound (nats)")
+        ax.set_title(f"{spec.name}: mean and ±1 std over seeds")
+        ax.legend(fontsize=7)
+        written["curves"] = save(fig, CURVES_PNG)
+    finals = []
+    for table in spec.tables:
+        groups: dict[str, list[float]] = {}
+        for record in records:
+            value = value_of(record, table.metric, spec)
+            if value is not None:
+                label = ", ".join(str(record[a]) for a in table.rows + table.columns)
+                groups.setdefault(label, []).append(value)
+        if groups:
+            finals.append((table, groups))
+    if finals:
+        fig, axes = plt.subplots(len(finals), 1, figsize=(7, 0.3 * max(len(g) for _, g in finals) + 2.0),
+                                 squeeze=False)
+        for ax, (table, groups) in zip(axes[:, 0], finals, strict=True):
+            names = list(groups)
+            means = [statistics.mean(groups[n]) for n in names]
+            errors = [statistics.stdev(groups[n]) if len(groups[n]) > 1 else 0.0 for n in names]
+            ax.errorbar(means, range(len(names)), xerr=errors, fmt="o", capsize=3)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+            ax.invert_yaxis()
+            ax.set_xlabel(table.metric)
+            ax.set_title(f"{spec.name}: {table.name} (error bars: std over seeds)", fontsize=9)
+        written["final"] = save(fig, FINAL_PNG)
+    return written

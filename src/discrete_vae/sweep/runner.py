@@ -1,0 +1,271 @@
+"""Running a sweep: each grid point is one job (train, or resume, then every evaluation), its state is on
+disk, and submitit runs the jobs here (``local``, ``debug``) or on a SLURM cluster (``slurm``).
+
+A point's folder ``OUT/NAME/`` holds ``run/`` (the ``dvae train`` run folder), ``train.json`` (training's
+result, written when training finished), ``eval-EVAL.json`` per evaluation and, after a failure,
+``error.json``. A job holds an ``flock`` on ``OUT/NAME/.lock`` while it runs, so a point is never trained
+twice at once and ``--status`` can tell a running point from an interrupted one. Rerunning a sweep skips
+what is done, resumes an interrupted run from its checkpoint (``dvae train --resume``) and retries a
+failed point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, UserError
+from .spec import Evaluation, Point, Spec, train_config
+
+TRAIN, ERROR, LOCK, JOBS = "train.json", "error.json", ".lock", "jobs.json"
+STATES = ("done", "running", "failed", "interrupted", "submitted", "pending")
+
+
+def eval_file(evaluation: Evaluation) -> str:
+    return f"eval-{evaluation.name}.json"
+
+
+def write_json(path: Path, value: Any) -> None:
+    from ..checkpoint import atomic_write_bytes
+    from ..runs import dumps
+
+    atomic_write_bytes(path, (dumps(value) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class PointLock:
+    """A non-blocking exclusive ``flock`` on ``folder/.lock``; ``held`` is False when another process has
+    it. The kernel drops it with the process, so a killed job leaves no stale lock."""
+
+    def __init__(self, folder: Path):
+        import fcntl
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.file = (folder / LOCK).open("a")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.held = True
+        except BlockingIOError:
+            self.held = False
+            self.file.close()
+
+    def release(self) -> None:
+        if self.held:
+            self.file.close()
+            self.held = False
+
+
+@dataclass
+class PointJob:
+    """What a worker runs for one grid point (picklable: submitit sends it to the worker)."""
+
+    folder: Path
+    values: dict[str, Any]
+    evals: tuple[Evaluation, ...]
+    threads: int
+
+    def __call__(self) -> dict[str, Any]:
+        return run_point(self)
+
+
+def run_point(job: PointJob) -> dict[str, Any]:
+    """Train (or resume) the point's run, then score it with every evaluation not yet done. Returns
+    ``{"state": ...}``: done, interrupted (a signal stopped training after a checkpoint), running (another
+    job holds the point) or failed (``error`` is one line; ``error.json`` keeps the traceback)."""
+    import torch
+
+    from ..config import resumed_config
+    from ..evaluate import evaluate_run
+    from ..progress import Stopped
+    from ..runs import LAST
+    from ..train import train
+
+    torch.set_num_threads(job.threads)
+    lock = PointLock(job.folder)
+    if not lock.held:
+        return {"state": "running"}
+    try:
+        (job.folder / ERROR).unlink(missing_ok=True)
+        run = job.folder / "run"
+        if not (job.folder / TRAIN).is_file():
+            if (run / LAST).is_file():  # interrupted: resume, with the spec's length and data folder
+                config = train_config(job.values)
+                given = {"steps": config.steps} if config.epochs is None else {"epochs": config.epochs}
+                if config.data_dir:
+                    given["data_dir"] = config.data_dir
+                result = train(resumed_config(run, given), resume=run, progress=False)
+            else:
+                result = train(train_config({**job.values, "out": str(run)}), progress=False)
+            write_json(job.folder / TRAIN, result)
+        for evaluation in job.evals:
+            if not (job.folder / eval_file(evaluation)).is_file():
+                result = evaluate_run(run, data_dir=job.values.get("data_dir"), progress=False,
+                                      **evaluation.options())
+                write_json(job.folder / eval_file(evaluation), result)
+        return {"state": "done"}
+    except Stopped as e:
+        return {"state": "interrupted", "error": str(e)}
+    except Exception as e:  # one point's failure is recorded; the sweep goes on
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not isinstance(e, UserError):
+            message = f"{type(e).__name__}: {message}"
+        write_json(job.folder / ERROR, {"error": message, "traceback": traceback.format_exc()})
+        return {"state": "failed", "error": message}
+    finally:
+        lock.release()
+
+
+def point_state(folder: Path, evals: tuple[Evaluation, ...], submitted: bool = False) -> str:
+    """What the files (and the lock) say about a point: one of :data:`STATES`."""
+    from ..runs import LAST
+
+    if (folder / TRAIN).is_file() and all((folder / eval_file(e)).is_file() for e in evals):
+        return "done"
+    if folder.is_dir():
+        lock = PointLock(folder)
+        busy = not lock.held
+        lock.release()
+        if busy:
+            return "running"
+    if (folder / ERROR).is_file():
+        return "failed"
+    if (folder / TRAIN).is_file() or (folder / "run" / LAST).is_file():
+        return "interrupted"
+    return "submitted" if submitted else "pending"
+
+
+def default_jobs() -> int:
+    """Jobs at once on this machine: one per core (bench/sweep_throughput.py measures why)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def threads_per_job(jobs: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // jobs)
+
+
+@dataclass
+class Slurm:
+    """``--executor slurm``'s settings, passed to submitit's SlurmExecutor."""
+
+    partition: str | None = None
+    time: int = 1440  # minutes
+    gpus: int = 0
+    cpus: int | None = None  # per job; default: the threads per job
+    mem: str | None = None
+    array_parallelism: int = 64
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: tuple[str, ...] = ()  # shell lines before the job (module load, conda activate)
+
+
+def make_executor(kind: str, folder: Path, threads: int, slurm: Slurm | None, timeout_min: int) -> Any:
+    import submitit
+
+    if kind == "debug":
+        return None  # run_jobs calls the jobs itself, in this process (a debugger works in them)
+    if kind == "local":
+        executor = submitit.LocalExecutor(folder)
+        executor.update_parameters(timeout_min=timeout_min)
+        return executor
+    if kind != "slurm":
+        raise ConfigError(f"unknown executor {kind!r} (local, slurm or debug)")
+    slurm = slurm or Slurm()
+    try:
+        executor = submitit.SlurmExecutor(folder)
+    except RuntimeError as e:  # no srun here
+        raise ConfigError(f"--executor slurm needs a SLURM cluster: {e}") from None
+    params: dict[str, Any] = {"time": slurm.time, "cpus_per_task": slurm.cpus or threads,
+                              "array_parallelism": slurm.array_parallelism, "job_name": "dvae-sweep"}
+    for key in ("partition", "mem", "account", "qos", "constraint"):
+        if getattr(slurm, key):
+            params[key] = getattr(slurm, key)
+    if slurm.gpus:
+        params["gpus_per_node"] = slurm.gpus
+    if slurm.setup:
+        params["setup"] = list(slurm.setup)
+    executor.update_parameters(**params)
+    return executor
+
+
+def jobs_for(spec: Spec, out: Path, points: list[Point], threads: int,
+             data_dir: str | None) -> list[PointJob]:
+    extra = {"data_dir": data_dir} if data_dir else {}
+    return [PointJob(out / p.name, {**p.values, **extra}, spec.evals, threads) for p in points]
+
+
+def run_jobs(executor: Any, kind: str, jobs: list[PointJob], max_jobs: int, out: Path,
+             wait: bool = True, poll_s: float = 0.5) -> dict[str, dict[str, Any]]:
+    """Run ``jobs``: at most ``max_jobs`` at once here (local, debug), or all as one SLURM array (its
+    parallelism set on the executor); returns each finished job's outcome by folder name. Ctrl-C or
+    SIGTERM stops the local jobs, which checkpoint first; a rerun resumes them."""
+    outcomes: dict[str, dict[str, Any]] = {}
+    if kind == "debug":
+        for job in jobs:
+            outcomes[job.folder.name] = job()
+        return outcomes
+    if kind == "slurm":
+        with executor.batch():
+            submitted = [(job, executor.submit(job)) for job in jobs]
+        record = read_json(out / JOBS) or {}
+        record.update({job.folder.name: j.job_id for job, j in submitted})
+        write_json(out / JOBS, record)
+        if wait:
+            for job, j in submitted:
+                outcomes[job.folder.name] = _outcome(j)
+        return outcomes
+    pending, active = list(jobs), {}
+    try:
+        while pending or active:
+            while pending and len(active) < max_jobs:
+                job = pending.pop(0)
+                active[job.folder.name] = executor.submit(job)
+            for name, j in list(active.items()):
+                if j.done():
+                    outcomes[name] = _outcome(j)
+                    del active[name]
+            if active:
+                time.sleep(poll_s)
+    except KeyboardInterrupt:
+        for j in active.values():
+            j.cancel()  # SIGINT: the run checkpoints and stops
+        for name, j in active.items():
+            while not j.done():
+                time.sleep(poll_s)
+            outcomes[name] = _outcome(j)
+        raise
+    return outcomes
+
+
+def _outcome(job: Any) -> dict[str, Any]:
+    try:
+        return job.result()
+    except Exception as e:  # the worker died (killed, out of memory, a SLURM time limit)
+        first = str(e).strip().splitlines()
+        return {"state": "failed", "error": f"the job ended abnormally: {first[-1] if first else e}"}
+
+
+def status_lines(states: dict[str, str], errors: dict[str, str]) -> list[str]:
+    counts = {s: sum(1 for v in states.values() if v == s) for s in STATES}
+    lines = [", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no points"]
+    width = max((len(n) for n in states), default=0)
+    for name, state in states.items():
+        lines.append(f"  {name:<{width}}  {state}{': ' + errors[name] if name in errors else ''}")
+    return lines
+
+
+def note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

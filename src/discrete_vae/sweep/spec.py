@@ -1,0 +1,310 @@
+"""A sweep spec: a base config, a grid, the evaluations and the tables, read from YAML and checked whole.
+
+.. code-block:: yaml
+
+    name: gs-quality                 # default: the file's stem
+    base: {model: gs, latent: 20x10, steps: 50000}   # any `dvae train` option, or `preset:`/`struct:`
+    grid:                            # the product of the axes, in this order
+      model: [gs, st-gs]             # a list: the option takes each value
+      latents:                       # a mapping: a named axis, each label a bundle of options
+        binary: {latent: "240", binary: true}
+        8-ary: {latent: 30x8}
+      seed: [0, 1, 2]
+    eval:                            # one mapping or a list; each scores every point (`dvae eval`)
+      - {name: test, split: test, samples: 5000, limit: null, checkpoint: best, log_z: auto}
+    tables:
+      - {name: main, rows: model, columns: latents, metric: test.nll, seeds: mean}   # or seeds: each
+    quick: {base: {dataset: digits, steps: 40}, eval: {samples: 10, limit: 100}}   # --quick's overrides
+
+A named axis whose name is an option (``estimator: {gs: {temperature: 0.65}, st: {}}``) also sets that
+option to the label. Metrics: ``EVAL.nll``, ``EVAL.neg_elbo`` (``nll`` alone: the first evaluation), and
+from training ``train.nll`` (the validation bound of the checkpoint training ended on), ``train.best_step``,
+``train.train_seconds``, ``train.steps_per_s``. Every point's config is built when the spec is read, so an
+unknown option or value is one line before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+SEED = "seed"
+EVAL_KEYS = {"name", "split", "samples", "limit", "checkpoint", "seed", "log_z", "log_z_betas",
+             "log_z_samples"}
+EVAL_METRICS = ("nll", "neg_elbo", "nll_stderr", "neg_relaxed_objective")
+TRAIN_METRICS = ("nll", "neg_elbo", "best_step", "step", "train_seconds", "steps_per_s")
+TABLE_KEYS = {"name", "rows", "columns", "metric", "seeds", "digits"}
+SPEC_KEYS = {"name", "description", "base", "grid", "eval", "tables", "quick"}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One ``dvae eval`` of every point."""
+
+    name: str = "test"
+    split: str = "test"
+    samples: int = 1000
+    limit: int | None = None
+    checkpoint: str = "best"
+    seed: int = 0
+    log_z: str = "auto"
+    log_z_betas: int = 1000
+    log_z_samples: int = 1024
+
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "name"}
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows and columns are axis names; a cell aggregates the points that differ only in ``seed``."""
+
+    name: str
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    metric: str
+    seeds: str = "mean"  # mean: mean ± std over seeds; each: one column per seed
+    digits: int = 2
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: its labels per axis (in axis order) and the options it trains with."""
+
+    labels: tuple[tuple[str, str], ...]
+    values: dict[str, Any] = field(hash=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The run folder's name: ``axis=label`` joined by commas, unsafe characters as ``%XX``."""
+        return ",".join(f"{axis}={quote(label)}" for axis, label in self.labels)
+
+    def label(self, axis: str) -> str:
+        return dict(self.labels)[axis]
+
+
+def quote(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), text)
+
+
+def label_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "x".join(label_of(v) for v in value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    description: str
+    base: dict[str, Any]
+    axes: tuple[tuple[str, tuple[tuple[str, dict[str, Any]], ...]], ...]  # axis -> (label, options) ...
+    evals: tuple[Evaluation, ...]
+    tables: tuple[Table, ...]
+    path: Path | None = None
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.axes)
+
+    def points(self) -> list[Point]:
+        out = []
+        for combo in itertools.product(*(values for _, values in self.axes)):
+            values = dict(self.base)
+            for _, options in combo:
+                values.update(options)
+            out.append(Point(tuple((axis, label) for axis, (label, _) in zip(self.axis_names, combo,
+                                                                                 strict=True)), values))
+        return out
+
+    def evaluation(self, name: str) -> Evaluation:
+        return next(e for e in self.evals if e.name == name)
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in value.items()}
+
+
+def _axes(grid: Any, options: set[str]) -> tuple:
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError("grid must be a non-empty mapping of axes (an option with a list of values, or a "
+                          "named axis with a mapping of labels to options)")
+    axes = []
+    for raw, values in grid.items():
+        axis = str(raw).replace("-", "_")
+        if isinstance(values, dict):
+            if not values:
+                raise ConfigError(f"grid axis {axis!r} is empty")
+            bundle = []
+            for label, extra in values.items():
+                extra = _mapping(extra, f"grid axis {axis!r}, label {label!r}")
+                if axis in options:
+                    extra = {axis: label, **extra}
+                bundle.append((label_of(label), extra))
+            axes.append((axis, tuple(bundle)))
+        elif isinstance(values, list):
+            if not values:
+                raise ConfigError(f"grid axis {axis!r} is empty")
+            if axis not in options:
+                raise ConfigError(f"grid axis {axis!r} is not a dvae train option; give a mapping of labels "
+                                  "to options to name an axis of your own")
+            axes.append((axis, tuple((label_of(v), {axis: v}) for v in values)))
+        else:
+            raise ConfigError(f"grid axis {axis!r} must be a list of values or a mapping of labels to "
+                              "options")
+        labels = [label for label, _ in axes[-1][1]]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"grid axis {axis!r} repeats a value")
+    return tuple(axes)
+
+
+def _evals(value: Any) -> tuple[Evaluation, ...]:
+    items = value if isinstance(value, list) else [value] if value is not None else []
+    evals = []
+    for item in items:
+        item = _mapping(item, "each eval")
+        unknown = sorted(set(item) - EVAL_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown eval key {unknown[0]!r} (known: {', '.join(sorted(EVAL_KEYS))})")
+        try:
+            evals.append(Evaluation(**item))
+        except TypeError as e:
+            raise ConfigError(f"bad eval: {e}") from None
+        if evals[-1].samples < 1:
+            raise ConfigError("eval samples must be at least 1")
+    names = [e.name for e in evals]
+    if len(set(names)) != len(names):
+        raise ConfigError("two evals share a name; name them (name: test-S1000)")
+    return tuple(evals)
+
+
+def _tables(value: Any, spec_axes: tuple[str, ...], evals: tuple[Evaluation, ...]) -> tuple[Table, ...]:
+    items = value if isinstance(value, list) else [value] if value is not None else []
+    tables = []
+    for i, item in enumerate(items):
+        item = _mapping(item, "each table")
+        unknown = sorted(set(item) - TABLE_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown table key {unknown[0]!r} (known: {', '.join(sorted(TABLE_KEYS))})")
+        rows, columns = _names(item.get("rows")), _names(item.get("columns"))
+        table = Table(name=str(item.get("name", f"table{i + 1}")), rows=rows, columns=columns,
+                      metric=str(item.get("metric", "nll")), seeds=str(item.get("seeds", "mean")),
+                      digits=int(item.get("digits", 2)))
+        if not rows:
+            raise ConfigError(f"table {table.name!r} needs rows (an axis of the grid)")
+        for axis in rows + columns:
+            if axis not in spec_axes:
+                raise ConfigError(f"table {table.name!r}: {axis!r} is not an axis of the grid "
+                                  f"({', '.join(spec_axes)})")
+        left = [a for a in spec_axes if a not in rows + columns and a != SEED]
+        if left:
+            raise ConfigError(f"table {table.name!r}: grid axis {left[0]!r} is neither a row, a column nor "
+                              "seed; a cell would mix its values")
+        if table.seeds not in ("mean", "each"):
+            raise ConfigError(f"table {table.name!r}: seeds must be mean or each, not {table.seeds!r}")
+        metric_source(table.metric, evals)
+        tables.append(table)
+    return tuple(tables)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A table's rows or columns: one axis name or a list of them."""
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    return (str(value),) if value else ()
+
+
+def metric_source(metric: str, evals: tuple[Evaluation, ...]) -> tuple[str, str]:
+    """``(source, key)``: source ``train`` or an evaluation's name; a one-line error for an unknown metric."""
+    source, _, key = metric.rpartition(".")
+    names = [e.name for e in evals]
+    if not source:
+        source = names[0] if names and key in EVAL_METRICS else "train"
+    known = [f"{n}.{k}" for n in names for k in EVAL_METRICS] + [f"train.{k}" for k in TRAIN_METRICS]
+    allowed = TRAIN_METRICS if source == "train" else EVAL_METRICS if source in names else ()
+    if key not in allowed:
+        raise ConfigError(f"unknown metric {metric!r} (known: {', '.join(known)})")
+    return source, key
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    return {**base, **over}
+
+
+def load_spec(path: str | Path, quick: bool = False) -> Spec:
+    """Read and check a spec; with ``quick``, its ``quick:`` overrides (base and each eval) apply."""
+    from ..config import TrainConfig
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read sweep spec {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse sweep spec {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"sweep spec {path} must be a mapping (base, grid, eval, tables)")
+    unknown = sorted(set(data) - SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in sweep spec {path} "
+                          f"(known: {', '.join(sorted(SPEC_KEYS))})")
+    base = _mapping(data.get("base"), "base")
+    quick_part = _mapping(data.get("quick"), "quick")
+    if quick:
+        if not quick_part:
+            raise ConfigError(f"sweep spec {path} has no quick: section")
+        base = merge(base, _mapping(quick_part.get("base"), "quick.base"))
+    options = {f.name for f in dataclasses.fields(TrainConfig)} | option_names() | {"preset"}
+    axes = _axes(data.get("grid"), options)
+    raw_evals = data.get("eval")
+    if quick and "eval" in quick_part:
+        over = _mapping(quick_part["eval"], "quick.eval")
+        items = raw_evals if isinstance(raw_evals, list) else [raw_evals]
+        raw_evals = [merge(_mapping(item, "each eval"), over) for item in items]
+    evals = _evals(raw_evals)
+    spec = Spec(name=str(data.get("name") or path.stem), description=str(data.get("description") or ""),
+                base=base, axes=axes, evals=evals, tables=(), path=path)
+    spec = Spec(**{**spec.__dict__, "tables": _tables(data.get("tables"), spec.axis_names, evals)})
+    for point in spec.points():
+        try:
+            train_config(point.values)
+        except ConfigError as e:
+            raise ConfigError(f"grid point {point.name}: {e}") from None
+    return spec
+
+
+def train_config(values: dict[str, Any]) -> Any:
+    """The :class:`~discrete_vae.config.TrainConfig` of a point's values (``preset`` and ``struct``
+    expanded under them, as ``dvae train --preset`` does)."""
+    from ..config import PRESETS, TrainConfig, with_struct
+
+    values = dict(values)
+    preset = values.pop("preset", None)
+    if preset:
+        values = merge(dict(PRESETS.get(preset)), values)
+    return TrainConfig.from_dict(with_struct(values))
+
+
+def option_names() -> set[str]:
+    """Every posterior's and estimator's option names (flat, as config files give them)."""
+    import dataclasses
+
+    from ..estimators import ESTIMATORS
+    from ..posteriors import POSTERIORS
+
+    return {f.name for registry in (POSTERIORS, ESTIMATORS) for name in registry.names()
+            for f in dataclasses.fields(registry.get(name).Options)}

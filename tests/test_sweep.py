@@ -1,0 +1,166 @@
+"""``dvae sweep``: a grid of runs on ``digits`` builds its tables; reruns redo nothing; a sweep killed
+mid-way completes, on rerun, with the table of an uninterrupted one; a failing point is reported while the
+others finish; bad specs are one line and exit status 2; the SLURM path submits the script it should."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from discrete_vae.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BASE = {"dataset": "digits", "latent": "4x4", "hidden": "32", "steps": 40, "batch_size": 50, "lr": 0.01,
+        "eval_every": 20, "checkpoint_every": 10, "val_samples": 5}
+
+
+def write_spec(folder: Path, **parts) -> Path:
+    spec = {"name": "tiny", "base": BASE, "grid": {"model": ["gs", "st-gs"], "seed": [0, 1]},
+            "eval": {"name": "test", "samples": 5, "limit": 100},
+            "tables": [{"name": "bound", "rows": "model", "metric": "test.nll"}], **parts}
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def sweep(spec: Path, out: Path, *extra: str) -> int:
+    threads = torch.get_num_threads()
+    try:
+        return main(["sweep", str(spec), "--out", str(out), "--executor", "debug", "--threads", "1", *extra])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_a_sweep_builds_its_table_and_a_rerun_trains_nothing(tmp_path, capsys):
+    spec, out = write_spec(tmp_path), tmp_path / "out"
+    assert sweep(spec, out) == 0
+    summary = last_json(capsys)
+    assert summary["ran"] == 4 and summary["states"]["done"] == 4
+    table = (out / "table.md").read_text()
+    assert "| model | test.nll |" in table and "mean ± std over 2 seeds" in table
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"model", "gs", "st-gs"} and "±" in rows["gs"]
+    records = json.loads((out / "results.json").read_text())
+    assert [r["point"] for r in records] == ["model=gs,seed=0", "model=gs,seed=1", "model=st-gs,seed=0",
+                                             "model=st-gs,seed=1"]
+    assert all(r["evals"]["test"]["samples"] == 5 and r["evals"]["test"]["examples"] == 100 for r in records)
+    assert (out / "results.csv").read_text().count("\n") == 5
+    assert (out / "validation.png").stat().st_size > 0 and (out / "final.png").stat().st_size > 0
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")}
+    assert sweep(spec, out) == 0
+    assert last_json(capsys)["ran"] == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")} == stamps
+    assert (out / "table.md").read_text() == table
+    assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.splitlines()[-1])["states"]["done"] == 4
+    assert captured.err.splitlines()[0] == "4 done"
+
+
+def test_a_killed_sweep_completes_with_the_uninterrupted_table(tmp_path, capsys):
+    """SIGKILL to the whole local sweep (driver and jobs) at its first checkpoint; the rerun resumes the
+    interrupted runs (exact resume) and writes the table an uninterrupted sweep writes."""
+    spec = write_spec(tmp_path, base={**BASE, "steps": 300, "hidden": "64"})
+    assert sweep(spec, tmp_path / "reference") == 0
+    reference = (tmp_path / "reference" / "table.md").read_text()
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "discrete_vae.cli", "sweep", str(spec), "--out", str(out),
+                             "--executor", "local", "--jobs", "2", "--threads", "1"], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*/run/last.safetensors")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
+    states = last_json(capsys)["states"]
+    assert states["done"] < 4, states  # the kill came before the end
+    assert sweep(spec, out) == 0
+    assert last_json(capsys)["states"]["done"] == 4
+    assert (out / "table.md").read_text() == reference
+
+
+def test_a_failing_point_is_reported_while_the_others_finish(tmp_path, capsys):
+    spec = write_spec(tmp_path, grid={"lr": [0.01, 1e30], "seed": [0]},
+                      tables=[{"rows": "lr", "metric": "test.nll"}])
+    out = tmp_path / "out"
+    assert sweep(spec, out) == 1
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["point_states"] == {"lr=0.01,seed=0": "done", "lr=1e+30,seed=0": "failed"}
+    assert "non-finite" in summary["errors"]["lr=1e+30,seed=0"]
+    assert "1 of 2 points failed" in captured.err.splitlines()[-1]
+    assert json.loads((out / "lr=1e+30,seed=0" / "error.json").read_text())["traceback"]
+    assert "| 1e+30 | — |" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize("parts,message", [
+    ({"base": {**BASE, "not_an_option": 1}}, "not_an_option"),
+    ({"grid": {"model": []}}, "grid axis 'model' is empty"),
+    ({"grid": {}}, "grid must be a non-empty mapping"),
+    ({"tables": [{"rows": "model", "metric": "test.mse"}]}, "unknown metric 'test.mse'"),
+    ({"tables": [{"rows": "latent", "metric": "test.nll"}]}, "'latent' is not an axis of the grid"),
+    ({"grid": {"model": ["gs"], "lr": [0.1, 0.01]}}, "grid axis 'lr' is neither a row"),
+    ({"grid": {"modle": ["gs"]}}, "grid axis 'modle' is not a dvae train option"),
+    ({"grid": {"model": ["no-such-method"]}}, "grid point model=no-such-method"),
+    ({"eval": {"samples": 0}}, "eval samples must be at least 1"),
+])
+def test_a_bad_spec_is_one_line_and_status_2(tmp_path, capsys, parts, message):
+    spec = write_spec(tmp_path, **parts)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_slurm_submits_one_array_with_the_settings(tmp_path, capsys, monkeypatch):
+    """submitit's SlurmExecutor against a fake ``sbatch`` that keeps the script it is given: one array of
+    the four points, at most two at once, with the partition, time, CPUs, GPUs and setup lines asked for;
+    --status then shows them submitted."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("sbatch", f"cp \"$1\" {tmp_path}/submitted.sh\necho 'Submitted batch job 4242'"),
+                       ("srun", "exit 0")):
+        fake = bin_dir / name
+        fake.write_text(f"#!/bin/sh\n{body}\n")
+        fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    spec, out = write_spec(tmp_path), tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--executor", "slurm", "--partition", "debugq",
+                 "--time", "30", "--gpus", "1", "--array-parallelism", "2", "--setup", "module load cuda",
+                 "--no-wait"]) == 0
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("#SBATCH --array=0-3%2", "#SBATCH --partition=debugq", "#SBATCH --time=30",
+                 "#SBATCH --cpus-per-task=1", "#SBATCH --gpus-per-node=1", "module load cuda"):
+        assert line in script, line
+    assert json.loads((out / "jobs.json").read_text()) == {
+        "model=gs,seed=0": "4242_0", "model=gs,seed=1": "4242_1", "model=st-gs,seed=0": "4242_2",
+        "model=st-gs,seed=1": "4242_3"}
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
+    assert last_json(capsys)["states"]["submitted"] == 4
+
+
+def test_slurm_without_a_cluster_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch
+    assert main(["sweep", str(write_spec(tmp_path)), "--out", str(tmp_path / "out"), "--executor",
+                 "slurm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dvae sweep: error: --executor slurm needs a SLURM cluster")
