@@ -84,7 +84,8 @@ def test_a_killed_sweep_completes_with_the_uninterrupted_table(tmp_path, capsys)
                              "--executor", "local", "--jobs", "2", "--threads", "1"], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(out.glob("*/run/last.safetensors")) and proc.poll() is None and time.monotonic() < deadline:
+    while (not list(out.glob("*/run/last.safetensors")) and proc.poll() is None
+           and time.monotonic() < deadline):
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
