@@ -68,56 +68,69 @@ def _options_text(options: dict[str, Any]) -> str:
 
 
 def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]]) -> str:
-    """The table: rows and columns by axis label in the spec's order; a cell is mean ± std over seeds (or
-    one column per seed); below it, what every row and column label sets, and what all points share."""
+    """The table: rows and columns by axis label in the spec's order, one column per column label and
+    metric; a cell is mean ± std over seeds (or one column per seed). Below it: what every row and column
+    label sets, what all points share, and each evaluation's setting."""
     by_point = {r["point"]: r for r in records}
     points = spec.points()
-    axes = dict(spec.axes)
 
     def labels(point: Point, names: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(point.label(a) for a in names)
 
+    def seed(point: Point) -> str:
+        return point.label(SEED) if SEED in spec.axis_names else ""
+
     row_keys = list(dict.fromkeys(labels(p, table.rows) for p in points))
     col_keys = list(dict.fromkeys(labels(p, table.columns) for p in points))
-    seeds = list(dict.fromkeys(p.label(SEED) for p in points)) if SEED in spec.axis_names else [""]
+    seeds = list(dict.fromkeys(seed(p) for p in points))
     cells: dict[tuple, dict[str, float]] = {}
     for p in points:
-        value = value_of(by_point[p.name], table.metric, spec)
-        if value is not None:
-            key = (labels(p, table.rows), labels(p, table.columns))
-            cells.setdefault(key, {})[p.label(SEED) if SEED in spec.axis_names else ""] = value
+        for metric in table.metrics:
+            value = value_of(by_point[p.name], metric, spec)
+            if value is not None:
+                key = (labels(p, table.rows), labels(p, table.columns), metric)
+                cells.setdefault(key, {})[seed(p)] = value
     counts = {len(v) for v in cells.values()}
-    uneven = len(counts) > 1 or len(cells) < len(row_keys) * len(col_keys)
+    uneven = len(counts) > 1 or len(cells) < len(row_keys) * len(col_keys) * len(table.metrics)
+    columns = [(c, m, s) for c in col_keys for m in table.metrics
+               for s in (seeds if table.seeds == "each" else [None])]
     head = [" / ".join(table.rows)]
-    columns = [(c, s) for c in col_keys for s in (seeds if table.seeds == "each" else [None])]
-    for c, s in columns:
-        name = " / ".join(c) if c else table.metric
+    for c, m, s in columns:
+        name = " / ".join([*c, m] if len(table.metrics) > 1 or not c else c)
         head.append(f"{name} (seed {s})" if s is not None else name)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in row_keys:
         row = [" / ".join(r)]
-        for c, s in columns:
-            got = cells.get((r, c), {})
-            values = [got[s]] if s is not None and s in got else [] if s is not None else list(got.values())
+        for c, m, s in columns:
+            got = cells.get((r, c, m), {})
+            values = list(got.values()) if s is None else [got[s]] if s in got else []
             row.append(_fmt(values, table.digits, uneven and s is None))
         lines.append("| " + " | ".join(row) + " |")
-    varied = {k for _, bundle in spec.axes for _, options in bundle for k in options}
-    shared = {k: v for k, v in spec.base.items() if k not in varied}
-    notes = [f"Metric: {table.metric}" + (f"; {seeds_note(counts)}" if table.seeds == "mean" else "") + "."]
+    return "\n".join(lines) + "\n\n" + "\n".join(table_notes(spec, table, counts)) + "\n"
+
+
+def table_notes(spec: Spec, table: Table, counts: set[int]) -> list[str]:
+    """The settings behind a table: each row and column label's options, the options every point shares,
+    and the evaluations its metrics come from."""
+    axes = dict(spec.axes)
+    seeds = f"; {seeds_note(counts)}" if table.seeds == "mean" else ""
+    notes = [f"Metric{'s' * (len(table.metrics) > 1)}: {', '.join(table.metrics)}{seeds}."]
     for axis in table.rows + table.columns:
-        sets = "; ".join(f"{label}: {_options_text(o)}" for label, o in axes[axis] if o != {axis: label})
+        sets = "; ".join(f"{label}: {_options_text({k: v for k, v in o.items() if k != axis})}"
+                         for label, o in axes[axis] if set(o) - {axis})
         if sets:
             notes.append(f"{axis}: {sets}.")
+    varied = {k for _, bundle in spec.axes for _, options in bundle for k in options}
+    shared = {k: v for k, v in spec.base.items() if k not in varied}
     if shared:
         notes.append("All points: " + _options_text(shared) + ".")
-    evaluations = {e.name: e for e in spec.evals}
-    source, _ = metric_source(table.metric, spec.evals)
-    if source in evaluations:
-        e = evaluations[source]
-        examples = "all examples" if e.limit is None else f"{e.limit} examples"
-        notes.append(f"Evaluation {e.name}: {e.split} split, S = {e.samples}, {examples}, "
-                     f"{e.checkpoint} checkpoint.")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    sources = dict.fromkeys(metric_source(m, spec.evals)[0] for m in table.metrics)
+    for e in spec.evals:
+        if e.name in sources:
+            examples = "all examples" if e.limit is None else f"{e.limit} examples"
+            notes.append(f"{e.name}: the IW bound on the {e.split} split, S = {e.samples}, {examples}, "
+                         f"{e.checkpoint} checkpoint.")
+    return notes
 
 
 def seeds_note(counts: set[int]) -> str:
@@ -206,25 +219,26 @@ def write_plots(spec: Spec, out: Path, records: list[dict[str, Any]]) -> dict[st
         written["curves"] = save(fig, CURVES_PNG)
     finals = []
     for table in spec.tables:
+        metric = table.metrics[0]
         groups: dict[str, list[float]] = {}
         for record in records:
-            value = value_of(record, table.metric, spec)
+            value = value_of(record, metric, spec)
             if value is not None:
                 label = ", ".join(str(record[a]) for a in table.rows + table.columns)
                 groups.setdefault(label, []).append(value)
         if groups:
-            finals.append((table, groups))
+            finals.append((table, metric, groups))
     if finals:
-        fig, axes = plt.subplots(len(finals), 1, figsize=(7, 0.3 * max(len(g) for _, g in finals) + 2.0),
+        fig, axes = plt.subplots(len(finals), 1, figsize=(7, 0.3 * sum(len(g) for *_, g in finals) + 2.0),
                                  squeeze=False)
-        for ax, (table, groups) in zip(axes[:, 0], finals, strict=True):
+        for ax, (table, metric, groups) in zip(axes[:, 0], finals, strict=True):
             names = list(groups)
             means = [statistics.mean(groups[n]) for n in names]
             errors = [statistics.stdev(groups[n]) if len(groups[n]) > 1 else 0.0 for n in names]
             ax.errorbar(means, range(len(names)), xerr=errors, fmt="o", capsize=3)
             ax.set_yticks(range(len(names)), names, fontsize=7)
             ax.invert_yaxis()
-            ax.set_xlabel(table.metric)
+            ax.set_xlabel(metric)
             ax.set_title(f"{spec.name}: {table.name} (error bars: std over seeds)", fontsize=9)
         written["final"] = save(fig, FINAL_PNG)
     return written

@@ -14,6 +14,7 @@
       - {name: test, split: test, samples: 5000, limit: null, checkpoint: best, log_z: auto}
     tables:
       - {name: main, rows: model, columns: latents, metric: test.nll, seeds: mean}   # or seeds: each
+      # metrics: [train.nll, test.nll] gives one column per column label and metric
     quick: {base: {dataset: digits, steps: 40}, eval: {samples: 10, limit: 100}}   # --quick's overrides
 
 A named axis whose name is an option (``estimator: {gs: {temperature: 0.65}, st: {}}``) also sets that
@@ -41,7 +42,7 @@ EVAL_KEYS = {"name", "split", "samples", "limit", "checkpoint", "seed", "log_z",
              "log_z_samples"}
 EVAL_METRICS = ("nll", "neg_elbo", "nll_stderr", "neg_relaxed_objective")
 TRAIN_METRICS = ("nll", "neg_elbo", "best_step", "step", "train_seconds", "steps_per_s")
-TABLE_KEYS = {"name", "rows", "columns", "metric", "seeds", "digits"}
+TABLE_KEYS = {"name", "rows", "columns", "metric", "metrics", "seeds", "digits"}
 SPEC_KEYS = {"name", "description", "base", "grid", "eval", "tables", "quick"}
 
 
@@ -70,7 +71,7 @@ class Table:
     name: str
     rows: tuple[str, ...]
     columns: tuple[str, ...]
-    metric: str
+    metrics: tuple[str, ...]
     seeds: str = "mean"  # mean: mean ± std over seeds; each: one column per seed
     digits: int = 2
 
@@ -201,8 +202,9 @@ def _tables(value: Any, spec_axes: tuple[str, ...], evals: tuple[Evaluation, ...
         if unknown:
             raise ConfigError(f"unknown table key {unknown[0]!r} (known: {', '.join(sorted(TABLE_KEYS))})")
         rows, columns = _names(item.get("rows")), _names(item.get("columns"))
+        metrics = _names(item.get("metrics", item.get("metric", "nll")))
         table = Table(name=str(item.get("name", f"table{i + 1}")), rows=rows, columns=columns,
-                      metric=str(item.get("metric", "nll")), seeds=str(item.get("seeds", "mean")),
+                      metrics=metrics, seeds=str(item.get("seeds", "mean")),
                       digits=int(item.get("digits", 2)))
         if not rows:
             raise ConfigError(f"table {table.name!r} needs rows (an axis of the grid)")
@@ -216,13 +218,14 @@ def _tables(value: Any, spec_axes: tuple[str, ...], evals: tuple[Evaluation, ...
                               "seed; a cell would mix its values")
         if table.seeds not in ("mean", "each"):
             raise ConfigError(f"table {table.name!r}: seeds must be mean or each, not {table.seeds!r}")
-        metric_source(table.metric, evals)
+        for metric in table.metrics:
+            metric_source(metric, evals)
         tables.append(table)
     return tuple(tables)
 
 
 def _names(value: Any) -> tuple[str, ...]:
-    """A table's rows or columns: one axis name or a list of them."""
+    """A table's rows, columns or metrics: one name or a list of them."""
     if isinstance(value, list):
         return tuple(str(v) for v in value)
     return (str(value),) if value else ()
