@@ -89,7 +89,7 @@ def test_a_killed_sweep_completes_with_the_uninterrupted_table(tmp_path, capsys)
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 10  # the jobs die a moment after the driver, and hold their locks until then
+    deadline = time.monotonic() + 10  # the jobs die a moment after the driver, holding their locks till then
     while time.monotonic() < deadline:  # (a zombie left unreaped still counts: hence the deadline)
         try:
             os.killpg(proc.pid, 0)
