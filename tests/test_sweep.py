@@ -173,3 +173,22 @@ def test_slurm_without_a_cluster_is_one_line(tmp_path, capsys, monkeypatch):
                  "slurm"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dvae sweep: error: --executor slurm needs a SLURM cluster")
+
+
+def test_more_steps_in_the_spec_extend_the_finished_runs(tmp_path, capsys):
+    """A spec whose ``steps`` grew resumes each finished run to the new length and scores it again."""
+    grid, last = {"model": ["gs"], "seed": [0]}, {"name": "test", "samples": 5, "checkpoint": "last"}
+    spec, out = write_spec(tmp_path, base={**BASE, "steps": 20}, grid=grid, eval=last), tmp_path / "out"
+    assert sweep(spec, out) == 0
+    point = out / "model=gs,seed=0"
+    assert json.loads((point / "eval-test.json").read_text())["step"] == 20
+    assert json.loads((point / "train.json").read_text())["step"] == 20
+    write_spec(tmp_path, base={**BASE, "steps": 40}, grid=grid, eval=last)
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
+    assert last_json(capsys)["point_states"] == {"model=gs,seed=0": "interrupted"}
+    assert sweep(spec, out) == 0
+    assert last_json(capsys)["ran"] == 1
+    assert json.loads((point / "train.json").read_text())["step"] == 40
+    assert json.loads((point / "eval-test.json").read_text())["step"] == 40
+    assert '"steps"' in (point / "run" / "overrides.jsonl").read_text()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .runner import ERROR, TRAIN, eval_file, point_state, read_json
-from .spec import SEED, TRAIN_METRICS, Point, Spec, Table, metric_source
+from .spec import SEED, TRAIN_METRICS, Point, Spec, Table, metric_source, train_config
 
 RESULTS_JSON, RESULTS_CSV, TABLE_MD = "results.json", "results.csv", "table.md"
 CURVES_PNG, FINAL_PNG = "validation.png", "final.png"
@@ -24,8 +24,10 @@ def collect(spec: Spec, out: Path, submitted: set[str] = frozenset()) -> list[di
     records = []
     for point in spec.points():
         folder = out / point.name
-        record: dict[str, Any] = {"point": point.name, **dict(point.labels),
-                                  "state": point_state(folder, spec.evals, point.name in submitted)}
+        config = train_config(point.values)
+        state = point_state(folder, spec.evals, point.name in submitted,
+                            config.steps if config.epochs is None else None)
+        record: dict[str, Any] = {"point": point.name, **dict(point.labels), "state": state}
         train = read_json(folder / TRAIN)
         record["train"] = {k: train.get(k) for k in TRAIN_METRICS} if train else None
         record["evals"] = {e.name: read_json(folder / eval_file(e)) for e in spec.evals}

@@ -99,9 +99,12 @@ def run_point(job: PointJob) -> dict[str, Any]:
     try:
         (job.folder / ERROR).unlink(missing_ok=True)
         run = job.folder / "run"
+        config = train_config(job.values)
+        if short_of(job.folder, config.steps if config.epochs is None else None):
+            for name in (TRAIN, *(eval_file(e) for e in job.evals)):  # the spec asks for more steps now
+                (job.folder / name).unlink(missing_ok=True)
         if not (job.folder / TRAIN).is_file():
-            if (run / LAST).is_file():  # interrupted: resume, with the spec's length and data folder
-                config = train_config(job.values)
+            if (run / LAST).is_file():  # interrupted or extended: resume, with the spec's length and data
                 given = {"steps": config.steps} if config.epochs is None else {"epochs": config.epochs}
                 if config.data_dir:
                     given["data_dir"] = config.data_dir
@@ -127,11 +130,20 @@ def run_point(job: PointJob) -> dict[str, Any]:
         lock.release()
 
 
-def point_state(folder: Path, evals: tuple[Evaluation, ...], submitted: bool = False) -> str:
-    """What the files (and the lock) say about a point: one of :data:`STATES`."""
+def short_of(folder: Path, steps: int | None) -> bool:
+    """Whether the point's finished training stopped before ``steps`` (the spec's length, raised since)."""
+    trained = read_json(folder / TRAIN) if steps else None
+    return bool(trained) and isinstance(trained.get("step"), int) and trained["step"] < steps
+
+
+def point_state(folder: Path, evals: tuple[Evaluation, ...], submitted: bool = False,
+                steps: int | None = None) -> str:
+    """What the files (and the lock) say about a point: one of :data:`STATES`; a point trained for fewer
+    than ``steps`` is interrupted."""
     from ..runs import LAST
 
-    if (folder / TRAIN).is_file() and all((folder / eval_file(e)).is_file() for e in evals):
+    done = (folder / TRAIN).is_file() and all((folder / eval_file(e)).is_file() for e in evals)
+    if done and not short_of(folder, steps):
         return "done"
     if folder.is_dir():
         lock = PointLock(folder)
