@@ -38,10 +38,18 @@ def collect(spec: Spec, out: Path, submitted: set[str] = frozenset()) -> list[di
 
 
 def value_of(record: dict[str, Any], metric: str, spec: Spec) -> float | None:
+    return measured(record, metric, spec)[0]
+
+
+def measured(record: dict[str, Any], metric: str, spec: Spec) -> tuple[float | None, float | None]:
+    """A point's value of ``metric`` and, for an evaluation's bound, its standard error over examples."""
     source, key = metric_source(metric, spec.evals)
     part = record["train"] if source == "train" else record["evals"].get(source)
     value = part.get(key) if part else None
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+    if not (isinstance(value, int | float) and math.isfinite(value)):
+        return None, None
+    stderr = part.get(f"{key}_stderr") if source != "train" else None
+    return float(value), float(stderr) if isinstance(stderr, int | float) else None
 
 
 def flat(record: dict[str, Any], spec: Spec) -> dict[str, Any]:
@@ -56,11 +64,13 @@ def flat(record: dict[str, Any], spec: Spec) -> dict[str, Any]:
     return row
 
 
-def _fmt(values: list[float], digits: int, seeds: bool) -> str:
+def _fmt(values: list[float], digits: int, seeds: bool, stderr: float | None = None) -> str:
+    """Mean ± std over seeds; one seed: the value, ± its standard error over examples when it has one."""
     if not values:
         return "—"
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}" + (" (1 seed)" if seeds else "")
+        text = f"{values[0]:.{digits}f}" + (f" ± {stderr:.{digits}f}" if stderr is not None else "")
+        return text + (" (1 seed)" if seeds else "")
     text = f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
     return text + (f" ({len(values)} seeds)" if seeds else "")
 
@@ -86,27 +96,36 @@ def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]]) -> s
     col_keys = list(dict.fromkeys(labels(p, table.columns) for p in points))
     seeds = list(dict.fromkeys(seed(p) for p in points))
     cells: dict[tuple, dict[str, float]] = {}
+    errors: dict[tuple, float | None] = {}
     for p in points:
         for metric in table.metrics:
-            value = value_of(by_point[p.name], metric, spec)
+            value, stderr = measured(by_point[p.name], metric, spec)
             if value is not None:
                 key = (labels(p, table.rows), labels(p, table.columns), metric)
                 cells.setdefault(key, {})[seed(p)] = value
+                errors[(*key, seed(p))] = stderr
     counts = {len(v) for v in cells.values()}
-    uneven = len(counts) > 1 or len(cells) < len(row_keys) * len(col_keys) * len(table.metrics)
+    uneven = len(counts) > 1
     columns = [(c, m, s) for c in col_keys for m in table.metrics
                for s in (seeds if table.seeds == "each" else [None])]
     head = [" / ".join(table.rows)]
+    title = dict(zip(table.metrics, table.labels, strict=True))
     for c, m, s in columns:
-        name = " / ".join([*c, m] if len(table.metrics) > 1 or not c else c)
+        name = " / ".join([*c, title[m]] if len(table.metrics) > 1 or not c else c)
         head.append(f"{name} (seed {s})" if s is not None else name)
+    published = {(r, c): v for r, c, v in table.published}
+    head += [" / ".join([*c, table.reference]) for c in col_keys] if table.reference else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in row_keys:
         row = [" / ".join(r)]
         for c, m, s in columns:
             got = cells.get((r, c, m), {})
             values = list(got.values()) if s is None else [got[s]] if s in got else []
-            row.append(_fmt(values, table.digits, uneven and s is None))
+            one = next(iter(got)) if s is None and len(got) == 1 else s
+            row.append(_fmt(values, table.digits, uneven and s is None, errors.get((r, c, m, one))))
+        if table.reference:
+            row += [f"{published[key]:g}" if (key := (" / ".join(r), " / ".join(c))) in published else ""
+                    for c in col_keys]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n\n" + "\n".join(table_notes(spec, table, counts)) + "\n"
 
@@ -116,7 +135,8 @@ def table_notes(spec: Spec, table: Table, counts: set[int]) -> list[str]:
     and the evaluations its metrics come from."""
     axes = dict(spec.axes)
     seeds = f"; {seeds_note(counts)}" if table.seeds == "mean" else ""
-    notes = [f"Metric{'s' * (len(table.metrics) > 1)}: {', '.join(table.metrics)}{seeds}."]
+    notes = [f"Metric{'s' * (len(table.metrics) > 1)}: {', '.join(table.metrics)}{seeds}. A cell of one "
+             "seed shows ± the standard error over examples where the metric has one."]
     for axis in table.rows + table.columns:
         sets = "; ".join(f"{label}: {_options_text({k: v for k, v in o.items() if k != axis})}"
                          for label, o in axes[axis] if set(o) - {axis})

@@ -14,7 +14,8 @@
       - {name: test, split: test, samples: 5000, limit: null, checkpoint: best, log_z: auto}
     tables:
       - {name: main, rows: model, columns: latents, metric: test.nll, seeds: mean}   # or seeds: each
-      # metrics: [train.nll, test.nll] gives one column per column label and metric
+      # metrics: [train.nll, test.nll] gives one column per column label and metric; a mapping
+      # {title: metric, ...} titles them
     quick: {base: {dataset: digits, steps: 40}, eval: {samples: 10, limit: 100}}   # --quick's overrides
 
 A named axis whose name is an option (``estimator: {gs: {temperature: 0.65}, st: {}}``) also sets that
@@ -42,7 +43,7 @@ EVAL_KEYS = {"name", "split", "samples", "limit", "checkpoint", "seed", "log_z",
              "log_z_samples"}
 EVAL_METRICS = ("nll", "neg_elbo", "nll_stderr", "neg_relaxed_objective")
 TRAIN_METRICS = ("nll", "neg_elbo", "best_step", "step", "train_seconds", "steps_per_s")
-TABLE_KEYS = {"name", "rows", "columns", "metric", "metrics", "seeds", "digits"}
+TABLE_KEYS = {"name", "rows", "columns", "metric", "metrics", "seeds", "digits", "reference"}
 SPEC_KEYS = {"name", "description", "base", "grid", "eval", "tables", "quick"}
 
 
@@ -74,6 +75,9 @@ class Table:
     metrics: tuple[str, ...]
     seeds: str = "mean"  # mean: mean ± std over seeds; each: one column per seed
     digits: int = 2
+    labels: tuple[str, ...] = ()  # the metrics' column titles (default: the metrics)
+    reference: str = ""  # the title of published numbers shown beside ours
+    published: tuple[tuple[str, str, float], ...] = ()  # (row label, column label, value)
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,8 @@ def _evals(value: Any) -> tuple[Evaluation, ...]:
     names = [e.name for e in evals]
     if len(set(names)) != len(names):
         raise ConfigError("two evals share a name; name them (name: test-S1000)")
+    if "train" in names:
+        raise ConfigError("an eval may not be named train (train.* are training's metrics); try train-S1")
     return tuple(evals)
 
 
@@ -202,10 +208,13 @@ def _tables(value: Any, spec_axes: tuple[str, ...], evals: tuple[Evaluation, ...
         if unknown:
             raise ConfigError(f"unknown table key {unknown[0]!r} (known: {', '.join(sorted(TABLE_KEYS))})")
         rows, columns = _names(item.get("rows")), _names(item.get("columns"))
-        metrics = _names(item.get("metrics", item.get("metric", "nll")))
+        metrics = item.get("metrics", item.get("metric", "nll"))
+        labels = _names(list(metrics)) if isinstance(metrics, dict) else ()
+        metrics = _names(list(metrics.values()) if isinstance(metrics, dict) else metrics)
+        title, published = _published(item.get("reference"), len(columns))
         table = Table(name=str(item.get("name", f"table{i + 1}")), rows=rows, columns=columns,
-                      metrics=metrics, seeds=str(item.get("seeds", "mean")),
-                      digits=int(item.get("digits", 2)))
+                      metrics=metrics, labels=labels or metrics, seeds=str(item.get("seeds", "mean")),
+                      digits=int(item.get("digits", 2)), reference=title, published=published)
         if not rows:
             raise ConfigError(f"table {table.name!r} needs rows (an axis of the grid)")
         for axis in rows + columns:
@@ -222,6 +231,26 @@ def _tables(value: Any, spec_axes: tuple[str, ...], evals: tuple[Evaluation, ...
             metric_source(metric, evals)
         tables.append(table)
     return tuple(tables)
+
+
+def _published(value: Any, columns: int) -> tuple[str, tuple[tuple[str, str, float], ...]]:
+    """A table's ``reference: {title: ..., values: {ROW: VALUE}}`` (no columns) or ``{ROW: {COLUMN:
+    VALUE}}`` (labels joined by " / " where rows or columns span several axes)."""
+    if value is None:
+        return "", ()
+    if not isinstance(value, dict) or not isinstance(value.get("title"), str) or not isinstance(
+            value.get("values"), dict):
+        raise ConfigError("a table's reference needs a title and values (a mapping of row labels to numbers, "
+                          "or to mappings of column labels to numbers)")
+    out = []
+    for row, cell in value["values"].items():
+        items = cell.items() if isinstance(cell, dict) else [("", cell)]
+        for column, number in items:
+            if not isinstance(number, int | float) or (columns > 0) != isinstance(cell, dict):
+                raise ConfigError(f"reference value of {row!r} must be a number"
+                                  + (" per column label" if columns else ""))
+            out.append((label_of(row), label_of(column), float(number)))
+    return value["title"], tuple(out)
 
 
 def _names(value: Any) -> tuple[str, ...]:
