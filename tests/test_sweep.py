@@ -192,3 +192,31 @@ def test_more_steps_in_the_spec_extend_the_finished_runs(tmp_path, capsys):
     assert json.loads((point / "train.json").read_text())["step"] == 40
     assert json.loads((point / "eval-test.json").read_text())["step"] == 40
     assert '"steps"' in (point / "run" / "overrides.jsonl").read_text()
+
+
+SPECS = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
+def test_every_shipped_spec_runs_in_its_quick_form(spec, tmp_path, capsys):
+    """Each spec under experiments/ runs its whole grid on digits (--quick), and every point has a value of
+    every metric its tables show."""
+    from discrete_vae.sweep import load_spec
+    from discrete_vae.sweep.report import value_of
+
+    out = tmp_path / "out"
+    assert sweep(spec, out, "--quick") == 0
+    summary = last_json(capsys)
+    assert summary["states"]["done"] == summary["points"] > 0
+    loaded = load_spec(spec, quick=True)
+    records = json.loads((out / "results.json").read_text())
+    for table in loaded.tables:
+        for record in records:
+            for metric in table.metrics:
+                assert value_of(record, metric, loaded) is not None, (record["point"], metric)
+    assert (out / "table.md").read_text().count("\n| ") >= len(loaded.tables)
+
+
+def test_specs_are_shipped():
+    assert {p.stem for p in SPECS} >= {"quality", "igr_compare", "sop", "dvae_family", "gumbel_rao_table",
+                                       "disarm_setting"}

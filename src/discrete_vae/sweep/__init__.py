@@ -21,6 +21,7 @@ from .runner import (
     note,
     read_json,
     run_jobs,
+    sigterm_interrupts,
     status_lines,
     threads_per_job,
 )
@@ -68,7 +69,8 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
     try:
         if todo:
             work = jobs_for(spec, out, todo, threads, data_dir)
-            outcomes = run_jobs(runner, executor, work, jobs, out, wait)
+            with sigterm_interrupts():
+                outcomes = run_jobs(runner, executor, work, jobs, out, wait)
     finally:  # the tables hold what is finished, also after Ctrl-C
         write_report(spec, out, collect(spec, out, set(read_json(out / JOBS) or {})))
     summary = sweep_status(spec, out)

@@ -5,6 +5,7 @@ band over seeds, per setting) and the final value of each table's metric with er
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -12,8 +13,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .commands import command
 from .runner import ERROR, TRAIN, eval_file, point_state, read_json
-from .spec import SEED, TRAIN_METRICS, Point, Spec, Table, metric_source, train_config
+from .spec import SEED, TRAIN_METRICS, Point, Spec, Table, metric_source
 
 RESULTS_JSON, RESULTS_CSV, TABLE_MD = "results.json", "results.csv", "table.md"
 CURVES_PNG, FINAL_PNG = "validation.png", "final.png"
@@ -24,9 +26,9 @@ def collect(spec: Spec, out: Path, submitted: set[str] = frozenset()) -> list[di
     records = []
     for point in spec.points():
         folder = out / point.name
-        config = train_config(point.values)
-        state = point_state(folder, spec.evals, point.name in submitted,
-                            config.steps if config.epochs is None else None)
+        runs = command(spec.command)
+        steps = runs.steps(runs.config(point.values))
+        state = point_state(folder, spec.evals, point.name in submitted, steps)
         record: dict[str, Any] = {"point": point.name, **dict(point.labels), "state": state}
         train = read_json(folder / TRAIN)
         record["train"] = {k: train.get(k) for k in TRAIN_METRICS} if train else None
@@ -110,14 +112,18 @@ def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]]) -> s
                for s in (seeds if table.seeds == "each" else [None])]
     head = [" / ".join(table.rows)]
     title = dict(zip(table.metrics, table.labels, strict=True))
+
+    def shown(key: tuple[str, ...]) -> list[str]:
+        return [table.titles.get(label, label) for label in key]
+
     for c, m, s in columns:
-        name = " / ".join([*c, title[m]] if len(table.metrics) > 1 or not c else c)
+        name = " / ".join([*shown(c), title[m]] if len(table.metrics) > 1 or not c else shown(c))
         head.append(f"{name} (seed {s})" if s is not None else name)
     published = {(r, c): v for r, c, v in table.published}
-    head += [" / ".join([*c, table.reference]) for c in col_keys] if table.reference else []
+    head += [" / ".join([*shown(c), table.reference]) for c in col_keys] if table.reference else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in row_keys:
-        row = [" / ".join(r)]
+        row = [" / ".join(shown(r))]
         for c, m, s in columns:
             got = cells.get((r, c, m), {})
             values = list(got.values()) if s is None else [got[s]] if s in got else []
@@ -143,14 +149,16 @@ def table_notes(spec: Spec, table: Table, counts: set[int]) -> list[str]:
         if sets:
             notes.append(f"{axis}: {sets}.")
     varied = {k for _, bundle in spec.axes for _, options in bundle for k in options}
-    shared = {k: v for k, v in spec.base.items() if k not in varied}
+    shared = {**{k: v for k, v in spec.base.items() if k not in varied}, **spec.over}
     if shared:
         notes.append("All points: " + _options_text(shared) + ".")
     sources = dict.fromkeys(metric_source(m, spec.evals)[0] for m in table.metrics)
     for e in spec.evals:
+        e = dataclasses.replace(e, **spec.eval_over)
         if e.name in sources:
             examples = "all examples" if e.limit is None else f"{e.limit} examples"
-            notes.append(f"{e.name}: the IW bound on the {e.split} split, S = {e.samples}, {examples}, "
+            bound = "the IW bound" if spec.command == "train" else "−L^SP"
+            notes.append(f"{e.name}: {bound} on the {e.split} split, S = {e.samples}, {examples}, "
                          f"{e.checkpoint} checkpoint.")
     return notes
 

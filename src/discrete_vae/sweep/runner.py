@@ -11,17 +11,22 @@ failed point.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, UserError
-from .spec import Evaluation, Point, Spec, train_config
+from .commands import command
+from .spec import Evaluation, Point, Spec
 
 TRAIN, ERROR, LOCK, JOBS = "train.json", "error.json", ".lock", "jobs.json"
 STATES = ("done", "running", "failed", "interrupted", "submitted", "pending")
@@ -75,6 +80,7 @@ class PointJob:
     values: dict[str, Any]
     evals: tuple[Evaluation, ...]
     threads: int
+    command: str = "train"
 
     def __call__(self) -> dict[str, Any]:
         return run_point(self)
@@ -86,36 +92,28 @@ def run_point(job: PointJob) -> dict[str, Any]:
     job holds the point) or failed (``error`` is one line; ``error.json`` keeps the traceback)."""
     import torch
 
-    from ..config import resumed_config
-    from ..evaluate import evaluate_run
     from ..progress import Stopped
     from ..runs import LAST
-    from ..train import train
 
     torch.set_num_threads(job.threads)
     lock = PointLock(job.folder)
     if not lock.held:
         return {"state": "running"}
+    runs = command(job.command)
     try:
         (job.folder / ERROR).unlink(missing_ok=True)
         run = job.folder / "run"
-        config = train_config(job.values)
-        if short_of(job.folder, config.steps if config.epochs is None else None):
+        config = runs.config(job.values)
+        if short_of(job.folder, runs.steps(config)):
             for name in (TRAIN, *(eval_file(e) for e in job.evals)):  # the spec asks for more steps now
                 (job.folder / name).unlink(missing_ok=True)
         if not (job.folder / TRAIN).is_file():
-            if (run / LAST).is_file():  # interrupted or extended: resume, with the spec's length and data
-                given = {"steps": config.steps} if config.epochs is None else {"epochs": config.epochs}
-                if config.data_dir:
-                    given["data_dir"] = config.data_dir
-                result = train(resumed_config(run, given), resume=run, progress=False)
-            else:
-                result = train(train_config({**job.values, "out": str(run)}), progress=False)
+            # interrupted or extended: resume, with the spec's length (and data folder)
+            result = runs.resume(config, run) if (run / LAST).is_file() else runs.fresh(config, run)
             write_json(job.folder / TRAIN, result)
         for evaluation in job.evals:
             if not (job.folder / eval_file(evaluation)).is_file():
-                result = evaluate_run(run, data_dir=job.values.get("data_dir"), progress=False,
-                                      **evaluation.options())
+                result = runs.evaluate(run, evaluation, job.values.get("data_dir"))
                 write_json(job.folder / eval_file(evaluation), result)
         return {"state": "done"}
     except Stopped as e:
@@ -216,7 +214,8 @@ def make_executor(kind: str, folder: Path, threads: int, slurm: Slurm | None, ti
 def jobs_for(spec: Spec, out: Path, points: list[Point], threads: int,
              data_dir: str | None) -> list[PointJob]:
     extra = {"data_dir": data_dir} if data_dir else {}
-    return [PointJob(out / p.name, {**p.values, **extra}, spec.evals, threads) for p in points]
+    return [PointJob(out / p.name, {**p.values, **extra}, spec.point_evals(p), threads, spec.command)
+            for p in points]
 
 
 def run_jobs(executor: Any, kind: str, jobs: list[PointJob], max_jobs: int, out: Path,
@@ -228,6 +227,8 @@ def run_jobs(executor: Any, kind: str, jobs: list[PointJob], max_jobs: int, out:
     if kind == "debug":
         for job in jobs:
             outcomes[job.folder.name] = job()
+            if outcomes[job.folder.name]["state"] == "interrupted":  # a signal stopped it: stop the sweep
+                raise KeyboardInterrupt
         return outcomes
     if kind == "slurm":
         with executor.batch():
@@ -260,6 +261,24 @@ def run_jobs(executor: Any, kind: str, jobs: list[PointJob], max_jobs: int, out:
             outcomes[name] = _outcome(j)
         raise
     return outcomes
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within, SIGTERM (a cluster's or a user's stop) acts as Ctrl-C: the sweep stops its jobs, which
+    checkpoint, and ends; rerunning it resumes them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _outcome(job: Any) -> dict[str, Any]:

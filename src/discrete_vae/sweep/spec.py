@@ -41,10 +41,11 @@ from ..errors import ConfigError
 SEED = "seed"
 EVAL_KEYS = {"name", "split", "samples", "limit", "checkpoint", "seed", "log_z", "log_z_betas",
              "log_z_samples"}
-EVAL_METRICS = ("nll", "neg_elbo", "nll_stderr", "neg_relaxed_objective")
+EVAL_METRICS = ("nll", "neg_elbo", "nll_stderr", "neg_relaxed_objective", "log_z", "log_z_stderr", "seconds",
+                "relaxed_nll")  # log_z: RBM priors; relaxed_nll: sop
 TRAIN_METRICS = ("nll", "neg_elbo", "best_step", "step", "train_seconds", "steps_per_s")
-TABLE_KEYS = {"name", "rows", "columns", "metric", "metrics", "seeds", "digits", "reference"}
-SPEC_KEYS = {"name", "description", "base", "grid", "eval", "tables", "quick"}
+TABLE_KEYS = {"name", "rows", "columns", "metric", "metrics", "seeds", "digits", "reference", "titles"}
+SPEC_KEYS = {"name", "description", "command", "base", "grid", "exclude", "eval", "tables", "quick"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Table:
     seeds: str = "mean"  # mean: mean ± std over seeds; each: one column per seed
     digits: int = 2
     labels: tuple[str, ...] = ()  # the metrics' column titles (default: the metrics)
+    titles: dict[str, str] = field(default_factory=dict, hash=False, compare=False)  # label -> shown
     reference: str = ""  # the title of published numbers shown beside ours
     published: tuple[tuple[str, str, float], ...] = ()  # (row label, column label, value)
 
@@ -86,6 +88,7 @@ class Point:
 
     labels: tuple[tuple[str, str], ...]
     values: dict[str, Any] = field(hash=False, compare=False)
+    eval_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # a label's eval:
 
     @property
     def name(self) -> str:
@@ -117,6 +120,10 @@ class Spec:
     evals: tuple[Evaluation, ...]
     tables: tuple[Table, ...]
     path: Path | None = None
+    command: str = "train"
+    exclude: tuple[tuple[tuple[str, str], ...], ...] = ()  # points matching every (axis, label) of one
+    over: dict[str, Any] = field(default_factory=dict)  # --quick's options, over every label's
+    eval_over: dict[str, Any] = field(default_factory=dict)  # --quick's eval settings, over every label's
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -125,12 +132,20 @@ class Spec:
     def points(self) -> list[Point]:
         out = []
         for combo in itertools.product(*(values for _, values in self.axes)):
-            values = dict(self.base)
+            values, evals = dict(self.base), {}
             for _, options in combo:
-                values.update(options)
-            out.append(Point(tuple((axis, label) for axis, (label, _) in zip(self.axis_names, combo,
-                                                                                 strict=True)), values))
+                values.update({k: v for k, v in options.items() if k != "eval"})
+                evals.update(options.get("eval", {}))
+            values.update(self.over)
+            evals.update(self.eval_over)
+            labels = tuple((axis, label) for axis, (label, _) in zip(self.axis_names, combo, strict=True))
+            if not any(set(rule) <= set(labels) for rule in self.exclude):
+                out.append(Point(labels, values, evals))
         return out
+
+    def point_evals(self, point: Point) -> tuple[Evaluation, ...]:
+        """The evaluations of ``point``: the spec's, with its labels' ``eval:`` settings over them."""
+        return tuple(dataclasses.replace(e, **point.eval_options) for e in self.evals)
 
     def evaluation(self, name: str) -> Evaluation:
         return next(e for e in self.evals if e.name == name)
@@ -157,6 +172,13 @@ def _axes(grid: Any, options: set[str]) -> tuple:
             bundle = []
             for label, extra in values.items():
                 extra = _mapping(extra, f"grid axis {axis!r}, label {label!r}")
+                if "eval" in extra:  # evaluation settings for this label's points (a larger --limit, ...)
+                    over = _mapping(extra["eval"], f"grid axis {axis!r}, label {label!r}, eval")
+                    unknown = sorted(set(over) - (EVAL_KEYS - {"name"}))
+                    if unknown:
+                        raise ConfigError(f"unknown eval key {unknown[0]!r} in grid axis {axis!r}, "
+                                          f"label {label!r}")
+                    extra["eval"] = over
                 if axis in options:
                     extra = {axis: label, **extra}
                 bundle.append((label_of(label), extra))
@@ -175,6 +197,23 @@ def _axes(grid: Any, options: set[str]) -> tuple:
         if len(set(labels)) != len(labels):
             raise ConfigError(f"grid axis {axis!r} repeats a value")
     return tuple(axes)
+
+
+def _exclude(value: Any, axes: tuple) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """``exclude: [{axis: label, ...}, ...]``: the grid points to leave out."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(rule, dict) and rule for rule in value):
+        raise ConfigError("exclude must be a list of mappings of grid axes to labels")
+    labels = {axis: {label for label, _ in bundle} for axis, bundle in axes}
+    out = []
+    for rule in value:
+        pairs = tuple((str(axis).replace("-", "_"), label_of(label)) for axis, label in rule.items())
+        for axis, label in pairs:
+            if label not in labels.get(axis, ()):
+                raise ConfigError(f"exclude names {axis}={label}, which is not in the grid")
+        out.append(pairs)
+    return tuple(out)
 
 
 def _evals(value: Any) -> tuple[Evaluation, ...]:
@@ -214,7 +253,8 @@ def _tables(value: Any, spec_axes: tuple[str, ...], evals: tuple[Evaluation, ...
         title, published = _published(item.get("reference"), len(columns))
         table = Table(name=str(item.get("name", f"table{i + 1}")), rows=rows, columns=columns,
                       metrics=metrics, labels=labels or metrics, seeds=str(item.get("seeds", "mean")),
-                      digits=int(item.get("digits", 2)), reference=title, published=published)
+                      digits=int(item.get("digits", 2)), reference=title, published=published,
+                      titles={label_of(k): str(v) for k, v in _mapping(item.get("titles"), "titles").items()})
         if not rows:
             raise ConfigError(f"table {table.name!r} needs rows (an axis of the grid)")
         for axis in rows + columns:
@@ -273,13 +313,9 @@ def metric_source(metric: str, evals: tuple[Evaluation, ...]) -> tuple[str, str]
     return source, key
 
 
-def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    return {**base, **over}
-
-
 def load_spec(path: str | Path, quick: bool = False) -> Spec:
     """Read and check a spec; with ``quick``, its ``quick:`` overrides (base and each eval) apply."""
-    from ..config import TrainConfig
+    from .commands import command
 
     path = Path(path)
     try:
@@ -294,49 +330,27 @@ def load_spec(path: str | Path, quick: bool = False) -> Spec:
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in sweep spec {path} "
                           f"(known: {', '.join(sorted(SPEC_KEYS))})")
+    runs = command(str(data.get("command", "train")))
     base = _mapping(data.get("base"), "base")
     quick_part = _mapping(data.get("quick"), "quick")
-    if quick:
-        if not quick_part:
-            raise ConfigError(f"sweep spec {path} has no quick: section")
-        base = merge(base, _mapping(quick_part.get("base"), "quick.base"))
-    options = {f.name for f in dataclasses.fields(TrainConfig)} | option_names() | {"preset"}
-    axes = _axes(data.get("grid"), options)
-    raw_evals = data.get("eval")
-    if quick and "eval" in quick_part:
-        over = _mapping(quick_part["eval"], "quick.eval")
-        items = raw_evals if isinstance(raw_evals, list) else [raw_evals]
-        raw_evals = [merge(_mapping(item, "each eval"), over) for item in items]
-    evals = _evals(raw_evals)
+    if quick and not quick_part:
+        raise ConfigError(f"sweep spec {path} has no quick: section")
+    over = _mapping(quick_part.get("base"), "quick.base") if quick else {}
+    eval_over = _mapping(quick_part.get("eval"), "quick.eval") if quick else {}
+    unknown = sorted(set(eval_over) - (EVAL_KEYS - {"name"}))
+    if unknown:
+        raise ConfigError(f"unknown eval key {unknown[0]!r} in quick.eval")
+    axes = _axes(data.get("grid"), runs.options())
+    evals = _evals(data.get("eval"))
     spec = Spec(name=str(data.get("name") or path.stem), description=str(data.get("description") or ""),
-                base=base, axes=axes, evals=evals, tables=(), path=path)
-    spec = Spec(**{**spec.__dict__, "tables": _tables(data.get("tables"), spec.axis_names, evals)})
+                base=base, axes=axes, evals=evals, tables=(), path=path, command=runs.name, over=over,
+                eval_over=eval_over)
+    spec = dataclasses.replace(spec, tables=_tables(data.get("tables"), spec.axis_names, evals),
+                               exclude=_exclude(data.get("exclude"), axes))
     for point in spec.points():
         try:
-            train_config(point.values)
-        except ConfigError as e:
+            runs.config(point.values)
+            spec.point_evals(point)
+        except (ConfigError, TypeError) as e:
             raise ConfigError(f"grid point {point.name}: {e}") from None
     return spec
-
-
-def train_config(values: dict[str, Any]) -> Any:
-    """The :class:`~discrete_vae.config.TrainConfig` of a point's values (``preset`` and ``struct``
-    expanded under them, as ``dvae train --preset`` does)."""
-    from ..config import PRESETS, TrainConfig, with_struct
-
-    values = dict(values)
-    preset = values.pop("preset", None)
-    if preset:
-        values = merge(dict(PRESETS.get(preset)), values)
-    return TrainConfig.from_dict(with_struct(values))
-
-
-def option_names() -> set[str]:
-    """Every posterior's and estimator's option names (flat, as config files give them)."""
-    import dataclasses
-
-    from ..estimators import ESTIMATORS
-    from ..posteriors import POSTERIORS
-
-    return {f.name for registry in (POSTERIORS, ESTIMATORS) for name in registry.names()
-            for f in dataclasses.fields(registry.get(name).Options)}
