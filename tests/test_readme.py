@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from discrete_vae.cli import build_parser
+from discrete_vae.sweep import load_spec
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -37,6 +38,16 @@ def test_readme_has_examples() -> None:
 def test_readme_command_parses(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     assert args.command == argv[0]
+    if args.command == "sweep":  # the spec it names is shipped and reads
+        load_spec(README.parent / args.spec)
+
+
+@pytest.mark.parametrize("text", _blocks("yaml"))
+def test_readme_sweep_spec_reads(text: str, tmp_path: Path) -> None:
+    """The README's spec example is a valid spec, in its quick form too."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    assert load_spec(path).points() and load_spec(path, quick=True).points()
 
 
 @pytest.mark.parametrize("code", _blocks("python"))

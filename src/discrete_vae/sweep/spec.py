@@ -254,7 +254,7 @@ def _tables(value: Any, spec_axes: tuple[str, ...], evals: tuple[Evaluation, ...
         table = Table(name=str(item.get("name", f"table{i + 1}")), rows=rows, columns=columns,
                       metrics=metrics, labels=labels or metrics, seeds=str(item.get("seeds", "mean")),
                       digits=int(item.get("digits", 2)), reference=title, published=published,
-                      titles={label_of(k): str(v) for k, v in _mapping(item.get("titles"), "titles").items()})
+                      titles=_titles(item.get("titles")))
         if not rows:
             raise ConfigError(f"table {table.name!r} needs rows (an axis of the grid)")
         for axis in rows + columns:
@@ -271,6 +271,15 @@ def _tables(value: Any, spec_axes: tuple[str, ...], evals: tuple[Evaluation, ...
             metric_source(metric, evals)
         tables.append(table)
     return tuple(tables)
+
+
+def _titles(value: Any) -> dict[str, str]:
+    """A table's ``titles: {LABEL: shown text}``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError("a table's titles must map labels to the text shown for them")
+    return {label_of(k): str(v) for k, v in value.items()}
 
 
 def _published(value: Any, columns: int) -> tuple[str, tuple[tuple[str, str, float], ...]]:
