@@ -30,6 +30,7 @@ LR_SCHEDULES = ("constant", "cosine", "piecewise")
 RESUME_OVERRIDES = ("steps", "epochs", "lr", "lr_final", "device", "eval_every", "checkpoint_every",
                     "log_every")
 OBJECTIVES = ("auto", "elbo", "iw")
+PRECISIONS = ("fp32", "bf16")
 SAMPLER_NAMES = ("pcd", "pa")
 
 
@@ -97,6 +98,8 @@ class TrainConfig:
     activation: str = _f("relu", "hidden activation: relu, tanh or leaky_relu (negative slope 0.3)")
     seed: int = _f(0, "random seed (weights, noise, data order)")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
+    precision: str = _f("fp32", "training arithmetic: fp32, or bf16 (the encoder's and decoder's forward "
+                        "pass under autocast, on the CPU or CUDA; bounds are always float32)")
     out: str | None = _f(None, "run folder (default runs/<model>-<latent>-<time>)")
     eval_every: int = _f(5000, "validate (and save image grids) every this many steps")
     val_samples: int = _f(10, "importance samples for the validation bound")
@@ -154,6 +157,8 @@ class TrainConfig:
         if self.activation not in ACTIVATIONS:
             choices = ", ".join(ACTIVATIONS)
             raise ConfigError(f"--activation must be one of {choices}, got {self.activation!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def check_method(self) -> None:
         self.estimator_options = dict(self.estimator_options or {})

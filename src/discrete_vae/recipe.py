@@ -55,7 +55,7 @@ def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
             raise ConfigError(f"--continuous needs a normalised discrete prior, not {prior_name}")
         posterior = Mixed(config.continuous, posterior, config.kl)
         prior = ProductPrior([GaussianPrior(config.continuous), prior])
-    return DiscreteVAE(
+    model = DiscreteVAE(
         data_dim,
         posterior,
         prior,
@@ -65,6 +65,8 @@ def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
         learnable_temperature=config.temperature if config.learn_temperature else None,
         center_input=config.center_input,
     )
+    model.train_dtype = torch.bfloat16 if config.precision == "bf16" else None
+    return model
 
 
 def temperature_schedule(config: TrainConfig) -> Schedule:

@@ -133,6 +133,7 @@ class DiscreteVAE(nn.Module):
         if estimator is None:  # the posterior's own relaxation
             estimator = build_estimator(next(iter(posterior.relaxations)))
         self.estimator = estimator
+        self.train_dtype: torch.dtype | None = None  # e.g. bfloat16: the nets' autocast while training
         self.check_estimator()
         self._register_load_state_dict_pre_hook(_legacy_keys)
 
@@ -177,7 +178,16 @@ class DiscreteVAE(nn.Module):
         """``(params, context)``: the encoder's outputs and its (centred) input, which hierarchical
         posteriors condition their later groups on."""
         context = x - self.x_mean if self.center_input else x
-        return self.encoder(context), context
+        return self.run_net(self.encoder, context), context
+
+    def run_net(self, net: nn.Module, inputs: Tensor) -> Tensor:
+        """``net(inputs)``; while training with ``train_dtype`` set, under autocast to that dtype, the
+        output cast back to float32, so that distributions, samplers and bounds stay in float32 (and
+        evaluation, in eval mode, is float32 throughout)."""
+        if self.training and self.train_dtype is not None:
+            with torch.autocast(inputs.device.type, dtype=self.train_dtype):
+                return net(inputs).float()
+        return net(inputs)
 
     def tau(self, scheduled: float) -> Tensor:
         """The temperature in force: the learnable one if present, else the scheduled value."""
@@ -188,7 +198,7 @@ class DiscreteVAE(nn.Module):
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         """``log p(x|z)`` (S, B) for latents ``z`` (S, B, ...), hard or relaxed."""
-        return bernoulli_log_likelihood(self.decoder(self.posterior.decoder_input(z)), x)
+        return bernoulli_log_likelihood(self.run_net(self.decoder, self.posterior.decoder_input(z)), x)
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """``log p(x|z) + log p(z)`` (S, B) for hard ``z`` (unnormalised for the RBM prior)."""
@@ -207,7 +217,7 @@ class DiscreteVAE(nn.Module):
             params, context = self.encode(x)  # (B, P)
             latent = self.posterior.relaxed(params, self.prior, tau, n_samples, context=context,
                                             straight_through=self.posterior.relaxations[name])
-            log_px = bernoulli_log_likelihood(self.decoder(latent.z), x)  # (S, B); z is the decoder input
+            log_px = bernoulli_log_likelihood(self.run_net(self.decoder, latent.z), x)  # (S, B); z: its input
             t = OBJECTIVE_FUNCTIONS[objective](log_px, latent, kl_weight)
             return Terms(t.loss, t.objective.detach(), t.log_px.detach(), t.kl.detach())
         return self._estimated(x, tau, n_samples, kl_weight)
