@@ -66,13 +66,17 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
          f"{len(todo)} to run ({executor}, {jobs if executor != 'slurm' else 'array'} at once, "
          f"{threads} thread{'s' * (threads > 1)} each) -> {out}")
     outcomes: dict[str, dict[str, Any]] = {}
+
+    def report() -> None:
+        write_report(spec, out, collect(spec, out, set(read_json(out / JOBS) or {})))
+
     try:
         if todo:
             work = jobs_for(spec, out, todo, threads, data_dir)
             with sigterm_interrupts():
-                outcomes = run_jobs(runner, executor, work, jobs, out, wait)
+                outcomes = run_jobs(runner, executor, work, jobs, out, wait, on_done=report)
     finally:  # the tables hold what is finished, also after Ctrl-C
-        write_report(spec, out, collect(spec, out, set(read_json(out / JOBS) or {})))
+        report()
     summary = sweep_status(spec, out)
     summary["ran"] = len(outcomes)
     summary["written"] = {k: str(v) for k, v in _written(out).items()}

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,14 +219,17 @@ def jobs_for(spec: Spec, out: Path, points: list[Point], threads: int,
 
 
 def run_jobs(executor: Any, kind: str, jobs: list[PointJob], max_jobs: int, out: Path,
-             wait: bool = True, poll_s: float = 0.5) -> dict[str, dict[str, Any]]:
+             wait: bool = True, poll_s: float = 0.5,
+             on_done: Callable[[], None] = lambda: None) -> dict[str, dict[str, Any]]:
     """Run ``jobs``: at most ``max_jobs`` at once here (local, debug), or all as one SLURM array (its
-    parallelism set on the executor); returns each finished job's outcome by folder name. Ctrl-C or
-    SIGTERM stops the local jobs, which checkpoint first; a rerun resumes them."""
+    parallelism set on the executor); returns each finished job's outcome by folder name, calling
+    ``on_done`` after each (the tables grow as points finish). Ctrl-C or SIGTERM stops the local jobs,
+    which checkpoint first; a rerun resumes them."""
     outcomes: dict[str, dict[str, Any]] = {}
     if kind == "debug":
         for job in jobs:
             outcomes[job.folder.name] = job()
+            on_done()
             if outcomes[job.folder.name]["state"] == "interrupted":  # a signal stopped it: stop the sweep
                 raise KeyboardInterrupt
         return outcomes
@@ -250,6 +253,7 @@ def run_jobs(executor: Any, kind: str, jobs: list[PointJob], max_jobs: int, out:
                 if j.done():
                     outcomes[name] = _outcome(j)
                     del active[name]
+                    on_done()
             if active:
                 time.sleep(poll_s)
     except KeyboardInterrupt:
