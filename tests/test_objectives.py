@@ -184,7 +184,7 @@ def test_enumeration_is_consistent_with_the_model():
     assert (exact["log_px"] > exact["elbo"]).all()
     # the model's hard-sample log weights of given states are the enumerated ones
     torch.manual_seed(1)
-    log_w = model.discrete_log_weights(DATA, 50)  # (50, B) for z ~ q
+    log_w, _ = model.discrete_log_weights(DATA, 50)  # (50, B) for z ~ q
     assert log_w.shape == (50, 16)
     on_support = (log_w[..., None] - exact["log_w"].T[None]).abs().min(-1).values  # (50, B)
     assert on_support.max() < 1e-10

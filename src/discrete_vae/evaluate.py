@@ -34,19 +34,22 @@ MAX_ROWS = 1 << 13  # decoder rows (samples x examples) per chunk: cache-sized, 
 @torch.no_grad()
 def iw_log_likelihood(
     model: DiscreteVAE, x: Tensor, samples: int, max_rows: int = MAX_ROWS
-) -> tuple[Tensor, Tensor]:
-    """Per-example IW bound and discrete ELBO estimate (both (B,)) from ``samples`` hard draws."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-example IW bound, discrete ELBO estimate and ``log mean_s p(x|z_s)`` (each (B,)) from
+    ``samples`` hard draws ``z_s ~ q(z|x)``."""
     s_chunk = max(1, min(samples, max_rows // max(1, x.shape[0])))
     lse = torch.full((x.shape[0],), -math.inf, device=x.device, dtype=torch.float64)
+    lse_px = lse.clone()
     total = torch.zeros(x.shape[0], device=x.device, dtype=torch.float64)
     done = 0
     while done < samples:
         n = min(s_chunk, samples - done)
-        log_w = model.discrete_log_weights(x, n).double()  # (n, B)
-        lse = torch.logaddexp(lse, log_w.logsumexp(0))
-        total += log_w.sum(0)
+        log_w, log_px = model.discrete_log_weights(x, n)  # (n, B) each
+        lse = torch.logaddexp(lse, log_w.double().logsumexp(0))
+        lse_px = torch.logaddexp(lse_px, log_px.double().logsumexp(0))
+        total += log_w.double().sum(0)
         done += n
-    return lse - math.log(samples), total / samples
+    return lse - math.log(samples), total / samples, lse_px - math.log(samples)
 
 
 def estimate_log_partition(prior: Prior, n_betas: int = 1000, n_samples: int = 1024, seed: int = 0,
@@ -80,7 +83,11 @@ def evaluate(
 ) -> dict[str, float]:
     """Score ``data`` (N, D): ``nll`` (-IW bound), ``neg_elbo``, ``neg_relaxed_objective``, in nats.
 
-    ``nll_stderr`` (N > 1) is the standard error of ``nll`` over the examples scored.
+    ``nll_stderr`` (N > 1) is the standard error of ``nll`` over the examples scored. For models trained
+    through a relaxation, ``igr_metric`` is the test metric of the IGR paper's code (Potapczynski et al.
+    2020, ``compute_loss`` with ``run_iwae`` and one-hot decoding): ``KL - log mean_s p(x|z_s)`` with the
+    training objective's KL term and the same hard draws ``z_s ~ q``. The KL sits outside the average
+    over samples, so it is no bound: it can fall below the true ``nll``.
 
     ``log_partition`` is subtracted from every log weight for priors that are not normalised.
     ``progress(examples done)`` is called after each chunk of examples.
@@ -90,19 +97,21 @@ def evaluate(
     device = next(model.parameters()).device
     devices = [device] if device.type == "cuda" else []
     examples = max(1, max_rows // max(1, min(samples, max_rows)))
-    iw_sum = iw_sq = elbo_sum = relaxed_sum = 0.0
+    iw_sum = iw_sq = elbo_sum = relaxed_sum = igr_sum = 0.0
     relaxation = model.estimator.name in model.posterior.relaxations
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for start in range(0, data.shape[0], examples):
             x = data[start : start + examples].to(device)
-            iw, elbo = iw_log_likelihood(model, x, samples, max_rows)
+            iw, elbo, log_mean_px = iw_log_likelihood(model, x, samples, max_rows)
             iw_sum += float(iw.sum())
             iw_sq += float(iw.square().sum())
             elbo_sum += float(elbo.sum())
             if relaxation:
                 with torch.no_grad():
-                    relaxed_sum += float(model(x, tau, 1).objective.sum())
+                    terms = model(x, tau, 1)
+                relaxed_sum += float(terms.objective.sum())
+                igr_sum += float((terms.kl.double() - log_mean_px).sum())
             if progress is not None:
                 progress(min(start + examples, data.shape[0]))
     model.train(was_training)
@@ -115,6 +124,8 @@ def evaluate(
     }
     if relaxation:
         metrics["neg_relaxed_objective"] = log_partition - relaxed_sum / n
+        if log_partition == 0.0:  # the paper's code has no RBM priors
+            metrics["igr_metric"] = igr_sum / n
     if n > 1:  # the standard error of the mean over examples (how far another draw of data could move it)
         var = max(0.0, (iw_sq - iw_sum * iw_sum / n) / (n - 1))
         metrics["nll_stderr"] = math.sqrt(var / n)

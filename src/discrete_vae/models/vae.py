@@ -245,15 +245,17 @@ class DiscreteVAE(nn.Module):
         return Terms(-(out.surrogate - kl_weight * kl).mean(), objective, log_px, kl.detach(), out.aux_loss)
 
     @torch.no_grad()
-    def discrete_log_weights(self, x: Tensor, n_samples: int) -> Tensor:
-        """``log p(x|z) + log p(z) - log q(z|x)`` for ``n_samples`` hard ``z ~ q(z|x)``: (S, B).
+    def discrete_log_weights(self, x: Tensor, n_samples: int) -> tuple[Tensor, Tensor]:
+        """``(log p(x|z) + log p(z) - log q(z|x), log p(x|z))`` for ``n_samples`` hard ``z ~ q(z|x)``:
+        both (S, B).
 
         For a prior that is not normalised, ``log p(z)`` is unnormalised (subtract ``log Z``).
         """
         params, context = self.encode(x)
         q = self.posterior.discrete_posterior(params, context=context)
         z = q.sample((n_samples,))  # (S, B, *event)
-        return self.log_joint(x, z) - q.log_prob(z)
+        log_px = self.log_likelihood(x, z)
+        return log_px + self.prior.log_prob(z) - q.log_prob(z), log_px
 
     @torch.no_grad()
     def sample_images(self, n: int) -> Tensor:

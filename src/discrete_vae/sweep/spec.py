@@ -41,8 +41,8 @@ from ..errors import ConfigError
 SEED = "seed"
 EVAL_KEYS = {"name", "split", "samples", "limit", "checkpoint", "seed", "log_z", "log_z_betas",
              "log_z_samples"}
-EVAL_METRICS = ("nll", "neg_elbo", "nll_stderr", "neg_relaxed_objective", "log_z", "log_z_stderr", "seconds",
-                "relaxed_nll")  # log_z: RBM priors; relaxed_nll: sop
+EVAL_METRICS = ("nll", "neg_elbo", "nll_stderr", "neg_relaxed_objective", "igr_metric", "log_z",
+                "log_z_stderr", "seconds", "relaxed_nll")  # log_z: RBM priors; relaxed_nll: sop
 TRAIN_METRICS = ("nll", "neg_elbo", "best_step", "step", "train_seconds", "steps_per_s")
 TABLE_KEYS = {"name", "rows", "columns", "metric", "metrics", "seeds", "digits", "reference", "titles"}
 SPEC_KEYS = {"name", "description", "command", "base", "grid", "exclude", "eval", "tables", "quick"}
