@@ -72,23 +72,31 @@ def test_a_sweep_builds_its_table_and_a_rerun_trains_nothing(tmp_path, capsys):
     assert captured.err.splitlines()[0] == "4 done"
 
 
-def test_a_killed_sweep_completes_with_the_uninterrupted_table(tmp_path, capsys):
-    """SIGKILL to the whole local sweep (driver and jobs) at its first checkpoint; the rerun resumes the
-    interrupted runs (exact resume) and writes the table an uninterrupted sweep writes."""
+@pytest.mark.parametrize("how", ["SIGKILL to every process", "SIGTERM to the driver"])
+def test_a_stopped_sweep_completes_with_the_uninterrupted_table(how, tmp_path, capsys):
+    """A local sweep stopped at its first checkpoint, by SIGKILL to the whole process group (driver and
+    jobs) or by SIGTERM to the driver alone (started, as a background job is, with SIGINT ignored: the
+    jobs checkpoint and end, the driver exits 130); the rerun resumes the interrupted runs (exact
+    resume) and writes the table an uninterrupted sweep writes."""
     spec = write_spec(tmp_path, base={**BASE, "steps": 300, "hidden": "64"})
     assert sweep(spec, tmp_path / "reference") == 0
     reference = (tmp_path / "reference" / "table.md").read_text()
-    out = tmp_path / "killed"
+    out = tmp_path / "stopped"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-m", "discrete_vae.cli", "sweep", str(spec), "--out", str(out),
                              "--executor", "local", "--jobs", "2", "--threads", "1"], env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 120
     while (not list(out.glob("*/run/last.safetensors")) and proc.poll() is None
            and time.monotonic() < deadline):
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    if how.startswith("SIGKILL"):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    else:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
     deadline = time.monotonic() + 10  # the jobs die a moment after the driver, holding their locks till then
     while time.monotonic() < deadline:  # (a zombie left unreaped still counts: hence the deadline)
         try:
@@ -99,7 +107,9 @@ def test_a_killed_sweep_completes_with_the_uninterrupted_table(tmp_path, capsys)
     capsys.readouterr()
     assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
     states = last_json(capsys)["states"]
-    assert states["done"] < 4, states  # the kill came before the end
+    assert states["done"] < 4, states  # the stop came before the end
+    if how.startswith("SIGTERM"):
+        assert states["running"] == 0 and states["interrupted"] >= 1, states
     assert sweep(spec, out) == 0
     summary = last_json(capsys)
     assert summary["states"]["done"] == 4, summary["point_states"]

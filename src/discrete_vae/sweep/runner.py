@@ -258,7 +258,7 @@ def run_jobs(executor: Any, kind: str, jobs: list[PointJob], max_jobs: int, out:
                 time.sleep(poll_s)
     except KeyboardInterrupt:
         for j in active.values():
-            j.cancel()  # SIGINT: the run checkpoints and stops
+            stop(j)
         for name, j in active.items():
             while not j.done():
                 time.sleep(poll_s)
@@ -283,6 +283,16 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def stop(job: Any) -> None:
+    """Ask a local job to checkpoint and end: SIGTERM to submitit's controller, which passes it on to the
+    job (submitit's own ``cancel`` sends SIGINT, which a process started in the background ignores)."""
+    process = getattr(job, "_process", None)
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    elif process is None:
+        job.cancel()
 
 
 def _outcome(job: Any) -> dict[str, Any]:
