@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..runs import note
 from .report import collect, write_report
 from .runner import (
     JOBS,
@@ -18,7 +19,6 @@ from .runner import (
     default_jobs,
     jobs_for,
     make_executor,
-    note,
     read_json,
     run_jobs,
     sigterm_interrupts,

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -156,14 +155,18 @@ def point_state(folder: Path, evals: tuple[Evaluation, ...], submitted: bool = F
     return "submitted" if submitted else "pending"
 
 
-def default_jobs() -> int:
-    """Jobs at once on this machine: one per core (bench/sweep_throughput.py measures why)."""
+def cores() -> int:
+    """The cores this process may run on."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def default_jobs() -> int:
+    """Jobs at once on this machine: one per core (bench/sweep_throughput.py measures why)."""
+    return cores()
+
+
 def threads_per_job(jobs: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // jobs)
+    return max(1, cores() // jobs)
 
 
 @dataclass
@@ -241,7 +244,7 @@ def run_jobs(executor: Any, kind: str, jobs: list[PointJob], max_jobs: int, out:
         write_json(out / JOBS, record)
         if wait:
             for job, j in submitted:
-                outcomes[job.folder.name] = _outcome(j)
+                outcomes[job.folder.name] = _outcome(j, job.folder)
         return outcomes
     pending, active = list(jobs), {}
     try:
@@ -251,7 +254,7 @@ def run_jobs(executor: Any, kind: str, jobs: list[PointJob], max_jobs: int, out:
                 active[job.folder.name] = executor.submit(job)
             for name, j in list(active.items()):
                 if j.done():
-                    outcomes[name] = _outcome(j)
+                    outcomes[name] = _outcome(j, out / name)
                     del active[name]
                     on_done()
             if active:
@@ -262,7 +265,7 @@ def run_jobs(executor: Any, kind: str, jobs: list[PointJob], max_jobs: int, out:
         for name, j in active.items():
             while not j.done():
                 time.sleep(poll_s)
-            outcomes[name] = _outcome(j)
+            outcomes[name] = _outcome(j, out / name)
         raise
     return outcomes
 
@@ -295,12 +298,17 @@ def stop(job: Any) -> None:
         job.cancel()
 
 
-def _outcome(job: Any) -> dict[str, Any]:
+def _outcome(job: Any, folder: Path) -> dict[str, Any]:
+    """A finished job's outcome; a worker that died (killed, out of memory, a SLURM time limit) could not
+    record its error, so it is recorded here."""
     try:
         return job.result()
-    except Exception as e:  # the worker died (killed, out of memory, a SLURM time limit)
+    except Exception as e:
         first = str(e).strip().splitlines()
-        return {"state": "failed", "error": f"the job ended abnormally: {first[-1] if first else e}"}
+        message = f"the job ended abnormally: {first[-1] if first else e}"
+        if not (folder / ERROR).is_file():
+            write_json(folder / ERROR, {"error": message, "traceback": str(e)})
+        return {"state": "failed", "error": message}
 
 
 def status_lines(states: dict[str, str], errors: dict[str, str]) -> list[str]:
@@ -312,5 +320,3 @@ def status_lines(states: dict[str, str], errors: dict[str, str]) -> list[str]:
     return lines
 
 
-def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
