@@ -202,7 +202,7 @@ def test_iw_bound_converges_to_the_exact_log_likelihood():
     assert (4 * sd).max() < 0.02  # the tolerance below is the statistical one
 
     torch.manual_seed(2)
-    bound, elbo = iw_log_likelihood(model, DATA, samples=s)
+    bound, elbo, _ = iw_log_likelihood(model, DATA, samples=s)
     assert bound.shape == elbo.shape == (16,) and bound.dtype == F64
     assert ((bound - exact["log_px"]).abs() < 0.02).all(), (bound - exact["log_px"]).abs().max()
     assert (bound <= exact["log_px"] + 4 * sd).all()
@@ -230,7 +230,7 @@ def test_small_s_iw_bound_is_below_log_likelihood_and_increases_with_s():
 
     repeats = 4000
     torch.manual_seed(3)
-    bound, _ = iw_log_likelihood(model, DATA.repeat(repeats, 1), samples=3)
+    bound, _, _ = iw_log_likelihood(model, DATA.repeat(repeats, 1), samples=3)
     bound = bound.view(repeats, 16)
     mean, se = bound.mean(0), bound.std(0) / math.sqrt(repeats)
     assert ((mean - expected[2]).abs() <= 4 * se).all()
@@ -239,7 +239,7 @@ def test_small_s_iw_bound_is_below_log_likelihood_and_increases_with_s():
 def test_evaluate_reports_the_mean_bound_and_its_standard_error_over_examples():
     model = tiny_model()
     torch.manual_seed(0)
-    bound, _ = iw_log_likelihood(model, DATA, samples=7)  # evaluate(seed=0) makes the same draws
+    bound, _, _ = iw_log_likelihood(model, DATA, samples=7)  # evaluate(seed=0) makes the same draws
     metrics = evaluate(model, DATA, samples=7, tau=0.5, seed=0, log_partition=2.5)
     assert metrics["examples"] == 16 and metrics["samples"] == 7
     assert math.isclose(metrics["nll"], 2.5 - float(bound.mean()), rel_tol=1e-12)
