@@ -70,6 +70,9 @@ def test_a_sweep_builds_its_table_and_a_rerun_trains_nothing(tmp_path, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out.splitlines()[-1])["states"]["done"] == 4
     assert captured.err.splitlines()[0] == "4 done"
+    (out / "table.md").unlink()
+    assert main(["sweep", str(spec), "--out", str(out), "--report"]) == 0  # the tables, nothing run
+    assert (out / "table.md").read_text() == table
 
 
 @pytest.mark.parametrize("how", ["SIGKILL to every process", "SIGTERM to the driver"])

@@ -27,7 +27,7 @@ from .runner import (
 )
 from .spec import Spec, load_spec
 
-__all__ = ["Slurm", "Spec", "load_spec", "run_sweep", "sweep_status"]
+__all__ = ["Slurm", "Spec", "load_spec", "run_sweep", "sweep_status", "write_tables"]
 
 
 def default_out(spec: Spec, quick: bool) -> Path:
@@ -68,7 +68,7 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
     outcomes: dict[str, dict[str, Any]] = {}
 
     def report() -> None:
-        write_report(spec, out, collect(spec, out, set(read_json(out / JOBS) or {})))
+        write_tables(spec, out)
 
     try:
         if todo:
@@ -81,6 +81,13 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
     summary["ran"] = len(outcomes)
     summary["written"] = {k: str(v) for k, v in _written(out).items()}
     return summary
+
+
+def write_tables(spec: Spec, out: Path) -> None:
+    """table.md, results.csv/json and the plots from what ``out`` holds now."""
+    if not out.is_dir():
+        raise ConfigError(f"{out} holds no sweep yet")
+    write_report(spec, out, collect(spec, out, set(read_json(out / JOBS) or {})))
 
 
 def _written(out: Path) -> dict[str, Path]:

@@ -23,6 +23,9 @@ def add_sweep_parser(sub: Any) -> None:
     p.add_argument("--status", action="store_true",
                    help="show each point's state (done, running, failed, interrupted, submitted, pending) "
                    "and run nothing")
+    p.add_argument("--report", action="store_true",
+                   help="write table.md, results.csv/json and the plots from the points finished so far, "
+                   "and run nothing")
     p.add_argument("--executor", default="local", choices=["local", "slurm", "debug"],
                    help="local: jobs as processes on this machine; slurm: one job array on a SLURM cluster; "
                    "debug: one after another in this process (default: local)")
@@ -52,11 +55,13 @@ def add_sweep_parser(sub: Any) -> None:
 
 
 def sweep_command(args: argparse.Namespace) -> dict[str, Any]:
-    from . import Slurm, default_out, load_spec, print_status, run_sweep, sweep_status
+    from . import Slurm, default_out, load_spec, print_status, run_sweep, sweep_status, write_tables
 
     spec = load_spec(args.spec, quick=args.quick)
     out = args.out or default_out(spec, args.quick)
-    if args.status:
+    if args.status or args.report:
+        if args.report:
+            write_tables(spec, out)
         summary = sweep_status(spec, out)
         print_status(summary)
         return summary

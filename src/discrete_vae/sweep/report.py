@@ -130,7 +130,7 @@ def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]]) -> s
             one = next(iter(got)) if s is None and len(got) == 1 else s
             row.append(_fmt(values, table.digits, uneven and s is None, errors.get((r, c, m, one))))
         if table.reference:
-            row += [f"{published[key]:g}" if (key := (" / ".join(r), " / ".join(c))) in published else ""
+            row += [f"{published[key]}" if (key := (" / ".join(r), " / ".join(c))) in published else ""
                     for c in col_keys]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n\n" + "\n".join(table_notes(spec, table, counts)) + "\n"
