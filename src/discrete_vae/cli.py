@@ -21,7 +21,7 @@ from .listing import LISTS
 from .options import field_type
 from .progress import Stopped
 from .runs import dumps, note
-from .sweep.command import SweepFailed, add_sweep_parser, sweep_command
+from .sweep.cli import SweepFailed, add_sweep_parser, sweep_command
 
 
 class _Parser(argparse.ArgumentParser):

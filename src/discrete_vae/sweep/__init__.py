@@ -1,7 +1,8 @@
 """``dvae sweep SPEC.yaml``: a grid of training runs (settings × seeds), their evaluations, and the tables
 and plots made from them, run through submitit here or on a SLURM cluster; idempotent and resumable.
 
-:mod:`.spec` reads a spec, :mod:`.runner` runs and tracks its points, :mod:`.report` writes the results.
+:mod:`.spec` reads a spec, :mod:`.commands` says what a point runs (``dvae train`` or ``dvae sop``),
+:mod:`.runner` runs and tracks the points, :mod:`.report` writes the results, :mod:`.cli` is the command.
 """
 
 from __future__ import annotations

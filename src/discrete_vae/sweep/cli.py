@@ -1,4 +1,4 @@
-"""``dvae sweep``'s flags and command."""
+"""``dvae sweep``'s flags and command (what each point runs is in :mod:`.commands`)."""
 
 from __future__ import annotations
 
