@@ -7,6 +7,7 @@ and plots made from them, run through submitit here or on a SLURM cluster; idemp
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from .runner import (
     threads_per_job,
 )
 from .spec import Spec, load_spec
+
+REPORT_EVERY_S = 30.0  # a long sweep's tables are at most this old while it runs
 
 __all__ = ["Slurm", "Spec", "load_spec", "run_sweep", "sweep_status", "write_tables"]
 
@@ -67,9 +70,12 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
          f"{len(todo)} to run ({executor}, {jobs if executor != 'slurm' else 'array'} at once, "
          f"{threads} thread{'s' * (threads > 1)} each) -> {out}")
     outcomes: dict[str, dict[str, Any]] = {}
+    written = [time.monotonic()]
 
-    def report() -> None:
-        write_tables(spec, out)
+    def report() -> None:  # as points finish, at most every REPORT_EVERY_S (the plots take a moment)
+        if time.monotonic() - written[0] >= REPORT_EVERY_S:
+            write_tables(spec, out)
+            written[0] = time.monotonic()
 
     try:
         if todo:
@@ -77,7 +83,7 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
             with sigterm_interrupts():
                 outcomes = run_jobs(runner, executor, work, jobs, out, wait, on_done=report)
     finally:  # the tables hold what is finished, also after Ctrl-C
-        report()
+        write_tables(spec, out)
     summary = sweep_status(spec, out)
     summary["ran"] = len(outcomes)
     summary["written"] = {k: str(v) for k, v in _written(out).items()}
