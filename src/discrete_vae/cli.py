@@ -196,7 +196,7 @@ def _add_sop_parser(sub: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import PRESETS, RESUME_OVERRIDES, TrainConfig, load_config_file, resumed_config, with_struct
+    from .config import RESUME_OVERRIDES, TrainConfig, fresh_config, resumed_config
     from .runs import check_resumable
     from .train import train
 
@@ -212,13 +212,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         check_resumable(args.resume)
         config = resumed_config(args.resume, given)  # train() rewrites config.yaml once the state fits
         return train(config, resume=args.resume, progress=args.progress)
-    values: dict[str, Any] = {}
-    if args.preset:
-        values.update(PRESETS.get(args.preset))
-    if args.config:
-        values.update(load_config_file(args.config))
-    values.update(given)
-    return train(TrainConfig.from_dict(with_struct(values)), progress=args.progress)
+    return train(fresh_config(given, args.preset, args.config), progress=args.progress)
 
 
 GRADIENTS_SKIP = ("out", "estimator")  # train flags `dvae gradients` has not (its --out is its own folder)
@@ -226,7 +220,7 @@ GRADIENTS_RUN_FLAGS = ("seed", "k", "device", "data_dir")  # the train flags `dv
 
 
 def _gradients(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import PRESETS, TrainConfig, load_config_file, with_struct
+    from .config import TrainConfig, fresh_config
     from .gradients import gradients_command
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
@@ -243,10 +237,7 @@ def _gradients(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(f"a run's model comes from its folder: drop {', '.join(named)} (with RUN_DIR "
                             f"only {', '.join(_flags(GRADIENTS_RUN_FLAGS))} apply)")
     else:
-        values: dict[str, Any] = dict(PRESETS.get(args.preset)) if args.preset else {}
-        if args.config:
-            values.update(load_config_file(args.config))
-        config = TrainConfig.from_dict(with_struct({**values, **given}))
+        config = fresh_config(given, args.preset, args.config)
     names = [n.strip() for n in args.estimators.split(",") if n.strip()] if args.estimators else None
     seed, k, device = (config.seed, config.k, config.device) if config else (0, 1, "auto")
     return gradients_command(

@@ -355,6 +355,17 @@ STRUCTS.register("2-layer-nonlin")({**_DVAE2018, **_NONLIN, "latent": "400x2", "
 STRUCTS.register("4-layer-nonlin")({**_DVAE2018, **_NONLIN, "latent": "400x2", "levels": 4})
 
 
+def fresh_config(values: dict[str, Any], preset: str | None = None,
+                 config_file: str | Path | None = None) -> TrainConfig:
+    """The config of a fresh run as `dvae train` resolves it: the preset's options, then a config file's,
+    then ``values`` over them; a ``struct`` fills what is still unset."""
+    merged = dict(PRESETS.get(preset)) if preset else {}
+    if config_file:
+        merged.update(load_config_file(config_file))
+    merged.update(values)
+    return TrainConfig.from_dict(with_struct(merged))
+
+
 def resumed_config(run_dir: str | Path, given: dict[str, Any]) -> TrainConfig:
     """The config a resumed run trains with: its ``config.yaml`` with ``given`` (options that may change on
     resume) over it; a new ``steps`` replaces ``epochs`` and the reverse."""

@@ -30,13 +30,9 @@ class TrainCommand:
     def config(values: dict[str, Any]) -> Any:
         """The :class:`~discrete_vae.config.TrainConfig` of a point (``preset`` and ``struct`` expanded
         under its options, as ``dvae train --preset`` does)."""
-        from ..config import PRESETS, TrainConfig, with_struct
+        from ..config import fresh_config
 
-        values = dict(values)
-        preset = values.pop("preset", None)
-        if preset:
-            values = {**PRESETS.get(preset), **values}
-        return TrainConfig.from_dict(with_struct(values))
+        return fresh_config({k: v for k, v in values.items() if k != "preset"}, values.get("preset"))
 
     @staticmethod
     def steps(config: Any) -> int | None:
