@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from discrete_vae.cli import main
+from discrete_vae.sweep.runner import STATES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -133,6 +134,46 @@ def test_a_failing_point_is_reported_while_the_others_finish(tmp_path, capsys):
     assert "| 1e+30 | — |" in (out / "table.md").read_text()
 
 
+def test_select_tunes_on_one_seed_and_repeats_the_chosen_label(tmp_path, capsys):
+    """``select:`` runs every lr on seed 0, drops the diverging one, chooses per model the lr of the lowest
+    validation bound, then runs seed 1 at it only; the test set scores the chosen points alone; the main
+    table shows the chosen lr over both seeds, the tuning table seed 0 at every lr."""
+    grid = {"lr": [0.0001, 0.01, 1e30], "model": ["gs", "st-gs"], "seed": [0, 1]}  # yaml sorts the keys
+    spec = write_spec(tmp_path, grid=grid, select={"axis": "lr", "by": "train.nll", "per": ["model"]},
+                      eval={"name": "test", "samples": 5, "limit": 100, "selected": True},
+                      tables=[{"name": "tuning", "rows": "model", "columns": "lr", "metric": "train.nll"},
+                              {"name": "main", "rows": "model", "metric": "test.nll"}])
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
+    assert last_json(capsys)["states"] == {**dict.fromkeys(STATES, 0), "pending": 6, "waiting": 6}
+    assert sweep(spec, out) == 1  # the lr 1e30 points diverge
+    summary = last_json(capsys)
+    assert summary["ran"] == 8 and summary["states"]["failed"] == 2 and summary["states"]["unselected"] == 4
+    records = {r["point"]: r for r in json.loads((out / "results.json").read_text())}
+    for model in grid["model"]:
+        tuned = {lr: records[f"lr={lr},model={model},seed=0"]["train"]["nll"] for lr in ("0.0001", "0.01")}
+        best = min(tuned, key=tuned.get)
+        assert records[f"lr=1e+30,model={model},seed=0"]["state"] == "failed"
+        for lr in ("0.0001", "0.01", "1e+30"):
+            for seed in (0, 1):
+                record = records[f"lr={lr},model={model},seed={seed}"]
+                assert record["choice"] == best and record["chosen"] == (lr == best)
+                assert (record["evals"]["test"] is not None) == (lr == best), record["point"]
+                assert record["state"] == ("done" if lr == best else "unselected" if seed == 1
+                                           else "failed" if lr == "1e+30" else "done")
+    table = (out / "table.md").read_text()
+    assert "| model | lr (chosen) | test.nll |" in table and "mean ± std over 2 seeds" in table
+    assert f"| gs | {best} | " in table and "lr chosen per model by the lowest train.nll of seed 0" in table
+    assert "| model | 0.0001 | 0.01 | 1e+30 |" in table  # tuning: seed 0 only, one value per cell
+    tuning = table.split("## tuning")[1].split("## main")[0]
+    assert tuning.count("(1 seed)") == 0 and "1 seed" in tuning
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
+    err = capsys.readouterr().err
+    assert "4 unselected" in err.splitlines()[0] and f"lr={best},model=gs,seed=1" in err
+    assert sum(",seed=1 " in line for line in err.splitlines()) == 2  # the unselected are not listed
+
+
 @pytest.mark.parametrize("parts,message", [
     ({"base": {**BASE, "not_an_option": 1}}, "not_an_option"),
     ({"grid": {"model": []}}, "grid axis 'model' is empty"),
@@ -143,6 +184,12 @@ def test_a_failing_point_is_reported_while_the_others_finish(tmp_path, capsys):
     ({"grid": {"modle": ["gs"]}}, "grid axis 'modle' is not a dvae train option"),
     ({"grid": {"model": ["no-such-method"]}}, "grid point model=no-such-method"),
     ({"eval": {"samples": 0}}, "eval samples must be at least 1"),
+    ({"eval": {"selected": True}}, "the spec has no select:"),
+    ({"select": {"axis": "seed", "by": "train.nll"}}, "select: axis 'seed' must be an axis of the grid"),
+    ({"select": {"axis": "model"}}, "select: needs by:"),
+    ({"select": {"axis": "model", "by": "test.nll"}, "eval": {"selected": True}},
+     "comes from an eval that only scores the chosen points"),
+    ({"select": {"axis": "model", "by": "train.nll", "seeds": [7]}}, "select: seeds must be seeds"),
 ])
 def test_a_bad_spec_is_one_line_and_status_2(tmp_path, capsys, parts, message):
     spec = write_spec(tmp_path, **parts)
@@ -178,6 +225,15 @@ def test_slurm_submits_one_array_with_the_settings(tmp_path, capsys, monkeypatch
     capsys.readouterr()
     assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
     assert last_json(capsys)["states"]["submitted"] == 4
+    # a rerun asks sacct: the queued and running tasks are not submitted again, the cancelled one is
+    sacct = bin_dir / "sacct"
+    sacct.write_text("#!/bin/sh\necho 'JobID|State|NodeList'\necho '4242_0|RUNNING|n1'\n"
+                     "echo '4242_[1-2]|PENDING|'\necho '4242_3|CANCELLED by 0|'\n")
+    sacct.chmod(sacct.stat().st_mode | stat.S_IEXEC)
+    (tmp_path / "submitted.sh").unlink()
+    assert main(["sweep", str(spec), "--out", str(out), "--executor", "slurm", "--no-wait"]) == 0
+    assert "#SBATCH --array" not in (tmp_path / "submitted.sh").read_text()  # one job: the cancelled point
+    assert "1 to run" in capsys.readouterr().err
 
 
 def test_slurm_without_a_cluster_is_one_line(tmp_path, capsys, monkeypatch):
@@ -215,16 +271,16 @@ def test_every_shipped_spec_runs_in_its_quick_form(spec, tmp_path, capsys):
     """Each spec under experiments/ runs its whole grid on digits (--quick), and every point has a value of
     every metric its tables show."""
     from discrete_vae.sweep import load_spec
-    from discrete_vae.sweep.report import value_of
+    from discrete_vae.sweep.report import in_table, value_of
 
     out = tmp_path / "out"
     assert sweep(spec, out, "--quick") == 0
     summary = last_json(capsys)
-    assert summary["states"]["done"] == summary["points"] > 0
+    assert summary["states"]["done"] + summary["states"]["unselected"] == summary["points"] > 0
     loaded = load_spec(spec, quick=True)
     records = json.loads((out / "results.json").read_text())
     for table in loaded.tables:
-        for record in records:
+        for record in filter(lambda r: in_table(loaded, table, r), records):
             for metric in table.metrics:
                 assert value_of(record, metric, loaded) is not None, (record["point"], metric)
     assert (out / "table.md").read_text().count("\n| ") >= len(loaded.tables)

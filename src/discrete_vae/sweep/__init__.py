@@ -16,11 +16,13 @@ from ..runs import note
 from .report import collect, write_report
 from .runner import (
     JOBS,
+    RUNNABLE,
     STATES,
     Slurm,
     default_jobs,
     jobs_for,
     make_executor,
+    queued_on_slurm,
     read_json,
     run_jobs,
     sigterm_interrupts,
@@ -38,15 +40,27 @@ def default_out(spec: Spec, quick: bool) -> Path:
     return Path("sweeps") / (f"{spec.name}-quick" if quick else spec.name)
 
 
-def sweep_status(spec: Spec, out: Path) -> dict[str, Any]:
-    """States of every point (done, running, failed, interrupted, submitted, pending) and their errors."""
+def sweep_status(spec: Spec, out: Path, records: bool = False) -> dict[str, Any]:
+    """States of every point (:data:`~.runner.STATES`) and their errors; with ``records``, the points'
+    records too."""
     submitted = set(read_json(out / JOBS) or {})
-    records = collect(spec, out, submitted)
-    states = {r["point"]: r["state"] for r in records}
-    errors = {r["point"]: r["error"] for r in records if r["state"] == "failed" and r["error"]}
-    return {"spec": spec.name, "out": str(out), "points": len(records),
-            "states": {s: sum(v == s for v in states.values()) for s in STATES},
-            "point_states": states, "errors": errors}
+    found = collect(spec, out, submitted)
+    states = {r["point"]: r["state"] for r in found}
+    errors = {r["point"]: r["error"] for r in found if r["state"] == "failed" and r["error"]}
+    summary = {"spec": spec.name, "out": str(out), "points": len(found),
+               "states": {s: sum(v == s for v in states.values()) for s in STATES},
+               "point_states": states, "errors": errors}
+    return {**summary, "records": found} if records else summary
+
+
+def _announce(spec: Spec, out: Path, status: dict[str, Any], todo: list, executor: str, jobs: int,
+              threads: int) -> None:
+    states = status["states"]
+    later = f", {states['waiting']} waiting on the selection" if states["waiting"] else ""
+    note(f"dvae sweep: {spec.name}: {status['points']} points, {states['done'] + states['running']} done or "
+         f"running elsewhere{later}, {len(todo)} to run ({executor}, "
+         f"{jobs if executor != 'slurm' else 'array'} at once, {threads} thread{'s' * (threads > 1)} each) "
+         f"-> {out}")
 
 
 def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | None = None,
@@ -62,14 +76,8 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
     jobs = jobs or (default_jobs() if executor == "local" else 1)
     threads = threads or (threads_per_job(jobs) if executor != "slurm" else 1)
     out.mkdir(parents=True, exist_ok=True)
-    before = sweep_status(spec, out)
-    todo = [p for p in spec.points() if before["point_states"][p.name] not in ("done", "running")]
-    skipped = before["points"] - len(todo)
-    runner = make_executor(executor, out / ".submitit", threads, slurm, timeout_min) if todo else None
-    note(f"dvae sweep: {spec.name}: {before['points']} points, {skipped} done or running elsewhere, "
-         f"{len(todo)} to run ({executor}, {jobs if executor != 'slurm' else 'array'} at once, "
-         f"{threads} thread{'s' * (threads > 1)} each) -> {out}")
     outcomes: dict[str, dict[str, Any]] = {}
+    attempted: set[tuple[str, bool]] = set()  # a point runs once per pass of its kind (tuning, chosen)
     written = [time.monotonic()]
 
     def report() -> None:  # as points finish, at most every REPORT_EVERY_S (the plots take a moment)
@@ -78,10 +86,27 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
             written[0] = time.monotonic()
 
     try:
-        if todo:
-            work = jobs_for(spec, out, todo, threads, data_dir)
+        # a pass runs what can run now; a select: choice made by one pass lets the next run the chosen
+        # points' other seeds (and the evaluations kept for chosen points)
+        while True:
+            status = sweep_status(spec, out, records=True)
+            chosen = {r["point"] for r in status["records"] if r["chosen"] is True}
+            todo = [p for p in spec.points() if status["point_states"][p.name] in RUNNABLE
+                    and (p.name, p.name in chosen) not in attempted]
+            if executor == "slurm":  # a point whose job is still queued or running is not submitted again
+                queued = queued_on_slurm(out, [p.name for p in todo])
+                todo = [p for p in todo if p.name not in queued]
+            runner = make_executor(executor, out / ".submitit", threads, slurm, timeout_min) if todo else None
+            if not attempted or todo:
+                _announce(spec, out, status, todo, executor, jobs, threads)
+            if not todo:
+                break
+            attempted |= {(p.name, p.name in chosen) for p in todo}
+            work = jobs_for(spec, out, todo, threads, data_dir, chosen)
             with sigterm_interrupts():
-                outcomes = run_jobs(runner, executor, work, jobs, out, wait, on_done=report)
+                outcomes.update(run_jobs(runner, executor, work, jobs, out, wait, on_done=report))
+            if not wait:
+                break
     finally:  # the tables hold what is finished, also after Ctrl-C
         write_tables(spec, out)
     summary = sweep_status(spec, out)

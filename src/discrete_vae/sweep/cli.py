@@ -21,8 +21,8 @@ def add_sweep_parser(sub: Any) -> None:
     p.add_argument("--quick", action="store_true",
                    help="the spec's quick form: the same grid with its quick: overrides (digits, few steps)")
     p.add_argument("--status", action="store_true",
-                   help="show each point's state (done, running, failed, interrupted, submitted, pending) "
-                   "and run nothing")
+                   help="show each point's state (done, running, failed, interrupted, submitted, pending; "
+                   "with select: waiting, unselected) and run nothing")
     p.add_argument("--report", action="store_true",
                    help="write table.md, results.csv/json and the plots from the points finished so far, "
                    "and run nothing")

@@ -22,21 +22,79 @@ CURVES_PNG, FINAL_PNG = "validation.png", "final.png"
 
 
 def collect(spec: Spec, out: Path, submitted: set[str] = frozenset()) -> list[dict[str, Any]]:
-    """One record per point: its labels, state, training result, evaluations and error."""
+    """One record per point: its labels, state, training result, evaluations, error, ``choice`` (the
+    label a ``select:`` chose for its group, None before) and ``chosen`` (whether that is its label: True,
+    False, or None while the choice waits on the selecting points; True without ``select:``)."""
+    points = spec.points()
+    first = {p.name: _record(spec, out, p, submitted, chosen=False) for p in points if spec.selecting(p)}
+    choices = choices_of(spec, list(first.values()))
     records = []
-    for point in spec.points():
-        folder = out / point.name
-        runs = command(spec.command)
-        steps = runs.steps(runs.config(point.values))
-        state = point_state(folder, spec.evals, point.name in submitted, steps)
-        record: dict[str, Any] = {"point": point.name, **dict(point.labels), "state": state}
-        train = read_json(folder / TRAIN)
-        record["train"] = {k: train.get(k) for k in TRAIN_METRICS} if train else None
-        record["evals"] = {e.name: read_json(folder / eval_file(e)) for e in spec.evals}
-        error = read_json(folder / ERROR)
-        record["error"] = error.get("error") if error else None
+    for point in points:
+        choice = choices.get(spec.group(point)) if spec.select else None
+        chosen = True if spec.select is None else None if choice is None else choice == point.label(
+            spec.select.axis)
+        record = _record(spec, out, point, submitted, chosen=chosen is True)
+        if spec.selecting(point):
+            if first[point.name]["state"] == "done" and record["state"] == "interrupted":
+                record["state"] = "pending"  # tuned, and chosen: its selected evaluations are to run
+        elif chosen is None:
+            record["state"] = "waiting"
+        elif not chosen:
+            record["state"] = "unselected"
+        record["chosen"], record["choice"] = chosen, choice
         records.append(record)
     return records
+
+
+def _record(spec: Spec, out: Path, point: Point, submitted: set[str], chosen: bool) -> dict[str, Any]:
+    folder = out / point.name
+    runs = command(spec.command)
+    steps = runs.steps(runs.config(point.values))
+    evals = spec.point_evals(point, chosen)
+    state = point_state(folder, evals, point.name in submitted, steps)
+    record: dict[str, Any] = {"point": point.name, **dict(point.labels), "state": state}
+    train = read_json(folder / TRAIN)
+    record["train"] = {k: train.get(k) for k in TRAIN_METRICS} if train else None
+    record["evals"] = {e.name: read_json(folder / eval_file(e)) for e in spec.evals}
+    error = read_json(folder / ERROR)
+    record["error"] = error.get("error") if error else None
+    return record
+
+
+def choices_of(spec: Spec, records: list[dict[str, Any]]) -> dict[tuple[str, ...], str]:
+    """Per group of ``select.per`` labels, the chosen label of ``select.axis``: the best mean of
+    ``select.metric`` over the selecting seeds, once every selecting point of the group is done or failed
+    (failed ones, a diverged temperature say, drop out); ties go to the label first in the grid."""
+    select = spec.select
+    if select is None:
+        return {}
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for record in records:
+        if SEED not in spec.axis_names or record[SEED] in select.seeds:
+            groups.setdefault(tuple(record[a] for a in select.per), []).append(record)
+    choices = {}
+    for group, members in groups.items():
+        if any(r["state"] not in ("done", "failed") for r in members):
+            continue
+        values: dict[str, list[float]] = {}
+        for r in members:
+            value = value_of(r, select.metric, spec) if r["state"] == "done" else None
+            if value is not None:
+                values.setdefault(r[select.axis], []).append(value)
+        if values:
+            sign = -1.0 if select.maximize else 1.0
+            choices[group] = min(values, key=lambda label: sign * statistics.mean(values[label]))
+    return choices
+
+
+def in_table(spec: Spec, table: Table, record: dict[str, Any]) -> bool:
+    """Whether a point's values go into ``table``: with ``select:``, a table showing the selected axis
+    holds the selecting seeds' points, and one that leaves it out holds the chosen points (every seed)."""
+    if spec.select is None:
+        return True
+    if spec.select.axis in table.rows + table.columns:
+        return SEED not in spec.axis_names or record[SEED] in spec.select.seeds
+    return record["chosen"] is True
 
 
 def value_of(record: dict[str, Any], metric: str, spec: Spec) -> float | None:
@@ -56,6 +114,8 @@ def measured(record: dict[str, Any], metric: str, spec: Spec) -> tuple[float | N
 
 def flat(record: dict[str, Any], spec: Spec) -> dict[str, Any]:
     row = {k: record[k] for k in ("point", *spec.axis_names, "state")}
+    if spec.select:
+        row["chosen"] = record["chosen"]
     for key in TRAIN_METRICS:
         row[f"train.{key}"] = (record["train"] or {}).get(key)
     for evaluation in spec.evals:
@@ -100,6 +160,8 @@ def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]]) -> s
     cells: dict[tuple, dict[str, float]] = {}
     errors: dict[tuple, float | None] = {}
     for p in points:
+        if not in_table(spec, table, by_point[p.name]):
+            continue
         for metric in table.metrics:
             value, stderr = measured(by_point[p.name], metric, spec)
             if value is not None:
@@ -112,6 +174,12 @@ def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]]) -> s
                for s in (seeds if table.seeds == "each" else [None])]
     head = [" / ".join(table.rows)]
     title = dict(zip(table.metrics, table.labels, strict=True))
+    choices = {tuple(r[a] for a in spec.select.per): r["choice"] for r in records
+               if r["choice"] is not None} if spec.select else {}
+    chosen_column = bool(spec.select and spec.select.axis not in table.rows + table.columns
+                         and set(spec.select.per) <= set(table.rows))
+    if chosen_column:
+        head.append(f"{spec.select.axis} (chosen)")
 
     def shown(key: tuple[str, ...]) -> list[str]:
         return [table.titles.get(label, label) for label in key]
@@ -124,6 +192,9 @@ def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]]) -> s
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in row_keys:
         row = [" / ".join(shown(r))]
+        if chosen_column:
+            group = tuple(dict(zip(table.rows, r, strict=True))[a] for a in spec.select.per)
+            row.append(table.titles.get(choices[group], choices[group]) if group in choices else "—")
         for c, m, s in columns:
             got = cells.get((r, c, m), {})
             values = list(got.values()) if s is None else [got[s]] if s in got else []
@@ -133,7 +204,23 @@ def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]]) -> s
             row += [f"{published[key]}" if (key := (" / ".join(r), " / ".join(c))) in published else ""
                     for c in col_keys]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n\n" + "\n".join(table_notes(spec, table, counts)) + "\n"
+    notes = table_notes(spec, table, counts)
+    if spec.select:
+        notes.append(select_note(spec, table, choices))
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def select_note(spec: Spec, table: Table, choices: dict[tuple[str, ...], str]) -> str:
+    """How the spec's ``select:`` chose, and which choices ``table`` shows."""
+    select = spec.select
+    seeds = f" of seed{'s' * (len(select.seeds) > 1)} {', '.join(select.seeds)}" if select.seeds else ""
+    per = f" per {', '.join(select.per)}" if select.per else ""
+    how = (f"{select.axis} chosen{per} by the {'highest' if select.maximize else 'lowest'} {select.metric}"
+           f"{seeds}")
+    if select.axis in table.rows + table.columns:
+        return f"These are the selecting points: {how}."
+    made = "; ".join(f"{' / '.join(g) or 'all'}: {label}" for g, label in choices.items()) or "not yet made"
+    return f"Each cell is at the chosen {select.axis} ({how}): {made}."
 
 
 def table_notes(spec: Spec, table: Table, counts: set[int]) -> list[str]:
@@ -252,7 +339,7 @@ def write_plots(spec: Spec, out: Path, records: list[dict[str, Any]]) -> dict[st
         metric = table.metrics[0]
         groups: dict[str, list[float]] = {}
         for record in records:
-            value = value_of(record, metric, spec)
+            value = value_of(record, metric, spec) if in_table(spec, table, record) else None
             if value is not None:
                 label = ", ".join(str(record[a]) for a in table.rows + table.columns)
                 groups.setdefault(label, []).append(value)

@@ -28,7 +28,9 @@ from .commands import command
 from .spec import Evaluation, Point, Spec
 
 TRAIN, ERROR, LOCK, JOBS = "train.json", "error.json", ".lock", "jobs.json"
-STATES = ("done", "running", "failed", "interrupted", "submitted", "pending")
+STATES = ("done", "running", "failed", "interrupted", "submitted", "pending", "waiting", "unselected")
+RUNNABLE = ("failed", "interrupted", "submitted", "pending")  # waiting: on a select: choice; unselected: not
+# the chosen label, so never run
 
 
 def eval_file(evaluation: Evaluation) -> str:
@@ -214,11 +216,31 @@ def make_executor(kind: str, folder: Path, threads: int, slurm: Slurm | None, ti
     return executor
 
 
-def jobs_for(spec: Spec, out: Path, points: list[Point], threads: int,
-             data_dir: str | None) -> list[PointJob]:
+def jobs_for(spec: Spec, out: Path, points: list[Point], threads: int, data_dir: str | None,
+             chosen: set[str] | None = None) -> list[PointJob]:
+    """One job per point; ``chosen`` names the points a ``select:`` chose (their ``selected`` evaluations
+    run too; None: every point)."""
     extra = {"data_dir": data_dir} if data_dir else {}
-    return [PointJob(out / p.name, {**p.values, **extra}, spec.point_evals(p), threads, spec.command)
+    return [PointJob(out / p.name, {**p.values, **extra},
+                     spec.point_evals(p, chosen is None or p.name in chosen), threads, spec.command)
             for p in points]
+
+
+QUEUED = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED")
+
+
+def queued_on_slurm(out: Path, names: list[str]) -> set[str]:
+    """Which of the points ``names`` have a SLURM job (``jobs.json``) that is still queued or running, by
+    one ``sacct`` call, so that a rerun does not submit them again; a job that ended without finishing its
+    point (cancelled, out of time) is not, and its point is submitted again."""
+    import submitit
+
+    ids = read_json(out / JOBS) or {}
+    jobs = {name: submitit.SlurmJob(out / ".submitit", ids[name]) for name in names if name in ids}
+    if not jobs:
+        return set()
+    next(iter(jobs.values())).get_info(mode="force")  # one sacct call for every registered job
+    return {name for name, job in jobs.items() if job.watcher.get_state(job.job_id, mode="cache") in QUEUED}
 
 
 def run_jobs(executor: Any, kind: str, jobs: list[PointJob], max_jobs: int, out: Path,
@@ -316,7 +338,8 @@ def status_lines(states: dict[str, str], errors: dict[str, str]) -> list[str]:
     lines = [", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no points"]
     width = max((len(n) for n in states), default=0)
     for name, state in states.items():
-        lines.append(f"  {name:<{width}}  {state}{': ' + errors[name] if name in errors else ''}")
+        if state != "unselected":
+            lines.append(f"  {name:<{width}}  {state}{': ' + errors[name] if name in errors else ''}")
     return lines
 
 

@@ -18,6 +18,19 @@
       # {title: metric, ...} titles them
     quick: {base: {dataset: digits, steps: 40}, eval: {samples: 10, limit: 100}}   # --quick's overrides
 
+Tune, then repeat: ``select:`` picks one label of an axis per group of points by a metric of the first
+seed(s), and runs the other seeds at that label only (an eval with ``selected: true`` scores only the chosen
+points: the test set is not looked at while tuning).
+
+.. code-block:: yaml
+
+    grid: {model: [gs, igr-i], temperature: [0.1, 0.5, 1.0], seed: [0, 1, 2]}
+    select: {axis: temperature, by: train.nll, per: [model], seeds: [0]}   # lowest wins; maximize: true
+    eval: {name: test, split: test, samples: 5000, selected: true}
+    tables:
+      - {name: tuning, rows: model, columns: temperature, metric: train.nll}   # the selecting seeds
+      - {name: main, rows: model, metric: test.nll}   # the chosen temperature, over all seeds
+
 A named axis whose name is an option (``estimator: {gs: {temperature: 0.65}, st: {}}``) also sets that
 option to the label. Metrics: ``EVAL.nll``, ``EVAL.neg_elbo`` (``nll`` alone: the first evaluation), and
 from training ``train.nll`` (the validation bound of the checkpoint training ended on), ``train.best_step``,
@@ -40,12 +53,13 @@ from ..errors import ConfigError
 
 SEED = "seed"
 EVAL_KEYS = {"name", "split", "samples", "limit", "checkpoint", "seed", "log_z", "log_z_betas",
-             "log_z_samples"}
+             "log_z_samples", "selected"}
 EVAL_METRICS = ("nll", "neg_elbo", "nll_stderr", "neg_relaxed_objective", "igr_metric", "log_z",
                 "log_z_stderr", "seconds", "relaxed_nll")  # log_z: RBM priors; relaxed_nll: sop
 TRAIN_METRICS = ("nll", "neg_elbo", "best_step", "step", "train_seconds", "steps_per_s")
 TABLE_KEYS = {"name", "rows", "columns", "metric", "metrics", "seeds", "digits", "reference", "titles"}
-SPEC_KEYS = {"name", "description", "command", "base", "grid", "exclude", "eval", "tables", "quick"}
+SPEC_KEYS = {"name", "description", "command", "base", "grid", "exclude", "select", "eval", "tables", "quick"}
+SELECT_KEYS = {"axis", "by", "per", "seeds", "maximize"}
 
 
 @dataclass(frozen=True)
@@ -61,9 +75,10 @@ class Evaluation:
     log_z: str = "auto"
     log_z_betas: int = 1000
     log_z_samples: int = 1024
+    selected: bool = False  # with the spec's select: only the chosen points
 
     def options(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "name"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("name", "selected")}
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,18 @@ class Table:
     titles: dict[str, str] = field(default_factory=dict, hash=False, compare=False)  # label -> shown
     reference: str = ""  # the title of published numbers shown beside ours
     published: tuple[tuple[str, str, float], ...] = ()  # (row label, column label, value)
+
+
+@dataclass(frozen=True)
+class Select:
+    """Tune, then repeat: per group (the labels of ``per``), the label of ``axis`` whose points of the
+    ``seeds`` have the best ``metric`` is chosen; the other seeds run at it only."""
+
+    axis: str
+    metric: str
+    per: tuple[str, ...]
+    seeds: tuple[str, ...]  # seed labels that select (all points when the grid has no seed axis)
+    maximize: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +151,7 @@ class Spec:
     exclude: tuple[tuple[tuple[str, str], ...], ...] = ()  # points matching every (axis, label) of one
     over: dict[str, Any] = field(default_factory=dict)  # --quick's options, over every label's
     eval_over: dict[str, Any] = field(default_factory=dict)  # --quick's eval settings, over every label's
+    select: Select | None = None
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -143,9 +171,19 @@ class Spec:
                 out.append(Point(labels, values, evals))
         return out
 
-    def point_evals(self, point: Point) -> tuple[Evaluation, ...]:
-        """The evaluations of ``point``: the spec's, with its labels' ``eval:`` settings over them."""
-        return tuple(dataclasses.replace(e, **point.eval_options) for e in self.evals)
+    def point_evals(self, point: Point, chosen: bool = True) -> tuple[Evaluation, ...]:
+        """The evaluations of ``point``, with its labels' ``eval:`` settings over the spec's; those marked
+        ``selected`` only when the point is a chosen one."""
+        return tuple(dataclasses.replace(e, **point.eval_options) for e in self.evals
+                     if chosen or not e.selected)
+
+    def selecting(self, point: Point) -> bool:
+        """Whether ``point`` runs before the choice (every point without ``select:``)."""
+        return self.select is None or SEED not in self.axis_names or point.label(SEED) in self.select.seeds
+
+    def group(self, point: Point) -> tuple[str, ...]:
+        """The labels that a choice is made per."""
+        return tuple(point.label(a) for a in self.select.per) if self.select else ()
 
     def evaluation(self, name: str) -> Evaluation:
         return next(e for e in self.evals if e.name == name)
@@ -216,6 +254,43 @@ def _exclude(value: Any, axes: tuple) -> tuple[tuple[tuple[str, str], ...], ...]
     return tuple(out)
 
 
+def _select(value: Any, axes: tuple, evals: tuple[Evaluation, ...]) -> Select | None:
+    """``select: {axis: AXIS, by: METRIC, per: [AXIS, ...], seeds: [SEED, ...], maximize: false}``."""
+    if value is None:
+        if any(e.selected for e in evals):
+            raise ConfigError("an eval is marked selected: true, but the spec has no select:")
+        return None
+    item = _mapping(value, "select")
+    unknown = sorted(set(item) - SELECT_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown select key {unknown[0]!r} (known: {', '.join(sorted(SELECT_KEYS))})")
+    labels = {axis: [label for label, _ in bundle] for axis, bundle in axes}
+    axis = str(item.get("axis", "")).replace("-", "_")
+    if axis not in labels or axis == SEED:
+        raise ConfigError(f"select: axis {axis or '(none)'!r} must be an axis of the grid other than seed")
+    if "by" not in item:
+        raise ConfigError("select: needs by: the metric that chooses (lowest wins; maximize: true: highest)")
+    metric = str(item["by"])
+    source, _ = metric_source(metric, evals)
+    if any(e.name == source and e.selected for e in evals):
+        raise ConfigError(f"select: by {metric!r} comes from an eval that only scores the chosen points")
+    others = [a for a in labels if a not in (axis, SEED)]
+    per = tuple(a.replace("-", "_") for a in _names(item["per"])) if "per" in item else tuple(others)
+    for a in per:
+        if a not in others:
+            raise ConfigError(f"select: per names {a!r}, which is not an axis of the grid other than "
+                              f"{axis} and seed")
+    seeds: tuple[str, ...] = ()
+    if SEED in labels:
+        seeds = tuple(label_of(s) for s in item.get("seeds", labels[SEED][:1]))
+        bad = [s for s in seeds if s not in labels[SEED]]
+        if bad or not seeds:
+            raise ConfigError(f"select: seeds must be seeds of the grid ({', '.join(labels[SEED])})")
+    if not isinstance(item.get("maximize", False), bool):
+        raise ConfigError("select: maximize must be true or false")
+    return Select(axis, metric, per, seeds, item.get("maximize", False))
+
+
 def _evals(value: Any) -> tuple[Evaluation, ...]:
     items = value if isinstance(value, list) else [value] if value is not None else []
     evals = []
@@ -238,7 +313,8 @@ def _evals(value: Any) -> tuple[Evaluation, ...]:
     return tuple(evals)
 
 
-def _tables(value: Any, spec_axes: tuple[str, ...], evals: tuple[Evaluation, ...]) -> tuple[Table, ...]:
+def _tables(value: Any, spec_axes: tuple[str, ...], evals: tuple[Evaluation, ...],
+            select: Select | None = None) -> tuple[Table, ...]:
     items = value if isinstance(value, list) else [value] if value is not None else []
     tables = []
     for i, item in enumerate(items):
@@ -261,7 +337,8 @@ def _tables(value: Any, spec_axes: tuple[str, ...], evals: tuple[Evaluation, ...
             if axis not in spec_axes:
                 raise ConfigError(f"table {table.name!r}: {axis!r} is not an axis of the grid "
                                   f"({', '.join(spec_axes)})")
-        left = [a for a in spec_axes if a not in rows + columns and a != SEED]
+        chosen = select.axis if select and select.axis not in rows + columns else None
+        left = [a for a in spec_axes if a not in rows + columns and a not in (SEED, chosen)]
         if left:
             raise ConfigError(f"table {table.name!r}: grid axis {left[0]!r} is neither a row, a column nor "
                               "seed; a cell would mix its values")
@@ -354,8 +431,9 @@ def load_spec(path: str | Path, quick: bool = False) -> Spec:
     spec = Spec(name=str(data.get("name") or path.stem), description=str(data.get("description") or ""),
                 base=base, axes=axes, evals=evals, tables=(), path=path, command=runs.name, over=over,
                 eval_over=eval_over)
-    spec = dataclasses.replace(spec, tables=_tables(data.get("tables"), spec.axis_names, evals),
-                               exclude=_exclude(data.get("exclude"), axes))
+    select = _select(data.get("select"), axes, evals)
+    spec = dataclasses.replace(spec, tables=_tables(data.get("tables"), spec.axis_names, evals, select),
+                               exclude=_exclude(data.get("exclude"), axes), select=select)
     for point in spec.points():
         try:
             runs.config(point.values)
