@@ -1,5 +1,5 @@
-"""Speed on a CUDA device, one table: training steps/s of the default gs model (batch 100 and 1000, fp32
-and bf16), DVAE# (dvaes-power, 1-layer-lin) with the original's PCD 1000 chains x 40 sweeps, and the
+"""Speed on a CUDA device, one table: training steps/s of the default gs model (batch 100 and 1000, fp32,
+bf16 and fp16), DVAE# (dvaes-power, 1-layer-lin) with the original's PCD 1000 chains x 40 sweeps, and the
 seconds of ``dvae eval`` with S = 5000 on the whole test set. Every run is a real ``dvae train`` /
 ``dvae eval`` on binarized MNIST (``--data-dir``); sized to finish in about two minutes on a current GPU.
 
@@ -43,7 +43,7 @@ def main() -> None:
         root = Path(tmp)
         gs_run = None
         for batch in (100, 1000):
-            for precision in ("fp32", "bf16"):
+            for precision in ("fp32", "bf16", "fp16"):
                 rate, run = steps_per_s(root / f"gs-{batch}-{precision}", args.steps, batch_size=batch,
                                         precision=precision, **data)
                 rows.append((f"gs 20x10, batch {batch}, {precision}", f"{rate:.1f} steps/s"))

@@ -1,5 +1,5 @@
 """Every path on ``--device cuda``: training with each estimator, evaluation, the RBM prior's sampler and
-log Z, bf16, gradient diagnostics and a sweep; plus the hard samplers' frequencies on the GPU. Marked
+log Z, bf16, fp16, gradient diagnostics and a sweep; plus the hard samplers' frequencies on the GPU. Marked
 ``cuda`` and skipped without a GPU; ``bash bench/gpu_check.sh`` runs them (``python -m pytest -m cuda``)."""
 
 from __future__ import annotations
@@ -55,6 +55,18 @@ def test_bf16_and_gradients_on_cuda(tmp_path, capsys):
     result = dvae(capsys, "gradients", run, "--estimators", "gs,rloo", "--draws", 20, "--device", "cuda",
                   "--out", tmp_path / "g")
     assert result.rc == 0, result.err
+
+
+def test_fp16_trains_with_loss_scaling_and_resumes_exactly_on_cuda(tmp_path, capsys):
+    from discrete_vae.checkpoint import load_checkpoint
+
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert dvae(capsys, "train", *GPU, "--precision", "fp16", "--out", whole).rc == 0
+    assert dvae(capsys, "train", *GPU, "--precision", "fp16", "--steps", 10, "--out", split).rc == 0
+    assert dvae(capsys, "train", "--resume", split, "--steps", 20).rc == 0
+    a, b = (load_checkpoint(p / "last.safetensors") for p in (whole, split))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["scaler"]["scale"] == b["scaler"]["scale"] > 0
 
 
 def test_a_sweep_runs_on_cuda(tmp_path, capsys):

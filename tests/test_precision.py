@@ -1,10 +1,12 @@
 """``--precision bf16``: the encoder's and decoder's forward pass under autocast while training, float32
-everywhere else (distributions, samplers, estimators, every bound); runs resume exactly as fp32 ones do."""
+everywhere else (distributions, samplers, estimators, every bound); runs resume exactly as fp32 ones do.
+``--precision fp16`` (CUDA only) adds dynamic loss scaling; its loop is exercised here on the CPU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
 from cli_helpers import FAST, dvae, last_json
 from discrete_vae.checkpoint import load_checkpoint
@@ -53,4 +55,40 @@ def test_an_unknown_precision_is_one_line(tmp_path, capsys):
 
     assert main(["train", *map(str, FAST), "--precision", "fp8", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["dvae train: error: --precision must be one of fp32, bf16, got 'fp8'"]
+    assert err == ["dvae train: error: --precision must be one of fp32, bf16, fp16, got 'fp8'"]
+
+
+def test_fp16_on_the_cpu_is_one_line_and_leaves_no_run(tmp_path, capsys):
+    from discrete_vae.cli import main
+
+    run = tmp_path / "r"
+    assert main(["train", *map(str, FAST), "--precision", "fp16", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--precision fp16 runs on CUDA, not cpu" in err[0] and "bf16" in err[0]
+    assert not run.exists()
+
+
+def test_fp16_scales_the_loss_skips_overflowing_steps_and_resumes_exactly(tmp_path, capsys, monkeypatch):
+    """The fp16 loop (run here on the CPU): the loss scale starts at 2^16 and halves on each step whose
+    scaled gradients overflow (the first few here); it is checkpointed, so a split run ends bitwise where
+    an unbroken one does; REBAR's own parameters (η, from the scaled aux loss) train."""
+    from discrete_vae import train as train_module
+
+    monkeypatch.setattr(train_module, "FP16_DEVICES", ("cuda", "cpu"))
+    args = [*FAST, "--steps", 40, "--eval-every", 20, "--checkpoint-every", 20, "--lr-schedule", "constant",
+            "--precision", "fp16", "--estimator", "rebar"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert last_json(dvae(capsys, "train", *args, "--out", whole).out)["nll"] > 0
+    dvae(capsys, "train", *args, "--steps", 20, "--out", split)
+    dvae(capsys, "train", "--resume", split, "--steps", 40)
+    a, b = (load_checkpoint(p / "last.safetensors") for p in (whole, split))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["scaler"] == b["scaler"]
+    skipped = 40 - a["scaler"]["_growth_tracker"]  # steps since the last overflow are counted
+    assert skipped >= 1 and a["scaler"]["scale"] == 2.0**16 / 2**skipped  # halved once per overflow
+    eta = [k for k in a["model"] if k.startswith("estimator.")]
+    assert eta, "rebar has its own parameters"
+    config = TrainConfig.from_dict(yaml.safe_load((whole / "config.yaml").read_text()))
+    torch.manual_seed(config.seed)
+    fresh = build_model(config, 64).state_dict()
+    assert any(not torch.equal(a["model"][k], fresh[k]) for k in eta)

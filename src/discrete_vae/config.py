@@ -30,7 +30,7 @@ LR_SCHEDULES = ("constant", "cosine", "piecewise")
 RESUME_OVERRIDES = ("steps", "epochs", "lr", "lr_final", "device", "eval_every", "checkpoint_every",
                     "log_every")
 OBJECTIVES = ("auto", "elbo", "iw")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 SAMPLER_NAMES = ("pcd", "pa")
 
 
@@ -98,8 +98,9 @@ class TrainConfig:
     activation: str = _f("relu", "hidden activation: relu, tanh or leaky_relu (negative slope 0.3)")
     seed: int = _f(0, "random seed (weights, noise, data order)")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
-    precision: str = _f("fp32", "training arithmetic: fp32, or bf16 (the encoder's and decoder's forward "
-                        "pass under autocast, on the CPU or CUDA; bounds are always float32)")
+    precision: str = _f("fp32", "training arithmetic: fp32; bf16 (the encoder's and decoder's forward pass "
+                        "under autocast, on the CPU or CUDA); fp16 (the same, CUDA only, with dynamic loss "
+                        "scaling); bounds are always float32")
     out: str | None = _f(None, "run folder (default runs/<model>-<latent>-<time>)")
     eval_every: int = _f(5000, "validate (and save image grids) every this many steps")
     val_samples: int = _f(10, "importance samples for the validation bound")

@@ -65,7 +65,7 @@ def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
         learnable_temperature=config.temperature if config.learn_temperature else None,
         center_input=config.center_input,
     )
-    model.train_dtype = torch.bfloat16 if config.precision == "bf16" else None
+    model.train_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
     return model
 
 

@@ -34,7 +34,7 @@ from .checkpoint import (
 from .config import RESUME_OVERRIDES, TrainConfig
 from .data import BatchIterator, DataSplits, load_dataset
 from .distributed import Distributed, load_local_state, local_state, wrap
-from .errors import NonFiniteLossError, UserError
+from .errors import ConfigError, NonFiniteLossError, UserError
 from .evaluate import estimate_log_partition, evaluate, trivial_nll
 from .models import DiscreteVAE
 from .progress import GracefulStop, Progress, Stopped
@@ -60,6 +60,7 @@ from .runs import (
 from .viz.grids import as_array, reconstruction_figure, samples_figure, save_png
 
 DEFAULT_STEPS = 200_000
+FP16_DEVICES = ("cuda",)  # where --precision fp16 runs (on the CPU float16 matmuls are slower than float32)
 
 
 def estimator_gradients(own: list[torch.Tensor], aux_loss: torch.Tensor | None) -> list[torch.Tensor]:
@@ -112,6 +113,9 @@ def train(
     """
     ddp = Distributed.from_env(config.device)
     device = resolve_device(config.device, ddp.local_rank)
+    if config.precision == "fp16" and device.type not in FP16_DEVICES:
+        raise ConfigError(f"--precision fp16 runs on CUDA, not {device.type} (where float16 matmuls are "
+                          "slower than float32); use --precision bf16")
     run_dir = (
         Path(resume) if resume else Path(config.out) if config.out else default_run_dir(config)
     )
@@ -161,6 +165,9 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
     # weight matrices and the RBM's couplings (the estimator's own networks are not the model's)
     penalized = [p for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("estimator.")]
     own = list(model.estimator.parameters())  # stepped on the estimator's aux_loss only
+    # fp16: both losses scaled before their backward passes (float16 gradients would underflow); the
+    # step unscales, and skips a step whose gradients overflowed while the scale adapts
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     torch.manual_seed(config.seed * 7919 + ddp.rank)  # per-rank noise; weights came from `seed`
     net = wrap(model, ddp)  # DDP with more than one rank; the PCD chains stay each rank's own
     step, best, saved = 0, {"step": -1, "nll": math.inf}, None  # saved: the step of last.safetensors
@@ -171,7 +178,8 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
         if ddp.main:
             remove_partial_writes(run_dir)
         state = load_checkpoint(run_dir / LAST, device)
-        modules = {"model": model, "optimizer": optimizer, "data": batches}
+        modules = {"model": model, "optimizer": optimizer, "data": batches,
+                   **({"scaler": scaler} if scaler.is_enabled() else {})}
         restore_training(run_dir / LAST, state, modules, device, rank=ddp.rank)
         if "rank_local" in state:
             load_local_state(model, state["rank_local"], ddp.rank)
@@ -212,6 +220,7 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
                     "step": step,
                     "best": best,
                     "sums": sums,  # partial sums of the next metrics line
+                    **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
                     "config": config.to_dict(),
                     "data_dim": data.dim,
                     "version": __version__,
@@ -276,15 +285,17 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
                 if config.l2:
                     loss = loss + 0.5 * config.l2 * sum(p.square().sum() for p in penalized)
                 optimizer.zero_grad(set_to_none=True)
-                aux = estimator_gradients(own, terms.aux_loss)
-                loss.backward()
+                aux_loss = terms.aux_loss if terms.aux_loss is None else scaler.scale(terms.aux_loss)
+                aux = estimator_gradients(own, aux_loss)
+                scaler.scale(loss).backward()
                 reported = -terms.objective.mean()
                 if not (torch.isfinite(reported) and torch.isfinite(loss)):
                     value = float(reported if not torch.isfinite(reported) else loss.detach())
                     raise NonFiniteLossError(f"non-finite loss ({value})", step + 1, saved, resume_command)
                 for p, g in zip(own, ddp.average(aux), strict=True):
                     p.grad = g
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 step += 1
                 sums += torch.stack([reported, -terms.log_px.mean(), terms.kl.mean()])
                 if step % config.log_every == 0 or step == total:
