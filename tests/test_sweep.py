@@ -174,6 +174,20 @@ def test_select_tunes_on_one_seed_and_repeats_the_chosen_label(tmp_path, capsys)
     assert sum(",seed=1 " in line for line in err.splitlines()) == 2  # the unselected are not listed
 
 
+def test_only_runs_the_points_named_and_the_table_shows_what_is_done(tmp_path, capsys):
+    spec, out = write_spec(tmp_path), tmp_path / "out"
+    assert sweep(spec, out, "--only", "model=st-gs", "--only", "seed=1") == 0
+    summary = last_json(capsys)
+    assert summary["ran"] == 1 and summary["point_states"]["model=st-gs,seed=1"] == "done"
+    assert summary["states"] == {**dict.fromkeys(STATES, 0), "done": 1, "pending": 3}
+    assert "| gs | — |" in (out / "table.md").read_text()
+    for bad, message in (("model", "--only takes AXIS=LABEL"), ("modle=gs", "'modle' is not an axis"),
+                         ("model=gz", "--only model=gz: not a label of model (gs, st-gs)")):
+        assert sweep(spec, out, "--only", bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
 @pytest.mark.parametrize("parts,message", [
     ({"base": {**BASE, "not_an_option": 1}}, "not_an_option"),
     ({"grid": {"model": []}}, "grid axis 'model' is empty"),

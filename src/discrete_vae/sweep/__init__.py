@@ -65,10 +65,13 @@ def _announce(spec: Spec, out: Path, status: dict[str, Any], todo: list, executo
 
 def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | None = None,
               threads: int | None = None, data_dir: str | None = None, slurm: Slurm | None = None,
-              wait: bool = True, timeout_min: int = 7 * 24 * 60) -> dict[str, Any]:
+              wait: bool = True, timeout_min: int = 7 * 24 * 60,
+              only: dict[str, set[str]] | None = None) -> dict[str, Any]:
     """Run every point that is not done (nor running elsewhere), then write the results; returns the
     status summary with the paths written. Nothing done is redone: a rerun of a finished sweep trains and
-    evaluates nothing."""
+    evaluates nothing. ``only`` ({axis: labels}) runs just the points with one of those labels on each
+    axis named; the tables still show every finished point."""
+    only = check_only(spec, only or {})
     if jobs is not None and jobs < 1:
         raise ConfigError("--jobs must be at least 1")
     if threads is not None and threads < 1:
@@ -92,7 +95,8 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
             status = sweep_status(spec, out, records=True)
             chosen = {r["point"] for r in status["records"] if r["chosen"] is True}
             todo = [p for p in spec.points() if status["point_states"][p.name] in RUNNABLE
-                    and (p.name, p.name in chosen) not in attempted]
+                    and (p.name, p.name in chosen) not in attempted
+                    and all(p.label(axis) in labels for axis, labels in only.items())]
             if executor == "slurm":  # a point whose job is still queued or running is not submitted again
                 queued = queued_on_slurm(out, [p.name for p in todo])
                 todo = [p for p in todo if p.name not in queued]
@@ -113,6 +117,30 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
     summary["ran"] = len(outcomes)
     summary["written"] = {k: str(v) for k, v in _written(out).items()}
     return summary
+
+
+def check_only(spec: Spec, only: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``--only``'s axes and labels, each checked against the grid (a typo would silently run nothing)."""
+    axes = {axis: {label for label, _ in bundle} for axis, bundle in spec.axes}
+    for axis, labels in only.items():
+        if axis not in axes:
+            raise ConfigError(f"--only {axis}=...: {axis!r} is not an axis of the grid ({', '.join(axes)})")
+        unknown = sorted(labels - axes[axis])
+        if unknown:
+            raise ConfigError(f"--only {axis}={unknown[0]}: not a label of {axis} "
+                              f"({', '.join(label for label, _ in dict(spec.axes)[axis])})")
+    return only
+
+
+def parse_only(items: list[str]) -> dict[str, set[str]]:
+    """``["struct=1-layer-nonlin,4-layer-nonlin", "k=1"]`` -> {axis: labels}."""
+    only: dict[str, set[str]] = {}
+    for item in items:
+        axis, sep, labels = item.partition("=")
+        if not sep or not axis or not labels:
+            raise ConfigError(f"--only takes AXIS=LABEL[,LABEL...], not {item!r}")
+        only.setdefault(axis.replace("-", "_"), set()).update(labels.split(","))
+    return only
 
 
 def write_tables(spec: Spec, out: Path) -> None:

@@ -26,6 +26,9 @@ def add_sweep_parser(sub: Any) -> None:
     p.add_argument("--report", action="store_true",
                    help="write table.md, results.csv/json and the plots from the points finished so far, "
                    "and run nothing")
+    p.add_argument("--only", action="append", default=[], metavar="AXIS=LABEL[,LABEL]",
+                   help="run only the points with one of these labels on AXIS (repeatable: every AXIS "
+                   "must match); the tables still show every finished point")
     p.add_argument("--executor", default="local", choices=["local", "slurm", "debug"],
                    help="local: jobs as processes on this machine; slurm: one job array on a SLURM cluster; "
                    "debug: one after another in this process (default: local)")
@@ -55,9 +58,20 @@ def add_sweep_parser(sub: Any) -> None:
 
 
 def sweep_command(args: argparse.Namespace) -> dict[str, Any]:
-    from . import Slurm, default_out, load_spec, print_status, run_sweep, sweep_status, write_tables
+    from . import (
+        Slurm,
+        check_only,
+        default_out,
+        load_spec,
+        parse_only,
+        print_status,
+        run_sweep,
+        sweep_status,
+        write_tables,
+    )
 
     spec = load_spec(args.spec, quick=args.quick)
+    only = check_only(spec, parse_only(args.only))
     out = args.out or default_out(spec, args.quick)
     if args.status or args.report:
         if args.report:
@@ -71,7 +85,8 @@ def sweep_command(args: argparse.Namespace) -> dict[str, Any]:
                   array_parallelism=args.array_parallelism, account=args.account, qos=args.qos,
                   constraint=args.constraint, setup=tuple(args.setup))
     summary = run_sweep(spec, out, executor=args.executor, jobs=args.jobs, threads=args.threads,
-                        data_dir=args.data_dir, slurm=slurm, wait=args.wait, timeout_min=args.timeout)
+                        data_dir=args.data_dir, slurm=slurm, wait=args.wait, timeout_min=args.timeout,
+                        only=only)
     print_status(summary)
     if summary["states"]["failed"]:
         raise SweepFailed(summary)
