@@ -1,8 +1,9 @@
 """``dvae sweep SPEC.yaml``: a grid of training runs (settings × seeds), their evaluations, and the tables
 and plots made from them, run through submitit here or on a SLURM cluster; idempotent and resumable.
 
-:mod:`.spec` reads a spec, :mod:`.commands` says what a point runs (``dvae train`` or ``dvae sop``),
-:mod:`.runner` runs and tracks the points, :mod:`.report` writes the results, :mod:`.cli` is the command.
+:mod:`.spec` is what a spec holds, :mod:`.load` reads and checks one, :mod:`.commands` says what a point
+runs (``dvae train`` or ``dvae sop``), :mod:`.runner` runs and tracks the points, :mod:`.report` writes the
+results, :mod:`.cli` is the command.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..runs import note
+from .load import load_spec
 from .report import collect, write_report
 from .runner import (
     JOBS,
@@ -29,7 +31,7 @@ from .runner import (
     status_lines,
     threads_per_job,
 )
-from .spec import Spec, load_spec
+from .spec import Spec
 
 REPORT_EVERY_S = 30.0  # a long sweep's tables are at most this old while it runs
 

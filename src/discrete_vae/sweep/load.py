@@ -1,0 +1,267 @@
+"""Reading a sweep spec: the YAML of :mod:`.spec`'s format into a :class:`~.spec.Spec`, checked whole (every
+key, axis, evaluation, table and ``select:``, and every point's config), so that a mistake is one line
+before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from .spec import (
+    EVAL_KEYS,
+    SEED,
+    SELECT_KEYS,
+    SPEC_KEYS,
+    TABLE_KEYS,
+    Evaluation,
+    Select,
+    Spec,
+    Table,
+    label_of,
+    metric_source,
+)
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in value.items()}
+
+
+def _axes(grid: Any, options: set[str]) -> tuple:
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError("grid must be a non-empty mapping of axes (an option with a list of values, or a "
+                          "named axis with a mapping of labels to options)")
+    axes = []
+    for raw, values in grid.items():
+        axis = str(raw).replace("-", "_")
+        if isinstance(values, dict):
+            if not values:
+                raise ConfigError(f"grid axis {axis!r} is empty")
+            bundle = []
+            for label, extra in values.items():
+                extra = _mapping(extra, f"grid axis {axis!r}, label {label!r}")
+                if "eval" in extra:  # evaluation settings for this label's points (a larger --limit, ...)
+                    over = _mapping(extra["eval"], f"grid axis {axis!r}, label {label!r}, eval")
+                    unknown = sorted(set(over) - (EVAL_KEYS - {"name"}))
+                    if unknown:
+                        raise ConfigError(f"unknown eval key {unknown[0]!r} in grid axis {axis!r}, "
+                                          f"label {label!r}")
+                    extra["eval"] = over
+                if axis in options:
+                    extra = {axis: label, **extra}
+                bundle.append((label_of(label), extra))
+            axes.append((axis, tuple(bundle)))
+        elif isinstance(values, list):
+            if not values:
+                raise ConfigError(f"grid axis {axis!r} is empty")
+            if axis not in options:
+                raise ConfigError(f"grid axis {axis!r} is not a dvae train option; give a mapping of labels "
+                                  "to options to name an axis of your own")
+            axes.append((axis, tuple((label_of(v), {axis: v}) for v in values)))
+        else:
+            raise ConfigError(f"grid axis {axis!r} must be a list of values or a mapping of labels to "
+                              "options")
+        labels = [label for label, _ in axes[-1][1]]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"grid axis {axis!r} repeats a value")
+    return tuple(axes)
+
+
+def _exclude(value: Any, axes: tuple) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """``exclude: [{axis: label, ...}, ...]``: the grid points to leave out."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(rule, dict) and rule for rule in value):
+        raise ConfigError("exclude must be a list of mappings of grid axes to labels")
+    labels = {axis: {label for label, _ in bundle} for axis, bundle in axes}
+    out = []
+    for rule in value:
+        pairs = tuple((str(axis).replace("-", "_"), label_of(label)) for axis, label in rule.items())
+        for axis, label in pairs:
+            if label not in labels.get(axis, ()):
+                raise ConfigError(f"exclude names {axis}={label}, which is not in the grid")
+        out.append(pairs)
+    return tuple(out)
+
+
+def _select(value: Any, axes: tuple, evals: tuple[Evaluation, ...]) -> Select | None:
+    """``select: {axis: AXIS, by: METRIC, per: [AXIS, ...], seeds: [SEED, ...], maximize: false}``."""
+    if value is None:
+        if any(e.selected for e in evals):
+            raise ConfigError("an eval is marked selected: true, but the spec has no select:")
+        return None
+    item = _mapping(value, "select")
+    unknown = sorted(set(item) - SELECT_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown select key {unknown[0]!r} (known: {', '.join(sorted(SELECT_KEYS))})")
+    labels = {axis: [label for label, _ in bundle] for axis, bundle in axes}
+    axis = str(item.get("axis", "")).replace("-", "_")
+    if axis not in labels or axis == SEED:
+        raise ConfigError(f"select: axis {axis or '(none)'!r} must be an axis of the grid other than seed")
+    if "by" not in item:
+        raise ConfigError("select: needs by: the metric that chooses (lowest wins; maximize: true: highest)")
+    metric = str(item["by"])
+    source, _ = metric_source(metric, evals)
+    if any(e.name == source and e.selected for e in evals):
+        raise ConfigError(f"select: by {metric!r} comes from an eval that only scores the chosen points")
+    others = [a for a in labels if a not in (axis, SEED)]
+    per = tuple(a.replace("-", "_") for a in _names(item["per"])) if "per" in item else tuple(others)
+    for a in per:
+        if a not in others:
+            raise ConfigError(f"select: per names {a!r}, which is not an axis of the grid other than "
+                              f"{axis} and seed")
+    seeds: tuple[str, ...] = ()
+    if SEED in labels:
+        seeds = tuple(label_of(s) for s in item.get("seeds", labels[SEED][:1]))
+        bad = [s for s in seeds if s not in labels[SEED]]
+        if bad or not seeds:
+            raise ConfigError(f"select: seeds must be seeds of the grid ({', '.join(labels[SEED])})")
+    if not isinstance(item.get("maximize", False), bool):
+        raise ConfigError("select: maximize must be true or false")
+    return Select(axis, metric, per, seeds, item.get("maximize", False))
+
+
+def _evals(value: Any) -> tuple[Evaluation, ...]:
+    items = value if isinstance(value, list) else [value] if value is not None else []
+    evals = []
+    for item in items:
+        item = _mapping(item, "each eval")
+        unknown = sorted(set(item) - EVAL_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown eval key {unknown[0]!r} (known: {', '.join(sorted(EVAL_KEYS))})")
+        try:
+            evals.append(Evaluation(**item))
+        except TypeError as e:
+            raise ConfigError(f"bad eval: {e}") from None
+        if evals[-1].samples < 1:
+            raise ConfigError("eval samples must be at least 1")
+    names = [e.name for e in evals]
+    if len(set(names)) != len(names):
+        raise ConfigError("two evals share a name; name them (name: test-S1000)")
+    if "train" in names:
+        raise ConfigError("an eval may not be named train (train.* are training's metrics); try train-S1")
+    return tuple(evals)
+
+
+def _tables(value: Any, spec_axes: tuple[str, ...], evals: tuple[Evaluation, ...],
+            select: Select | None = None) -> tuple[Table, ...]:
+    items = value if isinstance(value, list) else [value] if value is not None else []
+    tables = []
+    for i, item in enumerate(items):
+        item = _mapping(item, "each table")
+        unknown = sorted(set(item) - TABLE_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown table key {unknown[0]!r} (known: {', '.join(sorted(TABLE_KEYS))})")
+        rows, columns = _names(item.get("rows")), _names(item.get("columns"))
+        metrics = item.get("metrics", item.get("metric", "nll"))
+        labels = _names(list(metrics)) if isinstance(metrics, dict) else ()
+        metrics = _names(list(metrics.values()) if isinstance(metrics, dict) else metrics)
+        title, published = _published(item.get("reference"), len(columns))
+        table = Table(name=str(item.get("name", f"table{i + 1}")), rows=rows, columns=columns,
+                      metrics=metrics, labels=labels or metrics, seeds=str(item.get("seeds", "mean")),
+                      digits=int(item.get("digits", 2)), reference=title, published=published,
+                      titles=_titles(item.get("titles")))
+        if not rows:
+            raise ConfigError(f"table {table.name!r} needs rows (an axis of the grid)")
+        for axis in rows + columns:
+            if axis not in spec_axes:
+                raise ConfigError(f"table {table.name!r}: {axis!r} is not an axis of the grid "
+                                  f"({', '.join(spec_axes)})")
+        chosen = select.axis if select and select.axis not in rows + columns else None
+        left = [a for a in spec_axes if a not in rows + columns and a not in (SEED, chosen)]
+        if left:
+            raise ConfigError(f"table {table.name!r}: grid axis {left[0]!r} is neither a row, a column nor "
+                              "seed; a cell would mix its values")
+        if table.seeds not in ("mean", "each"):
+            raise ConfigError(f"table {table.name!r}: seeds must be mean or each, not {table.seeds!r}")
+        for metric in table.metrics:
+            metric_source(metric, evals)
+        tables.append(table)
+    return tuple(tables)
+
+
+def _titles(value: Any) -> dict[str, str]:
+    """A table's ``titles: {LABEL: shown text}``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError("a table's titles must map labels to the text shown for them")
+    return {label_of(k): str(v) for k, v in value.items()}
+
+
+def _published(value: Any, columns: int) -> tuple[str, tuple[tuple[str, str, float], ...]]:
+    """A table's ``reference: {title: ..., values: {ROW: VALUE}}`` (no columns) or ``{ROW: {COLUMN:
+    VALUE}}`` (labels joined by " / " where rows or columns span several axes)."""
+    if value is None:
+        return "", ()
+    if not isinstance(value, dict) or not isinstance(value.get("title"), str) or not isinstance(
+            value.get("values"), dict):
+        raise ConfigError("a table's reference needs a title and values (a mapping of row labels to numbers, "
+                          "or to mappings of column labels to numbers)")
+    out = []
+    for row, cell in value["values"].items():
+        items = cell.items() if isinstance(cell, dict) else [("", cell)]
+        for column, number in items:
+            if not isinstance(number, int | float) or (columns > 0) != isinstance(cell, dict):
+                raise ConfigError(f"reference value of {row!r} must be a number"
+                                  + (" per column label" if columns else ""))
+            out.append((label_of(row), label_of(column), float(number)))
+    return value["title"], tuple(out)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A table's rows, columns or metrics: one name or a list of them."""
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    return (str(value),) if value else ()
+
+
+def load_spec(path: str | Path, quick: bool = False) -> Spec:
+    """Read and check a spec; with ``quick``, its ``quick:`` overrides (base and each eval) apply."""
+    from .commands import command
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read sweep spec {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse sweep spec {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"sweep spec {path} must be a mapping (base, grid, eval, tables)")
+    unknown = sorted(set(data) - SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in sweep spec {path} "
+                          f"(known: {', '.join(sorted(SPEC_KEYS))})")
+    runs = command(str(data.get("command", "train")))
+    base = _mapping(data.get("base"), "base")
+    quick_part = _mapping(data.get("quick"), "quick")
+    if quick and not quick_part:
+        raise ConfigError(f"sweep spec {path} has no quick: section")
+    over = _mapping(quick_part.get("base"), "quick.base") if quick else {}
+    eval_over = _mapping(quick_part.get("eval"), "quick.eval") if quick else {}
+    unknown = sorted(set(eval_over) - (EVAL_KEYS - {"name"}))
+    if unknown:
+        raise ConfigError(f"unknown eval key {unknown[0]!r} in quick.eval")
+    axes = _axes(data.get("grid"), runs.options())
+    evals = _evals(data.get("eval"))
+    spec = Spec(name=str(data.get("name") or path.stem), description=str(data.get("description") or ""),
+                base=base, axes=axes, evals=evals, tables=(), path=path, command=runs.name, over=over,
+                eval_over=eval_over)
+    select = _select(data.get("select"), axes, evals)
+    spec = dataclasses.replace(spec, tables=_tables(data.get("tables"), spec.axis_names, evals, select),
+                               exclude=_exclude(data.get("exclude"), axes), select=select)
+    for point in spec.points():
+        try:
+            runs.config(point.values)
+            spec.point_evals(point)
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"grid point {point.name}: {e}") from None
+    return spec
