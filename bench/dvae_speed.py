@@ -22,7 +22,7 @@ import tempfile
 
 import torch
 
-from discrete_vae.config import TrainConfig, with_struct
+from discrete_vae.config import fresh_config
 from discrete_vae.train import train
 
 SETTINGS = "pcd:1000x40,pa:1000x40,pcd:1000x10,pcd:100x40,pcd:100x10,pa:100x10"
@@ -58,14 +58,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for model, k, sampler, chains, sweeps in combos:
-                values = with_struct({
+                config = fresh_config({
                     "model": model, "struct": args.struct, "dataset": args.dataset,
                     "data_dir": args.data_dir, "k": k, "sampler": sampler, "chains": chains,
                     "sweeps": sweeps, "steps": args.steps, "eval_every": 10**9, "checkpoint_every": 10**9,
                     "val_samples": 1, "log_z_betas": 2, "log_z_samples": 1, "device": "cpu",
                     "out": os.path.join(tmp, f"{model}-k{k}-{sampler}-{chains}-{sweeps}-{r}"),
                 })
-                result = train(TrainConfig.from_dict(values), progress=False)
+                result = train(config, progress=False)
                 rates[(model, k, sampler, chains, sweeps)].append(result["steps_per_s"])
     for (model, k, sampler, chains, sweeps), v in rates.items():
         print(json.dumps({"model": model, "struct": args.struct, "k": k, "sampler": sampler,

@@ -1,66 +1,117 @@
-"""Speed on a CUDA device, one table: training steps/s of the default gs model (batch 100 and 1000, fp32,
-bf16 and fp16), DVAE# (dvaes-power, 1-layer-lin) with the original's PCD 1000 chains x 40 sweeps, and the
-seconds of ``dvae eval`` with S = 5000 on the whole test set. Every run is a real ``dvae train`` /
-``dvae eval`` on binarized MNIST (``--data-dir``); sized to finish in about two minutes on a current GPU.
+"""Speed on a CUDA device, and what mixed precision does to the bound there.
+
+Speed table: training steps/s of the default gs model (batch 100 and 1000, fp32, bf16 and fp16), DVAE#
+(dvaes-power, 1-layer-lin) with the original's PCD 1000 chains x 40 sweeps, and the seconds of
+``dvae eval`` with S = 5000 on the whole test set. Precision table: the default model at batch 1000 for
+``--bound-steps`` steps in each precision, three seeds, its test bound (S = 1000 on 2,000 test images,
+best checkpoint) and steps/s as mean ± std over the seeds, so that a precision is kept only where its
+bound is within the seeds' spread of fp32's and it trains at least 1.3x faster. Every run is a real
+``dvae train`` / ``dvae eval`` on binarized MNIST (``--data-dir``); sized to finish in about three minutes
+on a current GPU.
 
     python bench/gpu_speed.py --data-dir ../shared/data
+    python bench/gpu_speed.py --data-dir ../shared/data --device cpu --steps 20 --dvae-steps 5 \
+        --bound-steps 20 --precisions fp32,bf16 --eval-limit 20   # a smoke run of the script, on the CPU
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from discrete_vae.config import TrainConfig
+from discrete_vae.config import fresh_config
 from discrete_vae.evaluate import evaluate_run
 from discrete_vae.train import train
 
 
-def steps_per_s(out: Path, steps: int, **options) -> tuple[float, Path]:
-    config = TrainConfig.from_dict({"dataset": "binarized_mnist", "steps": steps, "eval_every": steps,
-                                    "checkpoint_every": steps, "log_every": steps, "device": "cuda",
-                                    "out": str(out), **options})
+def train_run(out: Path, steps: int, device: str, **options) -> tuple[float, Path]:
+    """Train one run; its steps/s (validation and checkpoints excluded) and folder."""
+    config = fresh_config({"dataset": "binarized_mnist", "steps": steps, "eval_every": steps,
+                           "checkpoint_every": steps, "log_every": steps, "device": device, "out": str(out),
+                           **options})
     result = train(config, progress=False)
     return float(result["steps_per_s"]), out
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def speed_rows(root: Path, args: argparse.Namespace, precisions: list[str], data: dict) -> list[tuple]:
+    rows, gs_run = [], None
+    for batch in (100, 1000):
+        for precision in precisions:
+            rate, run = train_run(root / f"gs-{batch}-{precision}", args.steps, args.device, batch_size=batch,
+                                  precision=precision, **data)
+            rows.append((f"gs 20x10, batch {batch}, {precision}", f"{rate:.1f} steps/s"))
+            gs_run = gs_run or run
+    rate, _ = train_run(root / "dvae", args.dvae_steps, args.device, model="dvaes-power",
+                        struct="1-layer-lin", chains=1000, sweeps=40, **data)
+    rows.append(("dvaes-power 1-layer-lin, PCD 1000 x 40, batch 100", f"{rate:.1f} steps/s"))
+    sync(args.device)
+    start = time.perf_counter()
+    result = evaluate_run(gs_run, samples=5000, split="test", limit=args.eval_limit, device=args.device,
+                          progress=False, **data)
+    sync(args.device)
+    rows.append((f"dvae eval, S = 5000, {result['examples']} test images",
+                 f"{time.perf_counter() - start:.1f} s"))
+    return rows
+
+
+def precision_rows(root: Path, args: argparse.Namespace, precisions: list[str], data: dict) -> list[tuple]:
+    def spread(values: list[float]) -> str:
+        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+    rows = []
+    for precision in precisions:
+        bounds, rates = [], []
+        for seed in range(3):
+            rate, run = train_run(root / f"bound-{precision}-{seed}", args.bound_steps, args.device,
+                                  batch_size=1000, precision=precision, seed=seed, **data)
+            result = evaluate_run(run, samples=1000, split="test", limit=2000, device=args.device,
+                                  progress=False, **data)
+            bounds.append(result["nll"])
+            rates.append(rate)
+        rows.append((precision, spread(bounds), spread(rates)))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--steps", type=int, default=3000, help="steps of each gs run")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--steps", type=int, default=3000, help="steps of each gs speed run")
     parser.add_argument("--dvae-steps", type=int, default=300, help="steps of the DVAE# run")
+    parser.add_argument("--bound-steps", type=int, default=3000, help="steps of each precision-bound run")
+    parser.add_argument("--precisions", default="fp32,bf16,fp16")
+    parser.add_argument("--eval-limit", type=int, default=None, help="test images of the S = 5000 eval "
+                        "(default: all)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("bench/gpu_speed.py: no CUDA device")
     data = {"data_dir": args.data_dir} if args.data_dir else {}
-    rows = []
+    precisions = args.precisions.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        gs_run = None
-        for batch in (100, 1000):
-            for precision in ("fp32", "bf16", "fp16"):
-                rate, run = steps_per_s(root / f"gs-{batch}-{precision}", args.steps, batch_size=batch,
-                                        precision=precision, **data)
-                rows.append((f"gs 20x10, batch {batch}, {precision}", f"{rate:.1f} steps/s"))
-                gs_run = gs_run or run
-        rate, _ = steps_per_s(root / "dvae", args.dvae_steps, model="dvaes-power", struct="1-layer-lin",
-                              chains=1000, sweeps=40, **data)
-        rows.append(("dvaes-power 1-layer-lin, PCD 1000 x 40, batch 100", f"{rate:.1f} steps/s"))
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = evaluate_run(gs_run, samples=5000, split="test", device="cuda", progress=False, **data)
-        seconds = time.perf_counter() - start
-        rows.append((f"dvae eval, S = 5000, {result['examples']} test images", f"{seconds:.1f} s"))
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+        speed = speed_rows(Path(tmp), args, precisions, data)
+        bound = precision_rows(Path(tmp), args, precisions, data)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
+    print(f"device: {name}, torch {torch.__version__}")
     print("\n| what | speed |\n|---|---|")
-    for what, speed in rows:
-        print(f"| {what} | {speed} |")
-    print(json.dumps(dict(rows)))
+    for what, value in speed:
+        print(f"| {what} | {value} |")
+    print(f"\n| precision | test NLL (S = 1000, 2,000 images; 3 seeds, {args.bound_steps} steps at batch "
+          "1000) | steps/s |\n|---|---|---|")
+    for precision, nll, rate in bound:
+        print(f"| {precision} | {nll} | {rate} |")
+    by_precision = {p: {"nll": n, "steps_per_s": r} for p, n, r in bound}
+    print(json.dumps({"speed": dict(speed), "precision": by_precision}))
 
 
 if __name__ == "__main__":

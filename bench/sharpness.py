@@ -5,11 +5,12 @@
    and the fraction of draws within Euclidean distance 0.2 of a vertex of the simplex.
 2. Gradient variance: the variance, over independent noise draws, of the gradient of the relaxed
    objective (each method's training objective) with respect to the encoder's parameters, on one
-   batch of binarized MNIST, at each temperature. With ``--runs DIR`` the models are the trained
-   ``DIR/<model>-s0`` runs (e.g. from ``bench/igr_compare.sh``); otherwise freshly initialised ones.
+   batch of binarized MNIST, at each temperature. With ``--runs SWEEP`` the models are the trained seed-0
+   runs of a sweep of ``experiments/igr_compare.yaml`` (``SWEEP/model=<model>,seed=0/run``); otherwise
+   freshly initialised ones.
    Reported: the mean per-parameter variance and the signal-to-noise ratio |E g|^2 / tr Cov(g).
 
-    python bench/sharpness.py --data-dir ../shared/data --runs runs/igr --out runs/sharpness
+    python bench/sharpness.py --data-dir ../shared/data --runs sweeps/igr-compare --out runs/sharpness
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import torch
 from discrete_vae.config import TrainConfig
 from discrete_vae.data import load_dataset
 from discrete_vae.distributions import ExpConcrete, ExpIGR, ExpIGRPlanar, ExpIGRSB, PlanarFlow
-from discrete_vae.objectives import relaxed_elbo
 from discrete_vae.priors.igr import uniform_preimage_prior
 from discrete_vae.recipe import build_model, model_from_run
 
@@ -57,8 +57,7 @@ def gradient_variance(model, x: torch.Tensor, tau: float, reps: int) -> dict[str
     params = list(model.encoder.parameters())
     grads = []
     for _ in range(reps):
-        out = model(x, tau, 1)
-        loss = relaxed_elbo(out.log_px, out.latent).loss
+        loss = model(x, tau, 1).loss  # the relaxed ELBO's loss (each method's training objective)
         g = torch.autograd.grad(loss, params)
         grads.append(torch.cat([t.flatten() for t in g]))
     g = torch.stack(grads)  # (reps, P)
@@ -72,7 +71,8 @@ def gradient_variance(model, x: torch.Tensor, tau: float, reps: int) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--runs", type=Path, default=None, help="folder of trained <model>-s0 runs")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="a sweep folder of experiments/igr_compare.yaml (its seed-0 runs)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the JSON table and plot")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--draws", type=int, default=20000)
@@ -86,7 +86,7 @@ def main() -> None:
     x = load_dataset("binarized_mnist", args.data_dir).split("train")[: args.batch]
     rows = []
     for name in args.models:
-        run = args.runs / f"{name}-s0" if args.runs else None
+        run = args.runs / f"model={name},seed=0" / "run" if args.runs else None
         if run is not None and (run / "config.yaml").is_file():
             model, _, _ = model_from_run(run, "last")
             source = str(run)

@@ -1,0 +1,65 @@
+"""Every benchmark script under ``bench/`` runs to its table at a tiny size, on a small binarized MNIST the
+test writes (the scripts' figures are measured by hand; this only keeps the scripts from rotting)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_helpers import subprocess_env
+from test_data import amat_bytes
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """binarized_mnist with 1100 / 100 / 100 random images (784 pixels each; gpu_speed.py trains at batch
+    1000)."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 1100), ("valid", 100), ("test", 100)):
+        bits = (rng.random((n, 784)) < 0.2).astype(int)
+        (root / f"binarized_mnist_{split}.amat").write_bytes(amat_bytes(bits))
+    return root
+
+
+# script, its arguments ({data} and {run} are filled in), a piece of the output it must print
+CASES = [
+    ("dvae_speed.py", "--data-dir {data} --model dvaes-power --settings pcd:10x2 --steps 3 --rounds 1 "
+     "--threads 1", '"steps_per_s"'),
+    ("estimator_cost.py", "--settings binary --estimators gs,st,disarm --hidden 16 --batch-size 10 "
+     "--steps 2 --repeats 1 --warmup 1 --threads 1", "disarm"),
+    ("eval_speed.py", "{run} --samples 5 --limit 10", '"flop_per_s"'),
+    ("gibbs_speed.py", "--threads 1 --chains 20 --n-a 5 --n-b 5 --sweeps 2 --rounds 1 --pa-betas 5 "
+     "--pa-population 10 --pa-runs 1", '"ours_sweeps_per_s"'),
+    ("gpu_speed.py", "--data-dir {data} --device cpu --steps 3 --dvae-steps 2 --bound-steps 3 "
+     "--precisions fp32,bf16 --eval-limit 5", "| bf16 |"),
+    ("matmul_flops.py", "", "flop"),
+    ("precision_speed.py", "--batch-sizes 10 --rounds 1 --steps 1 --precisions fp32,bf16,fp16",
+     "fp32 / fp16"),
+    ("seed_loop.py", "--data-dir {data} --steps 3", "steps"),
+    ("sharpness.py", "--data-dir {data} --out {tmp}/sharp --classes 3 --draws 50 --reps 2 --batch 5 "
+     "--models gs igr-i --taus 0.5", "gs"),
+    ("speed.py", "--data-dir {data} --steps 3 --rounds 1", "steps"),
+    ("step_breakdown.py", "--data-dir {data} --steps 3", "ms"),
+    ("sweep_throughput.py", "--settings 1x1 --points 1 --steps 3 --rounds 1", "runs per hour"),
+]
+
+
+def test_every_script_has_a_case():
+    assert {p.name for p in BENCH.glob("*.py")} == {c[0] for c in CASES}
+
+
+@pytest.mark.parametrize("script,args,expect", CASES, ids=[c[0] for c in CASES])
+def test_bench_script_runs(script, args, expect, data_dir, run, tmp_path):
+    argv = args.format(data=data_dir, run=run, tmp=tmp_path).split()
+    result = subprocess.run([sys.executable, str(BENCH / script), *argv], capture_output=True, text=True,
+                            timeout=TIMEOUT_S, env=subprocess_env(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert expect in result.stdout, result.stdout[-3000:]
