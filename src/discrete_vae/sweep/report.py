@@ -33,9 +33,11 @@ def collect(spec: Spec, out: Path, submitted: set[str] = frozenset()) -> list[di
         choice = choices.get(spec.group(point)) if spec.select else None
         chosen = True if spec.select is None else None if choice is None else choice == point.label(
             spec.select.axis)
-        record = _record(spec, out, point, submitted, chosen=chosen is True)
-        if spec.selecting(point):
-            if first[point.name]["state"] == "done" and record["state"] == "interrupted":
+        tuned = first.get(point.name)  # read already, with the evaluations of a point not chosen
+        reread = tuned is None or chosen is True
+        record = _record(spec, out, point, submitted, chosen is True) if reread else tuned
+        if tuned:
+            if tuned["state"] == "done" and record["state"] == "interrupted":
                 record["state"] = "pending"  # tuned, and chosen: its selected evaluations are to run
         elif chosen is None:
             record["state"] = "waiting"
