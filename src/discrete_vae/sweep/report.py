@@ -33,8 +33,8 @@ def collect(spec: Spec, out: Path, submitted: set[str] = frozenset()) -> list[di
         choice = choices.get(spec.group(point)) if spec.select else None
         chosen = True if spec.select is None else None if choice is None else choice == point.label(
             spec.select.axis)
-        tuned = first.get(point.name)  # read already, with the evaluations of a point not chosen
-        reread = tuned is None or chosen is True
+        tuned = first.get(point.name)  # read already, without the evaluations kept for chosen points
+        reread = tuned is None or (chosen is True and any(e.selected for e in spec.evals))
         record = _record(spec, out, point, submitted, chosen is True) if reread else tuned
         if tuned:
             if tuned["state"] == "done" and record["state"] == "interrupted":
