@@ -31,7 +31,7 @@ from .runner import (
     status_lines,
     threads_per_job,
 )
-from .spec import Spec
+from .spec import Spec, labels_by_axis
 
 REPORT_EVERY_S = 30.0  # a long sweep's tables are at most this old while it runs
 
@@ -123,14 +123,13 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
 
 def check_only(spec: Spec, only: dict[str, set[str]]) -> dict[str, set[str]]:
     """``--only``'s axes and labels, each checked against the grid (a typo would silently run nothing)."""
-    axes = {axis: {label for label, _ in bundle} for axis, bundle in spec.axes}
+    axes = labels_by_axis(spec.axes)
     for axis, labels in only.items():
         if axis not in axes:
             raise ConfigError(f"--only {axis}=...: {axis!r} is not an axis of the grid ({', '.join(axes)})")
-        unknown = sorted(labels - axes[axis])
+        unknown = sorted(labels - set(axes[axis]))
         if unknown:
-            raise ConfigError(f"--only {axis}={unknown[0]}: not a label of {axis} "
-                              f"({', '.join(label for label, _ in dict(spec.axes)[axis])})")
+            raise ConfigError(f"--only {axis}={unknown[0]}: not a label of {axis} ({', '.join(axes[axis])})")
     return only
 
 

@@ -22,6 +22,7 @@ from .spec import (
     Spec,
     Table,
     label_of,
+    labels_by_axis,
     metric_source,
 )
 
@@ -80,7 +81,7 @@ def _exclude(value: Any, axes: tuple) -> tuple[tuple[tuple[str, str], ...], ...]
         return ()
     if not isinstance(value, list) or not all(isinstance(rule, dict) and rule for rule in value):
         raise ConfigError("exclude must be a list of mappings of grid axes to labels")
-    labels = {axis: {label for label, _ in bundle} for axis, bundle in axes}
+    labels = labels_by_axis(axes)
     out = []
     for rule in value:
         pairs = tuple((str(axis).replace("-", "_"), label_of(label)) for axis, label in rule.items())
@@ -101,7 +102,7 @@ def _select(value: Any, axes: tuple, evals: tuple[Evaluation, ...]) -> Select | 
     unknown = sorted(set(item) - SELECT_KEYS)
     if unknown:
         raise ConfigError(f"unknown select key {unknown[0]!r} (known: {', '.join(sorted(SELECT_KEYS))})")
-    labels = {axis: [label for label, _ in bundle] for axis, bundle in axes}
+    labels = labels_by_axis(axes)
     axis = str(item.get("axis", "")).replace("-", "_")
     if axis not in labels or axis == SEED:
         raise ConfigError(f"select: axis {axis or '(none)'!r} must be an axis of the grid other than seed")

@@ -26,7 +26,8 @@ def collect(spec: Spec, out: Path, submitted: set[str] = frozenset()) -> list[di
     label a ``select:`` chose for its group, None before) and ``chosen`` (whether that is its label: True,
     False, or None while the choice waits on the selecting points; True without ``select:``)."""
     points = spec.points()
-    first = {p.name: _record(spec, out, p, submitted, chosen=False) for p in points if spec.selecting(p)}
+    first = {p.name: _record(spec, out, p, submitted, chosen=False) for p in points
+             if spec.selecting(dict(p.labels))}
     choices = choices_of(spec, list(first.values()))
     records = []
     for point in points:
@@ -72,7 +73,7 @@ def choices_of(spec: Spec, records: list[dict[str, Any]]) -> dict[tuple[str, ...
         return {}
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for record in records:
-        if SEED not in spec.axis_names or record[SEED] in select.seeds:
+        if spec.selecting(record):
             groups.setdefault(tuple(record[a] for a in select.per), []).append(record)
     choices = {}
     for group, members in groups.items():
@@ -95,7 +96,7 @@ def in_table(spec: Spec, table: Table, record: dict[str, Any]) -> bool:
     if spec.select is None:
         return True
     if spec.select.axis in table.rows + table.columns:
-        return SEED not in spec.axis_names or record[SEED] in spec.select.seeds
+        return spec.selecting(record)
     return record["chosen"] is True
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,9 +176,10 @@ class Spec:
         return tuple(dataclasses.replace(e, **point.eval_options) for e in self.evals
                      if chosen or not e.selected)
 
-    def selecting(self, point: Point) -> bool:
-        """Whether ``point`` runs before the choice (every point without ``select:``)."""
-        return self.select is None or SEED not in self.axis_names or point.label(SEED) in self.select.seeds
+    def selecting(self, labels: Mapping[str, str]) -> bool:
+        """Whether the point of ``labels`` (axis -> label: ``dict(point.labels)``, or a result record) runs
+        before the choice (every point without ``select:``)."""
+        return self.select is None or SEED not in labels or labels[SEED] in self.select.seeds
 
     def group(self, point: Point) -> tuple[str, ...]:
         """The labels that a choice is made per."""
@@ -185,6 +187,11 @@ class Spec:
 
     def evaluation(self, name: str) -> Evaluation:
         return next(e for e in self.evals if e.name == name)
+
+
+def labels_by_axis(axes: tuple) -> dict[str, list[str]]:
+    """Each axis's labels, in grid order (``axes``: :attr:`Spec.axes`)."""
+    return {axis: [label for label, _ in bundle] for axis, bundle in axes}
 
 
 def metric_source(metric: str, evals: tuple[Evaluation, ...]) -> tuple[str, str]:
