@@ -31,6 +31,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # script, its arguments ({data} and {run} are filled in), a piece of the output it must print
 CASES = [
+    ("denormals.py", "{run} --steps 3 --rounds 1", "flushed / IEEE"),
     ("dvae_speed.py", "--data-dir {data} --model dvaes-power --settings pcd:10x2 --steps 3 --rounds 1 "
      "--threads 1", '"steps_per_s"'),
     ("estimator_cost.py", "--settings binary --estimators gs,st,disarm --hidden 16 --batch-size 10 "

@@ -356,11 +356,15 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``dvae`` command; its result is the last line of stdout, as strict JSON (rank 0 only under
-    ``torchrun``). Bad input, and files that cannot be read or written, end with one line and status 2."""
+    ``torchrun``). Bad input, and files that cannot be read or written, end with one line and status 2.
+    Denormal floats are flushed to zero meanwhile (:mod:`discrete_vae.denormals`)."""
+    from .denormals import flush_denormals
+
     args = build_parser().parse_args(argv)
     command = f"dvae {args.command}"
     try:
-        result = COMMANDS[args.command](args)
+        with flush_denormals():  # before any intra-op thread starts, so that every one inherits it
+            result = COMMANDS[args.command](args)
     except UserError as e:
         note(f"{command}: error: {e}")
         return 2

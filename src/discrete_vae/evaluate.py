@@ -149,9 +149,11 @@ def evaluate_run(run_dir: Path, *, samples: int, split: str = "test", seed: int 
     The result names the checkpoint it scored and is written, as strict JSON, to
     ``eval_SPLIT_S{samples}[_subsetN]_seed{seed}_{checkpoint}.json`` in the run folder when the folder is
     writable (checked first, so a read-only folder is said at once; the result is returned either way).
+    Denormal floats are flushed to zero while it computes (:mod:`discrete_vae.denormals`).
     """
     from .checkpoint import atomic_write_bytes, run_checkpoint
     from .data import load_dataset
+    from .denormals import flush_denormals
     from .errors import UserError
     from .progress import Progress
     from .recipe import model_from_run, resolve_device, temperature_schedule
@@ -177,16 +179,17 @@ def evaluate_run(run_dir: Path, *, samples: int, split: str = "test", seed: int 
     x = data.subset(split, limit).to(torch_device)
     start = time.perf_counter()
     tau = temperature_schedule(config)(int(state["step"]))
-    try:
-        partition = estimate_log_partition(model.prior, log_z_betas, log_z_samples, seed, log_z)
-    except ValueError as e:  # e.g. exact enumeration of a half too large
-        raise UserError(str(e)) from None
-    bar = Progress(x.shape[0], mode=Progress.mode_for(progress), desc="eval", unit="example")
-    try:
-        metrics = evaluate(model, x, samples=samples, tau=tau, seed=seed,
-                           log_partition=partition.get("log_z", 0.0), progress=bar.update)
-    finally:
-        bar.close()
+    with flush_denormals():
+        try:
+            partition = estimate_log_partition(model.prior, log_z_betas, log_z_samples, seed, log_z)
+        except ValueError as e:  # e.g. exact enumeration of a half too large
+            raise UserError(str(e)) from None
+        bar = Progress(x.shape[0], mode=Progress.mode_for(progress), desc="eval", unit="example")
+        try:
+            metrics = evaluate(model, x, samples=samples, tau=tau, seed=seed,
+                               log_partition=partition.get("log_z", 0.0), progress=bar.update)
+        finally:
+            bar.close()
     seconds = time.perf_counter() - start
     if partition:
         note(f"log Z = {partition['log_z']:.3f} ± {partition['log_z_stderr']:.3f} "

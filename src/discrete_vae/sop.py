@@ -44,6 +44,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import BatchIterator, load_dataset
+from .denormals import flush_denormals
 from .errors import ConfigError, NonFiniteLossError, UserError
 from .estimators import ESTIMATORS, Pathwise, build_estimator
 from .models.sop_net import (  # noqa: F401  (the SOP network's names, re-exported)
@@ -254,7 +255,7 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
     grid, the test line) are not replayed when a finished run is resumed with a larger ``--steps``; a
     run already complete at ``--steps`` is left as it is. SIGTERM or SIGINT writes a checkpoint after
     the current step's line and validation (``logged``: nothing to replay) and stops. The run folder
-    is locked while the run trains.
+    is locked while the run trains, and denormal floats are flushed to zero (:mod:`discrete_vae.denormals`).
     """
     from .recipe import resolve_device
 
@@ -268,7 +269,8 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
     else:
         lock = open_new_run(run_dir, "dvae sop train")
     try:
-        return _train(config, run_dir, state, data, device)
+        with flush_denormals():
+            return _train(config, run_dir, state, data, device)
     finally:
         lock.release()
 
@@ -314,7 +316,7 @@ def _train(config: SOPConfig, run_dir: Path, state: dict[str, Any] | None, data:
         log = (run_dir / METRICS).open("r+b")
         log.truncate(int(state["log_bytes"]))  # drop the lines written after the checkpoint
         log.seek(0, 2)
-    started, first_step = time.perf_counter(), step
+    started, first_step, busy = time.perf_counter(), step, 0.0  # busy: seconds validating, checkpointing
 
     def write(split: str, metrics: dict[str, Any], at: int | None = None) -> None:
         line = {"step": step if at is None else at, "split": split, **metrics}
@@ -322,7 +324,8 @@ def _train(config: SOPConfig, run_dir: Path, state: dict[str, Any] | None, data:
         log.flush()
 
     def validate() -> None:
-        nonlocal best, best_model
+        nonlocal best, best_model, busy
+        t0 = time.perf_counter()
         metrics = evaluate(net, data.valid, data.image_shape, config.val_samples, config.temperature,
                            config.seed)
         write("valid", metrics)
@@ -331,9 +334,11 @@ def _train(config: SOPConfig, run_dir: Path, state: dict[str, Any] | None, data:
             best_model = {k: v.detach().clone() for k, v in net.state_dict().items()}
             save_checkpoint(run_dir / BEST, _state(best_model, config, data.image_shape, step,
                                                    metrics=metrics))
+        busy += time.perf_counter() - t0
 
     def checkpoint(logged: bool = False) -> None:
-        nonlocal saved
+        nonlocal saved, busy
+        t0 = time.perf_counter()
         if not finite_state(net, optimizer):
             raise NonFiniteLossError("non-finite parameters", step, saved, resume_command)
         save_checkpoint(run_dir / LAST, _state(
@@ -341,6 +346,7 @@ def _train(config: SOPConfig, run_dir: Path, state: dict[str, Any] | None, data:
             rng=rng_state(device), data=batches.state_dict(), best=best, best_model=best_model, sums=sums,
             log_bytes=log.tell(), logged=logged))
         saved = step
+        busy += time.perf_counter() - t0
 
     def after_step() -> None:
         """The step's loss line and validation: on their grids, and both at the last step."""
@@ -373,7 +379,7 @@ def _train(config: SOPConfig, run_dir: Path, state: dict[str, Any] | None, data:
             if stop.signum and step < config.steps:  # preemption or Ctrl-C: write the state, then stop
                 checkpoint(logged=True)
                 raise Stopped(stop.signum, step, resume_command)
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started - busy
         best_net = net
         if best_model is not None:
             best_net = copy.deepcopy(net)
@@ -397,5 +403,6 @@ def evaluate_run(run_dir: Path, samples: int, split: str, limit: int | None, see
     net, config, state = load_run(run_dir, which, device)
     data = load_dataset(config.dataset, data_dir or config.data_dir, seed=config.seed)
     x = data.subset(split, limit).to(device)
-    metrics = evaluate(net, x, data.image_shape, samples, config.temperature, seed)
+    with flush_denormals():
+        metrics = evaluate(net, x, data.image_shape, samples, config.temperature, seed)
     return {**metrics, "split": split, "seed": seed, "step": int(state["step"]), "checkpoint": which}

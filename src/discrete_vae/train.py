@@ -33,6 +33,7 @@ from .checkpoint import (
 )
 from .config import RESUME_OVERRIDES, TrainConfig
 from .data import BatchIterator, DataSplits, load_dataset
+from .denormals import flush_denormals
 from .distributed import Distributed, load_local_state, local_state, wrap
 from .errors import ConfigError, NonFiniteLossError, UserError
 from .evaluate import estimate_log_partition, evaluate, trivial_nll
@@ -109,7 +110,8 @@ def train(
     """Train (or resume) a run; returns the final validation metrics.
 
     ``progress``: a bar (True), nothing (False), or a bar on a terminal and otherwise a line every 30 s
-    (None). The run folder is locked while it runs (:class:`~discrete_vae.runs.RunLock`).
+    (None). The run folder is locked while it runs (:class:`~discrete_vae.runs.RunLock`). Denormal
+    floats are flushed to zero meanwhile (:mod:`discrete_vae.denormals`).
     """
     ddp = Distributed.from_env(config.device)
     device = resolve_device(config.device, ddp.local_rank)
@@ -130,7 +132,8 @@ def train(
             error = str(e)
     ddp.agree(error)
     try:
-        return _train(config, data, device, ddp, run_dir, resume is not None, progress)
+        with flush_denormals():
+            return _train(config, data, device, ddp, run_dir, resume is not None, progress)
     finally:
         if lock is not None:
             lock.release()

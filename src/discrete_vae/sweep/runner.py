@@ -93,13 +93,20 @@ def run_point(job: PointJob) -> dict[str, Any]:
     job holds the point) or failed (``error`` is one line; ``error.json`` keeps the traceback)."""
     import torch
 
+    from ..denormals import flush_denormals
+
+    with flush_denormals():  # before the job's intra-op threads start, so that every one inherits it
+        torch.set_num_threads(job.threads)
+        lock = PointLock(job.folder)
+        if not lock.held:
+            return {"state": "running"}
+        return _run_point(job, lock)
+
+
+def _run_point(job: PointJob, lock: PointLock) -> dict[str, Any]:
     from ..progress import Stopped
     from ..runs import LAST
 
-    torch.set_num_threads(job.threads)
-    lock = PointLock(job.folder)
-    if not lock.held:
-        return {"state": "running"}
     runs = command(job.command)
     try:
         (job.folder / ERROR).unlink(missing_ok=True)
