@@ -215,8 +215,8 @@ def test_a_bad_spec_is_one_line_and_status_2(tmp_path, capsys, parts, message):
 
 def test_slurm_submits_one_array_with_the_settings(tmp_path, capsys, monkeypatch):
     """submitit's SlurmExecutor against a fake ``sbatch`` that keeps the script it is given: one array of
-    the four points, at most two at once, with the partition, time, CPUs, GPUs and setup lines asked for;
-    --status then shows them submitted."""
+    the four points (seed 0 of both models first), at most two at once, with the partition, time, CPUs,
+    GPUs and setup lines asked for; --status then shows them submitted."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, body in (("sbatch", f"cp \"$1\" {tmp_path}/submitted.sh\necho 'Submitted batch job 4242'"),
@@ -234,8 +234,8 @@ def test_slurm_submits_one_array_with_the_settings(tmp_path, capsys, monkeypatch
                  "#SBATCH --cpus-per-task=1", "#SBATCH --gpus-per-node=1", "module load cuda"):
         assert line in script, line
     assert json.loads((out / "jobs.json").read_text()) == {
-        "model=gs,seed=0": "4242_0", "model=gs,seed=1": "4242_1", "model=st-gs,seed=0": "4242_2",
-        "model=st-gs,seed=1": "4242_3"}
+        "model=gs,seed=0": "4242_0", "model=st-gs,seed=0": "4242_1", "model=gs,seed=1": "4242_2",
+        "model=st-gs,seed=1": "4242_3"}  # every setting's first seed before any second seed
     capsys.readouterr()
     assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
     assert last_json(capsys)["states"]["submitted"] == 4

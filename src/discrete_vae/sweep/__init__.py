@@ -96,7 +96,7 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
         while True:
             status = sweep_status(spec, out, records=True)
             chosen = {r["point"] for r in status["records"] if r["chosen"] is True}
-            todo = [p for p in spec.points() if status["point_states"][p.name] in RUNNABLE
+            todo = [p for p in spec.run_order(spec.points()) if status["point_states"][p.name] in RUNNABLE
                     and (p.name, p.name in chosen) not in attempted
                     and all(p.label(axis) in labels for axis, labels in only.items())]
             if executor == "slurm":  # a point whose job is still queued or running is not submitted again

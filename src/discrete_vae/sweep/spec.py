@@ -170,6 +170,14 @@ class Spec:
                 out.append(Point(labels, values, evals))
         return out
 
+    def run_order(self, points: list[Point]) -> list[Point]:
+        """``points`` with the seed axis varying slowest (stable otherwise): every setting's first seed runs
+        before any setting's second, so a sweep stopped part-way leaves every row of a table with a seed."""
+        seeds = labels_by_axis(self.axes).get(SEED)
+        if not seeds:
+            return list(points)
+        return sorted(points, key=lambda p: seeds.index(p.label(SEED)))
+
     def point_evals(self, point: Point, chosen: bool = True) -> tuple[Evaluation, ...]:
         """The evaluations of ``point``, with its labels' ``eval:`` settings over the spec's; those marked
         ``selected`` only when the point is a chosen one."""
