@@ -30,6 +30,7 @@ from discrete_vae import sop
 from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
 from discrete_vae.cli import main
 from discrete_vae.data import load_dataset
+from discrete_vae.distributions import ExpIGRSB
 from discrete_vae.errors import UserError
 
 FAST = ["--dataset", "digits", "--units", "16", "--device", "cpu", "--val-samples", "5",
@@ -76,6 +77,22 @@ def test_relaxed_samples_approach_the_hard_ones_as_tau_falls(model: str) -> None
     z = layer.relaxed(torch.randn(1000, 4), tau=0.01)
     assert ((z.abs() > 0.99).double().mean()) > 0.95
     assert z.abs().max() <= 1
+
+
+@pytest.mark.parametrize("model", ["igr-i", "igr-planar"])
+@pytest.mark.parametrize("tau", [0.01, 0.1, 1.0, 5.0])
+def test_igr_relaxed_sample_is_the_two_class_stick_breaking_map(model: str, tau: float) -> None:
+    """The relaxed unit is ``2 pi_1 - 1`` with ``pi`` from ExpIGRSB's stick-breaking map of the same
+    pre-image draw, for layer outputs from -30 to 30 (sticks from within float32 of 0 to within it of 1)."""
+    torch.manual_seed(2)
+    layer = sop.StochasticBinaryLayer(model, units=7)
+    a = torch.linspace(-30, 30, 7).expand(500, -1)
+    with torch.random.fork_rng():
+        z = layer.relaxed(a, tau)
+    kappa = layer.preimage(a)  # the same noise: the RNG was restored
+    pi = ExpIGRSB(torch.tensor(tau), a.unsqueeze(-1), torch.ones_like(a).unsqueeze(-1)).to_log_simplex(kappa)
+    torch.testing.assert_close(z, 2 * pi[..., 0].exp() - 1)
+    torch.testing.assert_close(z, 1 - 2 * pi[..., 1].exp())
 
 
 def _brute_force_objective(net: sop.SOPNet, up: torch.Tensor, low: torch.Tensor, m: int, tau: float,

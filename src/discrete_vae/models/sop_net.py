@@ -70,8 +70,8 @@ class StochasticBinaryLayer(nn.Module):
         """A differentiable sample in [-1, 1] given the layer output ``a``."""
         if self.estimator is not None:
             z = self.estimator.rsample(Latents("binary", a), 1, tau)[0]
-        else:
-            z = self._igr(a, tau).to_log_simplex(self.preimage(a))[..., 0].exp()  # sigmoid(kappa / tau)
+        else:  # ExpIGRSB's two-class stick-breaking map: pi_1 = sigmoid(kappa / tau), one fused op
+            z = torch.sigmoid(self.preimage(a)[..., 0] / tau)
         return 2 * z - 1
 
     @torch.no_grad()
