@@ -68,13 +68,17 @@ def test_maps_round_trip(kind):
     torch.testing.assert_close(log_psi.logsumexp(-1), torch.zeros(50, 3, dtype=torch.float64))
 
 
-def test_planar_flow_inverts_and_its_log_det_matches_a_numerical_jacobian():
+@pytest.mark.parametrize("dim", [1, 4])  # one dimension (a binary unit) takes its own path
+def test_planar_flow_inverts_and_its_log_det_matches_a_numerical_jacobian(dim: int):
     torch.manual_seed(1)
-    flow = PlanarFlow(3, 4, layers=3, init_scale=1.0).double()
-    x = torch.randn(20, 3, 4, dtype=torch.float64)
+    flow = PlanarFlow(3, dim, layers=3, init_scale=1.0).double()
+    x = torch.randn(20, 3, dim, dtype=torch.float64)
     y, log_det = flow(x)
     torch.testing.assert_close(flow.inverse(y), x, rtol=1e-9, atol=1e-9)
-    for v in range(3):  # per-variable flows: one 4x4 Jacobian per variable
+    y_only, nothing = flow(x, log_det=False)
+    assert nothing is None
+    torch.testing.assert_close(y_only, y, rtol=0, atol=0)
+    for v in range(3):  # per-variable flows: one dim x dim Jacobian per variable
         jac = _numerical_jacobian(lambda t, v=v: flow(_put(x[0], v, t))[0][v], x[0, v].clone())
         assert torch.linalg.slogdet(jac)[1].item() == pytest.approx(log_det[0, v].item(), abs=1e-6)
     wu = torch.stack([flow._u_hat(i)[1] for i in range(3)])

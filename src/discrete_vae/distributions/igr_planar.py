@@ -45,15 +45,20 @@ class PlanarFlow(nn.Module):
         u_hat = u + (F.softplus(wu) - 1 - wu) * w / (w * w).sum(-1, keepdim=True)
         return u_hat, (w * u_hat).sum(-1)  # (V, D), (V,) with w^T u_hat > -1
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``x`` (..., V, D) -> ``f(x)`` and each variable's ``log |det df/dx|`` (..., V), all layers."""
-        log_det = x.new_zeros(x.shape[:-1])
+    def forward(self, x: Tensor, log_det: bool = True) -> tuple[Tensor, Tensor | None]:
+        """``x`` (..., V, D) -> ``f(x)`` and each variable's ``log |det df/dx|`` (..., V), all layers;
+        ``log_det=False`` skips the Jacobian (None in its place), for a sampler that needs no density."""
+        total = x.new_zeros(x.shape[:-1]) if log_det else None
         for i in range(self.layers):
             u_hat, wu_hat = self._u_hat(i)
-            h = torch.tanh((x * self.w[i]).sum(-1) + self.b[i])  # (..., V)
-            log_det = log_det + torch.log1p((1 - h * h) * wu_hat)
-            x = x + u_hat * h.unsqueeze(-1)
-        return x, log_det
+            if x.shape[-1] == 1:  # w^T x of one dimension: no reduction over a singleton axis
+                h = torch.tanh(torch.addcmul(self.b[i], x[..., 0], self.w[i, :, 0])).unsqueeze(-1)
+            else:
+                h = torch.tanh((x * self.w[i]).sum(-1) + self.b[i]).unsqueeze(-1)  # (..., V, 1)
+            if total is not None:
+                total = total + torch.log1p((1 - h[..., 0] ** 2) * wu_hat)
+            x = x + u_hat * h
+        return x, total
 
     @torch.no_grad()
     def inverse(self, y: Tensor, iterations: int = 100) -> Tensor:
@@ -108,7 +113,7 @@ class ExpIGRPlanar(ExpIGR):
         return lam, super().preimage_log_prob(kappa) - log_det
 
     def rsample_preimage(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        return self.flow(super().rsample_preimage(sample_shape))[0]
+        return self.flow(super().rsample_preimage(sample_shape), log_det=False)[0]
 
     def preimage_log_prob(self, lam: Tensor) -> Tensor:
         """``log q(lambda) = log N(f^{-1}(lambda)) - log |det df/dkappa|`` per variable (no gradient

@@ -64,7 +64,7 @@ class StochasticBinaryLayer(nn.Module):
     def preimage(self, a: Tensor) -> Tensor:
         """IGR: ``kappa ~ N(a, 1)``, pushed through the planar flow for ``igr-planar``: (..., units, 1)."""
         kappa = self._igr(a, 1.0).rsample_preimage()
-        return kappa if self.flow is None else self.flow(kappa)[0]
+        return kappa if self.flow is None else self.flow(kappa, log_det=False)[0]
 
     def relaxed(self, a: Tensor, tau: float) -> Tensor:
         """A differentiable sample in [-1, 1] given the layer output ``a``."""
