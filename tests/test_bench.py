@@ -47,6 +47,7 @@ CASES = [
     ("seed_loop.py", "--data-dir {data} --steps 3", "steps"),
     ("sharpness.py", "--data-dir {data} --out {tmp}/sharp --classes 3 --draws 50 --reps 2 --batch 5 "
      "--models gs igr-i --taus 0.5", "gs"),
+    ("sop_speed.py", "--threads 1 --k 1,2 --rounds 1 --seconds 0.01", "igr-planar / gs"),
     ("speed.py", "--data-dir {data} --steps 3 --rounds 1", "steps"),
     ("step_breakdown.py", "--data-dir {data} --steps 3", "ms"),
     ("sweep_throughput.py", "--settings 1x1 --points 1 --steps 3 --rounds 1", "runs per hour"),
