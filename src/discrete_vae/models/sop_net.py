@@ -55,15 +55,10 @@ class StochasticBinaryLayer(nn.Module):
             self.estimator = build_estimator("gs")
         self.flow = PlanarFlow(variables=units, dim=1, layers=2) if model == "igr-planar" else None
 
-    def _igr(self, a: Tensor, tau: float) -> ExpIGRSB:
-        """The two-class IGR-SB relaxation of the unit: pre-image ``N(a, 1)`` (..., units, 1)."""
-        loc = a.unsqueeze(-1)
-        return ExpIGRSB(torch.as_tensor(tau, dtype=a.dtype, device=a.device), loc, torch.ones_like(loc),
-                        validate_args=False)
-
     def preimage(self, a: Tensor) -> Tensor:
         """IGR: ``kappa ~ N(a, 1)``, pushed through the planar flow for ``igr-planar``: (..., units, 1)."""
-        kappa = self._igr(a, 1.0).rsample_preimage()
+        loc = a.unsqueeze(-1)  # the unit's two-class IGR-SB pre-image (its temperature plays no part)
+        kappa = ExpIGRSB(loc.new_ones(()), loc, torch.ones_like(loc), validate_args=False).rsample_preimage()
         return kappa if self.flow is None else self.flow(kappa, log_det=False)[0]
 
     def relaxed(self, a: Tensor, tau: float) -> Tensor:
