@@ -68,7 +68,7 @@ def test_maps_round_trip(kind):
     torch.testing.assert_close(log_psi.logsumexp(-1), torch.zeros(50, 3, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("dim", [1, 4])  # one dimension (a binary unit) takes its own path
+@pytest.mark.parametrize("dim", [1, 4])  # one dimension: the binary units of dvae sop
 def test_planar_flow_inverts_and_its_log_det_matches_a_numerical_jacobian(dim: int):
     torch.manual_seed(1)
     flow = PlanarFlow(3, dim, layers=3, init_scale=1.0).double()

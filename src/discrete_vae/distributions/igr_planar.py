@@ -51,10 +51,7 @@ class PlanarFlow(nn.Module):
         total = x.new_zeros(x.shape[:-1]) if log_det else None
         for i in range(self.layers):
             u_hat, wu_hat = self._u_hat(i)
-            if x.shape[-1] == 1:  # w^T x of one dimension: no reduction over a singleton axis
-                h = torch.tanh(torch.addcmul(self.b[i], x[..., 0], self.w[i, :, 0])).unsqueeze(-1)
-            else:
-                h = torch.tanh((x * self.w[i]).sum(-1) + self.b[i]).unsqueeze(-1)  # (..., V, 1)
+            h = torch.tanh((x * self.w[i]).sum(-1) + self.b[i]).unsqueeze(-1)  # (..., V, 1)
             if total is not None:
                 total = total + torch.log1p((1 - h[..., 0] ** 2) * wu_hat)
             x = x + u_hat * h
