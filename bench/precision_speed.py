@@ -20,6 +20,7 @@ import torch
 
 from discrete_vae.config import TrainConfig
 from discrete_vae.recipe import build_model
+from discrete_vae.train import cpu_has_fast_bf16
 
 
 def main() -> None:
@@ -38,6 +39,9 @@ def main() -> None:
     clock = time.thread_time if args.threads == 1 and args.device == "cpu" else time.perf_counter
     print(f"$ python bench/precision_speed.py --threads {args.threads} --batch-sizes {args.batch_sizes} "
           f"--rounds {args.rounds} --device {args.device} --precisions {args.precisions}")
+    if args.device == "cpu":  # bf16 is fast only where oneDNN has kernels for it (AVX-512, ARM BF16)
+        print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, oneDNN bfloat16 kernels: "
+              f"{'yes' if cpu_has_fast_bf16() else 'no (a slow path)'}")
     head = ["batch", *(f"{p} ms/step" for p in names), *(f"fp32 / {p}" for p in names[1:])]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for batch in (int(b) for b in args.batch_sizes.split(",")):

@@ -50,6 +50,34 @@ def test_a_bf16_run_trains_differs_from_fp32_and_resumes_exactly(tmp_path, capsy
     assert any(not torch.equal(a[k], c[k]) for k in a)  # bf16 is not fp32
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bfloat16_kernels_says_so_once_and_trains(tmp_path, capsys, monkeypatch,
+                                                                        native):
+    from discrete_vae import train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: native)
+    run = dvae(capsys, "train", *FAST, "--steps", 5, "--precision", "bf16", "--out", tmp_path / "r")
+    warned = [line for line in run.err.splitlines() if "lacks the AVX-512 units" in line]
+    assert len(warned) == (0 if native else 1)
+    assert last_json(run.out)["nll"] > 0  # a warning, not a refusal: the run trains
+
+
+def test_cpu_has_fast_bf16_agrees_with_the_cpu_flags():
+    """PyTorch's answer against the x86 flags Linux lists (AVX-512 BW, VL and DQ all present)."""
+    import platform
+    from pathlib import Path
+
+    from discrete_vae.train import cpu_has_fast_bf16
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the flags checked are x86's")
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    assert cpu_has_fast_bf16() == all(f in flags for f in ("avx512bw", "avx512vl", "avx512dq"))
+
+
 def test_an_unknown_precision_is_one_line(tmp_path, capsys):
     from discrete_vae.cli import main
 

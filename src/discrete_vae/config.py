@@ -99,8 +99,8 @@ class TrainConfig:
     seed: int = _f(0, "random seed (weights, noise, data order)")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
     precision: str = _f("fp32", "training arithmetic: fp32; bf16 (the encoder's and decoder's forward pass "
-                        "under autocast, on the CPU or CUDA); fp16 (the same, CUDA only, with dynamic loss "
-                        "scaling); bounds are always float32")
+                        "under autocast, on CUDA or a CPU with AVX-512); fp16 (the same, CUDA only, with "
+                        "dynamic loss scaling); bounds are always float32")
     out: str | None = _f(None, "run folder (default runs/<model>-<latent>-<time>)")
     eval_every: int = _f(5000, "validate (and save image grids) every this many steps")
     val_samples: int = _f(10, "importance samples for the validation bound")

@@ -64,6 +64,15 @@ DEFAULT_STEPS = 200_000
 FP16_DEVICES = ("cuda",)  # where --precision fp16 runs (on the CPU float16 matmuls are slower than float32)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN has bfloat16 kernels for this CPU (x86 with AVX-512 BW/VL/DQ, or ARM with BF16), the
+    condition PyTorch checks; without them bfloat16 matmuls are slow. Where torch cannot tell, True."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
 def estimator_gradients(own: list[torch.Tensor], aux_loss: torch.Tensor | None) -> list[torch.Tensor]:
     """The gradient of the estimator's ``aux_loss`` with respect to its own parameters only (zeros where
     it has none), taken before the model's backward pass, whose graph it shares."""
@@ -118,6 +127,9 @@ def train(
     if config.precision == "fp16" and device.type not in FP16_DEVICES:
         raise ConfigError(f"--precision fp16 runs on CUDA, not {device.type} (where float16 matmuls are "
                           "slower than float32); use --precision bf16")
+    if config.precision == "bf16" and device.type == "cpu" and ddp.main and not cpu_has_fast_bf16():
+        note("dvae train: this CPU lacks the AVX-512 units of oneDNN's bfloat16 kernels; --precision bf16 "
+             "takes a slow path here, about 12x slower than fp32 (python bench/precision_speed.py)")
     run_dir = (
         Path(resume) if resume else Path(config.out) if config.out else default_run_dir(config)
     )
