@@ -128,8 +128,8 @@ def train(
         raise ConfigError(f"--precision fp16 runs on CUDA, not {device.type} (where float16 matmuls are "
                           "slower than float32); use --precision bf16")
     if config.precision == "bf16" and device.type == "cpu" and ddp.main and not cpu_has_fast_bf16():
-        note("dvae train: this CPU lacks the AVX-512 units of oneDNN's bfloat16 kernels; --precision bf16 "
-             "takes a slow path here, about 12x slower than fp32 (python bench/precision_speed.py)")
+        note("dvae train: this CPU has no oneDNN bfloat16 kernels (they need AVX-512, or BF16 on ARM); "
+             "--precision bf16 is about 12x slower than fp32 here (python bench/precision_speed.py)")
     run_dir = (
         Path(resume) if resume else Path(config.out) if config.out else default_run_dir(config)
     )
