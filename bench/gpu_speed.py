@@ -6,8 +6,8 @@ Speed table: training steps/s of the default gs model (batch 100 and 1000, fp32,
 ``--bound-steps`` steps in each precision, three seeds, its test bound (S = 1000 on 2,000 test images,
 best checkpoint) and steps/s as mean ± std over the seeds, so that a precision is kept only where its
 bound is within the seeds' spread of fp32's and it trains at least 1.3x faster. Every run is a real
-``dvae train`` / ``dvae eval`` on binarized MNIST (``--data-dir``); sized to finish in about three minutes
-on a current GPU.
+``dvae train`` / ``dvae eval`` on binarized MNIST (``--data-dir``); about five and a half minutes on one
+H200 (each row is also printed to stderr as it is measured, so a run cut short keeps what it got).
 
     python bench/gpu_speed.py --data-dir ../shared/data
     python bench/gpu_speed.py --data-dir ../shared/data --device cpu --steps 20 --dvae-steps 5 \
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +40,12 @@ def train_run(out: Path, steps: int, device: str, **options) -> tuple[float, Pat
     return float(result["steps_per_s"]), out
 
 
+def measured(row: tuple) -> tuple:
+    """Print a row as soon as it is measured (to stderr), so that a run cut short keeps what it got."""
+    print(" | ".join(row), file=sys.stderr, flush=True)
+    return row
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -50,18 +57,18 @@ def speed_rows(root: Path, args: argparse.Namespace, precisions: list[str], data
         for precision in precisions:
             rate, run = train_run(root / f"gs-{batch}-{precision}", args.steps, args.device, batch_size=batch,
                                   precision=precision, **data)
-            rows.append((f"gs 20x10, batch {batch}, {precision}", f"{rate:.1f} steps/s"))
+            rows.append(measured((f"gs 20x10, batch {batch}, {precision}", f"{rate:.1f} steps/s")))
             gs_run = gs_run or run
     rate, _ = train_run(root / "dvae", args.dvae_steps, args.device, model="dvaes-power",
                         struct="1-layer-lin", chains=1000, sweeps=40, **data)
-    rows.append(("dvaes-power 1-layer-lin, PCD 1000 x 40, batch 100", f"{rate:.1f} steps/s"))
+    rows.append(measured(("dvaes-power 1-layer-lin, PCD 1000 x 40, batch 100", f"{rate:.1f} steps/s")))
     sync(args.device)
     start = time.perf_counter()
     result = evaluate_run(gs_run, samples=5000, split="test", limit=args.eval_limit, device=args.device,
                           progress=False, **data)
     sync(args.device)
-    rows.append((f"dvae eval, S = 5000, {result['examples']} test images",
-                 f"{time.perf_counter() - start:.1f} s"))
+    rows.append(measured((f"dvae eval, S = 5000, {result['examples']} test images",
+                          f"{time.perf_counter() - start:.1f} s")))
     return rows
 
 
@@ -79,7 +86,7 @@ def precision_rows(root: Path, args: argparse.Namespace, precisions: list[str], 
                                   progress=False, **data)
             bounds.append(result["nll"])
             rates.append(rate)
-        rows.append((precision, spread(bounds), spread(rates)))
+        rows.append(measured((precision, spread(bounds), spread(rates))))
     return rows
 
 
