@@ -3,15 +3,17 @@
 Speed table: training steps/s of the default gs model (batch 100 and 1000, fp32, bf16 and fp16), DVAE#
 (dvaes-power, 1-layer-lin) with the original's PCD 1000 chains x 40 sweeps, and the seconds of
 ``dvae eval`` with S = 5000 on the whole test set. Precision table: the default model at batch 1000 for
-``--bound-steps`` steps in each precision, three seeds, its test bound (S = 1000 on 2,000 test images,
+``--steps`` steps in each precision, three seeds, its test bound (S = 1000 on 2,000 test images,
 best checkpoint) and steps/s as mean ± std over the seeds, so that a precision is kept only where its
 bound is within the seeds' spread of fp32's and it trains at least 1.3x faster. Every run is a real
-``dvae train`` / ``dvae eval`` on binarized MNIST (``--data-dir``); about five and a half minutes on one
-H200 (each row is also printed to stderr as it is measured, so a run cut short keeps what it got).
+``dvae train`` / ``dvae eval`` on binarized MNIST (``--data-dir``). The batch-1000 speed rows are the
+precision table's seed-0 runs, so no configuration trains twice: about 4.5 minutes on one H200 by the
+rows' timings there (each row is also printed to stderr as it is measured, so a run cut short keeps what
+it got).
 
     python bench/gpu_speed.py --data-dir ../shared/data
     python bench/gpu_speed.py --data-dir ../shared/data --device cpu --steps 20 --dvae-steps 5 \
-        --bound-steps 20 --precisions fp32,bf16 --eval-limit 20   # a smoke run of the script, on the CPU
+        --precisions fp32,bf16 --eval-limit 20   # a smoke run of the script, on the CPU
 """
 
 from __future__ import annotations
@@ -51,14 +53,38 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def speed_rows(root: Path, args: argparse.Namespace, precisions: list[str], data: dict) -> list[tuple]:
-    rows, gs_run = [], None
-    for batch in (100, 1000):
-        for precision in precisions:
-            rate, run = train_run(root / f"gs-{batch}-{precision}", args.steps, args.device, batch_size=batch,
-                                  precision=precision, **data)
-            rows.append(measured((f"gs 20x10, batch {batch}, {precision}", f"{rate:.1f} steps/s")))
-            gs_run = gs_run or run
+def gs_rows(root: Path, args: argparse.Namespace, precisions: list[str],
+            data: dict) -> tuple[list, list, Path]:
+    """The gs speed rows and the precision table. The batch-1000 speed rows are the precision table's
+    seed-0 runs (the same configuration), so each configuration trains once."""
+    def spread(values: list[float]) -> str:
+        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+    speed, bound, gs_run = [], [], None
+    for precision in precisions:
+        rate, run = train_run(root / f"gs-100-{precision}", args.steps, args.device, batch_size=100,
+                              precision=precision, **data)
+        speed.append(measured((f"gs 20x10, batch 100, {precision}", f"{rate:.1f} steps/s")))
+        gs_run = gs_run or run
+    batch_1000 = []
+    for precision in precisions:
+        bounds, rates = [], []
+        for seed in range(3):
+            rate, run = train_run(root / f"gs-1000-{precision}-{seed}", args.steps, args.device,
+                                  batch_size=1000, precision=precision, seed=seed, **data)
+            if seed == 0:
+                batch_1000.append(measured((f"gs 20x10, batch 1000, {precision}", f"{rate:.1f} steps/s")))
+            result = evaluate_run(run, samples=1000, split="test", limit=2000, device=args.device,
+                                  progress=False, **data)
+            bounds.append(result["nll"])
+            rates.append(rate)
+        bound.append(measured((precision, spread(bounds), spread(rates))))
+    return speed + batch_1000, bound, gs_run
+
+
+def other_rows(root: Path, args: argparse.Namespace, gs_run: Path, data: dict) -> list[tuple]:
+    """DVAE# steps/s with PCD 1000 x 40, and the seconds of an S = 5000 eval of the batch-100 fp32 run."""
+    rows = []
     rate, _ = train_run(root / "dvae", args.dvae_steps, args.device, model="dvaes-power",
                         struct="1-layer-lin", chains=1000, sweeps=40, **data)
     rows.append(measured(("dvaes-power 1-layer-lin, PCD 1000 x 40, batch 100", f"{rate:.1f} steps/s")))
@@ -72,31 +98,12 @@ def speed_rows(root: Path, args: argparse.Namespace, precisions: list[str], data
     return rows
 
 
-def precision_rows(root: Path, args: argparse.Namespace, precisions: list[str], data: dict) -> list[tuple]:
-    def spread(values: list[float]) -> str:
-        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-    rows = []
-    for precision in precisions:
-        bounds, rates = [], []
-        for seed in range(3):
-            rate, run = train_run(root / f"bound-{precision}-{seed}", args.bound_steps, args.device,
-                                  batch_size=1000, precision=precision, seed=seed, **data)
-            result = evaluate_run(run, samples=1000, split="test", limit=2000, device=args.device,
-                                  progress=False, **data)
-            bounds.append(result["nll"])
-            rates.append(rate)
-        rows.append(measured((precision, spread(bounds), spread(rates))))
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--steps", type=int, default=3000, help="steps of each gs speed run")
+    parser.add_argument("--steps", type=int, default=3000, help="steps of each gs run (speed and bound)")
     parser.add_argument("--dvae-steps", type=int, default=300, help="steps of the DVAE# run")
-    parser.add_argument("--bound-steps", type=int, default=3000, help="steps of each precision-bound run")
     parser.add_argument("--precisions", default="fp32,bf16,fp16")
     parser.add_argument("--eval-limit", type=int, default=None, help="test images of the S = 5000 eval "
                         "(default: all)")
@@ -106,14 +113,14 @@ def main() -> None:
     data = {"data_dir": args.data_dir} if args.data_dir else {}
     precisions = args.precisions.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        speed = speed_rows(Path(tmp), args, precisions, data)
-        bound = precision_rows(Path(tmp), args, precisions, data)
+        speed, bound, gs_run = gs_rows(Path(tmp), args, precisions, data)
+        speed += other_rows(Path(tmp), args, gs_run, data)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
     print(f"device: {name}, torch {torch.__version__}")
     print("\n| what | speed |\n|---|---|")
     for what, value in speed:
         print(f"| {what} | {value} |")
-    print(f"\n| precision | test NLL (S = 1000, 2,000 images; 3 seeds, {args.bound_steps} steps at batch "
+    print(f"\n| precision | test NLL (S = 1000, 2,000 images; 3 seeds, {args.steps} steps at batch "
           "1000) | steps/s |\n|---|---|---|")
     for precision, nll, rate in bound:
         print(f"| {precision} | {nll} | {rate} |")
