@@ -213,6 +213,47 @@ def test_a_bad_spec_is_one_line_and_status_2(tmp_path, capsys, parts, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_extends_merges_the_base_and_quick_and_replaces_the_rest(tmp_path):
+    from discrete_vae.sweep import load_spec
+
+    parent = write_spec(tmp_path, quick={"base": {"steps": 4, "eval_every": 2}, "eval": {"samples": 2}})
+    (tmp_path / "child").mkdir()
+    child = tmp_path / "child" / "more.yaml"
+    child.write_text(yaml.safe_dump({"extends": "../spec.yaml", "base": {"latent": "8x2", "batch-size": 25},
+                                     "grid": {"model": ["gs"], "temperature": [0.5, 1.0]},
+                                     "quick": {"base": {"steps": 6}},
+                                     "tables": [{"rows": "temperature", "columns": "model",
+                                                 "metric": "test.nll"}]}))
+    spec, whole = load_spec(child), load_spec(parent)
+    assert spec.name == "more" and spec.description == ""  # never inherited
+    assert spec.base == {**whole.base, "latent": "8x2", "batch_size": 25}  # merged, the child's keys win
+    assert spec.evals == whole.evals  # not given: inherited
+    assert [p.values["temperature"] for p in spec.points()] == [0.5, 1.0]  # given: replaced
+    assert not any("seed" in p.name for p in spec.points())
+    quick = load_spec(child, quick=True)
+    assert quick.over == {"steps": 6, "eval_every": 2} and quick.eval_over == {"samples": 2}
+
+
+@pytest.mark.parametrize("extends,message", [
+    ("spec.yaml", "extends itself"),
+    ("missing.yaml", "cannot read sweep spec"),
+    (3, "must be the path of another spec"),
+])
+def test_a_bad_extends_is_one_line_and_status_2(tmp_path, capsys, extends, message):
+    spec = write_spec(tmp_path, extends=extends)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_an_extends_cycle_is_one_line(tmp_path, capsys):
+    write_spec(tmp_path, extends="other.yaml")
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({"extends": "spec.yaml"}))
+    assert main(["sweep", str(tmp_path / "other.yaml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "extends itself" in err, err
+
+
 def test_slurm_submits_one_array_with_the_settings(tmp_path, capsys, monkeypatch):
     """submitit's SlurmExecutor against a fake ``sbatch`` that keeps the script it is given: one array of
     the four points (seed 0 of both models first), at most two at once, with the partition, time, CPUs,

@@ -224,11 +224,8 @@ def _names(value: Any) -> tuple[str, ...]:
     return (str(value),) if value else ()
 
 
-def load_spec(path: str | Path, quick: bool = False) -> Spec:
-    """Read and check a spec; with ``quick``, its ``quick:`` overrides (base and each eval) apply."""
-    from .commands import command
-
-    path = Path(path)
+def _read(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A spec file's mapping, with what it ``extends:`` merged in (see :func:`_extend`)."""
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as e:
@@ -241,6 +238,43 @@ def load_spec(path: str | Path, quick: bool = False) -> Spec:
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in sweep spec {path} "
                           f"(known: {', '.join(sorted(SPEC_KEYS))})")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"extends: in sweep spec {path} must be the path of another spec")
+    parent_path = path.parent / parent  # relative to the extending spec's folder
+    if parent_path.resolve() in {p.resolve() for p in (path, *children)}:
+        raise ConfigError(f"sweep spec {path} extends itself (through {parent})")
+    return _extend(_read(parent_path, (path, *children)), data)
+
+
+def _extend(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` on top of ``parent``: ``base`` and ``quick``'s base and eval merge key by key (the child's
+    keys win); every other key the child gives (grid, eval, tables, select, exclude, command) replaces
+    the parent's. Name and description are never inherited: they say what the child is."""
+    merged = {k: v for k, v in parent.items() if k not in ("name", "description")}
+    for key, value in child.items():
+        if key == "base":
+            merged["base"] = {**_mapping(parent.get("base"), "base"), **_mapping(value, "base")}
+        elif key == "quick":
+            quick = dict(parent.get("quick") or {})
+            for part, over in (value or {}).items():
+                old = quick.get(part)
+                both = isinstance(old, dict) and isinstance(over, dict)
+                quick[part] = {**_mapping(old, part), **_mapping(over, part)} if both else over
+            merged["quick"] = quick
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_spec(path: str | Path, quick: bool = False) -> Spec:
+    """Read and check a spec; with ``quick``, its ``quick:`` overrides (base and each eval) apply."""
+    from .commands import command
+
+    path = Path(path)
+    data = _read(path)
     runs = command(str(data.get("command", "train")))
     base = _mapping(data.get("base"), "base")
     quick_part = _mapping(data.get("quick"), "quick")

@@ -31,6 +31,10 @@ points: the test set is not looked at while tuning).
       - {name: tuning, rows: model, columns: temperature, metric: train.nll}   # the selecting seeds
       - {name: main, rows: model, metric: test.nll}   # the chosen temperature, over all seeds
 
+Build on another spec: ``extends: other.yaml`` (a path from this spec's folder) starts from that spec;
+``base:`` and the parts of ``quick:`` merge key by key (this spec's keys win), any other key given replaces
+the other spec's, and name and description are never inherited.
+
 A named axis whose name is an option (``estimator: {gs: {temperature: 0.65}, st: {}}``) also sets that
 option to the label. Metrics: ``EVAL.nll``, ``EVAL.neg_elbo`` (``nll`` alone: the first evaluation), and
 from training ``train.nll`` (the validation bound of the checkpoint training ended on), ``train.best_step``,
@@ -57,7 +61,8 @@ EVAL_METRICS = ("nll", "neg_elbo", "nll_stderr", "neg_relaxed_objective", "igr_m
                 "log_z_stderr", "seconds", "relaxed_nll")  # log_z: RBM priors; relaxed_nll: sop
 TRAIN_METRICS = ("nll", "neg_elbo", "best_step", "step", "train_seconds", "steps_per_s")
 TABLE_KEYS = {"name", "rows", "columns", "metric", "metrics", "seeds", "digits", "reference", "titles"}
-SPEC_KEYS = {"name", "description", "command", "base", "grid", "exclude", "select", "eval", "tables", "quick"}
+SPEC_KEYS = {"name", "description", "extends", "command", "base", "grid", "exclude", "select", "eval",
+             "tables", "quick"}
 SELECT_KEYS = {"axis", "by", "per", "seeds", "maximize"}
 
 
