@@ -42,11 +42,13 @@ def default_out(spec: Spec, quick: bool) -> Path:
     return Path("sweeps") / (f"{spec.name}-quick" if quick else spec.name)
 
 
-def sweep_status(spec: Spec, out: Path, records: bool = False) -> dict[str, Any]:
+def sweep_status(spec: Spec, out: Path, records: bool = False,
+                 only: dict[str, set[str]] | None = None) -> dict[str, Any]:
     """States of every point (:data:`~.runner.STATES`) and their errors; with ``records``, the points'
-    records too."""
+    records too; with ``only`` ({axis: labels}, as :func:`run_sweep` takes it), of those points alone."""
     submitted = set(read_json(out / JOBS) or {})
-    found = collect(spec, out, submitted)
+    found = [r for r in collect(spec, out, submitted)
+             if all(r[axis] in labels for axis, labels in (only or {}).items())]
     states = {r["point"]: r["state"] for r in found}
     errors = {r["point"]: r["error"] for r in found if r["state"] == "failed" and r["error"]}
     summary = {"spec": spec.name, "out": str(out), "points": len(found),

@@ -22,7 +22,7 @@ def add_sweep_parser(sub: Any) -> None:
                    help="the spec's quick form: the same grid with its quick: overrides (digits, few steps)")
     p.add_argument("--status", action="store_true",
                    help="show each point's state (done, running, failed, interrupted, submitted, pending; "
-                   "with select: waiting, unselected) and run nothing")
+                   "with select: waiting, unselected), of the --only points if given, and run nothing")
     p.add_argument("--report", action="store_true",
                    help="write table.md, results.csv/json and the plots from the points finished so far, "
                    "and run nothing")
@@ -76,7 +76,7 @@ def sweep_command(args: argparse.Namespace) -> dict[str, Any]:
     if args.status or args.report:
         if args.report:
             write_tables(spec, out)
-        summary = sweep_status(spec, out)
+        summary = sweep_status(spec, out, only=only)
         print_status(summary)
         return summary
     if args.executor != "slurm" and args.gpus:
