@@ -182,7 +182,8 @@ def test_only_runs_the_points_named_and_the_table_shows_what_is_done(tmp_path, c
     assert summary["states"] == {**dict.fromkeys(STATES, 0), "done": 1, "pending": 3}
     assert "| gs | — |" in (out / "table.md").read_text()
     assert main(["sweep", str(spec), "--out", str(out), "--status", "--only", "model=st-gs"]) == 0
-    assert last_json(capsys)["point_states"] == {"model=st-gs,seed=0": "pending", "model=st-gs,seed=1": "done"}
+    assert last_json(capsys)["point_states"] == {"model=st-gs,seed=0": "pending",
+                                                 "model=st-gs,seed=1": "done"}
     for bad, message in (("model", "--only takes AXIS=LABEL"), ("modle=gs", "'modle' is not an axis"),
                          ("model=gz", "--only model=gz: not a label of model (gs, st-gs)")):
         assert sweep(spec, out, "--only", bad) == 2
