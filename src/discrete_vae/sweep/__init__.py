@@ -47,8 +47,7 @@ def sweep_status(spec: Spec, out: Path, records: bool = False,
     """States of every point (:data:`~.runner.STATES`) and their errors; with ``records``, the points'
     records too; with ``only`` ({axis: labels}, as :func:`run_sweep` takes it), of those points alone."""
     submitted = set(read_json(out / JOBS) or {})
-    found = [r for r in collect(spec, out, submitted)
-             if all(r[axis] in labels for axis, labels in (only or {}).items())]
+    found = [r for r in collect(spec, out, submitted) if picked(r, only or {})]
     states = {r["point"]: r["state"] for r in found}
     errors = {r["point"]: r["error"] for r in found if r["state"] == "failed" and r["error"]}
     summary = {"spec": spec.name, "out": str(out), "points": len(found),
@@ -100,7 +99,7 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
             chosen = {r["point"] for r in status["records"] if r["chosen"] is True}
             todo = [p for p in spec.run_order(spec.points()) if status["point_states"][p.name] in RUNNABLE
                     and (p.name, p.name in chosen) not in attempted
-                    and all(p.label(axis) in labels for axis, labels in only.items())]
+                    and picked(dict(p.labels), only)]
             if executor == "slurm":  # a point whose job is still queued or running is not submitted again
                 queued = queued_on_slurm(out, [p.name for p in todo])
                 todo = [p for p in todo if p.name not in queued]
@@ -121,6 +120,11 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
     summary["ran"] = len(outcomes)
     summary["written"] = {k: str(v) for k, v in _written(out).items()}
     return summary
+
+
+def picked(labels: dict[str, Any], only: dict[str, set[str]]) -> bool:
+    """Whether a point with these labels ({axis: label}, or its record) is one ``only`` names."""
+    return all(labels[axis] in names for axis, names in only.items())
 
 
 def check_only(spec: Spec, only: dict[str, set[str]]) -> dict[str, set[str]]:
