@@ -516,6 +516,12 @@ BAD_INPUT = {
     "sample out unwritable": lambda t, r: ["sample", r, "--out", "/proc/dvae-test/x.png"],
     "reconstruct out under a file": lambda t, r: ["reconstruct", r, "--out", _cfg(t, "f", "x") / "x.png"],
     "resume a run in use": lambda t, r: ["train", "--resume", _locked(r)],
+    "seed 1e20": lambda t, r: ["train", *FAST, "--seed", "99999999999999999999", "--out", t / "o"],
+    "seed -1": lambda t, r: ["train", *FAST, "--seed=-1", "--out", t / "o"],
+    "config seed 2^32": lambda t, r: ["train", "--config", _cfg(t, "c.yaml", "seed: 4294967296\n")],
+    "eval seed 1e20": lambda t, r: ["eval", r, "--seed", "99999999999999999999"],
+    "sample seed 1e20": lambda t, r: ["sample", r, "--seed", "99999999999999999999", "--out", t / "x.png"],
+    "sop seed 1e20": lambda t, r: ["sop", "train", "--dataset", "digits", "--seed", "99999999999999999999"],
 }
 if not torch.cuda.is_available():
     BAD_INPUT["cuda without CUDA"] = lambda t, r: ["train", *FAST[:-1], "cuda", "--out", t / "o"]

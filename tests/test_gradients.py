@@ -179,6 +179,11 @@ def test_a_trained_run_is_measured_with_its_own_estimator_state(small_run, capsy
     (["--estimators", "disarm", "--k", "3"], "must be even"),
     (["--batch", "181"], "between 1 and the 180 examples"),
     (["--draws", "1"], "--draws must be at least 2"),
+    (["--tau", "0"], "--tau must be a finite positive temperature, got 0.0"),
+    (["--tau", "nan"], "--tau must be a finite positive temperature, got nan"),
+    (["--tau", "-1"], "--tau must be a finite positive temperature, got -1.0"),
+    (["--tau", "inf"], "--tau must be a finite positive temperature, got inf"),
+    (["--batch-seed", "99999999999999999999"], "--batch-seed: must be an integer from 0 to 4294967295"),
     (["--out", "file.txt"], "is a file, not a folder"),
     (["--continuous", "2"], "factorial Bernoulli or categorical"),
 ])

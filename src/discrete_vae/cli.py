@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NonFiniteLossError, UserError
-from .flags import add_k_flags, add_train_flags, method_flags
+from .flags import add_k_flags, add_train_flags, method_flags, seed_value
 from .listing import LISTS
 from .options import field_type
 from .progress import Stopped
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="S, importance samples (hard draws from q(z|x)) per example (default: 5000)")
     p.add_argument("--split", default="test", choices=["test", "valid", "train"],
                    help="split to score (default: test)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default: 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the importance samples (default: 0)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"],
                    help="best-validation model, or the last one (default: best; last when a run has no best)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, required=True, help="PNG file to write")
         n = 64 if name == "sample" else 32
         p.add_argument("--n", type=int, default=n, help=f"images (default: {n})")
-        p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+        p.add_argument("--seed", type=seed_value, default=0, help="seed of the draws (default: 0)")
         p.add_argument("--checkpoint", default="best", choices=["best", "last"],
                        help="best-validation or last model (default: best)")
         if name == "reconstruct":
@@ -87,14 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="figures that explain the methods")
     p.add_argument("which", choices=["gumbel-max"])
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG figures")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
 
     p = sub.add_parser("igr-prior", help="the IGR pre-image prior implying a uniform categorical")
     p.add_argument("--model", default="igr-i", choices=["igr-i", "igr-sb", "igr-sb-finite", "igr-planar"])
     p.add_argument("--classes", type=int, default=10, help="K, the number of classes")
     p.add_argument("--prior-scale", type=float, default=1.0, help="s_0, the prior's std")
     p.add_argument("--draws", type=int, default=200_000, help="Monte Carlo draws of the check")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
 
     _add_gradients_parser(sub)
     _add_sop_parser(sub)
@@ -143,7 +143,7 @@ def _add_gradients_parser(sub: Any) -> None:
     g.add_argument("--split", default="valid", choices=["valid", "test", "train"],
                    help="split the batch comes from (default: valid)")
     g.add_argument("--batch", type=int, default=20, help="examples in the batch (default: 20)")
-    g.add_argument("--batch-seed", type=int, default=0,
+    g.add_argument("--batch-seed", type=seed_value, default=0,
                    help="seed of the batch's fixed subset of the split (default: 0)")
     g.add_argument("--draws", type=int, default=200,
                    help="R, independent estimates per estimator (default: 200)")
@@ -187,7 +187,7 @@ def _add_sop_parser(sub: Any) -> None:
                    help="split to score (default: test)")
     e.add_argument("--limit", type=int, default=None,
                    help="score N examples spread over the split (a fixed subset; default: all)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the hard samples (default: 0)")
+    e.add_argument("--seed", type=seed_value, default=0, help="seed of the hard samples (default: 0)")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"],
                    help="best-validation or final model (default: best)")
     e.add_argument("--data-dir", default=None,

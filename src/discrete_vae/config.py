@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .estimators import ESTIMATORS, estimator_options
 from .methods import METHODS
 from .models.mlp import ACTIVATIONS
-from .options import check_finite, coerce_options, coerce_widths
+from .options import check_finite, check_seed, coerce_options, coerce_widths
 from .posteriors import POSTERIORS, LatentSpec
 from .posteriors.base import posterior_options
 from .priors import PRIORS
@@ -110,6 +110,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.hidden = coerce_widths("hidden", self.hidden)
         check_finite(self)
+        check_seed("--seed", self.seed)
         self.check_method()
         self.latent_spec()
         if self.steps is not None and self.epochs is not None:

@@ -42,6 +42,16 @@ def hidden_widths(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def seed_value(text: str) -> int:
+    """The type of every ``--seed`` flag: an integer from 0 to ``SEED_MAX`` (argparse says which flag)."""
+    from .options import SEED_MAX, check_seed
+
+    try:
+        return check_seed("a seed", int(text))
+    except (ValueError, UserError):
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {SEED_MAX}, got {text!r}") from None
+
+
 def add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     from .config import TrainConfig
 
@@ -71,7 +81,8 @@ def add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
                 help=help_text + "; 'none' for a linear map",
             )
         else:
-            group.add_argument(flag, dest=f.name, type=tp, default=argparse.SUPPRESS, help=help_text)
+            kind = seed_value if f.name == "seed" else tp
+            group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=help_text)
     add_method_flags(parser, skip)
 
 

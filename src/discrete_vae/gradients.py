@@ -228,6 +228,16 @@ def estimator_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
 
 
+def check_measurement(draws: int, k: int, reference_samples: int, tau: float | None) -> None:
+    """One :class:`ConfigError` line for counts out of range or a temperature that is not finite and
+    positive (``None``: the run's schedule gives it)."""
+    if draws < 2 or k < 1 or reference_samples < 2 * REFERENCE_BLOCKS:
+        raise ConfigError(f"--draws must be at least 2, --k at least 1 and --reference-samples at least "
+                          f"{2 * REFERENCE_BLOCKS}")
+    if tau is not None and not 0 < tau < math.inf:
+        raise ConfigError(f"--tau must be a finite positive temperature, got {tau}")
+
+
 def gradient_report(model: DiscreteVAE, x: Tensor, estimators: list[str] | None = None, *, k: int = 1,
                     draws: int = 200, tau: float = 1.0, seed: int = 0, reference_samples: int = 10_000,
                     options: dict[str, Any] | None = None, objective: str = "auto",
@@ -238,9 +248,7 @@ def gradient_report(model: DiscreteVAE, x: Tensor, estimators: list[str] | None 
     options); ``objective`` is the relaxations' training objective (``elbo``, ``iw``, or ``auto``: iw for
     posteriors that train with it when k > 1); with ``learned_tau`` a learned temperature wins over ``tau``.
     The caller's model and RNG state are left as they were."""
-    if draws < 2 or k < 1 or reference_samples < 2 * REFERENCE_BLOCKS:
-        raise ConfigError(f"--draws must be at least 2, --k at least 1 and --reference-samples at least "
-                          f"{2 * REFERENCE_BLOCKS}")
+    check_measurement(draws, k, reference_samples, tau)
     own, options = model.estimator, options or {}
     model = copy.deepcopy(model).eval()
     if not learned_tau:
@@ -296,6 +304,7 @@ def gradients_command(run_dir: Path | None, config: Any, *, checkpoint: str = "b
     from .runs import dumps
     from .viz.gradients import gradient_figure, gradient_table
 
+    check_measurement(draws, k, reference_samples, tau)
     where = resolve_device(device)
     if run_dir is not None:
         model, config, state = model_from_run(run_dir, checkpoint, str(where))

@@ -128,6 +128,17 @@ def check_finite(obj: Any) -> None:
             raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
 
 
+SEED_MAX = 2**32 - 1  # seeds are 32-bit unsigned integers, as NumPy's; derived seeds stay within 64 bits
+
+
+def check_seed(flag: str, value: int) -> int:
+    """``value`` if it is a valid seed (an integer from 0 to :data:`SEED_MAX`), else one
+    :class:`ConfigError` line naming ``flag`` and the range."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"{flag} must be an integer from 0 to {SEED_MAX}, got {value}")
+    return value
+
+
 def method_options(kind: str, name: str, cls: type, values: dict[str, Any]) -> Any:
     """The typed options (dataclass ``cls``) of method ``name`` (a ``kind``: estimator, posterior) from
     ``values`` (names with ``-`` or ``_``), checked like flags; an unknown key is one error naming the

@@ -59,7 +59,7 @@ from .models.sop_net import (  # noqa: F401  (the SOP network's names, re-export
     sop_bound,
     split_halves,
 )
-from .options import check_finite, coerce_options
+from .options import check_finite, check_seed, coerce_options
 from .progress import GracefulStop, Stopped
 from .runs import (
     BEST,
@@ -126,6 +126,7 @@ class SOPConfig:
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown --dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
         check_finite(self)
+        check_seed("--seed", self.seed)
         for name in ("units", "k", "batch_size", "steps", "eval_every", "checkpoint_every",
                      "log_every", "val_samples", "test_samples"):
             if getattr(self, name) < 1:
