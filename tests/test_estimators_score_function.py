@@ -9,6 +9,7 @@ seeds here it either always passes or always fails.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 from torch.distributions import Bernoulli, Independent
 
 from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
-from discrete_vae.errors import ConfigError
+from discrete_vae.errors import ConfigError, NonFiniteError
 from discrete_vae.estimators import ESTIMATORS, build_estimator, exact_iw_expectation
 from estimator_checks import Problem, assert_unbiased, z_scores
 
@@ -260,3 +261,51 @@ def test_registry_attributes_and_options():
         build_estimator("nvil", baseline_hidden=[0])
     with pytest.raises(ConfigError, match="no option 'decay'"):
         build_estimator("rloo", decay=0.9)
+
+
+# ------------------------------------------------------------ what f must return, and where a NaN came from
+BINARY = [n for n in ESTIMATORS.names() if "binary" in ESTIMATORS.get(n).supports]
+
+
+@pytest.mark.parametrize("name", BINARY)
+def test_f_returning_a_float_says_what_f_must_return(name):
+    estimator = build_estimator(name)
+    q = Bernoulli(logits=torch.zeros(4, 5, requires_grad=True))
+    with pytest.raises(ConfigError, match=r"f must return a tensor of shape \(samples, batch\) = \(2, 4\) "
+                       r"for z \(2, 4, 5\), one value per draw and example; got float 0.5"):
+        estimator(q, lambda z: 0.5, 2)
+
+
+def nan_at(sample: int, example: int):
+    def f(z):  # (S, B, 5) -> (S, B), NaN at one draw of one example
+        out = z.sum(-1).clone()
+        out[sample, example] = math.nan
+        return out
+
+    return f
+
+
+@pytest.mark.parametrize("name", BINARY)
+def test_check_names_the_draw_and_example_where_f_returned_nan(name):
+    estimator = build_estimator(name)
+    q = Bernoulli(logits=torch.zeros(4, 5, requires_grad=True))
+    assert torch.isnan(estimator(q, nan_at(1, 2), 2).value[2])  # unchecked: silently NaN
+    estimator = build_estimator(name)
+    with pytest.raises(NonFiniteError, match=r"^f returned nan at sample 1, example 2 \(1 of 8 values\) "
+                       r"for z of shape \(2, 4, 5\)( \(a relaxed z\))?$"):
+        estimator(q, nan_at(1, 2), 2, check=True)
+    assert torch.isfinite(estimator(q, lambda z: z.sum(-1), 2, check=True).surrogate).all()
+
+
+def test_check_names_non_finite_logits_and_the_estimators_own_state():
+    logits = torch.zeros(3, 5)
+    logits[2, 4] = math.inf
+    with pytest.raises(NonFiniteError, match=r"q's logits are inf at example 2 \(4,\) \(1 of 15 values\)"):
+        q = Bernoulli(logits=logits, validate_args=False)
+        build_estimator("rloo")(q, lambda z: z.sum(-1), 2, check=True)
+    reinforce = build_estimator("reinforce")  # a NaN from an unchecked call poisons the moving average
+    q = Bernoulli(logits=torch.zeros(4, 5, requires_grad=True))
+    reinforce(q, nan_at(0, 1), 1)
+    with pytest.raises(NonFiniteError, match="estimator reinforce: its surrogate is nan at example 0 .* "
+                       "although f and q's logits were finite"):
+        reinforce(q, lambda z: z.sum(-1), 1, check=True)

@@ -18,6 +18,11 @@ class ConfigError(UserError):
     """A configuration value is out of range or names something unknown."""
 
 
+class NonFiniteError(ArithmeticError):
+    """A NaN or infinity, located: which function produced it and at which index (the estimators'
+    ``check=True``)."""
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss or parameters; the last good checkpoint is kept.
 

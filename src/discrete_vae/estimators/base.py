@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteError
 from ..options import method_options
 from ..registry import Registry
 
@@ -124,12 +124,54 @@ def class_log_softmax(logits: Tensor) -> Tensor:
 
 
 def call_f(f: Objective, z: Tensor) -> Tensor:
-    """``f(z)``, checked to be (S, B)."""
+    """``f(z)``, checked to be a tensor of shape (S, B)."""
     out = f(z)
+    if not isinstance(out, Tensor):
+        raise ConfigError(f"f must return a tensor of shape (samples, batch) = {tuple(z.shape[:2])} for z "
+                          f"{tuple(z.shape)}, one value per draw and example; got {type(out).__name__} "
+                          f"{out!r:.40}")
     if out.shape != z.shape[:2]:
         raise ConfigError(f"f must map z {tuple(z.shape)} to (samples, batch) = {tuple(z.shape[:2])}, "
                           f"got {tuple(out.shape)}")
     return out
+
+
+def where_not_finite(t: Tensor, names: tuple[str, ...]) -> str | None:
+    """``None`` if every entry of ``t`` is finite, else where the first non-finite one is and how many there
+    are (``"nan at sample 0, example 3 (2 of 40 values)"``; ``names`` label the leading dimensions)."""
+    bad = ~torch.isfinite(t.detach())
+    if not bool(bad.any()):
+        return None
+    index = [int(i) for i in bad.nonzero()[0]]
+    at = ", ".join(f"{n} {i}" for n, i in zip(names, index, strict=False))
+    rest = f" {tuple(index[len(names):])}" if len(index) > len(names) else ""
+    return f"{float(t.detach()[tuple(index)])} at {at}{rest} ({int(bad.sum())} of {t.numel()} values)"
+
+
+def checked_f(f: Objective) -> Objective:
+    """``f`` with its output checked to be finite: a :class:`NonFiniteError` says at which draw and
+    example, and for which ``z``, it was not."""
+
+    def f_checked(z: Tensor) -> Tensor:
+        out = call_f(f, z)
+        where = where_not_finite(out, ("sample", "example"))
+        if where is not None:
+            draw = "" if bool(((z == 0) | (z == 1)).all()) else " (a relaxed z)"
+            raise NonFiniteError(f"f returned {where} for z of shape {tuple(z.shape)}{draw}")
+        return out
+
+    return f_checked
+
+
+def check_estimate(name: str, estimate: Estimate) -> Estimate:
+    """``estimate``, once its surrogate, value and aux_loss are finite (f and the logits were)."""
+    for part in ("surrogate", "value", "aux_loss"):
+        t = getattr(estimate, part)
+        where = None if t is None else where_not_finite(t, ("example",))
+        if where is not None:
+            raise NonFiniteError(f"estimator {name}: its {part} is {where} although f and q's logits were "
+                                 "finite (its baseline, control variate or temperature?)")
+    return estimate
 
 
 @dataclass(frozen=True)
@@ -153,15 +195,24 @@ class Estimator(nn.Module):
         self.options = options if options is not None else self.Options()
 
     def forward(self, q: Distribution, f: Objective, n_samples: int = 1, *, tau: Tensor | float | None = None,
-                context: Tensor | None = None) -> Estimate:
+                context: Tensor | None = None, check: bool = False) -> Estimate:
         """Estimate ``E_q[f]`` and its gradient from ``n_samples`` draws per example.
 
         ``tau`` overrides the temperature option of relaxed estimators (a schedule's value);
         ``context`` is what learned baselines condition on (NVIL's input ``x``; default the logits).
+        ``check``: a NaN or infinity is a :class:`~discrete_vae.errors.NonFiniteError` that says where it
+        came from (``q``'s logits, ``f`` at which draw and example, or the estimator's own output); it costs
+        a device synchronisation per call of ``f``, so training leaves it off.
         """
         latents = Latents.of(q)
         self.check(latents.kind, n_samples)
-        return self.estimate(latents, f, n_samples, tau=tau, context=context)
+        if not check:
+            return self.estimate(latents, f, n_samples, tau=tau, context=context)
+        where = where_not_finite(latents.logits, ("example",))
+        if where is not None:
+            raise NonFiniteError(f"q's logits are {where}")
+        estimate = self.estimate(latents, checked_f(f), n_samples, tau=tau, context=context)
+        return check_estimate(self.name, estimate)
 
     def check(self, kind: str, n_samples: int) -> None:
         if kind not in self.supports:

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from ..errors import ConfigError
-from .base import Estimate, Estimator, Objective, call_f, register
+from .base import Estimate, Estimator, Objective, call_f, check_estimate, checked_f, register
 
 
 @register
@@ -28,10 +28,11 @@ class Relaxed(Estimator):
     relaxed = True
 
     def forward(self, q: Distribution, f: Objective, n_samples: int = 1, *, tau: Tensor | float | None = None,
-                context: Tensor | None = None) -> Estimate:
+                context: Tensor | None = None, check: bool = False) -> Estimate:
         if not q.has_rsample:
             raise ConfigError(f"estimator relaxed needs a distribution with rsample (a relaxation), not "
                               f"{type(q).__name__}; for Bernoulli or categorical q use gs or st-gs")
         self.check("relaxation", n_samples)
-        value = call_f(f, q.rsample((n_samples,))).mean(0)
-        return Estimate(value, value.detach())
+        value = call_f(checked_f(f) if check else f, q.rsample((n_samples,))).mean(0)
+        estimate = Estimate(value, value.detach())
+        return check_estimate(self.name, estimate) if check else estimate
