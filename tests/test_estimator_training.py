@@ -83,6 +83,30 @@ def test_pairings_that_cannot_work_are_one_line(argv, match, tmp_path, capsys):
     assert rc == 2 and len(err.strip().splitlines()) == 1 and match in err, err
 
 
+@pytest.mark.parametrize("name", ["rloo", "vimco", "arm", "disarm"])
+def test_without_k_an_estimator_trains_at_its_minimum_and_says_so(name, tmp_path, capsys, one_thread):
+    rc, out, err = dvae(capsys, "train", *TINY, "--steps", 4, "--eval-every", 4, "--estimator", name,
+                        *_latent(name), "--out", tmp_path / "r")
+    assert rc == 0, err
+    config = __import__("yaml").safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert config["k"] == 2 and TrainConfig.from_dict(config).k == 2
+    pair = " (one antithetic pair)" if name in ("arm", "disarm") else ""
+    assert (f"--k not given; estimator {name} needs at least 2 samples per example{pair}, so k = 2 "
+            f"(recorded in {tmp_path / 'r' / 'config.yaml'})") in err
+    assert TrainConfig(estimator=name).k == 2 and TrainConfig().k == 1 and TrainConfig(k=3).k == 3
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--estimator", "rloo", "--k", "1"], "estimator rloo needs at least 2 samples per example, got 1"),
+    (["--estimator", "vimco", "--k", "1"], "estimator vimco needs at least 2 samples"),
+    (["--estimator", "disarm", "--latent", "6", "--binary", "--k", "3"], "must be even, got 3"),
+])
+def test_a_k_given_too_small_stays_an_error_and_leaves_no_folder(argv, match, tmp_path, capsys):
+    rc, _, err = dvae(capsys, "train", *TINY, "--steps", 2, *argv, "--out", tmp_path / "a" / "r")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and match in err, err
+    assert list(tmp_path.iterdir()) == []  # neither r/.lock nor the folders the failed start made
+
+
 def test_estimator_options_reach_the_estimator_and_the_stored_config(tmp_path, capsys, one_thread):
     rc, _, err = dvae(capsys, "train", *TINY, "--steps", 5, "--estimator", "gumbel-rao", "--mc", "3",
                       "--out", tmp_path / "r")

@@ -84,6 +84,14 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float = TIMEOUT_S) 
         time.sleep(0.01)
 
 
+def test_a_failed_start_removes_what_it_created(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "empty", tmp_path / "new" / "run"):
+        result = dvae(capsys, "train", *FAST, "--estimator", "rloo", "--k", "1", "--out", out)
+        assert result.rc == 2 and one_line(result.err), result
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"] and not any((tmp_path / "empty").iterdir())
+
+
 def test_one_writer_per_run_folder_and_no_stale_lock_after_kill_9(tmp_path, capsys):
     out = tmp_path / "busy"
     env = subprocess_env(tmp_path)

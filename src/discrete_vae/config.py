@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import tomllib
 import yaml
@@ -41,6 +41,8 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 @dataclass
 class TrainConfig:
     """Everything a training run needs; stored as ``config.yaml`` in the run folder."""
+
+    k_defaulted: ClassVar[bool] = False  # True on a config whose k was not given (the estimator's minimum)
 
     model: str = _f("gs", "method: a preset of posterior + estimator (gs, st-gs, expgs, igr-i, dvaes-power, "
                     "...; dvae list models)")
@@ -82,8 +84,9 @@ class TrainConfig:
         "Carlo over hard samples, inside f); auto = the method's own",
     )
     continuous: int = _f(0, "Gaussian latents beside the discrete ones (a mixed model); 0 = none")
-    k: int = _f(1, "relaxed samples per example in the training objective (--samples is a deprecated "
-                "alias)")
+    k: int | None = _f(None, "samples per example in the training objective (--samples is a deprecated "
+                       "alias) (default: 1, or the estimator's minimum: 2 for rloo, vimco and one antithetic "
+                       "pair for arm, disarm)")
     struct: str | None = _f(None, "DVAE structure (1-layer-lin, 1-layer-nonlin, 2-layer-nonlin, "
                             "4-layer-nonlin): the original's architecture and training setup")
     batch_norm: bool = _f(False, "batch norm before each hidden activation")
@@ -112,6 +115,8 @@ class TrainConfig:
         check_finite(self)
         check_seed("--seed", self.seed)
         self.check_method()
+        if self.k is None:  # not given: the estimator's minimum, which config.yaml then records
+            self.k, self.k_defaulted = self.min_k(), True
         self.latent_spec()
         if self.steps is not None and self.epochs is not None:
             raise ConfigError("give --steps or --epochs, not both")
@@ -168,6 +173,10 @@ class TrainConfig:
         posterior, estimator = method_names(self.model, self.posterior, self.estimator)
         posterior_options(posterior, self.posterior_options)
         estimator_options(estimator, self.estimator_options)
+
+    def min_k(self) -> int:
+        """The fewest samples per example the estimator in force takes (1 for most)."""
+        return ESTIMATORS.get(method_names(self.model, self.posterior, self.estimator)[1]).min_samples
 
     def latent_spec(self) -> LatentSpec:
         return LatentSpec.parse(self.latent, self.binary)

@@ -61,7 +61,8 @@ def add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
             continue
         tp = field_type(f.type)[0]
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        help_text = f.metadata["help"]
+        help_text += "" if "(default:" in help_text else f" (default: {f.default})"
         group = groups[next((g for g, names in GROUPED.items() if f.name in names), "run")]
         if f.name == "k":
             add_k_flags(group, help_text)

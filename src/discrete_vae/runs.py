@@ -62,10 +62,12 @@ class RunLock:
     """An exclusive ``flock`` on the empty file ``run_dir/.lock``, held until :meth:`release` or the
     process ends (the kernel drops it with the process: a ``kill -9`` leaves no stale lock)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, made_dirs: list[Path] | None = None):
         import fcntl
 
         self.path = Path(run_dir) / LOCK
+        self.made_dirs = made_dirs or []  # the folders a fresh start created, outermost first
+        self.made_file = not self.path.exists()
         self.file = self.path.open("a")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -77,9 +79,23 @@ class RunLock:
     def release(self) -> None:
         self.file.close()  # closing the descriptor drops the lock
 
+    def abandon(self) -> None:
+        """Release after a start that failed, removing what it created: ``.lock`` if this lock made it, then
+        the folders :func:`make_run_dir` made, innermost first, as long as nothing else is in them."""
+        if self.made_file:
+            self.path.unlink(missing_ok=True)
+        self.release()
+        for folder in reversed(self.made_dirs):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the run wrote logs), or gone
+                break
 
-def make_run_dir(run_dir: Path) -> None:
-    """Create ``run_dir`` (and its parents), or one :class:`UserError` line saying why it cannot be."""
+
+def make_run_dir(run_dir: Path) -> list[Path]:
+    """Create ``run_dir`` (and its parents), or one :class:`UserError` line saying why it cannot be; returns
+    the folders it created, outermost first."""
+    made = [p for p in (run_dir, *run_dir.parents) if not p.exists() and not p.is_symlink()][::-1]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -88,6 +104,7 @@ def make_run_dir(run_dir: Path) -> None:
         raise UserError(f"cannot create the run folder {run_dir}: {e.strerror}") from None
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise UserError(f"cannot write into the run folder {run_dir}: permission denied")
+    return made
 
 
 def open_new_run(run_dir: Path, what: str = "dvae train") -> RunLock:
@@ -96,8 +113,7 @@ def open_new_run(run_dir: Path, what: str = "dvae train") -> RunLock:
     Raises a one-line :class:`UserError` when the folder holds a checkpoint (``--resume`` it instead), is
     in use, or cannot be written.
     """
-    make_run_dir(run_dir)
-    lock = RunLock(run_dir)
+    lock = RunLock(run_dir, make_run_dir(run_dir))
     try:
         if (run_dir / LAST).exists():
             raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
@@ -111,7 +127,7 @@ def open_new_run(run_dir: Path, what: str = "dvae train") -> RunLock:
             note(f"{what}: {run_dir} held the logs of a run that never wrote a checkpoint; "
                  f"moved them to {aside} and started clean")
     except BaseException:
-        lock.release()
+        lock.abandon()
         raise
     return lock
 

@@ -143,11 +143,16 @@ def train(
         except UserError as e:
             error = str(e)
     ddp.agree(error)
+    finished = False
     try:
         with flush_denormals():
-            return _train(config, data, device, ddp, run_dir, resume is not None, progress)
+            result = _train(config, data, device, ddp, run_dir, resume is not None, progress)
+        finished = True
+        return result
     finally:
-        if lock is not None:
+        if lock is not None and not finished and not (run_dir / LAST).exists():
+            lock.abandon()  # a start that failed leaves no folder holding only .lock
+        elif lock is not None:
             lock.release()
 
 
@@ -155,6 +160,7 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
            resume: bool, progress: bool | None) -> dict[str, Any]:
     """The loop of :func:`train`, in a run folder this process holds."""
     model = build_model(config, data.dim).to(device)
+    model.check_estimator(config.k)  # a --k the estimator cannot take: before anything is written
     model.init_decoder_bias(data.train_mean.to(device))
     model.prepare(data.train[: config.batch_size].to(device))
     optimizer = torch.optim.AdamW(
@@ -213,6 +219,11 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
     log = RunLog(run_dir, step if resume else None) if ddp.main else None  # checks metrics.jsonl first
     if resume and ddp.main:
         record_overrides(run_dir, step, state["config"], config.to_dict(), RESUME_OVERRIDES, "dvae train")
+    if ddp.main and config.k_defaulted and config.k > 1:
+        estimator = model.estimator.name
+        note(f"dvae train: --k not given; estimator {estimator} needs at least {config.k} samples per example"
+             + (" (one antithetic pair)" if estimator in ("arm", "disarm") else "")
+             + f", so k = {config.k} (recorded in {run_dir / CONFIG})")
     if ddp.main:  # the options in force (a resume's new --steps, --lr, ...)
         atomic_write_bytes(run_dir / CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
     trivial = trivial_nll(data.train_mean, data.valid) if ddp.main else math.nan

@@ -137,8 +137,9 @@ class DiscreteVAE(nn.Module):
         self.check_estimator()
         self._register_load_state_dict_pre_hook(_legacy_keys)
 
-    def check_estimator(self) -> None:
-        """One error line for a posterior the estimator cannot serve."""
+    def check_estimator(self, n_samples: int | None = None) -> None:
+        """One error line for a posterior the estimator cannot serve, or ``n_samples`` per example (default:
+        its minimum) that it cannot take."""
         name = self.estimator.name
         if name in self.posterior.relaxations:
             return
@@ -148,7 +149,7 @@ class DiscreteVAE(nn.Module):
             raise ConfigError(f"estimator {name} does not apply to this posterior "
                               f"({type(self.posterior).__name__}); it takes {serves}{more}")
         kind = "binary" if not self.posterior.one_hot else "categorical"
-        self.estimator.check(kind, self.estimator.min_samples)
+        self.estimator.check(kind, self.estimator.min_samples if n_samples is None else n_samples)
 
     def prepare(self, x: Tensor) -> None:
         """Size the estimator's lazily shaped parameters (a learned baseline's input width) with one pass
