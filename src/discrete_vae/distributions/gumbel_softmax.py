@@ -1,6 +1,7 @@
 """Gumbel-Softmax / Concrete relaxations, computed in log space.
 
 Papers:
+
 - Maddison, Mnih, Teh (2017), *The Concrete Distribution*, https://arxiv.org/abs/1611.00712
   (the ExpConcrete density of Appendix C.3 and the logit form of the binary Concrete).
 - Jang, Gu, Poole (2017), *Categorical Reparameterization with Gumbel-Softmax*,

@@ -51,7 +51,7 @@ class GaussianPreimage(Distribution):
     (Lebesgue measure on them), for every subclass.
 
     Subclasses define :meth:`to_log_simplex` (``kappa -> log psi``), :meth:`from_log_simplex` and
-    :meth:`log_abs_det` (log |det d kappa / d log psi_{1:K-1}|, as a function of ``kappa``), and
+    :meth:`log_abs_det` (``log |det d kappa / d log psi_{1:K-1}|``, as a function of ``kappa``), and
     :meth:`discrete_log_probs`, the class probabilities of the ``tau -> 0`` limit.
     """
 

@@ -1,6 +1,7 @@
 r"""Smoothing transformations of DVAE, DVAE++ and DVAE#: a binary ``z`` relaxed to a continuous ``ζ``.
 
 Papers:
+
 - Rolfe (2017), *Discrete Variational Autoencoders*, https://arxiv.org/abs/1609.02200 (spike-and-exp, §2.1).
 - Vahdat, Macready, Bian, Khoshaman, Andriyash (2018), *DVAE++*, https://arxiv.org/abs/1802.04920
   (overlapping exponential smoothing, analytic inverse CDF of the mixture; power-function smoothing).

@@ -42,7 +42,7 @@ def uniform_preimage_prior(kind: str, k: int, scale: float = 1.0) -> tuple[Tenso
 
 def prior_fit_report(kind: str, k: int, scale: float = 1.0, draws: int = 200_000, seed: int = 0) -> dict:
     """The fitted prior and how uniform its implied discrete prior is: by quadrature (IGR-I) or
-    closed form (IGR-SB), and by the class frequencies of ``draws`` samples (max |p - 1/K|)."""
+    closed form (IGR-SB), and by the class frequencies of ``draws`` samples (max ``|p - 1/K|``)."""
     loc, s = uniform_preimage_prior(kind, k, scale)
     cls = ExpIGRSB if kind in STICK_KINDS else ExpIGR
     dist = cls(1.0, loc.double(), s.double())
