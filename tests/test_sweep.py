@@ -200,7 +200,7 @@ def test_only_runs_the_points_named_and_the_table_shows_what_is_done(tmp_path, c
     ({"grid": {"model": ["gs"], "lr": [0.1, 0.01]}}, "grid axis 'lr' is neither a row"),
     ({"grid": {"modle": ["gs"]}}, "grid axis 'modle' is not a dvae train option"),
     ({"grid": {"model": ["no-such-method"]}}, "grid point model=no-such-method"),
-    ({"eval": {"samples": 0}}, "eval samples must be at least 1"),
+    ({"eval": {"samples": 0}}, "eval 'test': samples must be a whole number of at least 1, not 0"),
     ({"eval": {"selected": True}}, "the spec has no select:"),
     ({"select": {"axis": "seed", "by": "train.nll"}}, "select: axis 'seed' must be an axis of the grid"),
     ({"select": {"axis": "model"}}, "select: needs by:"),
@@ -302,23 +302,94 @@ def test_slurm_without_a_cluster_is_one_line(tmp_path, capsys, monkeypatch):
     assert len(err) == 1 and err[0].startswith("dvae sweep: error: --executor slurm needs a SLURM cluster")
 
 
-def test_more_steps_in_the_spec_extend_the_finished_runs(tmp_path, capsys):
-    """A spec whose ``steps`` grew resumes each finished run to the new length and scores it again."""
+def test_more_steps_in_the_spec_extend_a_run_whose_schedules_ignore_its_length(tmp_path, capsys):
+    """A spec whose ``steps`` grew resumes each finished run of a constant learning rate to the new length
+    and scores it again; until then, the table shows none of the shorter run's numbers."""
     grid, last = {"model": ["gs"], "seed": [0]}, {"name": "test", "samples": 5, "checkpoint": "last"}
-    spec, out = write_spec(tmp_path, base={**BASE, "steps": 20}, grid=grid, eval=last), tmp_path / "out"
+    base = {**BASE, "lr_schedule": "constant"}
+    spec, out = write_spec(tmp_path, base={**base, "steps": 20}, grid=grid, eval=last), tmp_path / "out"
     assert sweep(spec, out) == 0
     point = out / "model=gs,seed=0"
     assert json.loads((point / "eval-test.json").read_text())["step"] == 20
     assert json.loads((point / "train.json").read_text())["step"] == 20
-    write_spec(tmp_path, base={**BASE, "steps": 40}, grid=grid, eval=last)
+    write_spec(tmp_path, base={**base, "steps": 40}, grid=grid, eval=last)
     capsys.readouterr()
-    assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
+    assert main(["sweep", str(spec), "--out", str(out), "--report"]) == 0
     assert last_json(capsys)["point_states"] == {"model=gs,seed=0": "interrupted"}
+    assert "| gs | — |" in (out / "table.md").read_text()  # the 20-step numbers are not shown as 40's
     assert sweep(spec, out) == 0
     assert last_json(capsys)["ran"] == 1
     assert json.loads((point / "train.json").read_text())["step"] == 40
     assert json.loads((point / "eval-test.json").read_text())["step"] == 40
     assert '"steps"' in (point / "run" / "overrides.jsonl").read_text()
+    assert "| gs | — |" not in (out / "table.md").read_text()
+
+
+ONE = {"model": ["gs"], "seed": [0]}
+
+
+def edit_parent(tmp_path):
+    """A child spec whose parent's base is then edited: returns the child's path."""
+    write_spec(tmp_path, grid=ONE)
+    child = tmp_path / "child.yaml"
+    child.write_text(yaml.safe_dump({"extends": "spec.yaml", "name": "child"}))
+    return child, lambda: write_spec(tmp_path, grid=ONE, base={**BASE, "lr": 0.02})
+
+
+@pytest.mark.parametrize("edit,keys", [
+    ("train option", "lr 0.01 -> 0.02"),
+    ("steps down", "steps 40 -> 20"),
+    ("steps up under a cosine schedule", "steps 40 -> 60"),
+    ("extends: parent edited", "lr 0.01 -> 0.02"),
+])
+def test_a_changed_config_is_refused_then_retrained_never_mixed(edit, keys, tmp_path, capsys):
+    """Every kind of edit to what a point trains with: the rerun refuses in one line naming the point and
+    what changed, before running anything; the tables meanwhile show no number under the new settings;
+    --retrain-changed trains it again from scratch, and the table shows the new run."""
+    if edit.startswith("extends"):
+        spec, apply = edit_parent(tmp_path)
+    else:
+        spec = write_spec(tmp_path, grid=ONE)
+        changed = {"train option": {"lr": 0.02}, "steps down": {"steps": 20}}.get(edit, {"steps": 60})
+        apply = lambda: write_spec(tmp_path, grid=ONE, base={**BASE, **changed})  # noqa: E731
+    out = tmp_path / "out"
+    assert sweep(spec, out) == 0
+    first = json.loads((out / "results.json").read_text())[0]["evals"]["test"]["nll"]
+    apply()
+    capsys.readouterr()
+    assert sweep(spec, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 point trained with settings the spec no longer gives" in err[0], err
+    assert "model=gs,seed=0" in err[0] and keys in err[0] and "--retrain-changed" in err[0], err
+    assert main(["sweep", str(spec), "--out", str(out), "--report"]) == 0
+    assert last_json(capsys)["point_states"] == {"model=gs,seed=0": "changed"}
+    table = (out / "table.md").read_text()
+    assert "| gs | — |" in table and f"{first:.2f}" not in table
+    record = json.loads((out / "results.json").read_text())[0]
+    assert record["evals"]["test"] is None and record["train"] is None and record["changed"]
+    assert sweep(spec, out, "--retrain-changed") == 0
+    assert last_json(capsys)["states"]["done"] == 1
+    record = json.loads((out / "results.json").read_text())[0]
+    assert record["evals"]["test"]["nll"] != first and "| gs | — |" not in (out / "table.md").read_text()
+    assert not (out / "model=gs,seed=0" / "run" / "overrides.jsonl").exists()  # a fresh run, not a resume
+
+
+def test_changed_evaluation_settings_are_scored_again_without_training(tmp_path, capsys):
+    spec, out = write_spec(tmp_path, grid=ONE), tmp_path / "out"
+    assert sweep(spec, out) == 0
+    point = out / "model=gs,seed=0"
+    trained = (point / "train.json").stat().st_mtime_ns
+    write_spec(tmp_path, grid=ONE, eval={"name": "test", "samples": 7, "limit": 100})
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out), "--report"]) == 0
+    assert last_json(capsys)["point_states"] == {"model=gs,seed=0": "interrupted"}
+    assert "| gs | — |" in (out / "table.md").read_text()  # S = 5 numbers are not shown under S = 7
+    assert sweep(spec, out) == 0
+    assert "test scored again" in capsys.readouterr().err
+    result = json.loads((point / "eval-test.json").read_text())
+    assert result["samples"] == 7 and result["settings"]["samples"] == 7
+    assert (point / "train.json").stat().st_mtime_ns == trained
+    assert "S = 7, 100 examples" in (out / "table.md").read_text()
 
 
 SPECS = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))

@@ -8,6 +8,7 @@ results, :mod:`.cli` is the command.
 
 from __future__ import annotations
 
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from .runner import (
     JOBS,
     RUNNABLE,
     STATES,
+    SWEEP,
     Slurm,
+    changes_text,
     default_jobs,
     jobs_for,
     make_executor,
@@ -30,6 +33,7 @@ from .runner import (
     sigterm_interrupts,
     status_lines,
     threads_per_job,
+    write_json,
 )
 from .spec import Spec, labels_by_axis
 
@@ -69,11 +73,15 @@ def _announce(spec: Spec, out: Path, status: dict[str, Any], todo: list, executo
 def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | None = None,
               threads: int | None = None, data_dir: str | None = None, slurm: Slurm | None = None,
               wait: bool = True, timeout_min: int = 7 * 24 * 60,
-              only: dict[str, set[str]] | None = None) -> dict[str, Any]:
+              only: dict[str, set[str]] | None = None, retrain_changed: bool = False,
+              command: str | None = None) -> dict[str, Any]:
     """Run every point that is not done (nor running elsewhere), then write the results; returns the
     status summary with the paths written. Nothing done is redone: a rerun of a finished sweep trains and
     evaluates nothing. ``only`` ({axis: labels}) runs just the points with one of those labels on each
-    axis named; the tables still show every finished point."""
+    axis named; the tables still show every finished point. A point trained with a config other than the
+    spec's now is retrained with ``retrain_changed``, else the sweep refuses before running anything; an
+    evaluation made with other settings is scored again. ``command`` (the command line) is recorded in
+    ``OUT/sweep.json`` for the tables' provenance."""
     only = check_only(spec, only or {})
     if jobs is not None and jobs < 1:
         raise ConfigError("--jobs must be at least 1")
@@ -81,7 +89,11 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
         raise ConfigError("--threads must be at least 1")
     jobs = jobs or (default_jobs() if executor == "local" else 1)
     threads = threads or (threads_per_job(jobs) if executor != "slurm" else 1)
+    check_trusted(out)
+    check_changed(sweep_status(spec, out, records=True, only=only), retrain_changed)
     out.mkdir(parents=True, exist_ok=True)
+    if command:
+        record_command(out, command)
     outcomes: dict[str, dict[str, Any]] = {}
     attempted: set[tuple[str, bool]] = set()  # a point runs once per pass of its kind (tuning, chosen)
     written = [time.monotonic()]
@@ -109,7 +121,7 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
             if not todo:
                 break
             attempted |= {(p.name, p.name in chosen) for p in todo}
-            work = jobs_for(spec, out, todo, threads, data_dir, chosen)
+            work = jobs_for(spec, out, todo, threads, data_dir, chosen, retrain_changed)
             with sigterm_interrupts():
                 outcomes.update(run_jobs(runner, executor, work, jobs, out, wait, on_done=report))
             if not wait:
@@ -120,6 +132,42 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
     summary["ran"] = len(outcomes)
     summary["written"] = {k: str(v) for k, v in _written(out).items()}
     return summary
+
+
+def check_changed(status: dict[str, Any], retrain: bool) -> None:
+    """Refuse, in one line naming them and what changed, to run points trained with another config than
+    the spec's now, unless ``retrain``; say which points are scored again (an evaluation's settings
+    changed)."""
+    changed = [r for r in status["records"] if r["state"] == "changed"]
+    if changed and not retrain:
+        shown = "; ".join(f"{r['point']}: {changes_text({k: tuple(v) for k, v in r['changed'].items()})}"
+                          for r in changed[:3])
+        more = f"; and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ConfigError(f"{len(changed)} point{'s' * (len(changed) > 1)} trained with settings the spec no "
+                          f"longer gives ({shown}{more}): rerun with --retrain-changed to train "
+                          f"{'them' if len(changed) > 1 else 'it'} again, or restore the spec")
+    for r in changed:
+        note(f"dvae sweep: {r['point']} trains again "
+             f"({changes_text({k: tuple(v) for k, v in r['changed'].items()})})")
+    for r in status["records"]:
+        if r.get("rescore"):
+            note(f"dvae sweep: {r['point']}: {', '.join(r['rescore'])} scored again (its settings changed)")
+
+
+def check_trusted(out: Path) -> None:
+    """A sweep folder is trusted like code (``OUT/.submitit`` holds the pickles its jobs load): refuse one
+    that anyone may write to."""
+    for folder in (out, out / ".submitit"):
+        if folder.is_dir() and folder.stat().st_mode & stat.S_IWOTH:
+            raise ConfigError(f"{folder} may be written by any user, and a sweep folder is trusted like code "
+                              f"(its jobs load pickles from it): chmod o-w {folder}")
+
+
+def record_command(out: Path, command: str) -> None:
+    """Add ``command`` to the commands that ran this sweep (``OUT/sweep.json``)."""
+    record = read_json(out / SWEEP) or {}
+    commands = [c for c in record.get("commands", []) if c != command] + [command]
+    write_json(out / SWEEP, {**record, "commands": commands})
 
 
 def picked(labels: dict[str, Any], only: dict[str, set[str]]) -> bool:
@@ -150,11 +198,15 @@ def parse_only(items: list[str]) -> dict[str, set[str]]:
     return only
 
 
-def write_tables(spec: Spec, out: Path) -> None:
-    """table.md, results.csv/json and the plots from what ``out`` holds now."""
+def write_tables(spec: Spec, out: Path, page: bool = False) -> None:
+    """table.md, results.csv/json and the plots from what ``out`` holds now; with ``page``, the tables
+    into the spec's results page too (``page:``; never for ``--quick``)."""
     if not out.is_dir():
         raise ConfigError(f"{out} holds no sweep yet")
-    write_report(spec, out, collect(spec, out, set(read_json(out / JOBS) or {})))
+    written = write_report(spec, out, collect(spec, out, set(read_json(out / JOBS) or {})), page)
+    if page and spec.page is not None:
+        note(f"dvae sweep: wrote the tables into {written['page']}" if "page" in written else
+             f"dvae sweep: --quick: its numbers are not written into {spec.page}")
 
 
 def _written(out: Path) -> dict[str, Path]:

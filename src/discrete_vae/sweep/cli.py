@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..progress import Stopped
+from .runner import Interrupted
 
 
 def add_sweep_parser(sub: Any) -> None:
@@ -24,8 +28,12 @@ def add_sweep_parser(sub: Any) -> None:
                    help="show each point's state (done, running, failed, interrupted, submitted, pending; "
                    "with select: waiting, unselected), of the --only points if given, and run nothing")
     p.add_argument("--report", action="store_true",
-                   help="write table.md, results.csv/json and the plots from the points finished so far, "
-                   "and run nothing")
+                   help="write table.md, results.csv/json and the plots from the points finished so far "
+                   "(and the tables into the spec's results page, if it names one with page:), and run "
+                   "nothing")
+    p.add_argument("--retrain-changed", action="store_true",
+                   help="train again, from scratch, the points whose run was trained with settings the spec "
+                   "no longer gives (without it the sweep refuses to run and names them)")
     p.add_argument("--only", action="append", default=[], metavar="AXIS=LABEL[,LABEL]",
                    help="run only the points with one of these labels on AXIS (repeatable: every AXIS "
                    "must match); the tables still show every finished point")
@@ -75,7 +83,7 @@ def sweep_command(args: argparse.Namespace) -> dict[str, Any]:
     out = args.out or default_out(spec, args.quick)
     if args.status or args.report:
         if args.report:
-            write_tables(spec, out)
+            write_tables(spec, out, page=True)
         summary = sweep_status(spec, out, only=only)
         print_status(summary)
         return summary
@@ -84,13 +92,34 @@ def sweep_command(args: argparse.Namespace) -> dict[str, Any]:
     slurm = Slurm(partition=args.partition, time=args.time, gpus=args.gpus, cpus=args.cpus, mem=args.mem,
                   array_parallelism=args.array_parallelism, account=args.account, qos=args.qos,
                   constraint=args.constraint, setup=tuple(args.setup))
-    summary = run_sweep(spec, out, executor=args.executor, jobs=args.jobs, threads=args.threads,
-                        data_dir=args.data_dir, slurm=slurm, wait=args.wait, timeout_min=args.timeout,
-                        only=only)
+    try:
+        summary = run_sweep(spec, out, executor=args.executor, jobs=args.jobs, threads=args.threads,
+                            data_dir=args.data_dir, slurm=slurm, wait=args.wait, timeout_min=args.timeout,
+                            only=only, retrain_changed=args.retrain_changed, command=command_line(args))
+    except Interrupted as e:
+        raise SweepStopped(e.signum) from None
     print_status(summary)
     if summary["states"]["failed"]:
         raise SweepFailed(summary)
     return summary
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The sweep's command as a table's provenance gives it: the spec and what changes the results."""
+    words = ["dvae", "sweep", str(args.spec)]
+    words += ["--quick"] * args.quick + (["--data-dir", args.data_dir] if args.data_dir else [])
+    words += [w for item in args.only for w in ("--only", item)]
+    words += ["--executor", args.executor] if args.executor != "local" else []
+    return shlex.join(words)
+
+
+class SweepStopped(Stopped):
+    """A signal stopped the sweep; its running points checkpointed. The CLI exits with 128 + the signal."""
+
+    def __init__(self, signum: int):
+        Exception.__init__(self, f"stopped by {signal.Signals(signum).name}; the running points wrote their "
+                           "checkpoints: rerun the same command to continue")
+        self.signum = signum
 
 
 class SweepFailed(Exception):

@@ -1,6 +1,8 @@
 """What a sweep's points run: ``dvae train`` + ``dvae eval`` (the default), or ``dvae sop train`` +
 ``dvae sop eval`` (spec ``command: sop``). Each command builds a point's config from its options (one line
-for a bad one), trains a fresh run, resumes one (with the spec's length and data folder), and evaluates."""
+for a bad one), checks it whole, trains a fresh run, resumes one (with the spec's length and data folder),
+and evaluates; and reads back the config a run folder was trained with (:func:`recorded`), which a rerun
+compares with the spec's."""
 
 from __future__ import annotations
 
@@ -8,12 +10,37 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
+
+# options that do not change what a run computes: where it lives and reads data, how often it checkpoints
+# and logs, the device (recorded as provenance instead); a change of one is not a change of the point
+NEUTRAL = ("out", "data_dir", "device", "checkpoint_every", "log_every")
+
+
+def recorded(runs: type[TrainCommand] | type[SopCommand], run: Path) -> dict[str, Any] | None:
+    """The config the run folder ``run`` trains with (its ``config.yaml``, normalised as the command reads
+    it), None when it has none yet; one that cannot be read is ``{"config.yaml": "unreadable"}``."""
+    from ..config import load_config_file
+    from ..runs import CONFIG
+
+    if not (run / CONFIG).is_file():
+        return None
+    try:
+        return runs.config_class().from_dict(load_config_file(run / CONFIG)).to_dict()
+    except (UserError, TypeError, ValueError):
+        return {CONFIG: "unreadable"}
 
 
 class TrainCommand:
     name = "train"
     metrics = ("nll", "neg_elbo", "nll_stderr", "neg_relaxed_objective")
+    splits = ("test", "valid", "train")
+
+    @staticmethod
+    def config_class() -> type:
+        from ..config import TrainConfig
+
+        return TrainConfig
 
     @staticmethod
     def options() -> set[str]:
@@ -37,6 +64,32 @@ class TrainCommand:
     @staticmethod
     def steps(config: Any) -> int | None:
         return config.steps if config.epochs is None else None
+
+    @staticmethod
+    def length_free(config: Any) -> bool:
+        """Whether the run's schedules ignore its length, so that a run resumed to more steps is the run a
+        fresh one of that length would be (a cosine or piecewise learning rate, or a KL warm-up over a
+        fraction of the steps, is not)."""
+        return config.lr_schedule == "constant" and config.kl_warmup == 0 and config.epochs is None
+
+    @staticmethod
+    def pairing(config: Any) -> str:
+        """What the model a config builds depends on (seeds and lengths share a pairing)."""
+        from ..runs import dumps
+
+        return dumps({k: v for k, v in config.to_dict().items()
+                      if k not in (*NEUTRAL, "seed", "steps", "epochs", "lr", "eval_every")})
+
+    @staticmethod
+    def check(config: Any) -> None:
+        """Build the point's model (on a small input, off the global random stream): an unsupported
+        posterior × estimator × prior pairing is one line before anything trains."""
+        import torch
+
+        from ..recipe import build_model
+
+        with torch.random.fork_rng(devices=[]):
+            build_model(config, data_dim=16)
 
     @staticmethod
     def fresh(config: Any, run: Path) -> dict[str, Any]:
@@ -64,6 +117,25 @@ class TrainCommand:
 class SopCommand:
     name = "sop"
     metrics = ("nll", "relaxed_nll")
+    splits = ("test", "valid")
+
+    @staticmethod
+    def config_class() -> type:
+        from ..sop import SOPConfig
+
+        return SOPConfig
+
+    @staticmethod
+    def length_free(config: Any) -> bool:
+        return True  # a constant learning rate
+
+    @staticmethod
+    def pairing(config: Any) -> str:
+        return ""
+
+    @staticmethod
+    def check(config: Any) -> None:
+        pass  # SOPConfig checks its pairings itself
 
     @staticmethod
     def options() -> set[str]:
@@ -73,9 +145,7 @@ class SopCommand:
 
     @staticmethod
     def config(values: dict[str, Any]) -> Any:
-        from ..sop import SOPConfig
-
-        return SOPConfig.from_dict(values)
+        return SopCommand.config_class().from_dict(values)
 
     @staticmethod
     def steps(config: Any) -> int | None:

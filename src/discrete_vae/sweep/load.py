@@ -13,6 +13,8 @@ import yaml
 from ..errors import ConfigError
 from .spec import (
     EVAL_KEYS,
+    MAX_NODES,
+    MAX_POINTS,
     SEED,
     SELECT_KEYS,
     SPEC_KEYS,
@@ -21,6 +23,7 @@ from .spec import (
     Select,
     Spec,
     Table,
+    check_name,
     label_of,
     labels_by_axis,
     metric_source,
@@ -40,8 +43,12 @@ def _axes(grid: Any, options: set[str]) -> tuple:
         raise ConfigError("grid must be a non-empty mapping of axes (an option with a list of values, or a "
                           "named axis with a mapping of labels to options)")
     axes = []
+    size = 1
     for raw, values in grid.items():
-        axis = str(raw).replace("-", "_")
+        axis = check_name(str(raw).replace("-", "_"), "grid axis")
+        size *= len(values) if isinstance(values, dict | list) else 1
+        if size > MAX_POINTS:
+            raise ConfigError(f"the grid has more than {MAX_POINTS:,} points; split the spec")
         if isinstance(values, dict):
             if not values:
                 raise ConfigError(f"grid axis {axis!r} is empty")
@@ -129,7 +136,7 @@ def _select(value: Any, axes: tuple, evals: tuple[Evaluation, ...]) -> Select | 
     return Select(axis, metric, per, seeds, item.get("maximize", False))
 
 
-def _evals(value: Any) -> tuple[Evaluation, ...]:
+def _evals(value: Any, splits: tuple[str, ...]) -> tuple[Evaluation, ...]:
     items = value if isinstance(value, list) else [value] if value is not None else []
     evals = []
     for item in items:
@@ -137,12 +144,11 @@ def _evals(value: Any) -> tuple[Evaluation, ...]:
         unknown = sorted(set(item) - EVAL_KEYS)
         if unknown:
             raise ConfigError(f"unknown eval key {unknown[0]!r} (known: {', '.join(sorted(EVAL_KEYS))})")
-        try:
-            evals.append(Evaluation(**item))
-        except TypeError as e:
-            raise ConfigError(f"bad eval: {e}") from None
-        if evals[-1].samples < 1:
-            raise ConfigError("eval samples must be at least 1")
+        if not isinstance(item.get("name", "test"), str):
+            raise ConfigError(f"an eval's name must be text, not {item['name']!r}")
+        evals.append(Evaluation(**item))
+        check_name(evals[-1].name, "eval name")
+        evals[-1].check(splits)
     names = [e.name for e in evals]
     if len(set(names)) != len(names):
         raise ConfigError("two evals share a name; name them (name: test-S1000)")
@@ -227,13 +233,16 @@ def _names(value: Any) -> tuple[str, ...]:
 def _read(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A spec file's mapping, with what it ``extends:`` merged in (see :func:`_extend`)."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"cannot read sweep spec {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"sweep spec {path} is not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"cannot parse sweep spec {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"sweep spec {path} must be a mapping (base, grid, eval, tables)")
+    check_size(data, path)
     unknown = sorted(set(data) - SPEC_KEYS)
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in sweep spec {path} "
@@ -249,11 +258,28 @@ def _read(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _extend(_read(parent_path, (path, *children)), data)
 
 
+def check_size(data: Any, path: Path) -> None:
+    """A one-line :class:`ConfigError` when ``data`` holds more than :data:`MAX_NODES` values with its
+    aliases followed (a YAML alias bomb expands without bound as soon as anything walks it)."""
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise ConfigError(f"sweep spec {path} expands to more than {MAX_NODES:,} values (YAML aliases "
+                              "included); it is refused")
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
 def _extend(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     """``child`` on top of ``parent``: ``base`` and ``quick``'s base and eval merge key by key (the child's
     keys win); every other key the child gives (grid, eval, tables, select, exclude, command) replaces
-    the parent's. Name and description are never inherited: they say what the child is."""
-    merged = {k: v for k, v in parent.items() if k not in ("name", "description")}
+    the parent's. Name, description and page are never inherited: they say what the child is."""
+    merged = {k: v for k, v in parent.items() if k not in ("name", "description", "page")}
     for key, value in child.items():
         if key == "base":
             merged["base"] = {**_mapping(parent.get("base"), "base"), **_mapping(value, "base")}
@@ -272,6 +298,7 @@ def _extend(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 def load_spec(path: str | Path, quick: bool = False) -> Spec:
     """Read and check a spec; with ``quick``, its ``quick:`` overrides (base and each eval) apply."""
     from .commands import command
+    from .report import label_titles, metric_title
 
     path = Path(path)
     data = _read(path)
@@ -286,17 +313,40 @@ def load_spec(path: str | Path, quick: bool = False) -> Spec:
     if unknown:
         raise ConfigError(f"unknown eval key {unknown[0]!r} in quick.eval")
     axes = _axes(data.get("grid"), runs.options())
-    evals = _evals(data.get("eval"))
-    spec = Spec(name=str(data.get("name") or path.stem), description=str(data.get("description") or ""),
+    evals = _evals(data.get("eval"), runs.splits)
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise ConfigError(f"sweep spec {path}: description must be text")
+    spec = Spec(name=check_name(str(data.get("name") or path.stem), "spec name"), description=description,
                 base=base, axes=axes, evals=evals, tables=(), path=path, command=runs.name, over=over,
-                eval_over=eval_over)
+                eval_over=eval_over, page=_page(data.get("page"), path), quick=quick)
     select = _select(data.get("select"), axes, evals)
     spec = dataclasses.replace(spec, tables=_tables(data.get("tables"), spec.axis_names, evals, select),
                                exclude=_exclude(data.get("exclude"), axes), select=select)
+    for table in spec.tables:  # a title's {field}s name settings of its metric's source, or of its label
+        label_titles(spec, table)
+        for metric in table.metrics:
+            metric_title(spec, table, metric)
+    checked: set[str] = set()
     for point in spec.points():
         try:
-            runs.config(point.values)
-            spec.point_evals(point)
+            config = runs.config(point.values)
+            key = runs.pairing(config)
+            if key not in checked:  # the seeds of a setting share their pairing: check it once
+                runs.check(config)
+                checked.add(key)
+            for evaluation in spec.point_evals(point):
+                evaluation.check(runs.splits)
         except (ConfigError, TypeError) as e:
             raise ConfigError(f"grid point {point.name}: {e}") from None
     return spec
+
+
+def _page(value: Any, path: Path) -> Path | None:
+    """``page:``, the results page whose marked tables ``--report`` rewrites (a path from the spec's folder
+    to an existing Markdown file: a spec never creates a file outside its sweep folder)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.endswith(".md"):
+        raise ConfigError(f"sweep spec {path}: page must be the path of a Markdown (.md) file")
+    return path.parent / value

@@ -13,8 +13,19 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
+from ..provenance import summary
 from .commands import command
-from .runner import ERROR, TRAIN, eval_file, point_state, read_json
+from .runner import (
+    ERROR,
+    TRAIN,
+    config_changes,
+    current_eval,
+    eval_file,
+    point_state,
+    read_json,
+    short_of,
+)
 from .spec import SEED, TRAIN_METRICS, Point, Spec, Table, metric_source
 
 RESULTS_JSON, RESULTS_CSV, TABLE_MD = "results.json", "results.csv", "table.md"
@@ -50,17 +61,28 @@ def collect(spec: Spec, out: Path, submitted: set[str] = frozenset()) -> list[di
 
 
 def _record(spec: Spec, out: Path, point: Point, submitted: set[str], chosen: bool) -> dict[str, Any]:
+    """A point's state and results; results made with settings other than the spec's now (a changed
+    config, a run short of the spec's steps, an evaluation with other settings) are left out."""
     folder = out / point.name
     runs = command(spec.command)
-    steps = runs.steps(runs.config(point.values))
+    config = runs.config(point.values)
+    steps = runs.steps(config)
+    changed = config_changes(runs, folder, config)
     evals = spec.point_evals(point, chosen)
-    state = point_state(folder, evals, point.name in submitted, steps)
+    state = point_state(folder, evals, point.name in submitted, steps, bool(changed))
     record: dict[str, Any] = {"point": point.name, **dict(point.labels), "state": state}
-    train = read_json(folder / TRAIN)
+    stale = bool(changed) or short_of(folder, steps)
+    train = None if stale else read_json(folder / TRAIN)
     record["train"] = {k: train.get(k) for k in TRAIN_METRICS} if train else None
-    record["evals"] = {e.name: read_json(folder / eval_file(e)) for e in spec.evals}
+    record["evals"] = {e.name: None if stale else current_eval(folder, e) for e in spec.point_evals(point)}
+    record["provenance"] = [r.get("provenance") for r in (train, *record["evals"].values()) if r]
+    record["rescore"] = [] if stale or not train else [  # scored with settings the spec no longer gives
+        e.name for e in evals
+        if (folder / eval_file(e)).is_file() and record["evals"][e.name] is None]
     error = read_json(folder / ERROR)
     record["error"] = error.get("error") if error else None
+    if changed:
+        record["changed"] = {k: list(v) for k, v in changed.items()}
     return record
 
 
@@ -144,10 +166,49 @@ def _options_text(options: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in options.items()) or "(base)"
 
 
-def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]]) -> str:
+def _format(title: str, fields: dict[str, Any], what: str) -> str:
+    try:
+        return title.format_map(fields)
+    except (KeyError, ValueError, IndexError, AttributeError) as e:
+        raise ConfigError(f"{what}: the title {title!r} names no setting ({e})") from None
+
+
+def label_titles(spec: Spec, table: Table) -> dict[str, str]:
+    """The table's ``titles:`` (label -> shown text), each ``{field}`` filled from its label's first
+    point: its config's options and its first evaluation's settings (``{steps:,}``, ``{limit}``)."""
+    runs, shown = command(spec.command), {}
+    for label, title in table.titles.items():
+        point = next((p for p in spec.points() if label in dict(p.labels).values()), None)
+        if "{" not in title or point is None:
+            shown[label] = title
+            continue
+        evals = spec.point_evals(point)
+        fields = {**(evals[0].__dict__ if evals else {}), **runs.config(point.values).to_dict()}
+        shown[label] = _format(title, fields, f"table {table.name!r}, label {label!r}")
+    return shown
+
+
+def metric_title(spec: Spec, table: Table, metric: str) -> str:
+    """A metric's column title: the spec's title, whose ``{field}``s name the settings it was made with
+    (an evaluation's ``{samples}``, ``{split}``, ``{limit}``, ...; for ``train.*`` the config's options,
+    ``{val_samples}`` say), so that a ``--quick`` table says what ran."""
+    title = dict(zip(table.metrics, table.labels, strict=True))[metric]
+    if "{" not in title:
+        return title
+    source, _ = metric_source(metric, spec.evals)
+    if source == "train":
+        runs = command(spec.command)
+        fields = runs.config(spec.points()[0].values).to_dict()
+    else:
+        fields = dataclasses.replace(spec.evaluation(source), **spec.eval_over).__dict__
+    return _format(title, fields, f"table {table.name!r}, metric {metric}")
+
+
+def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]], command_line: str = "") -> str:
     """The table: rows and columns by axis label in the spec's order, one column per column label and
     metric; a cell is mean ± std over seeds (or one column per seed). Below it: what every row and column
-    label sets, what all points share, and each evaluation's setting."""
+    label sets, what all points share, each evaluation's setting, and where the numbers were made (the
+    command, dates, code commit and machine)."""
     by_point = {r["point"]: r for r in records}
     points = spec.points()
 
@@ -176,7 +237,8 @@ def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]]) -> s
     columns = [(c, m, s) for c in col_keys for m in table.metrics
                for s in (seeds if table.seeds == "each" else [None])]
     head = [" / ".join(table.rows)]
-    title = dict(zip(table.metrics, table.labels, strict=True))
+    title = {m: metric_title(spec, table, m) for m in table.metrics}
+    reference = table.reference if not spec.quick else ""  # published numbers are for the full settings
     choices = {tuple(r[a] for a in spec.select.per): r["choice"] for r in records
                if r["choice"] is not None} if spec.select else {}
     chosen_column = bool(spec.select and spec.select.axis not in table.rows + table.columns
@@ -184,33 +246,39 @@ def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]]) -> s
     if chosen_column:
         head.append(f"{spec.select.axis} (chosen)")
 
+    titles = label_titles(spec, table)
+
     def shown(key: tuple[str, ...]) -> list[str]:
-        return [table.titles.get(label, label) for label in key]
+        return [titles.get(label, label) for label in key]
 
     for c, m, s in columns:
         name = " / ".join([*shown(c), title[m]] if len(table.metrics) > 1 or not c else shown(c))
         head.append(f"{name} (seed {s})" if s is not None else name)
     published = {(r, c): v for r, c, v in table.published}
-    head += [" / ".join([*shown(c), table.reference]) for c in col_keys] if table.reference else []
+    head += [" / ".join([*shown(c), reference]) for c in col_keys] if reference else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in row_keys:
         row = [" / ".join(shown(r))]
         if chosen_column:
             group = tuple(dict(zip(table.rows, r, strict=True))[a] for a in spec.select.per)
-            row.append(table.titles.get(choices[group], choices[group]) if group in choices else "—")
+            row.append(titles.get(choices[group], choices[group]) if group in choices else "—")
         for c, m, s in columns:
             got = cells.get((r, c, m), {})
             values = list(got.values()) if s is None else [got[s]] if s in got else []
             one = next(iter(got)) if s is None and len(got) == 1 else s
             row.append(_fmt(values, table.digits, uneven and s is None, errors.get((r, c, m, one))))
-        if table.reference:
+        if reference:
             row += [f"{published[key]}" if (key := (" / ".join(r), " / ".join(c))) in published else ""
                     for c in col_keys]
         lines.append("| " + " | ".join(row) + " |")
     notes = table_notes(spec, table, counts)
     if spec.select:
         notes.append(select_note(spec, table, choices))
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    shown_records = [r for r in records if in_table(spec, table, r)
+                     and any(measured(r, m, spec)[0] is not None for m in table.metrics)]
+    where = summary([p for r in shown_records for p in r.get("provenance", [])])
+    notes.append(f"Command: `{command_line}` · {where}" if command_line else where)
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 
 
 def select_note(spec: Spec, table: Table, choices: dict[tuple[str, ...], str]) -> str:
@@ -262,10 +330,39 @@ def seeds_note(counts: set[int]) -> str:
     return "mean ± std over the seeds shown per cell"
 
 
-def write_report(spec: Spec, out: Path, records: list[dict[str, Any]]) -> dict[str, Path]:
-    """Write results.json, results.csv, table.md and the plots; returns their paths by kind."""
+BEGIN, END = "<!-- dvae sweep --report: {} -->", "<!-- end dvae sweep --report: {} -->"
+
+
+def write_page(spec: Spec, blocks: dict[str, str]) -> Path:
+    """Put each table's block (``blocks``: name -> Markdown) into the spec's results page, between the
+    markers ``<!-- dvae sweep --report: NAME -->`` and ``<!-- end dvae sweep --report: NAME -->``; a table
+    the page has no markers for is added at its end, under a heading of its name. The rest of the page
+    (what the tables show) is left as it is."""
+    from ..checkpoint import atomic_write_bytes
+
+    page = spec.page
+    try:
+        text = page.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise ConfigError(f"cannot read the spec's results page {page}: {reason}") from None
+    for name, block in blocks.items():
+        begin, end = BEGIN.format(name), END.format(name)
+        if begin in text and end in text.split(begin, 1)[1]:
+            head, rest = text.split(begin, 1)
+            text = head + begin + "\n" + block.rstrip("\n") + "\n" + end + rest.split(end, 1)[1]
+        else:
+            text = text.rstrip("\n") + f"\n\n## {name}\n\n{begin}\n{block.rstrip()}\n{end}\n"
+    atomic_write_bytes(page, text.encode())
+    return page
+
+
+def write_report(spec: Spec, out: Path, records: list[dict[str, Any]], page: bool = False) -> dict[str, Path]:
+    """Write results.json, results.csv, table.md and the plots, and with ``page`` the tables into the spec's
+    results page (not for ``--quick``: its numbers are not results); returns their paths by kind."""
     from ..checkpoint import atomic_write_bytes
     from ..runs import dumps
+    from .runner import SWEEP
 
     written = {}
     atomic_write_bytes(out / RESULTS_JSON, (dumps(records) + "\n").encode())
@@ -277,11 +374,14 @@ def write_report(spec: Spec, out: Path, records: list[dict[str, Any]]) -> dict[s
     writer.writerows(rows)
     atomic_write_bytes(out / RESULTS_CSV, buffer.getvalue().encode())
     written["csv"] = out / RESULTS_CSV
+    commands = (read_json(out / SWEEP) or {}).get("commands") or ["(not recorded)"]
+    blocks = {table.name: table_markdown(spec, table, records, commands[-1]) for table in spec.tables}
     parts = [f"# {spec.name}\n"] + ([spec.description.strip() + "\n"] if spec.description else [])
-    for table in spec.tables:
-        parts.append(f"## {table.name}\n\n" + table_markdown(spec, table, records))
+    parts += [f"## {name}\n\n{block}" for name, block in blocks.items()]
     atomic_write_bytes(out / TABLE_MD, "\n".join(parts).encode())
     written["table"] = out / TABLE_MD
+    if page and spec.page is not None and not spec.quick:
+        written["page"] = write_page(spec, blocks)
     written.update(write_plots(spec, out, records))
     return written
 

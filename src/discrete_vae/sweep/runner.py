@@ -7,6 +7,12 @@ result, written when training finished), ``eval-EVAL.json`` per evaluation and, 
 twice at once and ``--status`` can tell a running point from an interrupted one. Rerunning a sweep skips
 what is done, resumes an interrupted run from its checkpoint (``dvae train --resume``) and retries a
 failed point.
+
+A result is only ever shown with the settings it was made with. The run folder's ``config.yaml`` is the
+resolved config a point trained with; an evaluation's JSON holds its settings. A point whose spec config now
+differs is ``changed`` (the sweep refuses to run it unless told to retrain it; its old results are not
+shown), except that a larger ``steps`` extends a run whose schedules ignore its length; an evaluation whose
+settings differ is scored again.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -27,10 +34,11 @@ from ..errors import ConfigError, UserError
 from .commands import command
 from .spec import Evaluation, Point, Spec
 
-TRAIN, ERROR, LOCK, JOBS = "train.json", "error.json", ".lock", "jobs.json"
-STATES = ("done", "running", "failed", "interrupted", "submitted", "pending", "waiting", "unselected")
-RUNNABLE = ("failed", "interrupted", "submitted", "pending")  # waiting: on a select: choice; unselected: not
-# the chosen label, so never run
+TRAIN, ERROR, LOCK, JOBS, SWEEP = "train.json", "error.json", ".lock", "jobs.json", "sweep.json"
+STATES = ("done", "running", "failed", "interrupted", "changed", "submitted", "pending", "waiting",
+          "unselected")
+RUNNABLE = ("failed", "interrupted", "changed", "submitted", "pending")  # waiting: on a select: choice;
+# unselected: not the chosen label, so never run; changed: run only when told to retrain
 
 
 def eval_file(evaluation: Evaluation) -> str:
@@ -49,6 +57,35 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def config_changes(runs: Any, folder: Path, config: Any) -> dict[str, tuple[Any, Any]]:
+    """``{option: (trained with, the spec's now)}`` for the point in ``folder`` (nothing when it has no run
+    yet, or when only ``steps`` grew and the run's schedules ignore its length: the run is extended)."""
+    from .commands import NEUTRAL, recorded
+
+    old = recorded(runs, folder / "run")
+    if old is None:
+        return {}
+    new = config.to_dict()
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+               if k not in NEUTRAL and old.get(k) != new.get(k)}
+    steps = changed.get("steps")
+    if set(changed) == {"steps"} and runs.length_free(config) and None not in steps and steps[0] < steps[1]:
+        return {}
+    return changed
+
+
+def changes_text(changed: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+
+
+def current_eval(folder: Path, evaluation: Evaluation) -> dict[str, Any] | None:
+    """The point's result of ``evaluation`` if one was made with its settings as they are now."""
+    result = read_json(folder / eval_file(evaluation))
+    if isinstance(result, dict) and result.get("settings") == evaluation.options():
+        return result
+    return None
 
 
 class PointLock:
@@ -82,6 +119,7 @@ class PointJob:
     evals: tuple[Evaluation, ...]
     threads: int
     command: str = "train"
+    retrain: bool = False  # the spec's config changed since the point trained: train it again from scratch
 
     def __call__(self) -> dict[str, Any]:
         return run_point(self)
@@ -105,6 +143,8 @@ def run_point(job: PointJob) -> dict[str, Any]:
 
 def _run_point(job: PointJob, lock: PointLock) -> dict[str, Any]:
     from ..progress import Stopped
+    from ..provenance import provenance
+    from ..recipe import resolve_device
     from ..runs import LAST
 
     runs = command(job.command)
@@ -112,17 +152,28 @@ def _run_point(job: PointJob, lock: PointLock) -> dict[str, Any]:
         (job.folder / ERROR).unlink(missing_ok=True)
         run = job.folder / "run"
         config = runs.config(job.values)
+        changed = config_changes(runs, job.folder, config)
+        if changed and not job.retrain:
+            raise ConfigError(f"trained with other settings ({changes_text(changed)}); rerun the sweep with "
+                              "--retrain-changed to train it again")
+        if changed:  # from scratch: the old run, its results and its evaluations go
+            shutil.rmtree(run, ignore_errors=True)
+            for old in (job.folder / TRAIN, *job.folder.glob("eval-*.json")):
+                old.unlink(missing_ok=True)
         if short_of(job.folder, runs.steps(config)):
             for name in (TRAIN, *(eval_file(e) for e in job.evals)):  # the spec asks for more steps now
                 (job.folder / name).unlink(missing_ok=True)
         if not (job.folder / TRAIN).is_file():
             # interrupted or extended: resume, with the spec's length (and data folder)
             result = runs.resume(config, run) if (run / LAST).is_file() else runs.fresh(config, run)
-            write_json(job.folder / TRAIN, result)
+            made = provenance(resolve_device(config.device))
+            write_json(job.folder / TRAIN, {**result, "provenance": made})
         for evaluation in job.evals:
-            if not (job.folder / eval_file(evaluation)).is_file():
+            if current_eval(job.folder, evaluation) is None:  # not scored yet, or with other settings
                 result = runs.evaluate(run, evaluation, job.values.get("data_dir"))
-                write_json(job.folder / eval_file(evaluation), result)
+                write_json(job.folder / eval_file(evaluation),
+                           {**result, "settings": evaluation.options(),
+                            "provenance": provenance(resolve_device("auto"))})
         return {"state": "done"}
     except Stopped as e:
         return {"state": "interrupted", "error": str(e)}
@@ -143,13 +194,14 @@ def short_of(folder: Path, steps: int | None) -> bool:
 
 
 def point_state(folder: Path, evals: tuple[Evaluation, ...], submitted: bool = False,
-                steps: int | None = None) -> str:
+                steps: int | None = None, changed: bool = False) -> str:
     """What the files (and the lock) say about a point: one of :data:`STATES`; a point trained for fewer
-    than ``steps`` is interrupted."""
+    than ``steps``, or with an evaluation made with other settings, is interrupted; ``changed``: its run was
+    trained with another config than the spec's now."""
     from ..runs import LAST
 
-    done = (folder / TRAIN).is_file() and all((folder / eval_file(e)).is_file() for e in evals)
-    if done and not short_of(folder, steps):
+    done = (folder / TRAIN).is_file() and all(current_eval(folder, e) is not None for e in evals)
+    if done and not changed and not short_of(folder, steps):
         return "done"
     if folder.is_dir():
         lock = PointLock(folder)
@@ -157,6 +209,8 @@ def point_state(folder: Path, evals: tuple[Evaluation, ...], submitted: bool = F
         lock.release()
         if busy:
             return "running"
+    if changed:
+        return "changed"
     if (folder / ERROR).is_file():
         return "failed"
     if (folder / TRAIN).is_file() or (folder / "run" / LAST).is_file():
@@ -224,12 +278,12 @@ def make_executor(kind: str, folder: Path, threads: int, slurm: Slurm | None, ti
 
 
 def jobs_for(spec: Spec, out: Path, points: list[Point], threads: int, data_dir: str | None,
-             chosen: set[str] | None = None) -> list[PointJob]:
+             chosen: set[str] | None = None, retrain: bool = False) -> list[PointJob]:
     """One job per point; ``chosen`` names the points a ``select:`` chose (their ``selected`` evaluations
-    run too; None: every point)."""
+    run too; None: every point); ``retrain``: a point trained with another config trains again."""
     extra = {"data_dir": data_dir} if data_dir else {}
     return [PointJob(out / p.name, {**p.values, **extra},
-                     spec.point_evals(p, chosen is None or p.name in chosen), threads, spec.command)
+                     spec.point_evals(p, chosen is None or p.name in chosen), threads, spec.command, retrain)
             for p in points]
 
 
@@ -299,16 +353,24 @@ def run_jobs(executor: Any, kind: str, jobs: list[PointJob], max_jobs: int, out:
     return outcomes
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal other than SIGINT stopped the sweep (``signum``); it ends as Ctrl-C does."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 @contextlib.contextmanager
 def sigterm_interrupts() -> Iterator[None]:
-    """Within, SIGTERM (a cluster's or a user's stop) acts as Ctrl-C: the sweep stops its jobs, which
-    checkpoint, and ends; rerunning it resumes them."""
+    """Within, SIGTERM (a cluster's or a user's stop) acts as Ctrl-C (raising :class:`Interrupted`): the
+    sweep stops its jobs, which checkpoint, and ends; rerunning it resumes them."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise Interrupted(signum)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

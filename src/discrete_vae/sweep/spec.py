@@ -62,8 +62,20 @@ EVAL_METRICS = ("nll", "neg_elbo", "nll_stderr", "neg_relaxed_objective", "igr_m
 TRAIN_METRICS = ("nll", "neg_elbo", "best_step", "step", "train_seconds", "steps_per_s")
 TABLE_KEYS = {"name", "rows", "columns", "metric", "metrics", "seeds", "digits", "reference", "titles"}
 SPEC_KEYS = {"name", "description", "extends", "command", "base", "grid", "exclude", "select", "eval",
-             "tables", "quick"}
+             "tables", "quick", "page"}
 SELECT_KEYS = {"axis", "by", "per", "seeds", "maximize"}
+CHECKPOINTS, LOG_Z = ("best", "last"), ("auto", "exact", "ais", "pa")
+NAME = re.compile(r"[A-Za-z0-9_.+-]+")  # axis, evaluation and spec names: they name files and folders
+MAX_POINTS = 10_000  # a grid larger than this is refused before any config is built
+MAX_NODES = 1_000_000  # a spec whose YAML expands (aliases followed) to more values than this is refused
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` if it may name a file or folder (letters, digits, ``_ . + -``; not ``.`` or ``..``), else a
+    one-line :class:`ConfigError`: nothing a spec says may write outside the sweep folder."""
+    if not NAME.fullmatch(name) or set(name) == {"."}:
+        raise ConfigError(f"{what} {name!r} may hold only letters, digits and _ . + - (it names files)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,26 @@ class Evaluation:
 
     def options(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("name", "selected")}
+
+    def check(self, splits: tuple[str, ...]) -> None:
+        """A one-line :class:`ConfigError` for a value of the wrong type or out of range (``splits``: the
+        command's), so that a spec fails when it is read, not after its points have trained."""
+        what = f"eval {self.name!r}"
+        whole = {"samples": 1, "seed": 0, "log_z_betas": 2, "log_z_samples": 1}
+        for key, least in whole.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{what}: {key} must be a whole number of at least {least}, not {value!r}")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 1):
+            raise ConfigError(f"{what}: limit must be a whole number of at least 1 or null, not "
+                              f"{self.limit!r}")
+        for key, allowed in (("split", splits), ("checkpoint", CHECKPOINTS), ("log_z", LOG_Z)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{what}: {key} must be one of {', '.join(allowed)}, not "
+                                  f"{getattr(self, key)!r}")
+        if not isinstance(self.selected, bool):
+            raise ConfigError(f"{what}: selected must be true or false, not {self.selected!r}")
 
 
 @dataclass(frozen=True)
@@ -156,6 +188,8 @@ class Spec:
     over: dict[str, Any] = field(default_factory=dict)  # --quick's options, over every label's
     eval_over: dict[str, Any] = field(default_factory=dict)  # --quick's eval settings, over every label's
     select: Select | None = None
+    page: Path | None = None  # the results page whose marked tables --report rewrites
+    quick: bool = False  # the spec's quick form (its tables show no published numbers)
 
     @property
     def axis_names(self) -> tuple[str, ...]:
