@@ -80,7 +80,7 @@ def test_a_sweep_builds_its_table_and_a_rerun_trains_nothing(tmp_path, capsys):
 def test_a_stopped_sweep_completes_with_the_uninterrupted_table(how, tmp_path, capsys):
     """A local sweep stopped at its first checkpoint, by SIGKILL to the whole process group (driver and
     jobs) or by SIGTERM to the driver alone (started, as a background job is, with SIGINT ignored: the
-    jobs checkpoint and end, the driver exits 130); the rerun resumes the interrupted runs (exact
+    jobs checkpoint and end, the driver exits 143); the rerun resumes the interrupted runs (exact
     resume) and writes the table an uninterrupted sweep writes."""
     spec = write_spec(tmp_path, base={**BASE, "steps": 300, "hidden": "64"})
     assert sweep(spec, tmp_path / "reference") == 0
@@ -100,7 +100,7 @@ def test_a_stopped_sweep_completes_with_the_uninterrupted_table(how, tmp_path, c
         proc.wait()
     else:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 130
+        assert proc.wait(timeout=60) == 143  # 128 + SIGTERM, as dvae train
     deadline = time.monotonic() + 10  # the jobs die a moment after the driver, holding their locks till then
     while time.monotonic() < deadline:  # (a zombie left unreaped still counts: hence the deadline)
         try:
@@ -207,6 +207,22 @@ def test_only_runs_the_points_named_and_the_table_shows_what_is_done(tmp_path, c
     ({"select": {"axis": "model", "by": "test.nll"}, "eval": {"selected": True}},
      "comes from an eval that only scores the chosen points"),
     ({"select": {"axis": "model", "by": "train.nll", "seeds": [7]}}, "select: seeds must be seeds"),
+    ({"grid": {"../../../x/t": {"hot": {"lr": 0.01}}}}, "grid axis '../../../x/t' may hold only letters"),
+    ({"eval": {"name": "/../../../x", "samples": 5}}, "eval name '/../../../x' may hold only letters"),
+    ({"name": "../../x"}, "spec name '../../x' may hold only letters"),
+    ({"description": {"nested": [1, 2]}}, "description must be text"),
+    ({"eval": {"samples": "many"}}, "eval 'test': samples must be a whole number of at least 1, not 'many'"),
+    ({"eval": {"limit": 2.5}}, "eval 'test': limit must be a whole number"),
+    ({"eval": {"split": "nosuchsplit"}}, "eval 'test': split must be one of test, valid, train"),
+    ({"eval": {"checkpoint": "middle"}}, "eval 'test': checkpoint must be one of best, last"),
+    ({"grid": {"model": {"gs": {"eval": {"checkpoint": "middle"}}}}},
+     "grid point model=gs: eval 'test': checkpoint must be one of best, last"),
+    ({"grid": {"estimator": ["gs", "arm"]}, "tables": [{"rows": "estimator"}]},
+     "grid point estimator=arm: estimator arm supports binary latents, not categorical"),
+    ({"grid": {"model": ["gs"], "prior": ["rbm"]}, "tables": [{"rows": ["model", "prior"]}]},
+     "grid point model=gs,prior=rbm: the RBM prior is over binary latents"),
+    ({"tables": [{"rows": "model", "metrics": {"test (S = {samples}, {nosuch})": "test.nll"}}]},
+     "names no setting"),
 ])
 def test_a_bad_spec_is_one_line_and_status_2(tmp_path, capsys, parts, message):
     spec = write_spec(tmp_path, **parts)
@@ -214,6 +230,116 @@ def test_a_bad_spec_is_one_line_and_status_2(tmp_path, capsys, parts, message):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + chr(ord(c) - 1)] * 10)}]\n" for c in "bcdefgh")
+     + "description: *h\n", "expands to more than 1,000,000 values"),
+    ("base: {dataset: digits}\nv: &v [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n", "unknown key 'v'"),
+    ("base: {dataset: digits}\ngrid:\n  seed: &v [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n"
+     + "".join(
+         f"  ax{i}: {{{', '.join(f'l{j}: {{}}' for j in range(10))}}}\n" for i in range(7)),
+     "the grid has more than 10,000 points"),
+])
+def test_a_spec_too_large_to_expand_is_refused_before_it_is_built(text, message, tmp_path, capsys):
+    """A YAML alias bomb, or a grid of 10^8 points, is refused in one line without growing memory."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_spec_or_config_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(bytes(range(128, 256)) * 4)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not UTF-8 text" in err[0], err
+    assert main(["train", "--config", str(spec), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not UTF-8 text" in err[0], err
+
+
+def test_nothing_a_spec_names_is_written_outside_the_sweep_folder(tmp_path, capsys):
+    """Names that would climb out of --out are refused (above); what is accepted stays inside it."""
+    spec = write_spec(tmp_path, grid={"a.b_c+d": {"x/../..": {}}, "seed": [0]},
+                      eval={"name": "t-1.x", "samples": 2, "limit": 20},
+                      tables=[{"rows": "a.b_c+d", "metric": "t-1.x.nll"}])
+    out = tmp_path / "deep" / "out"
+    assert sweep(spec, out) == 0
+    outside = {p for p in tmp_path.rglob("*") if out not in p.parents and p != out}
+    assert outside == {spec, tmp_path / "deep"}, outside
+    assert (out / "a.b_c+d=x%2F..%2F..,seed=0" / "eval-t-1.x.json").is_file()
+
+
+def test_a_world_writable_sweep_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    assert sweep(write_spec(tmp_path), out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "may be written by any user" in err[0] and "trusted like code" in err[0], err
+    assert not (out / ".submitit").exists() and not list(out.iterdir())
+
+
+def test_quick_tables_say_the_settings_they_ran_with(tmp_path, capsys):
+    """A --quick table fills its titles' {fields} from the quick settings, and shows no published column
+    (those numbers are for the full settings)."""
+    spec = write_spec(tmp_path, grid=ONE, eval={"name": "test", "samples": 50},
+                      quick={"eval": {"samples": 3, "limit": 40}},
+                      tables=[{"rows": "model", "metrics": {"test NLL (S = {samples})": "test.nll"},
+                               "titles": {"gs": "gs at {steps:,} steps"},
+                               "reference": {"title": "Paper (2017)", "values": {"gs": 101.5}}}])
+    out = tmp_path / "out"
+    assert sweep(spec, out, "--quick") == 0
+    table = (out / "table.md").read_text()
+    assert "| model | test NLL (S = 3) |" in table and "| gs at 40 steps |" in table
+    assert "Paper (2017)" not in table and "101.5" not in table and "S = 3, 40 examples" in table
+    from discrete_vae.sweep import load_spec
+    from discrete_vae.sweep.report import collect, table_markdown
+
+    full = load_spec(spec)
+    text = table_markdown(full, full.tables[0], collect(full, tmp_path / "full"))
+    assert "test NLL (S = 50)" in text and "Paper (2017)" in text and "101.5" in text
+
+
+def test_report_writes_the_tables_into_the_specs_page_between_markers(tmp_path, capsys):
+    """``page:``: --report rewrites what lies between a table's markers, with its provenance (command, date,
+    commit, machine), keeps the rest of the page, adds a table the page has no markers for at its end,
+    and leaves the page alone for --quick."""
+    import datetime
+
+    page = tmp_path / "docs" / "page.md"
+    page.parent.mkdir()
+    intro, after = "# Tiny\n\nWhat is compared.\n\n", "\n\nWhat the table shows.\n"
+    page.write_text(intro + "<!-- dvae sweep --report: bound -->\nold numbers\n"
+                    "<!-- end dvae sweep --report: bound -->" + after)
+    spec = write_spec(tmp_path, grid=ONE, page="docs/page.md", quick={"eval": {"samples": 2}},
+                      tables=[{"name": "bound", "rows": "model", "metric": "test.nll"},
+                              {"name": "elbo", "rows": "model", "metric": "test.neg_elbo"}])
+    out = tmp_path / "out"
+    assert sweep(spec, out) == 0
+    assert page.read_text().count("old numbers") == 1  # a run writes its folder; --report, the page
+    assert main(["sweep", str(spec), "--out", str(out), "--report"]) == 0
+    text = page.read_text()
+    assert text.startswith(intro) and "old numbers" not in text
+    bound = text.split("<!-- dvae sweep --report: bound -->\n")[1].split("<!-- end dvae")[0]
+    block = (out / "table.md").read_text().split("## bound\n\n")[1].split("## elbo")[0]
+    assert bound == block.rstrip() + "\n"
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    assert f"Command: `dvae sweep {spec}` · Date: {today} · Code commit: " in bound
+    assert " · Machine: " in bound
+    assert "What the table shows." in text.split("<!-- end dvae sweep --report: bound -->")[1]
+    assert "## elbo\n\n<!-- dvae sweep --report: elbo -->\n| model | test.neg_elbo |" in text
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out), "--report"]) == 0
+    assert page.read_text() == text  # a rerun rewrites the same blocks
+    assert sweep(spec, tmp_path / "quick", "--quick") == 0
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "quick"), "--quick", "--report"]) == 0
+    assert page.read_text() == text and "not written into" in capsys.readouterr().err
 
 
 def test_extends_merges_the_base_and_quick_and_replaces_the_rest(tmp_path):

@@ -109,7 +109,6 @@ def command_line(args: argparse.Namespace) -> str:
     words = ["dvae", "sweep", str(args.spec)]
     words += ["--quick"] * args.quick + (["--data-dir", args.data_dir] if args.data_dir else [])
     words += [w for item in args.only for w in ("--only", item)]
-    words += ["--executor", args.executor] if args.executor != "local" else []
     return shlex.join(words)
 
 
