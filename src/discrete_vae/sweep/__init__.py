@@ -54,6 +54,8 @@ def sweep_status(spec: Spec, out: Path, records: bool = False,
     found = [r for r in collect(spec, out, submitted) if picked(r, only or {})]
     states = {r["point"]: r["state"] for r in found}
     errors = {r["point"]: r["error"] for r in found if r["state"] == "failed" and r["error"]}
+    errors.update({r["point"]: "trained with other settings: " + changes_text(
+        {k: tuple(v) for k, v in r["changed"].items()}) for r in found if r["state"] == "changed"})
     summary = {"spec": spec.name, "out": str(out), "points": len(found),
                "states": {s: sum(v == s for v in states.values()) for s in STATES},
                "point_states": states, "errors": errors}

@@ -17,6 +17,13 @@
       # metrics: [train.nll, test.nll] gives one column per column label and metric; a mapping
       # {title: metric, ...} titles them
     quick: {base: {dataset: digits, steps: 40}, eval: {samples: 10, limit: 100}}   # --quick's overrides
+    page: ../docs/results/gs-quality.md   # --report writes each table between its markers there
+
+A title may name the settings it was made with, ``{field}`` filled from them, so that a ``--quick`` table
+says what ran: a metric's title from its evaluation (``"test NLL (S = {samples})"``) or, for ``train.*``,
+from the config (``{val_samples}``); a label's title from its first point's config and evaluation
+(``"{model}, {steps:,} steps"``). A ``--quick`` table shows no ``reference:`` column (those numbers are for
+the full settings), and ``--report`` never writes it into the page.
 
 Tune, then repeat: ``select:`` picks one label of an axis per group of points by a metric of the first
 seed(s), and runs the other seeds at that label only (an eval with ``selected: true`` scores only the chosen
