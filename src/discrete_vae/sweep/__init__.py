@@ -212,7 +212,8 @@ def write_tables(spec: Spec, out: Path, page: bool = False) -> None:
 
 
 def _written(out: Path) -> dict[str, Path]:
-    from .report import CURVES_PNG, FINAL_PNG, RESULTS_CSV, RESULTS_JSON, TABLE_MD
+    from .plots import CURVES_PNG, FINAL_PNG
+    from .report import RESULTS_CSV, RESULTS_JSON, TABLE_MD
 
     names = {"table": TABLE_MD, "csv": RESULTS_CSV, "json": RESULTS_JSON, "curves": CURVES_PNG,
              "final": FINAL_PNG}
