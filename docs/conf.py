@@ -42,6 +42,7 @@ autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": True,
                            "ignore-module-all": True}
 python_use_unqualified_type_names = True
+add_module_names = False  # ExpConcrete(...), under its module's heading
 
 # types from other libraries: no inventories are fetched (the build is offline), so their references
 # are not checked

@@ -59,7 +59,9 @@ class ArgparseReference(SphinxDirective):
             body.append(nodes.paragraph(text=summary[0].upper() + summary[1:] + "."))
         if parser.description:
             body.append(nodes.paragraph(text=parser.description))
-        body.append(nodes.literal_block(text=parser.format_usage().strip()))
+        usage = nodes.literal_block(text=parser.format_usage().strip())
+        usage["language"] = "text"
+        body.append(usage)
         for title, actions in _groups(parser):
             body.append(nodes.rubric(text=title[0].upper() + title[1:]))
             items = nodes.definition_list()
