@@ -268,3 +268,33 @@ def test_python_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         exec(compile(code, str(page), "exec"), namespace)  # noqa: S102
     if page == README:
         assert "result" in namespace and namespace["result"]["nll"] > 0
+
+
+# ------------------------------------------------------------------------------- the front page, results
+
+
+def test_readme_is_a_front_page() -> None:
+    """README.md fits on a page and links each headline result to its results page."""
+    text = README.read_text()
+    assert len(text.splitlines()) <= 300
+    linked = set(re.findall(r"\(docs/results/([\w-]+)\.md\)", text))
+    assert linked and all((DOCS / "results" / f"{name}.md").is_file() for name in linked)
+
+
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_spec_has_its_results_page_with_a_marked_place_per_table(path: Path) -> None:
+    """Each experiments/NAME.yaml names docs/results/NAME.md as its page:, which holds the report markers
+    of every table of the spec (so that ``dvae sweep SPEC --report`` rewrites them in place) and a
+    provenance line in each."""
+    from discrete_vae.sweep.report import BEGIN, END
+
+    spec = load_spec(path)
+    assert spec.page is not None and spec.page.resolve() == DOCS / "results" / f"{path.stem}.md"
+    text = spec.page.read_text()
+    for table in spec.tables:
+        assert text.count(BEGIN.format(table.name)) == 1 and text.count(END.format(table.name)) == 1
+        block = text.split(BEGIN.format(table.name))[1].split(END.format(table.name))[0]
+        assert "Command: `" in block and "Date: " in block and "Machine: " in block, table.name
