@@ -1,4 +1,4 @@
-"""Every benchmark script under ``bench/`` runs to its table at a tiny size, on a small binarized MNIST the
+"""Every benchmark script under ``bench/`` runs to its table at a tiny size, on a random binarized MNIST the
 test writes (the scripts' figures are measured by hand; this only keeps the scripts from rotting)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import subprocess_env
-from test_data import amat_bytes
+from discrete_vae.data.binarized_mnist import SIZES, encode_amat
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 TIMEOUT_S = 300
@@ -19,13 +19,12 @@ TIMEOUT_S = 300
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """binarized_mnist with 1100 / 100 / 100 random images (784 pixels each; gpu_speed.py trains at batch
-    1000)."""
+    """binarized_mnist of random images at the real split sizes (50,000 / 10,000 / 10,000, 784 pixels each:
+    the loader refuses files of another size), written with the package's canonical encoder."""
     root = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
-    for split, n in (("train", 1100), ("valid", 100), ("test", 100)):
-        bits = (rng.random((n, 784)) < 0.2).astype(int)
-        (root / f"binarized_mnist_{split}.amat").write_bytes(amat_bytes(bits))
+    for split, n in SIZES.items():
+        (root / f"binarized_mnist_{split}.amat").write_bytes(encode_amat(rng.random((n, 784)) < 0.2))
     return root
 
 

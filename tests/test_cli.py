@@ -115,6 +115,9 @@ def test_eval_prints_the_bound_as_the_last_json_line(run, capsys):
     assert math.isfinite(result["nll"]) and result["nll"] <= result["neg_elbo"] + 1e-9
     assert json.loads((run / "eval_test_S50_seed0_best.json").read_text()) == result
     assert result["checkpoint"] == "best" and "best.safetensors" in first.err
+    assert "test: NLL <= " in first.err and " nats on 180 examples (importance-weighted bound" in first.err
+    limited = dvae(capsys, "eval", run, "--samples", 5, "--limit", 10, "--device", "cpu")
+    assert limited.rc == 0 and " nats on 10 of the 180 examples (--limit) (" in limited.err, limited.err
 
     again = last_json(dvae(capsys, "eval", run, "--samples", 50, "--seed", 0).out)
     other = last_json(dvae(capsys, "eval", run, "--samples", 50, "--seed", 1).out)

@@ -15,10 +15,11 @@ import scipy.io
 import torch
 
 from discrete_vae.data import DATASETS, BatchIterator, DataSplits, load_dataset, resolve_data_dir
+from discrete_vae.data import binarized_mnist as bm_mod
 from discrete_vae.data import idx as idx_mod
 from discrete_vae.data import omniglot as omniglot_mod
 from discrete_vae.data.batches import derive_seed
-from discrete_vae.errors import ConfigError, DataError
+from discrete_vae.errors import ConfigError, DataError, MissingDataError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPLITS = ("train", "valid", "test")
@@ -73,6 +74,12 @@ def test_resolve_data_dir_precedence(monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------- binarized_mnist
+@pytest.fixture
+def small_sizes(monkeypatch):
+    """Binarized MNIST's split sizes lowered to those :func:`write_binarized` writes (20 / 7 / 5)."""
+    monkeypatch.setattr(bm_mod, "SIZES", dict(zip(SPLITS, (20, 7, 5), strict=True)))
+
+
 def write_binarized(root: Path, gz: bool, sizes=(20, 7, 5)) -> dict[str, np.ndarray]:
     pairs = enumerate(zip(SPLITS, sizes, strict=True))
     bits = {split: random_bits(n, i) for i, (split, n) in pairs}
@@ -84,7 +91,7 @@ def write_binarized(root: Path, gz: bool, sizes=(20, 7, 5)) -> dict[str, np.ndar
 
 @pytest.mark.parametrize("gz", [False, True])
 @pytest.mark.parametrize("in_subdir", [False, True])
-def test_binarized_mnist_loads(tmp_path, gz, in_subdir):
+def test_binarized_mnist_loads(tmp_path, gz, in_subdir, small_sizes):
     bits = write_binarized(tmp_path / "binarized_mnist" if in_subdir else tmp_path, gz)
     data = load_dataset("binarized_mnist", tmp_path, download=False)
     assert data.image_shape == (28, 28) and data.dim == 784 and not data.dynamic_binarization
@@ -94,8 +101,9 @@ def test_binarized_mnist_loads(tmp_path, gz, in_subdir):
         assert torch.equal(x, torch.from_numpy(bits[split].astype(np.float32)))
 
 
-def test_binarized_mnist_any_whitespace_and_plain_preferred(tmp_path):
+def test_binarized_mnist_any_whitespace_and_plain_preferred(tmp_path, small_sizes, monkeypatch):
     bits = write_binarized(tmp_path, gz=True)
+    monkeypatch.setitem(bm_mod.SIZES, "train", 3)
     odd = "".join("  " + "\t".join(map(str, row)) + " \r\n\n" for row in bits["train"][:3])
     write(tmp_path / "binarized_mnist_train.amat", odd.encode())  # plain wins over .gz
     data = load_dataset("binarized_mnist", tmp_path, download=False)
@@ -117,7 +125,7 @@ AMAT_CORRUPTIONS = {  # name: (suffix, good bytes -> bad bytes, words in the err
 
 
 @pytest.mark.parametrize("kind", AMAT_CORRUPTIONS)
-def test_binarized_mnist_corrupt(tmp_path, kind):
+def test_binarized_mnist_corrupt(tmp_path, kind, small_sizes):
     suffix, corrupt, words = AMAT_CORRUPTIONS[kind]
     write_binarized(tmp_path, gz=False)
     good = tmp_path / "binarized_mnist_valid.amat"
@@ -130,14 +138,44 @@ def test_binarized_mnist_corrupt(tmp_path, kind):
     assert words in msg and "binarized_mnist_valid" in msg
 
 
-# ---------------------------------------------------------------- missing files
-def test_missing_files_without_download(tmp_path):
+@pytest.mark.parametrize(("sizes", "state"), [((20, 7, 3), "is cut short"), ((20, 9, 5), "holds more")])
+def test_a_binarized_mnist_file_of_another_size_is_one_line_naming_it(sizes, state, tmp_path, small_sizes):
+    write_binarized(tmp_path, gz=False, sizes=sizes)  # cut (or grown) at a line boundary: it parses
+    split, n = next((s, n) for s, n, m in zip(SPLITS, sizes, (20, 7, 5), strict=True) if n != m)
     with pytest.raises(DataError) as excinfo:
         load_dataset("binarized_mnist", tmp_path, download=False)
+    assert one_line_error(excinfo) == (
+        f"binarized_mnist: {tmp_path / f'binarized_mnist_{split}.amat'} holds {n} images; the {split} split "
+        f"has {bm_mod.SIZES[split]} (the pinned file, sha256 {bm_mod.AMAT_SHA256[split][:12]}...), so the "
+        f"file {state}: replace it, or delete it to download it again")
+
+
+def test_binarized_mnist_sizes_are_the_literatures():
+    assert bm_mod.SIZES == {"train": 50_000, "valid": 10_000, "test": 10_000}
+
+
+# ---------------------------------------------------------------- missing files
+@pytest.mark.parametrize(("given", "env", "searched", "source", "hint"), [
+    ("flag", None, "flag", "the folder --data-dir names", "pass the --data-dir that holds them"),
+    ("flag", "env", "flag", "the folder --data-dir names", "pass the --data-dir that holds them"),
+    (None, "env", "env", "the folder $DVAE_DATA_DIR names",
+     "set DVAE_DATA_DIR, or pass --data-dir, to the folder that holds them"),
+    (None, None, "cache/discrete-vae", "the user cache, searched without --data-dir or $DVAE_DATA_DIR",
+     "pass --data-dir DIR or set DVAE_DATA_DIR"),
+])
+def test_missing_files_say_which_folder_was_searched(given, env, searched, source, hint, tmp_path,
+                                                     monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DVAE_DATA_DIR", raising=False)
+    if env:
+        monkeypatch.setenv("DVAE_DATA_DIR", str(tmp_path / env))
+    with pytest.raises(MissingDataError) as excinfo:
+        load_dataset("binarized_mnist", tmp_path / given if given else None, download=False)
     msg = one_line_error(excinfo)
-    assert str(tmp_path / "binarized_mnist") in msg
+    folder = tmp_path / searched
+    assert f"files not found in {folder / 'binarized_mnist'} or {folder}, {source} (expected " in msg
     assert "binarized_mnist_train.amat[.gz]" in msg and "binarized_mnist_test.amat[.gz]" in msg
-    assert "--data-dir" in msg and "DVAE_DATA_DIR" in msg
+    assert msg.endswith(f"download disabled; {hint}")
 
 
 # ---------------------------------------------------------------- mnist / fashion_mnist (IDX)

@@ -125,6 +125,7 @@ def pinned(server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
     monkeypatch.setattr(bm_mod, "MIRROR_URL", f"{server.base}/mirror/binarized_mnist_{{}}.amat")
     monkeypatch.setattr(bm_mod, "AMAT_SHA256", {s: sha256(amat_text(IMAGES[s])) for s in SPLITS})
     monkeypatch.setattr(bm_mod, "MIRROR_SHA256", {s: sha256(mat_bytes(IMAGES[s])) for s in SPLITS})
+    monkeypatch.setattr(bm_mod, "SIZES", {s: IMAGES[s].shape[0] for s in SPLITS})
     return server
 
 
@@ -283,6 +284,7 @@ def test_download_saves_into_dataset_folder(tmp_path, monkeypatch):
     for s in SPLITS:
         (source / f"binarized_mnist_{s}.amat").write_bytes(amat_text(IMAGES[s]))
     monkeypatch.setattr(bm_mod, "AMAT_SHA256", {s: sha256(amat_text(IMAGES[s])) for s in SPLITS})
+    monkeypatch.setattr(bm_mod, "SIZES", {s: IMAGES[s].shape[0] for s in SPLITS})
     fetched = []
 
     def fake_fetch(url: str, dest: Path, timeout: float = 30.0) -> None:

@@ -128,15 +128,110 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
         header_len = int.from_bytes(data[:8], "little")
         metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
         skeleton = json.loads(metadata["state"])
-    except (SafetensorError, KeyError, ValueError) as e:
+    except RecursionError:
+        raise invalid(path, "its state is nested too deeply") from None
+    except (SafetensorError, KeyError, ValueError, TypeError, AttributeError) as e:
         raise UserError(
-            f"checkpoint {path} is corrupt or not a discrete-vae checkpoint ({e})"
+            f"checkpoint {path} is corrupt or not a discrete-vae checkpoint ({one_line(e)})"
         ) from None
     if "sha256" in metadata and checksum(metadata["state"], tensors) != metadata["sha256"]:
         raise UserError(f"checkpoint {path} is corrupt: its contents do not match their SHA-256 checksum")
     if str(device) != "cpu":
         tensors = {k: v.to(device) for k, v in tensors.items()}
-    return unflatten(skeleton, tensors)
+    try:
+        return unflatten(skeleton, tensors)
+    except (KeyError, TypeError) as e:
+        raise invalid(path, f"its state names a tensor it does not hold ({one_line(e)})") from None
+
+
+STEP_MAX = 2**53  # beyond any run; a larger step (or a negative one) is a crafted or damaged file
+KINDS = {int: "an integer", float: "a number", dict: "a mapping", list: "a list", torch.Tensor: "a tensor"}
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def invalid(path: Path, what: str) -> UserError:
+    """The one-line error of a checkpoint whose state is not what dvae writes."""
+    return UserError(f"checkpoint {path} does not hold a state dvae wrote: {what}")
+
+
+def _is(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):  # True is an int to Python, never to a checkpoint
+        return False
+    return isinstance(value, int | float) if kind is float else isinstance(value, kind)
+
+
+def check_entries(path: Path, state: Any, kinds: dict[str, type], where: str = "") -> None:
+    """``state`` is a mapping holding every key of ``kinds`` with a value of that type (``int``: an integer,
+    not a boolean; ``float``: any number); else one :class:`UserError` line naming the key."""
+    if not isinstance(state, dict):
+        raise invalid(path, f"{where or 'its state'} is a {type(state).__name__}, not a mapping")
+    missing = [k for k in kinds if k not in state]
+    if missing:
+        raise invalid(path, f"{where}{' ' if where else ''}lacks {', '.join(missing)}")
+    for key, kind in kinds.items():
+        if not _is(state[key], kind):
+            shown = one_line(repr(state[key]))[:40]
+            raise invalid(path, f"{where}{'.' if where else ''}{key} is {shown}, not {KINDS[kind]}")
+
+
+def check_range(path: Path, name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise invalid(path, f"{name} {value} is out of range ({low} to {high})")
+
+
+def check_model_state(path: Path, state: Any, resumable: bool = False) -> None:
+    """The types and ranges of what evaluation (and, ``resumable``, the training loop) reads from a
+    checkpoint of ``dvae train``: one :class:`UserError` line naming the file and the entry."""
+    check_entries(path, state, {"model": dict, "config": dict, "step": int, "data_dim": int})
+    check_range(path, "step", state["step"], 0, STEP_MAX)
+    check_range(path, "data_dim", state["data_dim"], 1, 2**31)
+    check_entries(path, state["model"], dict.fromkeys(state["model"], torch.Tensor), "model")
+    if not resumable:
+        return
+    check_entries(path, state, {"optimizer": dict, "rng": dict, "data": dict, "best": dict})
+    check_entries(path, state["best"], {"step": int, "nll": float}, "best")
+    check_range(path, "best.step", state["best"]["step"], -1, state["step"])
+    check_entries(path, state["data"], {"epoch": int, "position": int, "seed": int}, "data")
+    sums = state.get("sums")
+    if sums is not None and not (isinstance(sums, torch.Tensor) and sums.shape == (3,)):
+        raise invalid(path, "sums is not a tensor of 3 partial sums")
+
+
+def load_module_state(path: Path, module: torch.nn.Module, tensors: dict[str, torch.Tensor],
+                      built: str = "the run's config.yaml") -> None:
+    """``module.load_state_dict(tensors)``, or one :class:`UserError` line naming the tensors whose shapes
+    differ from those of the module ``built`` from (and the ones missing or unexpected)."""
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise UserError(f"{path} does not fit {built}: {state_dict_mismatch(str(e))}") from None
+
+
+def state_dict_mismatch(message: str, shown: int = 3) -> str:
+    """torch's many-line ``load_state_dict`` error as one line: each tensor, its shape in the checkpoint and
+    in the module (the first ``shown`` of each kind)."""
+    import re
+
+    size = re.findall(r"size mismatch for ([\w.]+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) "
+                      r"from checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)", message)
+    def shape(text: str) -> tuple[int, ...]:
+        return tuple(int(n) for n in text.split(",") if n.strip())
+
+    parts = [f"{name} is {shape(a)} in the checkpoint, {shape(b)} in the model"
+             for name, a, b in size[:shown]]
+    if len(size) > shown:
+        more = len(size) - shown
+        parts.append(f"{more} more tensor{'s' if more > 1 else ''} of another shape")
+    for kind in ("Missing", "Unexpected"):
+        found = re.search(rf"{kind} key\(s\) in state_dict: (.*?)\.\s*(?:\n|$)", message)
+        if found:
+            names = [n.strip().strip('"') for n in found.group(1).split(",")]
+            parts.append(f"{kind.lower()} {', '.join(names[:shown])}"
+                         + (f" and {len(names) - shown} more" if len(names) > shown else ""))
+    return "; ".join(parts) if parts else one_line(message)
 
 
 def finite_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
@@ -212,6 +307,8 @@ def restore_training(
         for key, target in modules.items():
             if key == "optimizer":
                 load_optimizer_state(target, state[key])
+            elif isinstance(target, torch.nn.Module):
+                load_module_state(path, target, state[key])
             else:
                 target.load_state_dict(state[key])
         rng = state["rng"] if rank is None else {k: v[rank] for k, v in state["rng"].items()}

@@ -23,6 +23,9 @@ from .progress import Stopped
 from .runs import dumps, note
 from .sweep.cli import SweepFailed, add_sweep_parser, sweep_command
 
+DATA_DIR_HELP = ("folder of the dataset files (default: the run's if it still holds them, read only; else "
+                 "$DVAE_DATA_DIR, else the user cache)")
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
@@ -53,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"],
                    help="best-validation model, or the last one (default: best; last when a run has no best)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    p.add_argument("--data-dir", default=None,
-                   help="folder of the dataset files (default: the one the run was trained with)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--limit", type=int, default=None,
                    help="score N examples spread over the split (a fixed subset; default: all)")
     p.add_argument("--log-z", default="auto", choices=["auto", "exact", "ais", "pa"],
@@ -81,8 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "reconstruct":
             p.add_argument("--split", default="test", choices=["test", "valid", "train"],
                            help="split the examples are spread over (default: test)")
-            p.add_argument("--data-dir", default=None,
-                           help="folder of the dataset files (default: the one the run was trained with)")
+            p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
 
     p = sub.add_parser("demo", help="figures that explain the methods")
     p.add_argument("which", choices=["gumbel-max"])
@@ -190,8 +191,7 @@ def _add_sop_parser(sub: Any) -> None:
     e.add_argument("--seed", type=seed_value, default=0, help="seed of the hard samples (default: 0)")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"],
                    help="best-validation or final model (default: best)")
-    e.add_argument("--data-dir", default=None,
-                   help="folder of the dataset files (default: the one the run was trained with)")
+    e.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
 
 
@@ -265,8 +265,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
 def _images(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from .data import load_dataset
-    from .recipe import model_from_run, temperature_schedule
+    from .recipe import model_from_run, run_dataset, temperature_schedule
     from .viz.grids import reconstruction_figure, samples_figure, save_png
 
     if args.n < 1:
@@ -278,11 +277,10 @@ def _images(args: argparse.Namespace) -> dict[str, Any]:
     tau = float(model.tau(temperature_schedule(config)(step)).detach())
     caption = f"{args.run_dir.name}, step {step}, tau {tau:.3f}"
     torch.manual_seed(args.seed)
+    data = run_dataset(config, getattr(args, "data_dir", None), model.data_dim)
     if args.command == "sample":
-        shape = load_dataset(config.dataset, config.data_dir, seed=config.seed).image_shape
-        image = samples_figure(model.sample_images(args.n), shape, caption)
+        image = samples_figure(model.sample_images(args.n), data.image_shape, caption)
     else:
-        data = load_dataset(config.dataset, args.data_dir or config.data_dir, seed=config.seed)
         x = data.subset(args.split, args.n)  # spread over the split: its files are not shuffled
         image = reconstruction_figure(x, model.reconstruct(x), data.image_shape, f"{caption}, {args.split}")
     try:

@@ -14,6 +14,10 @@ class DataError(UserError):
     """A dataset is missing, truncated, corrupt or of the wrong shape."""
 
 
+class MissingDataError(DataError):
+    """A dataset's files are not in the folder searched (and were not, or could not be, downloaded)."""
+
+
 class ConfigError(UserError):
     """A configuration value is out of range or names something unknown."""
 

@@ -152,11 +152,10 @@ def evaluate_run(run_dir: Path, *, samples: int, split: str = "test", seed: int 
     Denormal floats are flushed to zero while it computes (:mod:`discrete_vae.denormals`).
     """
     from .checkpoint import atomic_write_bytes, run_checkpoint
-    from .data import load_dataset
     from .denormals import flush_denormals
     from .errors import UserError
     from .progress import Progress
-    from .recipe import model_from_run, resolve_device, temperature_schedule
+    from .recipe import model_from_run, resolve_device, run_dataset, temperature_schedule
     from .runs import dumps, note
 
     if samples < 1:
@@ -175,7 +174,7 @@ def evaluate_run(run_dir: Path, *, samples: int, split: str = "test", seed: int 
     if not os.access(run_dir, os.W_OK):  # say so now, not after minutes of work
         note(f"dvae eval: {run_dir} is not writable; the result goes to stdout only, not to {out.name}")
     model, config, state = model_from_run(run_dir, scored, str(torch_device))
-    data = load_dataset(config.dataset, data_dir or config.data_dir, seed=config.seed)
+    data = run_dataset(config, data_dir, model.data_dim)
     x = data.subset(split, limit).to(torch_device)
     start = time.perf_counter()
     tau = temperature_schedule(config)(int(state["step"]))
@@ -200,7 +199,10 @@ def evaluate_run(run_dir: Path, *, samples: int, split: str = "test", seed: int 
               if "nll_stderr" in metrics else "")
     relaxed = (f"-relaxed objective {metrics['neg_relaxed_objective']:.2f} (not a bound); "
                if "neg_relaxed_objective" in metrics else "")
-    note(f"{split}: NLL <= {metrics['nll']:.2f} nats (importance-weighted bound, S={samples}, "
+    total = data.split(split).shape[0]
+    counted = (f"{metrics['examples']:,} examples" if metrics["examples"] == total
+               else f"{metrics['examples']:,} of the {total:,} examples (--limit)")
+    note(f"{split}: NLL <= {metrics['nll']:.2f} nats on {counted} (importance-weighted bound, S={samples}, "
          f"{scored}.safetensors at step {result['step']}){spread}; -ELBO {metrics['neg_elbo']:.2f}; "
          f"{relaxed}{seconds:.1f} s")
     try:

@@ -300,8 +300,8 @@ def gradients_command(run_dir: Path | None, config: Any, *, checkpoint: str = "b
     with ``batch_seed``; prints the table, writes ``gradients.json`` and ``gradients.png`` into ``out``."""
     from .checkpoint import atomic_write_bytes, run_checkpoint
     from .data import load_dataset
-    from .recipe import build_model, model_from_run, resolve_device, temperature_schedule
-    from .runs import dumps
+    from .recipe import build_model, model_from_run, resolve_device, run_dataset, temperature_schedule
+    from .runs import dumps, refuse_links
     from .viz.gradients import gradient_figure, gradient_table
 
     check_measurement(draws, k, reference_samples, tau)
@@ -310,7 +310,7 @@ def gradients_command(run_dir: Path | None, config: Any, *, checkpoint: str = "b
         model, config, state = model_from_run(run_dir, checkpoint, str(where))
         step, source = int(state["step"]), {"run_dir": str(run_dir),
                                             "checkpoint": run_checkpoint(run_dir, checkpoint).stem}
-        data = load_dataset(config.dataset, data_dir or config.data_dir, seed=config.seed)
+        data = run_dataset(config, data_dir, model.data_dim)
     else:
         torch.manual_seed(config.seed)  # as `dvae train` draws its initial weights
         data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
@@ -321,8 +321,11 @@ def gradients_command(run_dir: Path | None, config: Any, *, checkpoint: str = "b
     if not 1 <= batch <= pool.shape[0]:
         raise UserError(f"--batch must be between 1 and the {pool.shape[0]} examples of the {split} split, "
                         f"got {batch}")
-    if out is None:
-        out = run_dir / "gradients" if run_dir else Path(time.strftime("gradients-%Y%m%d-%H%M%S"))
+    if out is None and run_dir is not None:
+        refuse_links(Path(run_dir), ("gradients",))  # RUN_DIR/gradients: written inside the run folder only
+        out = Path(run_dir) / "gradients"
+    elif out is None:
+        out = Path(time.strftime("gradients-%Y%m%d-%H%M%S"))
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     generator = torch.Generator().manual_seed(batch_seed)

@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .checkpoint import load_checkpoint, run_checkpoint
+from .checkpoint import check_model_state, load_checkpoint, load_module_state, run_checkpoint
 from .config import TrainConfig, method_names
-from .errors import ConfigError
+from .data import DataSplits
+from .errors import ConfigError, DataError, MissingDataError, UserError
 from .estimators import build_estimator
 from .methods import METHODS
 from .models import DiscreteVAE, MLPConfig
@@ -137,8 +139,36 @@ def model_from_run(
     run_dir: Path, which: str = "best", device: str = "cpu"
 ) -> tuple[DiscreteVAE, TrainConfig, dict]:
     """Load the model of a run folder (``best`` or ``last`` checkpoint) for eval/sample/reconstruct."""
-    state = load_checkpoint(run_checkpoint(run_dir, which))
-    config = TrainConfig.from_dict(state["config"])
-    model = build_model(config, int(state["data_dim"]))
-    model.load_state_dict(state["model"])
+    path = run_checkpoint(run_dir, which)
+    state = load_checkpoint(path)
+    check_model_state(path, state)
+    try:
+        config = TrainConfig.from_dict(state["config"])
+    except UserError as e:
+        raise UserError(f"{path}: the config it holds is not valid: {e}") from None
+    model = build_model(config, state["data_dim"])
+    load_module_state(path, model, state["model"], f"the model its config builds (latent {config.latent})")
     return model.to(device).eval(), config, state
+
+
+def run_dataset(config: Any, data_dir: str | None = None, data_dim: int | None = None) -> DataSplits:
+    """The dataset of a run (``config``: a run's :class:`TrainConfig` or SOP config), to evaluate it.
+
+    From ``data_dir`` (``--data-dir``) if given; else from the folder the run was trained with, when it still
+    holds the files (read only: nothing is created or downloaded there, whatever the run folder names);
+    else from ``$DVAE_DATA_DIR`` or the user cache, as :func:`~discrete_vae.data.load_dataset` finds them.
+    Its images must have ``data_dim`` pixels, as the run's model has.
+    """
+    from .data import load_dataset
+
+    data = None
+    if data_dir is None and config.data_dir and Path(config.data_dir).expanduser().is_dir():
+        try:
+            data = load_dataset(config.dataset, config.data_dir, download=False, seed=config.seed)
+        except MissingDataError:
+            pass
+    if data is None:
+        data = load_dataset(config.dataset, data_dir, seed=config.seed)
+    if data_dim is not None and data.dim != data_dim:
+        raise DataError(f"{config.dataset} has {data.dim} pixels per image here, the run's model {data_dim}")
+    return data

@@ -30,6 +30,7 @@ from .errors import UserError
 LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.yaml", "metrics.jsonl"
 OVERRIDES, LOCK = "overrides.jsonl", ".lock"
 STALE = (CONFIG, METRICS, OVERRIDES, BEST, "tb", "images")  # what a run writes before its first checkpoint
+WRITTEN = (LOCK, CONFIG, METRICS, OVERRIDES, LAST, BEST, "tb", "images", "gradients")  # dvae writes these
 
 
 def strict(value: Any) -> Any:
@@ -92,6 +93,19 @@ class RunLock:
                 break
 
 
+def refuse_links(run_dir: Path, names: tuple[str, ...] = WRITTEN) -> None:
+    """One :class:`UserError` line if any of ``names`` in ``run_dir``, or anything under those that are
+    folders, is a symbolic link: dvae writes only inside a run folder, never through a link out of it."""
+    paths = [run_dir / name for name in names]
+    for path in paths[:]:
+        if path.is_dir() and not path.is_symlink():
+            paths += [Path(root) / n for root, dirs, files in os.walk(path) for n in dirs + files]
+    for path in paths:
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link (to {os.readlink(path)}); dvae writes only inside "
+                            "the run folder: replace the link with a file or folder of its own")
+
+
 def make_run_dir(run_dir: Path) -> list[Path]:
     """Create ``run_dir`` (and its parents), or one :class:`UserError` line saying why it cannot be; returns
     the folders it created, outermost first."""
@@ -113,7 +127,9 @@ def open_new_run(run_dir: Path, what: str = "dvae train") -> RunLock:
     Raises a one-line :class:`UserError` when the folder holds a checkpoint (``--resume`` it instead), is
     in use, or cannot be written.
     """
-    lock = RunLock(run_dir, make_run_dir(run_dir))
+    made = make_run_dir(run_dir)
+    refuse_links(run_dir, (LOCK,))  # the rest is moved aside, links and all, before the run writes
+    lock = RunLock(run_dir, made)
     try:
         if (run_dir / LAST).exists():
             raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
@@ -141,6 +157,7 @@ def check_resumable(run_dir: Path, what: str = "run") -> None:
 def open_resumed_run(run_dir: Path, what: str = "run") -> RunLock:
     """Lock the folder of a run to resume (a one-line :class:`UserError` if it is in use)."""
     check_resumable(run_dir, what)
+    refuse_links(Path(run_dir))
     try:
         return RunLock(run_dir)
     except OSError as e:

@@ -34,9 +34,14 @@ from torch import Tensor
 
 from . import __version__
 from .checkpoint import (
+    STEP_MAX,
     atomic_write_bytes,
+    check_entries,
+    check_range,
     finite_state,
+    invalid,
     load_checkpoint,
+    load_module_state,
     remove_partial_writes,
     restore_training,
     rng_state,
@@ -169,12 +174,31 @@ def load_run(run_dir: Path, which: str = "best", device: str = "cpu") -> tuple[S
     """The net of an SOP run folder from its ``best`` (else ``last``) safetensors checkpoint."""
     path = run_checkpoint(run_dir, which, what="SOP run folder")
     state = load_checkpoint(path)
-    if "image_shape" not in state or "config" not in state:
+    if not isinstance(state, dict) or "image_shape" not in state or "config" not in state:
         raise UserError(f"{path} is not an SOP checkpoint")
+    check_sop_state(path, state)
     config = SOPConfig.from_dict(state["config"])
     net = build_net(config, tuple(state["image_shape"]))
-    net.load_state_dict(state["model"])
+    load_module_state(path, net, state["model"], "the net its config builds")
     return net.to(device).eval(), config, state
+
+
+def check_sop_state(path: Path, state: dict[str, Any], resumable: bool = False) -> None:
+    """The types and ranges of what evaluation (and, ``resumable``, training) reads from an SOP checkpoint:
+    one :class:`UserError` line naming the file and the entry."""
+    check_entries(path, state, {"model": dict, "config": dict, "step": int, "image_shape": list})
+    check_range(path, "step", state["step"], 0, STEP_MAX)
+    shape = state["image_shape"]
+    if len(shape) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise invalid(path, f"image_shape {shape!r:.40} is not two positive integers")
+    if resumable:
+        check_entries(path, state, {"optimizer": dict, "rng": dict, "data": dict, "best": dict,
+                                    "log_bytes": int, "sums": torch.Tensor})
+        check_entries(path, state["best"], {"step": int, "nll": float, "metrics": dict}, "best")
+        check_range(path, "best.step", state["best"]["step"], -1, state["step"])
+        check_range(path, "log_bytes", state["log_bytes"], 0, STEP_MAX)
+        if state["best_model"] is not None and not isinstance(state["best_model"], dict):
+            raise invalid(path, "best_model is neither a mapping of tensors nor null")
 
 
 def _run_dir(config: SOPConfig) -> Path:
@@ -211,9 +235,10 @@ def _load_resumable(run_dir: Path, config: SOPConfig) -> dict[str, Any]:
     """The state in ``run_dir/last.safetensors``, checked against ``config`` and ``metrics.jsonl``."""
     path = run_dir / LAST
     state = load_checkpoint(path)
-    missing = [k for k in RESUMABLE if k not in state]
+    missing = [k for k in RESUMABLE if not isinstance(state, dict) or k not in state]
     if missing:
         raise UserError(f"{path} holds no resumable SOP state (lacks {', '.join(missing)})")
+    check_sop_state(path, state, resumable=True)
     fixed = [k for k in config.to_dict() if k not in RESUME_OVERRIDES]
     if not isinstance(state["config"], dict) or any(state["config"].get(k) != getattr(config, k)
                                                     for k in fixed):
@@ -407,8 +432,10 @@ def evaluate_run(run_dir: Path, samples: int, split: str, limit: int | None, see
         raise ConfigError(f"--samples must be positive, got {samples}")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be positive, got {limit}")
+    from .recipe import run_dataset
+
     net, config, state = load_run(run_dir, which, device)
-    data = load_dataset(config.dataset, data_dir or config.data_dir, seed=config.seed)
+    data = run_dataset(config, data_dir)
     x = data.subset(split, limit).to(device)
     with flush_denormals():
         metrics = evaluate(net, x, data.image_shape, samples, config.temperature, seed)

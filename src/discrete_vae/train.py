@@ -24,6 +24,7 @@ import yaml
 from . import __version__
 from .checkpoint import (
     atomic_write_bytes,
+    check_model_state,
     finite_state,
     load_checkpoint,
     remove_partial_writes,
@@ -199,6 +200,7 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
         if ddp.main:
             remove_partial_writes(run_dir)
         state = load_checkpoint(run_dir / LAST, device)
+        check_model_state(run_dir / LAST, state, resumable=True)
         modules = {"model": model, "optimizer": optimizer, "data": batches,
                    **({"scaler": scaler} if scaler.is_enabled() else {})}
         restore_training(run_dir / LAST, state, modules, device, rank=ddp.rank)

@@ -115,6 +115,18 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     return base / "discrete-vae"
 
 
+def data_dir_source(data_dir: Path) -> tuple[str, str]:
+    """``(where the data folder came from, how to point elsewhere)`` for a missing-files message."""
+    env = os.environ.get("DVAE_DATA_DIR")
+    if env and Path(env).expanduser() == data_dir:
+        return ("the folder $DVAE_DATA_DIR names",
+                "set DVAE_DATA_DIR, or pass --data-dir, to the folder that holds them")
+    if not env and data_dir == resolve_data_dir(None):
+        return ("the user cache, searched without --data-dir or $DVAE_DATA_DIR",
+                "pass --data-dir DIR or set DVAE_DATA_DIR")
+    return "the folder --data-dir names", "pass the --data-dir that holds them"
+
+
 def load_dataset(
     name: str, data_dir: str | os.PathLike | None = None, download: bool = True, seed: int = 0
 ) -> DataSplits:

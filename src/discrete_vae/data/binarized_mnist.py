@@ -3,7 +3,9 @@
 The discrete-VAE literature (DVAE, DVAE++, DVAE#, REBAR, RELAX, ARM, IWAE) reports on this set:
 50,000 train / 10,000 validation / 10,000 test images of 28x28 pixels, each 0 or 1. Files are
 ``binarized_mnist_{train,valid,test}.amat`` (one image per line, 784 space-separated 0/1
-values), optionally gzip-compressed. Split sizes are whatever the files hold.
+values), optionally gzip-compressed. A file holding another number of images (one cut short at a
+line boundary parses cleanly) is one :class:`DataError` line naming it: results on part of a split
+are not comparable with the literature's.
 
 A missing file is downloaded from the canonical address, else from the copy in the ARM code's
 repository (mingzhang-yin/ARM-gradient) pinned at one commit: MATLAB 5 files (not v7.3) that keep
@@ -52,6 +54,7 @@ AMAT_GZ_SHA256 = {  # a known gzip copy of that text (gzip bytes vary with the c
     "valid": "a340636f6c4a8df5715467d5a5c4c16a727a9fb7405c2d2f707f3f94403b2f15",
     "test": "7f2dd6edd98e934efff89342d83482a591cfd6f4fbe3445112325b957d519cef",
 }
+SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}  # images per split, as in the pinned files
 _ZERO, _ONE, _SPACE, _NEWLINE = ord("0"), ord("1"), ord(" "), ord("\n")
 
 
@@ -143,9 +146,15 @@ def remote(split: str) -> Remote:
     )
 
 
-def read_amat(path: Path) -> torch.Tensor:
-    """The ``(n, 784)`` float32 0/1 images of an ``.amat`` or ``.amat.gz`` file."""
+def read_amat(path: Path, split: str | None = None) -> torch.Tensor:
+    """The ``(n, 784)`` float32 0/1 images of an ``.amat`` or ``.amat.gz`` file; with ``split``, exactly
+    ``SIZES[split]`` of them, else one :class:`DataError` line naming the file."""
     bits = parse_amat(read_bytes(path, NAME), str(path))
+    if split is not None and bits.shape[0] != SIZES[split]:
+        state = "is cut short" if bits.shape[0] < SIZES[split] else "holds more"
+        raise DataError(f"{NAME}: {path} holds {bits.shape[0]:,} images; the {split} split has "
+                        f"{SIZES[split]:,} (the pinned file, sha256 {AMAT_SHA256[split][:12]}...), so the "
+                        f"file {state}: replace it, or delete it to download it again")
     return torch.from_numpy(bits.astype(np.float32))
 
 
@@ -157,7 +166,7 @@ def load_binarized_mnist(data_dir: Path, download: bool = True, seed: int = 0) -
     """
     files: dict[str, str | Remote] = {f"{NAME}_{split}.amat": remote(split) for split in SPLITS}
     paths = locate_files(NAME, data_dir, files, download)
-    train, valid, test = (read_amat(paths[f"{NAME}_{split}.amat"]) for split in SPLITS)
+    train, valid, test = (read_amat(paths[f"{NAME}_{split}.amat"], split) for split in SPLITS)
     return DataSplits(
         name=NAME,
         train=train,

@@ -26,8 +26,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..checkpoint import atomic_write_bytes
-from ..errors import DataError
-from .base import find_file, one_line
+from ..errors import DataError, MissingDataError
+from .base import data_dir_source, find_file, one_line
 
 TIMEOUT_S = 30.0
 CHUNK = 1 << 16
@@ -183,10 +183,10 @@ def locate_files(
         return found
     folder = data_dir / dataset
     expected = ", ".join(f"{name}[.gz]" for name in missing)
-    where = f"{dataset}: files not found in {folder} or {data_dir} (expected {expected})"
-    hint = "pass --data-dir DIR or set DVAE_DATA_DIR"
+    source, hint = data_dir_source(data_dir)
+    where = f"{dataset}: files not found in {folder} or {data_dir}, {source} (expected {expected})"
     if not download_missing:
-        raise DataError(f"{where}; download disabled; {hint}")
+        raise MissingDataError(f"{where}; download disabled; {hint}")
     for name in missing:
         remote = files[name]
         if isinstance(remote, str):
@@ -194,5 +194,5 @@ def locate_files(
         try:
             found[name] = download(remote, folder)
         except DataError as e:
-            raise DataError(f"{where}; {e}; {hint}") from e
+            raise MissingDataError(f"{where}; {e}; {hint}") from e
     return found
