@@ -54,8 +54,8 @@ def sweep_status(spec: Spec, out: Path, records: bool = False,
     found = [r for r in collect(spec, out, submitted) if picked(r, only or {})]
     states = {r["point"]: r["state"] for r in found}
     errors = {r["point"]: r["error"] for r in found if r["state"] == "failed" and r["error"]}
-    errors.update({r["point"]: "trained with other settings: " + changes_text(
-        {k: tuple(v) for k, v in r["changed"].items()}) for r in found if r["state"] == "changed"})
+    errors.update({r["point"]: "trained with other settings: " + changes_text(r["changed"])
+                   for r in found if r["state"] == "changed"})
     summary = {"spec": spec.name, "out": str(out), "points": len(found),
                "states": {s: sum(v == s for v in states.values()) for s in STATES},
                "point_states": states, "errors": errors}
@@ -142,15 +142,13 @@ def check_changed(status: dict[str, Any], retrain: bool) -> None:
     changed)."""
     changed = [r for r in status["records"] if r["state"] == "changed"]
     if changed and not retrain:
-        shown = "; ".join(f"{r['point']}: {changes_text({k: tuple(v) for k, v in r['changed'].items()})}"
-                          for r in changed[:3])
+        shown = "; ".join(f"{r['point']}: {changes_text(r['changed'])}" for r in changed[:3])
         more = f"; and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise ConfigError(f"{len(changed)} point{'s' * (len(changed) > 1)} trained with settings the spec no "
                           f"longer gives ({shown}{more}): rerun with --retrain-changed to train "
                           f"{'them' if len(changed) > 1 else 'it'} again, or restore the spec")
     for r in changed:
-        note(f"dvae sweep: {r['point']} trains again "
-             f"({changes_text({k: tuple(v) for k, v in r['changed'].items()})})")
+        note(f"dvae sweep: {r['point']} trains again ({changes_text(r['changed'])})")
     for r in status["records"]:
         if r.get("rescore"):
             note(f"dvae sweep: {r['point']}: {', '.join(r['rescore'])} scored again (its settings changed)")
@@ -166,10 +164,8 @@ def check_trusted(out: Path) -> None:
 
 
 def record_command(out: Path, command: str) -> None:
-    """Add ``command`` to the commands that ran this sweep (``OUT/sweep.json``)."""
-    record = read_json(out / SWEEP) or {}
-    commands = [c for c in record.get("commands", []) if c != command] + [command]
-    write_json(out / SWEEP, {**record, "commands": commands})
+    """Record ``command`` as the one that ran this sweep last (``OUT/sweep.json``)."""
+    write_json(out / SWEEP, {**(read_json(out / SWEEP) or {}), "command": command})
 
 
 def picked(labels: dict[str, Any], only: dict[str, set[str]]) -> bool:

@@ -18,6 +18,7 @@ from .commands import command
 from .plots import write_plots
 from .runner import (
     ERROR,
+    SWEEP,
     TRAIN,
     config_changes,
     current_eval,
@@ -361,7 +362,6 @@ def write_report(spec: Spec, out: Path, records: list[dict[str, Any]], page: boo
     results page (not for ``--quick``: its numbers are not results); returns their paths by kind."""
     from ..checkpoint import atomic_write_bytes
     from ..runs import dumps
-    from .runner import SWEEP
 
     written = {}
     atomic_write_bytes(out / RESULTS_JSON, (dumps(records) + "\n").encode())
@@ -373,8 +373,8 @@ def write_report(spec: Spec, out: Path, records: list[dict[str, Any]], page: boo
     writer.writerows(rows)
     atomic_write_bytes(out / RESULTS_CSV, buffer.getvalue().encode())
     written["csv"] = out / RESULTS_CSV
-    commands = (read_json(out / SWEEP) or {}).get("commands") or ["(not recorded)"]
-    blocks = {table.name: table_markdown(spec, table, records, commands[-1]) for table in spec.tables}
+    ran = (read_json(out / SWEEP) or {}).get("command") or "(not recorded)"
+    blocks = {table.name: table_markdown(spec, table, records, ran) for table in spec.tables}
     parts = [f"# {spec.name}\n"] + ([spec.description.strip() + "\n"] if spec.description else [])
     parts += [f"## {name}\n\n{block}" for name, block in blocks.items()]
     atomic_write_bytes(out / TABLE_MD, "\n".join(parts).encode())

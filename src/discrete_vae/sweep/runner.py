@@ -76,7 +76,8 @@ def config_changes(runs: Any, folder: Path, config: Any) -> dict[str, tuple[Any,
     return changed
 
 
-def changes_text(changed: dict[str, tuple[Any, Any]]) -> str:
+def changes_text(changed: dict[str, Any]) -> str:
+    """``{option: (old, new)}`` (pairs as tuples or lists) as ``option old -> new, ...``."""
     return ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
 
 
