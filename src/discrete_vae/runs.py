@@ -80,6 +80,17 @@ class RunLock:
     def release(self) -> None:
         self.file.close()  # closing the descriptor drops the lock
 
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: Any) -> None:
+        """Release at the end of a run; a start that failed before its first checkpoint is abandoned, so
+        that it leaves no folder holding only ``.lock``."""
+        if kind is not None and not (self.path.parent / LAST).exists():
+            self.abandon()
+        else:
+            self.release()
+
     def abandon(self) -> None:
         """Release after a start that failed, removing what it created: ``.lock`` if this lock made it, then
         the folders :func:`make_run_dir` made, innermost first, as long as nothing else is in them."""

@@ -294,17 +294,8 @@ def train(config: SOPConfig, resume: Path | None = None) -> dict[str, Any]:
         lock = open_resumed_run(run_dir, "SOP run")
     else:
         lock = open_new_run(run_dir, "dvae sop train")
-    finished = False
-    try:
-        with flush_denormals():
-            result = _train(config, run_dir, state, data, device)
-        finished = True
-        return result
-    finally:
-        if not finished and not (run_dir / LAST).exists():
-            lock.abandon()  # a start that failed leaves no folder holding only .lock
-        else:
-            lock.release()
+    with lock, flush_denormals():  # a failed start leaves no folder holding only .lock
+        return _train(config, run_dir, state, data, device)
 
 
 def _train(config: SOPConfig, run_dir: Path, state: dict[str, Any] | None, data: Any,

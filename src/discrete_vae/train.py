@@ -13,6 +13,7 @@ the run folder (:mod:`discrete_vae.runs`), each rank keeps its own RNG and PCD c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -144,17 +145,8 @@ def train(
         except UserError as e:
             error = str(e)
     ddp.agree(error)
-    finished = False
-    try:
-        with flush_denormals():
-            result = _train(config, data, device, ddp, run_dir, resume is not None, progress)
-        finished = True
-        return result
-    finally:
-        if lock is not None and not finished and not (run_dir / LAST).exists():
-            lock.abandon()  # a start that failed leaves no folder holding only .lock
-        elif lock is not None:
-            lock.release()
+    with lock or contextlib.nullcontext(), flush_denormals():  # a failed start leaves no folder behind
+        return _train(config, data, device, ddp, run_dir, resume is not None, progress)
 
 
 def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Distributed, run_dir: Path,
