@@ -13,7 +13,10 @@ is the thread's CPU time, which other processes on a shared machine inflate far 
 reported); with more threads, and on CUDA, it is the wall clock. Reported per estimator: the median over
 repeats of ms per step, and the median over repeats of its time divided by ``gs``'s in the same repeat,
 checked against the targets of the estimator-cost issue. Estimators that do not support a latent kind are
-listed as skipped.
+listed as skipped. With ``--compile``, each estimator also runs its step through ``torch.compile`` (as
+``dvae train --compile on`` does; the first call, which compiles, is part of the warm-up) in the same
+rotation, and the table adds its ms per step and the median of compiled / eager per repeat; an estimator
+whose step cannot be compiled says so (it ran eagerly).
 Data: binarized MNIST from ``--data-dir`` when it is there, else random binary data of the same shape.
 
     OMP_NUM_THREADS=1 python bench/estimator_cost.py --data-dir ../shared/data --json cost.json
@@ -32,10 +35,12 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from discrete_vae.compiling import Step
 from discrete_vae.config import TrainConfig
 from discrete_vae.data import load_dataset
 from discrete_vae.errors import ConfigError, DataError
 from discrete_vae.estimators import ESTIMATORS
+from discrete_vae.models.vae import Terms
 from discrete_vae.recipe import build_model, kl_weight, learning_rate, resolve_objective, temperature_schedule
 from discrete_vae.train import estimator_gradients
 
@@ -57,6 +62,7 @@ class Runner:
     optimizer: torch.optim.Optimizer
     objective: str
     own: list[torch.Tensor]
+    forward: Step
     step: int = 0
 
     def train_step(self, x: torch.Tensor, total: int) -> None:
@@ -66,7 +72,7 @@ class Runner:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, self.step, total)
         weight = kl_weight(config, self.step, total)
-        terms = model(x, tau, self.samples, weight, self.objective)
+        terms = self.forward(x, tau, weight)
         loss = terms.loss
         phase = model.prior.negative_phase()
         if phase is not None:
@@ -92,7 +98,7 @@ def estimator_options(name: str, mc: int) -> dict:
 
 
 def make_runner(name: str, setting: str, args: argparse.Namespace, data: torch.Tensor,
-                device: torch.device) -> Runner:
+                device: torch.device, compiled: bool = False) -> Runner:
     """``name``'s runner on ``setting``'s model (weights from ``args.seed``); ConfigError if unsupported."""
     latent, binary = SETTINGS[setting]
     config = TrainConfig(latent=latent, binary=binary, estimator=name, hidden=args.hidden,
@@ -105,8 +111,14 @@ def make_runner(name: str, setting: str, args: argparse.Namespace, data: torch.T
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, eps=config.adam_eps,
                                   weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda"))
     model.train()
-    return Runner(name, config.k, config, model, optimizer, resolve_objective(config, model),
-                  list(model.estimator.parameters()))
+    objective = resolve_objective(config, model)
+
+    def forward(x: torch.Tensor, tau: float, weight: float) -> Terms:
+        return model(x, tau, config.k, weight, objective)
+
+    step = Step(forward, compiled, device, f"estimator_cost {name}", tensors=(1, 2))
+    return Runner(name, config.k, config, model, optimizer, objective, list(model.estimator.parameters()),
+                  step)
 
 
 def load_data(data_dir: str | None, seed: int) -> tuple[torch.Tensor, str]:
@@ -157,6 +169,9 @@ def bench_setting(setting: str, names: list[str], args: argparse.Namespace, data
             runners[name] = make_runner(name, setting, args, data, device)
         except ConfigError as e:
             skipped[name] = str(e)
+            continue
+        if args.compile:
+            runners[f"{name} compiled"] = make_runner(name, setting, args, data, device, compiled=True)
     if REFERENCE not in runners:
         raise SystemExit(f"{REFERENCE} must be among the estimators (it is the reference)")
     batches = [data[i * args.batch_size:(i + 1) * args.batch_size].to(device) for i in range(50)]
@@ -184,25 +199,37 @@ def bench_setting(setting: str, names: list[str], args: argparse.Namespace, data
                "wall_ratio": summary(wall[name], wall[REFERENCE])["ratio"],
                "ms_all": ms[name], "wall_ms_all": wall[name]}
         row["status"] = None if target is None else ("PASS" if row["ratio"] <= target else "MISS")
+        compiled = runners.get(f"{name} compiled")
+        if compiled is not None:
+            row.update(compiled_ms=statistics.median(ms[compiled_name := f"{name} compiled"]),
+                       compiled_vs_eager=statistics.median(
+                           [c / e for c, e in zip(ms[compiled_name], ms[name], strict=True)]),
+                       compiled=compiled.forward.compiled)
         rows[name] = row
     return rows
 
 
 def markdown(setting: str, rows: dict) -> str:
     latent, binary = SETTINGS[setting]
+    compiled = any("compiled_ms" in row for row in rows.values())
+    extra = (" compiled ms/step | compiled / eager |", "---:|---:|") if compiled else ("", "")
     lines = [f"### {setting}: --latent {latent}{' --binary' if binary else ''}", "",
              "| estimator | samples/example | ms/step | ratio to gs | ratio IQR | wall-clock ratio | target "
-             "| |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| |" + extra[0],
+             "|---|---:|---:|---:|---:|---:|---:|---|" + extra[1]]
     for name, row in rows.items():
         if "skipped" in row:
-            lines.append(f"| {name} | | | | | | | skipped: {row['skipped']} |")
+            lines.append(f"| {name} | | | | | | | skipped: {row['skipped']} |" + " |" * (2 * compiled))
             continue
         options = "".join(f" ({k}={v})" for k, v in row["options"].items())
         target = "" if row["target"] is None else f"≤ {row['target']:.1f}×"
-        lines.append(f"| {name} | {row['samples']}{options} | {row['ms']:.2f} | {row['ratio']:.2f}× | "
-                     f"{row['ratio_q1']:.2f}–{row['ratio_q3']:.2f} | {row['wall_ratio']:.2f}× | {target} | "
-                     f"{row['status'] or ''} |")
+        line = (f"| {name} | {row['samples']}{options} | {row['ms']:.2f} | {row['ratio']:.2f}× | "
+                f"{row['ratio_q1']:.2f}–{row['ratio_q3']:.2f} | {row['wall_ratio']:.2f}× | {target} | "
+                f"{row['status'] or ''} |")
+        if compiled:
+            eager = "" if row["compiled"] else " (not compiled: ran eagerly)"
+            line += f" {row['compiled_ms']:.2f}{eager} | {row['compiled_vs_eager']:.2f}× |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -225,6 +252,7 @@ def main() -> None:
                         help="binarized MNIST from here (else random binary data)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--compile", action="store_true", help="also time each estimator's compiled step")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)

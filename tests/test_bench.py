@@ -39,16 +39,18 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # script, its arguments ({data} and {run} are filled in), a piece of the output it must print
 CASES = [
+    ("compile_speed.py", "--data-dir {data} --steps 3 --warmup 2 --rounds 1 --set latent=4x4 "
+     "--set hidden=[16]", '"compiled_vs_eager"'),
     ("denormals.py", "{run} --steps 3 --rounds 1", "flushed / IEEE"),
     ("dvae_speed.py", "--data-dir {data} --model dvaes-power --settings pcd:10x2 --steps 3 --rounds 1 "
      "--threads 1", '"steps_per_s"'),
-    ("estimator_cost.py", "--settings binary --estimators gs,st,disarm --hidden 16 --batch-size 10 "
-     "--steps 2 --repeats 1 --warmup 1 --threads 1", "disarm"),
+    ("estimator_cost.py", "--settings binary --estimators gs,disarm --hidden 16 --batch-size 10 "
+     "--steps 2 --repeats 1 --warmup 1 --threads 1 --compile", "compiled / eager"),
     ("eval_speed.py", "{run} --samples 5 --limit 10", '"flop_per_s"'),
     ("gibbs_speed.py", "--threads 1 --chains 20 --n-a 5 --n-b 5 --sweeps 2 --rounds 1 --pa-betas 5 "
      "--pa-population 10 --pa-runs 1", '"ours_sweeps_per_s"'),
     ("gpu_speed.py", "--data-dir {data} --device cpu --steps 3 --dvae-steps 2 "
-     "--precisions fp32,bf16 --eval-limit 5", "| bf16 |"),
+     "--precisions fp32,bf16 --eval-limit 5 --no-compiled", "| bf16 |"),
     ("matmul_flops.py", "", "flop"),
     ("precision_speed.py", "--batch-sizes 10 --rounds 1 --steps 1 --precisions fp32,bf16,fp16",
      "fp32 / fp16"),
@@ -56,7 +58,7 @@ CASES = [
     ("sharpness.py", "--data-dir {data} --out {tmp}/sharp --classes 3 --draws 50 --reps 2 --batch 5 "
      "--models gs igr-i --taus 0.5", "gs"),
     ("sop_speed.py", "--threads 1 --k 1,2 --rounds 1 --seconds 0.01", "igr-planar / gs"),
-    ("speed.py", "--data-dir {data} --steps 3 --rounds 1", "steps"),
+    ("speed.py", "--data-dir {data} --steps 3 --warmup 2 --rounds 1 --compile off", "steps"),
     ("step_breakdown.py", "--data-dir {data} --steps 3", "ms"),
     ("sweep_throughput.py", "--settings 1x1 --points 1 --steps 3 --rounds 1", "runs per hour"),
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
@@ -138,6 +139,14 @@ def test_kl_pairs_come_from_the_registry():
     torch.testing.assert_close(analytic_kl(posterior, params, prior), want)
     binary = build_posterior("categorical", LatentSpec(4, 2, binary=True))
     assert analytic_kl(binary, torch.randn(5, 4), prior) is None
+    bernoulli = build_prior("learnable", 4, 2, True)
+    with torch.no_grad():
+        bernoulli.logits.copy_(torch.tensor([-30.0, -2.0, 0.5, 30.0]))
+    params = torch.linspace(-40, 40, 5 * 4).view(5, 4)  # saturated logits too, where torch's KL gives inf
+    log_q = torch.stack([F.logsigmoid(-params.double()), F.logsigmoid(params.double())])  # z = 0, 1
+    log_p = torch.stack([F.logsigmoid(-bernoulli.logits.double()), F.logsigmoid(bernoulli.logits.double())])
+    want = (log_q.exp() * (log_q - log_p[:, None])).sum((0, 2)).float()  # the sum over z in {0, 1}
+    torch.testing.assert_close(analytic_kl(binary, params, bernoulli), want)
 
 
 class ConvEncoder(nn.Module):
@@ -214,3 +223,15 @@ def test_dvae_list_describes_posteriors_and_estimators(capsys):
     assert posteriors["igr-sb"]["sb_threshold"] == 0.99 and posteriors["dvaes-power"]["levels"] == 1
     rc, out, _ = dvae(capsys, "list", "estimators")
     assert rc == 0 and "binary, categorical; unbiased" in out
+
+
+def test_normal_kl_matches_torch():
+    """IGR's analytic KL (a closed form torch.compile traces) against torch's Normal KL, over locations
+    and scales from 1e-3 to 1e3."""
+    from discrete_vae.posteriors.igr import normal_kl
+
+    loc_q, loc_p = torch.linspace(-50, 50, 40).double(), torch.linspace(30, -30, 40).double()
+    scale_q, scale_p = torch.logspace(-3, 3, 40).double(), torch.logspace(3, -3, 40).double().roll(7)
+    want = torch.distributions.kl_divergence(torch.distributions.Normal(loc_q, scale_q),
+                                             torch.distributions.Normal(loc_p, scale_p))
+    torch.testing.assert_close(normal_kl(loc_q, scale_q, loc_p, scale_p), want, rtol=1e-12, atol=1e-12)

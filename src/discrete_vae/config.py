@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import tomllib
 import yaml
 
+from .compiling import COMPILE_MODES
 from .errors import ConfigError
 from .estimators import ESTIMATORS, estimator_options
 from .methods import METHODS
@@ -27,8 +28,8 @@ from .registry import Registry
 
 LR_SCHEDULES = ("constant", "cosine", "piecewise")
 # what `dvae train --resume RUN` may change; each change is recorded in RUN/overrides.jsonl with its step
-RESUME_OVERRIDES = ("steps", "epochs", "lr", "lr_final", "device", "eval_every", "checkpoint_every",
-                    "log_every")
+RESUME_OVERRIDES = ("steps", "epochs", "lr", "lr_final", "device", "compile", "eval_every",
+                    "checkpoint_every", "log_every")
 OBJECTIVES = ("auto", "elbo", "iw")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SAMPLER_NAMES = ("pcd", "pa")
@@ -104,6 +105,8 @@ class TrainConfig:
     precision: str = _f("fp32", "training arithmetic: fp32; bf16 (the encoder's and decoder's forward pass "
                         "under autocast, on CUDA or a CPU with AVX-512); fp16 (the same, CUDA only, with "
                         "dynamic loss scaling); bounds are always float32")
+    compile: str = _f("auto", "the training step through torch.compile: on, off, or auto (on a GPU, and on "
+                      "CPUs with AVX-512 or bfloat16 matrix units, for runs of 20,000 steps or more)")
     out: str | None = _f(None, "run folder (default runs/<model>-<latent>-<time>)")
     eval_every: int = _f(5000, "validate (and save image grids) every this many steps")
     val_samples: int = _f(10, "importance samples for the validation bound")
@@ -164,6 +167,8 @@ class TrainConfig:
         if self.activation not in ACTIVATIONS:
             choices = ", ".join(ACTIVATIONS)
             raise ConfigError(f"--activation must be one of {choices}, got {self.activation!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 

@@ -48,6 +48,7 @@ from .checkpoint import (
     run_checkpoint,
     save_checkpoint,
 )
+from .compiling import COMPILE_MODES, Step, should_compile
 from .data import BatchIterator, load_dataset
 from .denormals import flush_denormals
 from .errors import ConfigError, NonFiniteLossError, UserError
@@ -112,6 +113,8 @@ class SOPConfig:
     val_samples: int = _opt(100, "hard samples per example in validation")
     test_samples: int = _opt(100, "hard samples per example in the final test evaluation")
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
+    compile: str = _opt("auto", "the training step through torch.compile: on, off, or auto (on a GPU, and on "
+                        "CPUs with AVX-512 or bfloat16 matrix units, for runs of 20,000 steps or more)")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -142,6 +145,8 @@ class SOPConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if not self.weight_decay >= 0:
             raise ConfigError(f"--weight-decay must be non-negative, got {self.weight_decay}")
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,7 +214,7 @@ def _run_dir(config: SOPConfig) -> Path:
 
 
 # what `dvae sop train --resume RUN` may change; each change is recorded in RUN/overrides.jsonl
-RESUME_OVERRIDES = ("steps", "lr", "device", "eval_every", "checkpoint_every", "log_every")
+RESUME_OVERRIDES = ("steps", "lr", "device", "compile", "eval_every", "checkpoint_every", "log_every")
 RESUMABLE = ("model", "optimizer", "rng", "data", "step", "best", "best_model", "sums", "log_bytes",
              "config", "image_shape")
 
@@ -309,6 +314,13 @@ def _train(config: SOPConfig, run_dir: Path, state: dict[str, Any] | None, data:
     step, best, best_model, saved = 0, {"step": -1, "nll": math.inf, "metrics": {}}, None, None
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum and steps since the last line
     resume_command = f"dvae sop train --resume {run_dir}"
+
+    def losses(upper: Tensor, lower: Tensor) -> Tensor:  # -L^m, the batch mean
+        return -multisample_objective(net.log_likelihood(upper, lower, config.k, config.temperature,
+                                                         hard=False)).mean()
+
+    train_step = Step(losses, should_compile(config.compile, device, config.steps - int((state or {}).get(
+        "step", 0)), 1, "dvae sop train"), device, "dvae sop train")
     config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
     if state is None:
         atomic_write_bytes(run_dir / CONFIG, config_yaml)
@@ -385,9 +397,7 @@ def _train(config: SOPConfig, run_dir: Path, state: dict[str, Any] | None, data:
         if step > 0 and not (state or {}).get("logged"):  # resumed: the checkpoint precedes its step's lines
             after_step()
         while step < config.steps:
-            upper, lower = split_halves(batches.next().to(device), data.image_shape)
-            log_px = net.log_likelihood(upper, lower, config.k, config.temperature, hard=False)
-            loss = -multisample_objective(log_px).mean()
+            loss = train_step(*split_halves(batches.next().to(device), data.image_shape))
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())})", step + 1, saved,
                                          resume_command)
@@ -413,7 +423,8 @@ def _train(config: SOPConfig, run_dir: Path, state: dict[str, Any] | None, data:
     return {"run_dir": str(run_dir), "nll": test["nll"], "relaxed_nll": test["relaxed_nll"],
             "steps": config.steps, "best_step": best["step"], "valid_nll": best["nll"],
             "k": config.k, "train_seconds": round(seconds, 3),
-            "steps_per_s": round((step - first_step) / max(seconds, 1e-9), 2)}
+            "steps_per_s": round((step - first_step) / max(seconds, 1e-9), 2),
+            "compiled": train_step.compiled, "compile_seconds": round(train_step.compile_seconds, 3)}
 
 
 def evaluate_run(run_dir: Path, samples: int, split: str, limit: int | None, seed: int,

@@ -33,6 +33,7 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from .compiling import Step, should_compile
 from .config import RESUME_OVERRIDES, TrainConfig
 from .data import BatchIterator, DataSplits, load_dataset
 from .denormals import flush_denormals
@@ -210,6 +211,15 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
             ddp.close()
             return {"step": step, "run_dir": str(run_dir), "best_step": best["step"], "finished": True,
                     **last_validation(run_dir)}
+    compiled = ddp.main and should_compile(config.compile, device, total - step, ddp.world, "dvae train")
+
+    def losses(x: torch.Tensor, tau: float, weight: float) -> tuple[torch.Tensor, Any]:
+        terms = net(x, tau, config.k, weight, objective)
+        if config.l2:
+            return terms.loss + 0.5 * config.l2 * sum(p.square().sum() for p in penalized), terms
+        return terms.loss, terms
+
+    train_step = Step(losses, compiled, device, "dvae train", tensors=(1, 2))
     log = RunLog(run_dir, step if resume else None) if ddp.main else None  # checks metrics.jsonl first
     if resume and ddp.main:
         record_overrides(run_dir, step, state["config"], config.to_dict(), RESUME_OVERRIDES, "dvae train")
@@ -297,13 +307,10 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 weight = kl_weight(config, step, total)
-                terms = net(x, tau, config.k, weight, objective)
-                loss = terms.loss
+                loss, terms = train_step(x, tau, weight)
                 phase = model.prior.negative_phase()  # the RBM's ∇ log Z from its sampler; None if normalised
                 if phase is not None:
                     loss = loss + weight * phase
-                if config.l2:
-                    loss = loss + 0.5 * config.l2 * sum(p.square().sum() for p in penalized)
                 optimizer.zero_grad(set_to_none=True)
                 aux_loss = terms.aux_loss if terms.aux_loss is None else scaler.scale(terms.aux_loss)
                 aux = estimator_gradients(own, aux_loss)
@@ -354,6 +361,7 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
         "step": step, "run_dir": str(run_dir), "best_step": best["step"], **metrics,
         "train_seconds": round(train_seconds, 3),
         "steps_per_s": round((step - first_step) / max(train_seconds, 1e-9), 2),
+        "compiled": train_step.compiled, "compile_seconds": round(train_step.compile_seconds, 3),
     }
     if "warning" in metrics:
         note(f"dvae train: {metrics['warning']}")

@@ -82,12 +82,15 @@ class Latents:
     def probs(self) -> Tensor:
         return torch.sigmoid(self.logits) if self.kind == "binary" else self.logits.softmax(-1)
 
-    @torch.no_grad()
     def sample(self, n: int) -> Tensor:
         """``n`` hard draws per example: (n, B, ...), one uniform ``u`` per latent: binary ``1[u < p]``;
         categorical by the inverse CDF, the class ``i`` with ``F_{i-1} <= u F_C < F_i`` (``F`` the cumulative
         sum of the probabilities over the classes, laid out first; a class of probability 0 is never drawn).
         Several times faster on the CPU than ``torch.bernoulli`` and ``torch.multinomial``."""
+        with torch.no_grad():  # a block, not a decorator: torch.compile traces it
+            return self._sample(n)
+
+    def _sample(self, n: int) -> Tensor:
         logits = self.logits
         if self.kind == "binary":
             u = torch.rand((n, *logits.shape), dtype=logits.dtype, device=logits.device)

@@ -126,15 +126,15 @@ class NVIL(Estimator):
             self.update(residual.detach())
         return Estimate(surrogate, fz.detach().mean(0), aux_loss)
 
-    @torch.no_grad()
     def update(self, residual: Tensor) -> None:
         """``c <- alpha c + (1 - alpha) mean``, ``v`` likewise with the variance; the first update sets
-        both."""
-        decay = self.options.decay if self.steps > 0 else 0.0
-        var = residual.var() if residual.numel() > 1 else torch.zeros_like(self.signal_var)
-        self.signal_mean.mul_(decay).add_((1.0 - decay) * residual.mean().to(self.signal_mean))
-        self.signal_var.mul_(decay).add_((1.0 - decay) * var.to(self.signal_var))
-        self.steps.add_(1)
+        both (a tensor condition, so that a compiled step does not branch on the buffer)."""
+        with torch.no_grad():
+            decay = (self.steps > 0).to(self.signal_mean) * self.options.decay
+            var = residual.var() if residual.numel() > 1 else torch.zeros_like(self.signal_var)
+            self.signal_mean.mul_(decay).add_((1.0 - decay) * residual.mean().to(self.signal_mean))
+            self.signal_var.mul_(decay).add_((1.0 - decay) * var.to(self.signal_var))
+            self.steps.add_(1)
 
     def stats(self) -> dict[str, float]:
         return {"baseline_mean": float(self.signal_mean), "baseline_var": float(self.signal_var)}

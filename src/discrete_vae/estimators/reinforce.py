@@ -87,12 +87,13 @@ class Reinforce(Estimator):
             self.update(fz.detach().mean())
         return Estimate(surrogate, fz.detach().mean(0))
 
-    @torch.no_grad()
     def update(self, mean: Tensor) -> None:
-        """``b <- beta b + (1 - beta) mean``; the first update sets ``b = mean``."""
-        decay = self.options.decay if self.steps > 0 else 0.0
-        self.baseline.mul_(decay).add_((1.0 - decay) * mean.to(self.baseline))
-        self.steps.add_(1)
+        """``b <- beta b + (1 - beta) mean``; the first update sets ``b = mean`` (a tensor condition, so that
+        a compiled step does not branch on the buffer)."""
+        with torch.no_grad():
+            decay = (self.steps > 0).to(self.baseline) * self.options.decay
+            self.baseline.mul_(decay).add_((1.0 - decay) * mean.to(self.baseline))
+            self.steps.add_(1)
 
     def stats(self) -> dict[str, float]:
         return {"baseline": float(self.baseline)}

@@ -195,7 +195,7 @@ class DiscreteVAE(nn.Module):
         if self.temperature is not None:
             return self.temperature()
         device = next(self.decoder.parameters()).device
-        return torch.tensor(scheduled, device=device)
+        return torch.as_tensor(scheduled, dtype=torch.float32, device=device)
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         """``log p(x|z)`` (S, B) for latents ``z`` (S, B, ...), hard or relaxed."""

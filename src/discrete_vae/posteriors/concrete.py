@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Independent, OneHotCategorical, kl_divergence
+from torch.distributions import Bernoulli, Independent, OneHotCategorical
 
 from ..distributions import ExpConcrete, LogitBinaryConcrete
 from ..errors import ConfigError
@@ -124,9 +125,12 @@ def _kl_categorical(posterior: ConcreteCategorical, params: Tensor, prior: Categ
 
 @register_kl(ConcreteBinary, BernoulliPrior)
 def _kl_bernoulli(posterior: ConcreteBinary, params: Tensor, prior: BernoulliPrior) -> Tensor:
-    q = posterior.discrete_posterior(params)
-    # torch's Bernoulli KL does not broadcast batch shapes: expand the prior to (B,)
-    return kl_divergence(q, prior.distribution().expand(q.batch_shape))
+    """``sum_n [q_n (log q_n - log p_n) + (1 - q_n) (log(1 - q_n) - log(1 - p_n))]`` from the logits ``l`` of
+    q and ``m`` of p, with ``log sigmoid(l) = -softplus(-l)``: (B,)."""
+    softplus = torch.nn.functional.softplus
+    m = prior.logits
+    q = torch.sigmoid(params)
+    return (q * (softplus(-m) - softplus(-params)) + (1 - q) * (softplus(m) - softplus(params))).sum(-1)
 
 
 def kl_concrete(posterior: _Concrete, params: Tensor, prior: Prior) -> Tensor:

@@ -100,9 +100,11 @@ class HierarchicalBernoulli(Distribution):
             zs.append(z)
         return torch.cat(zs, -1), torch.cat(logits, -1)
 
-    @torch.no_grad()
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        shape = torch.Size(sample_shape)
+        with torch.no_grad():  # a block, not a decorator: torch.compile traces it
+            return self._sample(torch.Size(sample_shape))
+
+    def _sample(self, shape: torch.Size) -> Tensor:
 
         def draw(level: int, lg: Tensor) -> Tensor:
             return torch.bernoulli(torch.sigmoid(lg.expand(*shape, *lg.shape) if level == 0 else lg))

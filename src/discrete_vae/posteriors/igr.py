@@ -110,10 +110,8 @@ class IGRCategorical(Posterior):
             z = log_psi.exp()
         z = z.flatten(-2)
         if self.kl == "analytic":
-            kl = torch.distributions.kl_divergence(
-                Normal(q.loc[..., :used], q.scale[..., :used], validate_args=False),
-                Normal(self.prior_loc[:used], self.prior_scale[:used], validate_args=False),
-            )
+            kl = normal_kl(q.loc[..., :used], q.scale[..., :used], self.prior_loc[:used],
+                           self.prior_scale[:used])
             return LatentSample(z, kl=kl.sum((-2, -1)))
         log_p = self.preimage_prior().log_prob(kappa)[..., :used].sum((-2, -1))
         if self.kind != "planar":
@@ -185,3 +183,9 @@ def _igr(kind: str) -> PosteriorType:
 for _kind in KINDS:
     POSTERIORS.register(f"igr-{_kind}")(_igr(_kind))
 
+
+def normal_kl(loc_q: Tensor, scale_q: Tensor, loc_p: Tensor, scale_p: Tensor) -> Tensor:
+    """``KL(N(loc_q, scale_q²) || N(loc_p, scale_p²))`` elementwise:
+    ``log(scale_p / scale_q) + (scale_q² + (loc_q - loc_p)²) / (2 scale_p²) - 1/2``."""
+    ratio = (scale_q / scale_p).square()
+    return 0.5 * (ratio + ((loc_q - loc_p) / scale_p).square() - 1 - ratio.log())

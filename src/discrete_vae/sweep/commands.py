@@ -13,8 +13,9 @@ from typing import Any
 from ..errors import ConfigError, UserError
 
 # options that do not change what a run computes: where it lives and reads data, how often it checkpoints
-# and logs, the device (recorded as provenance instead); a change of one is not a change of the point
-NEUTRAL = ("out", "data_dir", "device", "checkpoint_every", "log_every")
+# and logs, the device (recorded as provenance instead) and whether the step is compiled (the same
+# arithmetic through other kernels); a change of one is not a change of the point
+NEUTRAL = ("out", "data_dir", "device", "compile", "checkpoint_every", "log_every")
 
 
 def recorded(runs: type[TrainCommand] | type[SopCommand], run: Path) -> dict[str, Any] | None:

@@ -1,0 +1,126 @@
+"""``--compile``: the training step through ``torch.compile``. One compilation for a run whose temperature
+anneals, KL weight warms up and learning rate decays; a compiled run stopped and resumed ends bitwise where
+an unbroken compiled run does, and its checkpoints resume eagerly; compiled and eager runs of one seed train
+to the same bound within the seeds' spread; ``auto``'s choice and every fallback are one line.
+
+The compile tests use the smallest model and share Inductor's cache within the run (the first compile of
+this test file takes ~10-20 s on two cores, later ones a few seconds)."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from cli_helpers import FAST, dvae, last_json
+from discrete_vae import compiling
+from discrete_vae.checkpoint import load_checkpoint
+from discrete_vae.compiling import BREAK_EVEN, Step, should_compile
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+# annealing every 10 steps, KL warm-up over half the run, the cosine learning rate: all change per step
+SCHEDULES = ["--anneal-every", 10, "--anneal-rate", 0.01, "--kl-warmup", 0.5, "--lr-schedule", "cosine"]
+CPU = torch.device("cpu")
+
+
+def test_a_compiled_run_compiles_once(tmp_path, capsys):
+    torch._dynamo.reset()
+    counters.clear()
+    run = dvae(capsys, "train", *FAST, *SCHEDULES, "--steps", 300, "--eval-every", 150, "--compile", "on",
+               "--out", tmp_path / "r")
+    assert last_json(run.out)["compiled"] is True and last_json(run.out)["compile_seconds"] > 0, run.err
+    assert counters["stats"]["unique_graphs"] == 1  # 300 steps of changing τ, KL weight and lr: one graph
+    assert not counters["recompiles"]
+
+
+def test_a_compiled_run_resumes_exactly_and_its_checkpoint_eagerly(tmp_path, capsys):
+    """Stopped at step 150 and resumed, a compiled run ends bitwise where an unbroken one does (the
+    schedules here are functions of the step alone, as a split run needs)."""
+    args = [*FAST, "--anneal-every", 10, "--anneal-rate", 0.01, "--lr-schedule", "constant",
+            "--eval-every", 150, "--checkpoint-every", 150, "--compile", "on"]
+    dvae(capsys, "train", *args, "--steps", 300, "--out", tmp_path / "whole")
+    split = tmp_path / "split"
+    dvae(capsys, "train", *args, "--steps", 150, "--out", split)
+    dvae(capsys, "train", "--resume", split, "--steps", 300)
+    a, b = (load_checkpoint(p / "last.safetensors")["model"] for p in (tmp_path / "whole", split))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    eager = dvae(capsys, "train", "--resume", split, "--steps", 330, "--compile", "off")  # mode-free
+    assert last_json(eager.out)["compiled"] is False and "compiling" not in eager.err
+
+
+def test_compiled_and_eager_runs_agree_within_the_seeds_spread(tmp_path, capsys):
+    """Their noise streams differ (Inductor draws its own random numbers), so the two runs of one seed
+    are two draws of the same training: the compiled bound lies within 4 standard deviations of three
+    eager seeds' (a normal tail of 6e-5), and never bitwise equal to the eager one."""
+    args = [*FAST, "--steps", 300, "--eval-every", 300, "--lr-schedule", "constant"]
+    eager = [last_json(dvae(capsys, "train", *args, "--seed", s, "--compile", "off",
+                            "--out", tmp_path / f"eager{s}").out)["nll"] for s in (0, 1, 2)]
+    compiled = last_json(dvae(capsys, "train", *args, "--seed", 0, "--compile", "on",
+                              "--out", tmp_path / "compiled").out)
+    assert compiled["compiled"] is True
+    spread = statistics.stdev(eager)
+    assert abs(compiled["nll"] - statistics.mean(eager)) <= 4 * spread, (compiled["nll"], eager)
+    assert compiled["nll"] != eager[0]
+
+
+def test_auto_compiles_long_runs_where_it_pays_and_says_why_not(monkeypatch, capsys):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert not should_compile("auto", CPU, BREAK_EVEN - 1, 1, "dvae train")  # short: silently eager
+    assert capsys.readouterr().err == ""
+    assert should_compile("auto", CPU, BREAK_EVEN, 1, "dvae train")
+    assert not should_compile("off", CPU, 10**6, 1, "dvae train")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not should_compile("auto", CPU, 10**6, 1, "dvae train")
+    assert should_compile("on", CPU, 10, 1, "dvae train")  # on: regardless
+    assert not should_compile("on", CPU, 10**6, 2, "dvae train")  # torchrun: eager
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "(AVX2) has no AVX-512" in err[0] and "torchrun" in err[1]
+
+
+def test_without_a_cxx_compiler_the_step_runs_eagerly_and_says_so(monkeypatch, capsys):
+    from torch._inductor import config
+
+    monkeypatch.delenv("CXX", raising=False)
+    with config.patch({"cpp.cxx": ("no-such-c++-compiler",)}):
+        assert compiling.cxx_compiler() is None
+        assert not should_compile("on", CPU, 10**6, 1, "dvae train")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "no C++ compiler" in err[0]
+
+
+def test_a_step_that_cannot_be_compiled_falls_back_with_one_line_and_the_same_numbers(capsys):
+    """A graph break under ``fullgraph=True``: one line naming it, the RNG restored, and the eager
+    function's result."""
+    def step(x: torch.Tensor, scale: float) -> torch.Tensor:
+        y = x * torch.rand(3) * scale
+        torch._dynamo.graph_break()  # what an untraceable call does
+        return y + 1
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    want = step(torch.ones(3), 2.0)
+    torch.manual_seed(0)
+    fallback = Step(step, True, CPU, "dvae train", tensors=(1,))
+    got = fallback(torch.ones(3), 2.0)
+    assert torch.equal(got, want) and not fallback.compiled
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("dvae train: compiling the training step failed (") and "eagerly" in err[-1]
+    assert len(err) == 2  # "compiling ..." then the failure
+
+
+def test_an_unknown_compile_mode_is_one_line(tmp_path, capsys):
+    from discrete_vae.cli import main
+
+    assert main(["train", *map(str, FAST), "--compile", "yes", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dvae train: error: --compile must be one of auto, on, off, got 'yes'"]
+
+
+def test_sop_train_compiles_its_step(tmp_path, capsys):
+    run = dvae(capsys, "sop", "train", "--dataset", "digits", "--units", 16, "--steps", 40,
+               "--eval-every", 40, "--val-samples", 4, "--test-samples", 4, "--compile", "on",
+               "--device", "cpu", "--out", tmp_path / "sop")
+    result = last_json(run.out)
+    assert result["compiled"] is True and result["nll"] > 0
