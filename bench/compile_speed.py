@@ -5,8 +5,9 @@ Each round trains the configuration eagerly (``--compile off``) and compiled (``
 ``warmup`` and for ``warmup + steps`` steps; the difference of the two runs' training seconds (less each
 run's first compiled call) is the time of ``steps`` steps after warm-up, with start-up, compiling and
 validation excluded. The first compiled run compiles into an empty Inductor cache (cold), the later ones
-read it (warm). Reported: steps/s per round, medians, compiled / eager, the cold and warm compile seconds,
-and the break-even run length (compile seconds over the seconds a compiled step saves).
+read it (warm). Reported: steps/s per round, medians, compiled / eager (the median of the rounds' ratios:
+each round's pair ran side by side), the cold and warm compile seconds, and the break-even run length
+(compile seconds over the seconds a compiled step saves).
 
     python bench/compile_speed.py --data-dir ../shared/data --set latent=20x10
     python bench/compile_speed.py --data-dir ../shared/data --command sop --set k=50 --steps 200 --warmup 50
@@ -32,7 +33,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from discrete_vae import sop  # noqa: E402
-from discrete_vae.config import TrainConfig  # noqa: E402
+from discrete_vae.config import fresh_config  # noqa: E402
 from discrete_vae.train import train  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def run(command: str, options: dict, steps: int, compile_mode: str, data_dir: st
         torch._dynamo.reset()  # a fresh compile per run (from the on-disk cache after the first)
         if command == "sop":
             return sop.train(sop.SOPConfig.from_dict({"test_samples": 1, "val_samples": 1, **values}))
-        return train(TrainConfig.from_dict({"val_samples": 1, **values}), progress=False)
+        return train(fresh_config({"val_samples": 1, **values}), progress=False)  # as dvae train resolves it
 
 
 def rate(command: str, options: dict, steps: int, warmup: int, mode: str,
@@ -88,13 +89,14 @@ def main() -> None:
     finally:
         shutil.rmtree(CACHE, ignore_errors=True)
     eager, fast = statistics.median(rates["off"]), statistics.median(rates["on"])
-    saved = 1 / eager - 1 / fast
+    paired = statistics.median(on / off for on, off in zip(rates["on"], rates["off"], strict=True))
+    saved = (1 - 1 / paired) / eager  # seconds a compiled step saves
     cold, warm = compile_s[0], statistics.median(compile_s[1:]) if len(compile_s) > 1 else None
     print(json.dumps({
         "benchmark": "compile-speed", "command": args.command, "options": options,
         "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "steps": args.steps, "warmup": args.warmup, "steps_per_s": rates,
-        "median": {"eager": eager, "compiled": fast}, "compiled_vs_eager": fast / eager,
+        "median": {"eager": eager, "compiled": fast}, "compiled_vs_eager": paired,
         "compiled": compiled, "compile_seconds": {"cold": cold, "warm": warm},
         "break_even_steps": {k: (s / saved if saved > 0 and s is not None else None)
                              for k, s in (("cold", cold), ("warm", warm))},

@@ -7,11 +7,11 @@ enter it as 0-dimensional tensors, a learned temperature is a parameter, the lea
 the optimizer, and every batch has the same shape, so one run compiles once (``dynamic=False``,
 ``fullgraph=True``). On CUDA the step runs as CUDA graphs (``mode="reduce-overhead"``).
 
-``auto`` compiles where it pays, from ``python bench/speed.py``: on a GPU, and on CPUs with
-AVX-512 or bfloat16 matrix units, for runs of at least :data:`BREAK_EVEN` steps. On an AVX2-only CPU
-(no 512-bit or bfloat16 matrix units) the compiled step of the default model measured no faster than the
-eager one with two threads (its six matrix products are three quarters of the step, and Inductor
-calls the same GEMMs), so ``auto`` stays eager there and says so. ``on`` compiles regardless; a step
+``auto`` compiles where it can pay: on a GPU, and on CPUs with AVX-512 or bfloat16 matrix units, for
+runs of at least :data:`BREAK_EVEN` steps. On an AVX2-only CPU the compiled step of the default model
+measured no faster than the eager one (``python bench/compile_speed.py``: 0.85-1.36x per round; its
+six matrix products are three quarters of the step, and Inductor calls the same GEMMs), so ``auto``
+stays eager there and says so. ``on`` compiles regardless; a step
 that cannot be compiled (no C++ compiler, a graph break) falls back to eager with one line saying why.
 
 Compiled kernels are cached on disk (Inductor's FX-graph and AOTAutograd caches) under
@@ -36,8 +36,8 @@ from .runs import note
 
 COMPILE_MODES = ("auto", "on", "off")
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
-# steps from which `auto` compiles: a cold compile of the default step took 13-25 s on an idle machine
-# (bench/compile_speed.py); saving ~30 % of an ~8 ms step repays it after ~10,000 steps, twice that here
+# steps from which `auto` compiles: a cold compile of the default step took 18-23 s on an idle machine
+# (bench/compile_speed.py); saving 30 % of an 8 ms step repays it after ~10,000 steps; twice that here
 BREAK_EVEN = 20_000
 FAST_CPU = ("AVX512", "AVX512_BF16", "AMX", "SVE256")  # torch.backends.cpu.get_cpu_capability() values
 
@@ -98,7 +98,10 @@ class Step:
         self.compiled = compiled
         self.fn = fn
         self.untried = compiled
-        self.compile_seconds = 0.0  # the first compiled call: tracing, compiling (or the cache) and one step
+        # from the first compiled call to the second: tracing, compiling (or reading the cache) and the
+        # whole first step, whose backward pass loads its compiled kernels on first use
+        self.compile_seconds = 0.0
+        self._first: float | None = None
         if compiled:
             cache_dir()
             mode = "reduce-overhead" if device.type == "cuda" else None
@@ -111,12 +114,14 @@ class Step:
         args = tuple(torch.tensor(a, dtype=torch.float32, device=self.device) if i in self.tensors else a
                      for i, a in enumerate(args))
         if not self.untried:
+            if self._first is not None:
+                self.compile_seconds, self._first = time.perf_counter() - self._first, None
             return self.fn(*args)
         devices = [self.device] if self.device.type == "cuda" else []
         cpu, cuda = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
         note(f"{self.command}: compiling the training step (kernels cached in {cache_dir()}; --compile off "
              "to skip)")
-        started = time.perf_counter()
+        self._first = time.perf_counter()
         try:
             out = self.fn(*args)
         except Exception as e:  # noqa: BLE001 - any failure to compile means: run eagerly
@@ -127,7 +132,7 @@ class Step:
             self.fn, self.compiled = self.eager, False
             return self.eager(*given)
         self.untried = False
-        self.compile_seconds = time.perf_counter() - started
+        self.compile_seconds = time.perf_counter() - self._first  # until a second call says more
         return out
 
 
