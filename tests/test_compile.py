@@ -124,3 +124,21 @@ def test_sop_train_compiles_its_step(tmp_path, capsys):
                "--device", "cpu", "--out", tmp_path / "sop")
     result = last_json(run.out)
     assert result["compiled"] is True and result["nll"] > 0
+
+
+def test_many_compiled_steps_of_one_function_each_compile():
+    """Every run's step is a closure of the same function over its own model (of other sizes here: another
+    graph each); each Step compiles its own copy, so Dynamo's limit on graphs per code object (here lowered
+    to 2) never sends a later run back to eager."""
+    def make(net: torch.nn.Module):
+        def step(x: torch.Tensor, scale: float) -> torch.Tensor:
+            return net(x).relu() * scale
+        return step
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=2):
+        nets = [torch.nn.Linear(4, width) for width in (3, 4, 5, 6)]
+        steps = [Step(make(net), True, CPU, "dvae train", tensors=(1,)) for net in nets]
+        for net, step in zip(nets, steps, strict=True):
+            torch.testing.assert_close(step(torch.ones(2, 4), 0.5), net(torch.ones(2, 4)).relu() * 0.5)
+    assert all(step.compiled for step in steps)

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ class Step:
         if compiled:
             cache_dir()
             mode = "reduce-overhead" if device.type == "cuda" else None
-            self.fn = torch.compile(fn, dynamic=False, fullgraph=True, mode=mode)
+            self.fn = torch.compile(own_code(fn), dynamic=False, fullgraph=True, mode=mode)
 
     def __call__(self, *args: Any) -> Any:
         if not self.compiled:
@@ -145,3 +146,16 @@ def why(error: Exception) -> str:
     first = next((line.strip() for line in str(shown).splitlines() if line.strip()), "")[:160]
     where = re.findall(r'File "[^"]*?discrete_vae/([^"]+)", line (\d+)', text)
     return f"{type(shown).__name__}: {first}" + (f", at {where[-1][0]}:{where[-1][1]}" if where else "")
+
+
+def own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with a code object of its own. Dynamo keeps its compiled graphs on the code object, guarded on
+    the closure's objects, and stops compiling a code object after a few graphs: every run's step closes
+    over the same function of :func:`~discrete_vae.train.train`, so without a copy the ninth compiled run
+    of one process (a loop of runs, a benchmark's runners) would fall back to eager."""
+    if not isinstance(fn, types.FunctionType):
+        return fn
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+    copy.__kwdefaults__, copy.__qualname__ = fn.__kwdefaults__, fn.__qualname__
+    return copy
