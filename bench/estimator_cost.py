@@ -212,7 +212,7 @@ def bench_setting(setting: str, names: list[str], args: argparse.Namespace, data
 def markdown(setting: str, rows: dict) -> str:
     latent, binary = SETTINGS[setting]
     compiled = any("compiled_ms" in row for row in rows.values())
-    extra = (" compiled ms/step | compiled / eager |", "---:|---:|") if compiled else ("", "")
+    extra = (" compiled ms/step | compiled ms / eager ms |", "---:|---:|") if compiled else ("", "")
     lines = [f"### {setting}: --latent {latent}{' --binary' if binary else ''}", "",
              "| estimator | samples/example | ms/step | ratio to gs | ratio IQR | wall-clock ratio | target "
              "| |" + extra[0],

@@ -45,7 +45,7 @@ CASES = [
     ("dvae_speed.py", "--data-dir {data} --model dvaes-power --settings pcd:10x2 --steps 3 --rounds 1 "
      "--threads 1", '"steps_per_s"'),
     ("estimator_cost.py", "--settings binary --estimators gs,disarm --hidden 16 --batch-size 10 "
-     "--steps 2 --repeats 1 --warmup 1 --threads 1 --compile", "compiled / eager"),
+     "--steps 2 --repeats 1 --warmup 1 --threads 1 --compile", "compiled ms / eager ms"),
     ("eval_speed.py", "{run} --samples 5 --limit 10", '"flop_per_s"'),
     ("gibbs_speed.py", "--threads 1 --chains 20 --n-a 5 --n-b 5 --sweeps 2 --rounds 1 --pa-betas 5 "
      "--pa-population 10 --pa-runs 1", '"ours_sweeps_per_s"'),
