@@ -11,8 +11,8 @@ the optimizer, and every batch has the same shape, so one run compiles once (``d
 runs of at least :data:`BREAK_EVEN` steps. On an AVX2-only CPU the compiled step of the default model
 measured no faster than the eager one (``python bench/compile_speed.py``: 0.85-1.36x per round; its
 six matrix products are three quarters of the step, and Inductor calls the same GEMMs), so ``auto``
-stays eager there and says so. ``on`` compiles regardless; a step
-that cannot be compiled (no C++ compiler, a graph break) falls back to eager with one line saying why.
+stays eager there and says so. ``on`` compiles regardless; a step that cannot be compiled (no C++
+compiler, a graph break) falls back to eager with one line saying why.
 
 Compiled kernels are cached on disk (Inductor's FX-graph and AOTAutograd caches) under
 ``$TORCHINDUCTOR_CACHE_DIR`` when set, else ``~/.cache/discrete-vae/inductor``, shared by every run of
@@ -77,7 +77,7 @@ def should_compile(mode: str, device: torch.device, steps: int, world: int, comm
     elif mode == "auto" and device.type == "cpu" and torch.backends.cpu.get_cpu_capability() not in FAST_CPU:
         capability = torch.backends.cpu.get_cpu_capability()
         reason = (f"this CPU ({capability}) has no AVX-512 or bfloat16 matrix units, where the compiled step "
-                  "measured no faster (python bench/speed.py); --compile on compiles anyway")
+                  "measured no faster (python bench/compile_speed.py); --compile on compiles anyway")
     elif device.type == "cpu" and cxx_compiler() is None:
         reason = "no C++ compiler for Inductor's CPU kernels (install g++, or name one in $CXX)"
     if reason is None:
