@@ -63,6 +63,7 @@ class Runner:
     objective: str
     own: list[torch.Tensor]
     forward: Step
+    joint: bool  # the estimator's own gradients come from the one backward pass
     step: int = 0
 
     def train_step(self, x: torch.Tensor, total: int) -> None:
@@ -82,8 +83,9 @@ class Runner:
         loss.backward()
         if not (torch.isfinite(terms.objective.mean()) and torch.isfinite(loss)):
             raise FloatingPointError(f"{self.name}: non-finite loss at step {self.step}")
-        for p, g in zip(self.own, aux, strict=True):
-            p.grad = g
+        if not self.joint:  # else the backward pass gave them
+            for p, g in zip(self.own, aux, strict=True):
+                p.grad = g
         optimizer.step()
         self.step += 1
 
@@ -113,12 +115,17 @@ def make_runner(name: str, setting: str, args: argparse.Namespace, data: torch.T
     model.train()
     objective = resolve_objective(config, model)
 
+    joint = compiled and model.estimator.separable_aux  # one backward pass, as dvae train's compiled step
+
     def forward(x: torch.Tensor, tau: float, weight: float) -> Terms:
-        return model(x, tau, config.k, weight, objective)
+        terms = model(x, tau, config.k, weight, objective)
+        if joint and terms.aux_loss is not None:
+            return terms._replace(loss=terms.loss + terms.aux_loss, aux_loss=None)
+        return terms
 
     step = Step(forward, compiled, device, f"estimator_cost {name}", tensors=(1, 2))
     return Runner(name, config.k, config, model, optimizer, objective, list(model.estimator.parameters()),
-                  step)
+                  step, joint)
 
 
 def load_data(data_dir: str | None, seed: int) -> tuple[torch.Tensor, str]:

@@ -18,6 +18,7 @@ from cli_helpers import FAST, dvae, last_json
 from discrete_vae import compiling
 from discrete_vae.checkpoint import load_checkpoint
 from discrete_vae.compiling import BREAK_EVEN, Step, should_compile
+from discrete_vae.estimators import ESTIMATORS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # annealing every 10 steps, KL warm-up over half the run, the cosine learning rate: all change per step
@@ -142,3 +143,35 @@ def test_many_compiled_steps_of_one_function_each_compile():
         for net, step in zip(nets, steps, strict=True):
             torch.testing.assert_close(step(torch.ones(2, 4), 0.5), net(torch.ones(2, 4)).relu() * 0.5)
     assert all(step.compiled for step in steps)
+
+
+@pytest.mark.parametrize("name", [n for n in ESTIMATORS.names() if ESTIMATORS.get(n).separable_aux])
+def test_a_separable_aux_loss_takes_one_backward_pass_to_the_same_gradients(name):
+    """What the compiled step relies on for such estimators (NVIL): the aux loss reaches only the
+    estimator's own parameters and the surrogate none of them, so ``(loss + aux_loss).backward()`` gives
+    the gradients of the two separate passes (the eager step's), bit for bit."""
+    from discrete_vae.config import TrainConfig
+    from discrete_vae.recipe import build_model
+    from discrete_vae.train import estimator_gradients
+
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(latent="4x3", hidden=(16,), estimator=name), 20)
+    x = (torch.rand(8, 20) < 0.4).float()
+    model.prepare(x)
+    own = list(model.estimator.parameters())
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # the estimator's running averages too
+    grads = []
+    for joint in (False, True):
+        model.load_state_dict(state)
+        with torch.random.fork_rng():
+            terms = model(x, 1.0, 2)
+        model.zero_grad(set_to_none=True)
+        if joint:
+            (terms.loss + terms.aux_loss).backward()
+        else:
+            aux = estimator_gradients(own, terms.aux_loss)
+            terms.loss.backward()
+            for p, g in zip(own, aux, strict=True):
+                p.grad = g
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))

@@ -212,12 +212,17 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
             return {"step": step, "run_dir": str(run_dir), "best_step": best["step"], "finished": True,
                     **last_validation(run_dir)}
     compiled = ddp.main and should_compile(config.compile, device, total - step, ddp.world, "dvae train")
+    # compiled, a second backward pass (the estimator's own gradients) would run the whole step's again
+    joint = compiled and model.estimator.separable_aux
 
     def losses(x: torch.Tensor, tau: float, weight: float) -> tuple[torch.Tensor, Any]:
         terms = net(x, tau, config.k, weight, objective)
+        loss = terms.loss
         if config.l2:
-            return terms.loss + 0.5 * config.l2 * sum(p.square().sum() for p in penalized), terms
-        return terms.loss, terms
+            loss = loss + 0.5 * config.l2 * sum(p.square().sum() for p in penalized)
+        if joint and terms.aux_loss is not None:
+            return loss + terms.aux_loss, terms._replace(aux_loss=None)
+        return loss, terms
 
     train_step = Step(losses, compiled, device, "dvae train", tensors=(1, 2))
     log = RunLog(run_dir, step if resume else None) if ddp.main else None  # checks metrics.jsonl first
@@ -319,8 +324,9 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
                 if not (torch.isfinite(reported) and torch.isfinite(loss)):
                     value = float(reported if not torch.isfinite(reported) else loss.detach())
                     raise NonFiniteLossError(f"non-finite loss ({value})", step + 1, saved, resume_command)
-                for p, g in zip(own, ddp.average(aux), strict=True):
-                    p.grad = g
+                if not joint:  # else the backward pass gave them
+                    for p, g in zip(own, ddp.average(aux), strict=True):
+                        p.grad = g
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1

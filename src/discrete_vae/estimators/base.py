@@ -191,6 +191,9 @@ class Estimator(nn.Module):
     relaxed: ClassVar[bool] = False  # evaluates f at points off the discrete support
     min_samples: ClassVar[int] = 1
     learns_temperature: ClassVar[bool] = False  # a training schedule's tau would override what it learns
+    # aux_loss depends on the estimator's own parameters only, and the surrogate not on them: one backward
+    # pass of surrogate + aux_loss gives both gradients (what a compiled step does, instead of two passes)
+    separable_aux: ClassVar[bool] = False
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, options: Any = None):

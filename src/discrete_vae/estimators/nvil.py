@@ -82,6 +82,7 @@ class NVIL(Estimator):
 
     name = "nvil"
     unbiased = True
+    separable_aux = True  # the baseline sees detached inputs; the surrogate, a detached signal
     Options = NVILOptions
 
     def __init__(self, options: NVILOptions | None = None):
