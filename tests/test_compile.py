@@ -8,8 +8,6 @@ this test file takes ~10-20 s on two cores, later ones a few seconds)."""
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -51,19 +49,16 @@ def test_a_compiled_run_resumes_exactly_and_its_checkpoint_eagerly(tmp_path, cap
     assert last_json(eager.out)["compiled"] is False and "compiling" not in eager.err
 
 
-def test_compiled_and_eager_runs_agree_within_the_seeds_spread(tmp_path, capsys):
-    """Their noise streams differ (Inductor draws its own random numbers), so the two runs of one seed
-    are two draws of the same training: the compiled bound lies within 4 standard deviations of three
-    eager seeds' (a normal tail of 6e-5), and never bitwise equal to the eager one."""
+def test_a_compiled_run_follows_the_eager_run_of_its_seed(tmp_path, capsys):
+    """Random numbers come from torch's generator in both modes, so the compiled run of a seed differs from
+    the eager one by float rounding only: its bound within 0.001 nats, where another seed lands further."""
     args = [*FAST, "--steps", 300, "--eval-every", 300, "--lr-schedule", "constant"]
     eager = [last_json(dvae(capsys, "train", *args, "--seed", s, "--compile", "off",
-                            "--out", tmp_path / f"eager{s}").out)["nll"] for s in (0, 1, 2)]
+                            "--out", tmp_path / f"eager{s}").out)["nll"] for s in (0, 1)]
     compiled = last_json(dvae(capsys, "train", *args, "--seed", 0, "--compile", "on",
                               "--out", tmp_path / "compiled").out)
     assert compiled["compiled"] is True
-    spread = statistics.stdev(eager)
-    assert abs(compiled["nll"] - statistics.mean(eager)) <= 4 * spread, (compiled["nll"], eager)
-    assert compiled["nll"] != eager[0]
+    assert abs(compiled["nll"] - eager[0]) < 1e-3 < abs(eager[1] - eager[0]), (compiled["nll"], eager)
 
 
 def test_auto_compiles_long_runs_where_it_pays_and_says_why_not(monkeypatch, capsys):

@@ -5,7 +5,9 @@ What is compiled is one function per step: the forward pass, the estimator's sur
 prior's sampler stay eager. Values that change during a run (the scheduled temperature, the KL weight)
 enter it as 0-dimensional tensors, a learned temperature is a parameter, the learning rate lives in
 the optimizer, and every batch has the same shape, so one run compiles once (``dynamic=False``,
-``fullgraph=True``). On CUDA the step runs as CUDA graphs (``mode="reduce-overhead"``).
+``fullgraph=True``). On CUDA the step runs as CUDA graphs (what ``mode="reduce-overhead"`` sets). Random
+numbers come from torch's generator as in eager mode (Inductor's ``fallback_random``), so a compiled run
+follows the eager run of its seed to float rounding.
 
 ``auto`` compiles where it can pay: on a GPU, and on CPUs with AVX-512 or bfloat16 matrix units, for
 runs of at least :data:`BREAK_EVEN` steps. On an AVX2-only CPU the compiled step of the default model
@@ -105,8 +107,12 @@ class Step:
         self._first: float | None = None
         if compiled:
             cache_dir()
-            mode = "reduce-overhead" if device.type == "cuda" else None
-            self.fn = torch.compile(own_code(fn), dynamic=False, fullgraph=True, mode=mode)
+            # fallback_random: random numbers from torch's own generator, as eager draws them, so that a
+            # compiled run follows the eager run of its seed (to float rounding) instead of Inductor's
+            # stream; on CUDA, CUDA graphs (what mode="reduce-overhead" sets)
+            cuda = {"triton.cudagraphs": True} if device.type == "cuda" else {}
+            options = {"fallback_random": True, **cuda}
+            self.fn = torch.compile(own_code(fn), dynamic=False, fullgraph=True, options=options)
 
     def __call__(self, *args: Any) -> Any:
         if not self.compiled:
