@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint import restore_rng, rng_state
 from .runs import note
 
 COMPILE_MODES = ("auto", "on", "off")
@@ -124,17 +125,14 @@ class Step:
             if self._first is not None:
                 self.compile_seconds, self._first = time.perf_counter() - self._first, None
             return self.fn(*args)
-        devices = [self.device] if self.device.type == "cuda" else []
-        cpu, cuda = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+        rng = rng_state(self.device)
         note(f"{self.command}: compiling the training step (kernels cached in {cache_dir()}; --compile off "
              "to skip)")
         self._first = time.perf_counter()
         try:
             out = self.fn(*args)
         except Exception as e:  # noqa: BLE001 - any failure to compile means: run eagerly
-            torch.set_rng_state(cpu)
-            for d, state in zip(devices, cuda, strict=True):
-                torch.cuda.set_rng_state(state, d)
+            restore_rng(rng, self.device)
             note(f"{self.command}: compiling the training step failed ({why(e)}); training eagerly")
             self.fn, self.compiled = self.eager, False
             return self.eager(*given)
