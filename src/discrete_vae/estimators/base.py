@@ -194,6 +194,8 @@ class Estimator(nn.Module):
     # aux_loss depends on the estimator's own parameters only, and the surrogate not on them: one backward
     # pass of surrogate + aux_loss gives both gradients (what a compiled step does, instead of two passes)
     separable_aux: ClassVar[bool] = False
+    # evaluations of f per estimate when they are not n_samples (shown by `dvae list estimators`)
+    cost: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, options: Any = None):
@@ -231,6 +233,12 @@ class Estimator(nn.Module):
     def estimate(self, latents: Latents, f: Objective, n_samples: int, *, tau: Tensor | float | None,
                  context: Tensor | None) -> Estimate:
         raise NotImplementedError
+
+    def evaluations(self, n_samples: int, shape: tuple[int, ...]) -> int:
+        """How many times one estimate from ``n_samples`` evaluates ``f`` per example, for latents of one
+        example's ``shape`` (``(..., K)`` when categorical): ``n_samples`` unless the estimator says otherwise
+        (its :attr:`cost`); what comparisons at an equal budget of ``f`` count."""
+        return n_samples
 
     def temperature(self, tau: Tensor | float | None, like: Tensor) -> Tensor:
         """The temperature in force: ``tau`` if given, else the ``temperature`` option."""
