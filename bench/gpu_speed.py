@@ -16,7 +16,7 @@ it got).
 
     python bench/gpu_speed.py --data-dir ../shared/data
     python bench/gpu_speed.py --data-dir ../shared/data --device cpu --steps 20 --dvae-steps 5 \
-        --precisions fp32,bf16 --eval-limit 20   # a smoke run of the script, on the CPU
+        --precisions fp32 --seeds 2 --bound-samples 10 --eval-limit 20   # a smoke run, on the CPU
 """
 
 from __future__ import annotations
@@ -80,13 +80,13 @@ def gs_rows(root: Path, args: argparse.Namespace, precisions: list[str],
     batch_1000 = []
     for precision in precisions:
         bounds, rates = [], []
-        for seed in range(3):
+        for seed in range(args.seeds):
             rate, run, _ = train_run(root / f"gs-1000-{precision}-{seed}", args.steps, args.device,
                                   batch_size=1000, precision=precision, seed=seed, **data)
             if seed == 0:
                 batch_1000.append(measured((f"gs 20x10, batch 1000, {precision}", f"{rate:.1f} steps/s")))
-            result = evaluate_run(run, samples=1000, split="test", limit=2000, device=args.device,
-                                  progress=False, **data)
+            result = evaluate_run(run, samples=args.bound_samples, split="test", limit=2000,
+                                  device=args.device, progress=False, **data)
             bounds.append(result["nll"])
             rates.append(rate)
         bound.append(measured((precision, spread(bounds), spread(rates))))
@@ -121,9 +121,14 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16,fp16")
     parser.add_argument("--no-compiled", dest="compiled", action="store_false",
                         help="leave out the compiled rows (gs fp32 at batch 100, DVAE#)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of each precision's bound (at least 2)")
+    parser.add_argument("--bound-samples", type=int, default=1000,
+                        help="S of the precision table's test bound")
     parser.add_argument("--eval-limit", type=int, default=None, help="test images of the S = 5000 eval "
                         "(default: all)")
     args = parser.parse_args()
+    if args.seeds < 2:
+        parser.error("--seeds must be at least 2 (the table gives their spread)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("bench/gpu_speed.py: no CUDA device")
     data = {"data_dir": args.data_dir} if args.data_dir else {}
@@ -136,8 +141,8 @@ def main() -> None:
     print("\n| what | speed |\n|---|---|")
     for what, value in speed:
         print(f"| {what} | {value} |")
-    print(f"\n| precision | test NLL (S = 1000, 2,000 images; 3 seeds, {args.steps} steps at batch "
-          "1000) | steps/s |\n|---|---|---|")
+    print(f"\n| precision | test NLL (S = {args.bound_samples}, 2,000 images; {args.seeds} seeds, "
+          f"{args.steps} steps at batch 1000) | steps/s |\n|---|---|---|")
     for precision, nll, rate in bound:
         print(f"| {precision} | {nll} | {rate} |")
     by_precision = {p: {"nll": n, "steps_per_s": r} for p, n, r in bound}

@@ -49,8 +49,8 @@ CASES = [
     ("eval_speed.py", "{run} --samples 5 --limit 10", '"flop_per_s"'),
     ("gibbs_speed.py", "--threads 1 --chains 20 --n-a 5 --n-b 5 --sweeps 2 --rounds 1 --pa-betas 5 "
      "--pa-population 10 --pa-runs 1", '"ours_sweeps_per_s"'),
-    ("gpu_speed.py", "--data-dir {data} --device cpu --steps 3 --dvae-steps 2 "
-     "--precisions fp32,bf16 --eval-limit 5 --no-compiled", "| bf16 |"),
+    ("gpu_speed.py", "--data-dir {data} --device cpu --steps 3 --dvae-steps 2 --precisions fp32 --seeds 2 "
+     "--bound-samples 10 --eval-limit 5 --no-compiled", "| fp32 | 3"),
     ("matmul_flops.py", "", "flop"),
     ("precision_speed.py", "--batch-sizes 10 --rounds 1 --steps 1 --precisions fp32,bf16,fp16",
      "fp32 / fp16"),
