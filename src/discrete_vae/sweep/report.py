@@ -276,7 +276,8 @@ def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]], comm
         notes.append(select_note(spec, table, choices))
     shown_records = [r for r in records if in_table(spec, table, r)
                      and any(measured(r, m, spec)[0] is not None for m in table.metrics)]
-    where = summary([p for r in shown_records for p in r.get("provenance", [])])
+    where = (summary([p for r in shown_records for p in r.get("provenance", [])]) if shown_records else
+             "Date: none yet (no point has finished) · Code commit: none yet · Machine: none yet")
     notes.append(f"Command: `{command_line}` · {where}" if command_line else where)
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 
