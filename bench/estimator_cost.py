@@ -45,9 +45,11 @@ from discrete_vae.recipe import build_model, kl_weight, learning_rate, resolve_o
 from discrete_vae.train import estimator_gradients
 
 SETTINGS = {"binary": ("200", True), "categorical": ("20x10", False)}  # name -> (--latent, --binary)
-# the issue's targets: step time relative to gs at the samples per example above
+# the issues' targets: step time relative to gs at the samples per example above (indecater: none, it
+# evaluates f N (C - 1) + 1 times per draw)
 TARGETS = {"arm": 2.2, "disarm": 2.2, "rloo": 2.2, "rebar": 3.5, "relax": 3.5, "st": 1.1, "reinmax": 1.1,
-           "gumbel-rao": 1.2}
+           "gumbel-rao": 1.2, "gst": 1.1, "arms": 2.2, "carms": 2.2, "double-cv": 2.5, "rodeo": 2.5,
+           "unordered": 2.5, "sum-and-sample": 2.5}
 REFERENCE = "gs"
 
 
@@ -88,6 +90,44 @@ class Runner:
                 p.grad = g
         optimizer.step()
         self.step += 1
+
+
+SEARCH = {"seconds": 0.0}  # in the joint-configuration search (unordered, sum-and-sample), the step's measure
+
+
+def time_joint_search() -> None:
+    """Count the time the estimators spend in the joint-configuration search (:mod:`.joint`: most_probable,
+    draw_without_replacement and Outside's methods, outermost calls only) into ``SEARCH``."""
+    import functools
+
+    import discrete_vae.estimators as package
+    from discrete_vae.estimators import joint
+
+    depth = [0]
+
+    def timed(search):
+        @functools.wraps(search)
+        def wrapper(*args, **kwargs):
+            if torch.compiler.is_compiling() or depth[0]:
+                return search(*args, **kwargs)
+            depth[0] += 1
+            start = time.thread_time() if torch.get_num_threads() == 1 else time.perf_counter()
+            try:
+                return search(*args, **kwargs)
+            finally:
+                stop = time.thread_time() if torch.get_num_threads() == 1 else time.perf_counter()
+                SEARCH["seconds"] += stop - start
+                depth[0] -= 1
+        return wrapper
+
+    for method in ("__init__", "add", "index", "next", "log_mass"):
+        setattr(joint.Outside, method, timed(getattr(joint.Outside, method)))
+    for name in ("most_probable", "draw_without_replacement"):
+        search = getattr(joint, name)
+        wrapped = timed(search)
+        for module in [joint, *vars(package).values()]:
+            if getattr(module, name, None) is search:
+                setattr(module, name, wrapped)
 
 
 def samples_for(name: str) -> int:
@@ -147,17 +187,19 @@ def cpu_measure(device: torch.device) -> bool:
 
 def time_steps(runner: Runner, batches: list[torch.Tensor], steps: int,
                device: torch.device) -> tuple[float, float]:
-    """Milliseconds per step over ``steps`` steps: (the measure, see :func:`cpu_measure`; wall-clock)."""
+    """Milliseconds per step over ``steps`` steps: (the measure, see :func:`cpu_measure`; wall-clock; of the
+    measure, ms in the beam search)."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
+    SEARCH["seconds"] = 0.0
     wall, cpu = time.perf_counter(), time.thread_time()
     for i in range(steps):
         runner.train_step(batches[(runner.step + i) % len(batches)], total=10**6)
     if cuda:
         torch.cuda.synchronize(device)
     wall, cpu = (time.perf_counter() - wall) / steps * 1e3, (time.thread_time() - cpu) / steps * 1e3
-    return (cpu if cpu_measure(device) else wall), wall
+    return (cpu if cpu_measure(device) else wall), wall, SEARCH["seconds"] / steps * 1e3
 
 
 def summary(ms: list[float], reference: list[float]) -> dict:
@@ -186,13 +228,15 @@ def bench_setting(setting: str, names: list[str], args: argparse.Namespace, data
         time_steps(runner, batches, args.warmup, device)
     ms: dict[str, list[float]] = {name: [] for name in runners}
     wall: dict[str, list[float]] = {name: [] for name in runners}
+    search: dict[str, list[float]] = {name: [] for name in runners}
     order = list(runners)
     for r in range(args.repeats):
         shift = r % len(order)  # rotate, so that no estimator always follows the same one
         for name in order[shift:] + order[:shift]:
-            measure, wall_ms = time_steps(runners[name], batches, args.steps, device)
+            measure, wall_ms, search_ms = time_steps(runners[name], batches, args.steps, device)
             ms[name].append(measure)
             wall[name].append(wall_ms)
+            search[name].append(search_ms)
         print(f"{setting} repeat {r + 1}/{args.repeats}: "
               + ", ".join(f"{n} {v[-1]:.1f}" for n, v in ms.items()) + " ms", file=sys.stderr)
     rows = {}
@@ -206,6 +250,10 @@ def bench_setting(setting: str, names: list[str], args: argparse.Namespace, data
                "wall_ratio": summary(wall[name], wall[REFERENCE])["ratio"],
                "ms_all": ms[name], "wall_ms_all": wall[name]}
         row["status"] = None if target is None else ("PASS" if row["ratio"] <= target else "MISS")
+        if any(search[name]):
+            row["search_ms"] = statistics.median(search[name])
+            row["search_share"] = statistics.median(
+                t / m for t, m in zip(search[name], ms[name], strict=True))
         compiled = runners.get(f"{name} compiled")
         if compiled is not None:
             row.update(compiled_ms=statistics.median(ms[compiled_name := f"{name} compiled"]),
@@ -237,6 +285,10 @@ def markdown(setting: str, rows: dict) -> str:
             eager = "" if row["compiled"] else " (not compiled: ran eagerly)"
             line += f" {row['compiled_ms']:.2f}{eager} | {row['compiled_vs_eager']:.2f}× |"
         lines.append(line)
+    searched = [f"{name} {row['search_ms']:.2f} ms ({row['search_share']:.0%} of its step)"
+                for name, row in rows.items() if "search_ms" in row]
+    if searched:
+        lines += ["", "Search over the joint configurations (eager): " + ", ".join(searched) + "."]
     return "\n".join(lines)
 
 
@@ -271,6 +323,7 @@ def main() -> None:
         ESTIMATORS.get(name)
     device = torch.device(args.device)
     data, data_name = load_data(args.data_dir, args.seed)
+    time_joint_search()
     print(f"$ {command}\n")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) "
           f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), device {device}, "

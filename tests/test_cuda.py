@@ -19,14 +19,14 @@ pytestmark = [pytest.mark.cuda,
 
 GPU = ["--preset", "digits-quick", "--hidden", "32", "--val-samples", "5", "--device", "cuda",
        "--steps", "20", "--eval-every", "10", "--checkpoint-every", "10"]
-MIN_K = {"rloo": 2, "vimco": 2, "arm": 2, "disarm": 2}
 
 
 @pytest.mark.parametrize("name", sorted(set(ESTIMATORS.names()) - {"relaxed"}))
 def test_each_estimator_trains_and_evaluates_on_cuda(name, tmp_path, capsys):
-    latent = ["--latent", "16", "--binary"] if name == "arm" else []
+    cls = ESTIMATORS.get(name)
+    latent = [] if "categorical" in cls.supports else ["--latent", "16", "--binary"]
     run = tmp_path / name
-    k = MIN_K.get(name, 1)
+    k = cls.min_samples
     result = dvae(capsys, "train", *GPU, *latent, "--estimator", name, "--k", k, "--out", run)
     assert result.rc == 0, result.err
     scored = dvae(capsys, "eval", run, "--samples", 20, "--device", "cuda", "--limit", 100)

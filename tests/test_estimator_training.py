@@ -23,7 +23,8 @@ TINY = ["--dataset", "digits", "--hidden", "16", "--batch-size", "20", "--val-sa
         "--device", "cpu", "--lr-schedule", "constant", "--eval-every", "10", "--checkpoint-every", "10",
         "--log-every", "5"]
 TRAINED = sorted(set(ESTIMATORS.names()) - {"relaxed"})  # relaxed: the IGR and DVAE posteriors' own
-STATEFUL = {"reinforce", "nvil", "rebar", "relax"}  # moving averages, learned baselines, control variates
+STATEFUL = {"reinforce", "nvil", "rebar", "relax",  # moving averages, learned baselines, control variates
+            "double-cv", "rodeo"}
 
 
 def _latent(name: str) -> list[str]:

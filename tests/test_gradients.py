@@ -126,7 +126,7 @@ def test_command_writes_table_json_and_png_and_is_deterministic(tmp_path, capsys
     assert first.rc == 0, first.err
     result = last_json(first.out)
     header = next(line for line in first.out.splitlines() if line.startswith("estimator"))
-    assert header.split()[:4] == ["estimator", "k", "unbiased", "bias"]
+    assert header.split()[:5] == ["estimator", "k", "evals", "unbiased", "bias"]
     assert "disarm, rloo, vimco took their minimum samples" in first.out
     assert list(result["estimators"]) == ["gs", "disarm", "rloo", "vimco"]
     assert result["references"]["iw2"]["kind"] == "exact"
@@ -139,6 +139,35 @@ def test_command_writes_table_json_and_png_and_is_deterministic(tmp_path, capsys
     for name, row in again["estimators"].items():
         assert {k: v for k, v in row.items() if k != "seconds"} == {
             k: v for k, v in result["estimators"][name].items() if k != "seconds"}
+
+
+def test_each_estimator_can_take_its_own_k_and_its_evaluations_of_f_are_counted(digits):
+    """NAME:K measures one estimator at K samples (the same estimator at two K side by side); the evals column
+    counts f's evaluations per estimate (indecater: N (C - 1) + 1 per draw, 7 for 6 binary latents)."""
+    model, x = tiny_model(digits, "binary")
+    report = gradient_report(model, x, ["rloo:2", "rloo:4", "indecater", "rebar"], draws=50, seed=0)
+    rows = report["estimators"]
+    assert list(rows) == ["rloo:2", "rloo:4", "indecater", "rebar"]
+    assert [rows[n]["k"] for n in rows] == [2, 4, 1, 1]
+    assert [rows[n]["evaluations"] for n in rows] == [2, 4, 7, 3]
+    assert rows["rloo:4"]["variance"] < rows["rloo:2"]["variance"]
+
+
+def test_adapt_trains_a_fresh_estimators_learned_parts_on_the_frozen_model(digits):
+    """--adapt: double-cv's alpha, from 0 (rloo), trained for 150 steps on this model's aux_loss; its
+    variance then drops below the fresh one's (seeded: deterministic). Estimators without learned parts and
+    the caller's model are untouched."""
+    model, x = tiny_model(digits, "binary")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = gradient_report(model, x, ["double-cv:2", "rloo:2"], draws=200, seed=0)["estimators"]
+    adapted = gradient_report(model, x, ["double-cv:2", "rloo:2"], draws=200, seed=0, adapt=150,
+                              adapt_data=digits.train)["estimators"]
+    assert fresh["double-cv:2"]["state"] == "fresh" and fresh["double-cv:2"]["adapted"] == 0
+    assert adapted["double-cv:2"]["state"] == "adapted" and adapted["double-cv:2"]["adapted"] == 150
+    assert adapted["rloo:2"]["state"] == "stateless" and adapted["rloo:2"] == {
+        **fresh["rloo:2"], "seconds": adapted["rloo:2"]["seconds"]}
+    assert adapted["double-cv:2"]["variance"] < fresh["double-cv:2"]["variance"]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +206,9 @@ def test_a_trained_run_is_measured_with_its_own_estimator_state(small_run, capsy
     (["--estimators", "arm"], "supports binary latents"),
     (["--estimators", "relaxed"], "does not apply to this posterior"),
     (["--estimators", "disarm", "--k", "3"], "must be even"),
+    (["--estimators", "rloo:0"], "NAME or NAME:K with K a positive number of samples, got 'rloo:0'"),
+    (["--estimators", "rloo:two"], "got 'rloo:two'"),
+    (["--adapt", "-1"], "--adapt must be 0 or more steps, got -1"),
     (["--batch", "181"], "between 1 and the 180 examples"),
     (["--draws", "1"], "--draws must be at least 2"),
     (["--tau", "0"], "--tau must be a finite positive temperature, got 0.0"),

@@ -138,9 +138,12 @@ def _add_gradients_parser(sub: Any) -> None:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"],
                    help="best-validation or last model of a run (default: best)")
     g = p.add_argument_group("gradient diagnostics")
-    g.add_argument("--estimators", default=None, metavar="A,B,...",
-                   help="estimators to measure (default: the posterior's relaxations and every estimator of "
-                   "its kind but vimco)")
+    g.add_argument("--estimators", default=None, metavar="A,B:K,...",
+                   help="estimators to measure, NAME:K with K samples per estimate of its own (default: the "
+                   "posterior's relaxations and every estimator of its kind but vimco)")
+    g.add_argument("--adapt", type=int, default=0, metavar="STEPS",
+                   help="first train each fresh estimator's learned parts (baselines, control variates) for "
+                   "STEPS Adam steps on training batches, the model frozen (default: 0, untrained)")
     g.add_argument("--split", default="valid", choices=["valid", "test", "train"],
                    help="split the batch comes from (default: valid)")
     g.add_argument("--batch", type=int, default=20, help="examples in the batch (default: 20)")
@@ -244,7 +247,7 @@ def _gradients(args: argparse.Namespace) -> dict[str, Any]:
         args.run_dir, config, checkpoint=args.checkpoint, seed=given.get("seed", seed), k=given.get("k", k),
         device=given.get("device", device), data_dir=given.get("data_dir"), split=args.split,
         batch=args.batch, batch_seed=args.batch_seed, estimators=names, draws=args.draws, tau=args.tau,
-        reference_samples=args.reference_samples, options=own, out=args.out)
+        reference_samples=args.reference_samples, options=own, out=args.out, adapt=args.adapt)
 
 
 def estimator_option_names() -> set[str]:

@@ -170,6 +170,51 @@ def default_estimators(model: DiscreteVAE) -> list[str]:
     return names
 
 
+def parse_estimators(names: list[str]) -> dict[str, tuple[str, int | None]]:
+    """``NAME`` or ``NAME:K`` (``K`` samples per estimate for that estimator) -> ``{label: (name, K)}``, in
+    order; the label is what was given. One :class:`ConfigError` line for a bad ``K`` or a repeat."""
+    parsed: dict[str, tuple[str, int | None]] = {}
+    for given in names:
+        name, colon, k = given.partition(":")
+        if colon and not (k.isdigit() and int(k) >= 1):
+            raise ConfigError(f"--estimators takes NAME or NAME:K with K a positive number of samples, "
+                              f"got {given!r}")
+        ESTIMATORS.get(name)  # an unknown name: the registry's one line
+        if given in parsed:
+            raise ConfigError(f"--estimators names {given} twice")
+        parsed[given] = (name, int(k) if colon else None)
+    return parsed
+
+
+def adapt_estimator(model: DiscreteVAE, batches: Tensor, tau: float, n: int, objective: str, steps: int,
+                    lr: float, seed: int) -> int:
+    """Train the estimator's own parameters (learned baselines and control variates: ``aux_loss``) for
+    ``steps`` Adam steps at ``lr`` on batches drawn with ``seed`` from ``batches`` (N, D), the model frozen,
+    as training would have adapted them to this model; returns the steps taken (0 without parameters)."""
+    params = [p for p in model.estimator.parameters() if p.is_floating_point()]
+    if not params or steps == 0:
+        return 0
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    size = min(batches.shape[0], 100)
+    taken = 0
+    for _ in range(steps):
+        x = batches[torch.randint(batches.shape[0], (size,), generator=generator)]
+        aux = model(x, tau, n, 1.0, objective).aux_loss
+        if aux is None:
+            break
+        grads = torch.autograd.grad(aux, params, allow_unused=True)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        optimizer.step()
+        taken += 1
+    for p in params:
+        p.requires_grad_(False)
+    return taken
+
+
 def use_estimator(model: DiscreteVAE, name: str, options: dict[str, Any], own: Estimator, k: int,
                   x: Tensor) -> int:
     """Put estimator ``name`` into ``model`` (a copy of ``own``, the model's trained one, if so named, else a
@@ -241,48 +286,65 @@ def check_measurement(draws: int, k: int, reference_samples: int, tau: float | N
 def gradient_report(model: DiscreteVAE, x: Tensor, estimators: list[str] | None = None, *, k: int = 1,
                     draws: int = 200, tau: float = 1.0, seed: int = 0, reference_samples: int = 10_000,
                     options: dict[str, Any] | None = None, objective: str = "auto",
-                    learned_tau: bool = True) -> dict[str, Any]:
-    """Measure ``estimators`` (default :func:`default_estimators`) on the batch ``x``, ``k`` samples each.
+                    learned_tau: bool = True, adapt: int = 0, adapt_data: Tensor | None = None,
+                    adapt_lr: float = 1e-3) -> dict[str, Any]:
+    """Measure ``estimators`` (default :func:`default_estimators`; ``NAME:K`` gives one its own ``K``) on
+    the batch ``x``, ``k`` samples each.
 
     ``options`` go to the fresh estimators that have them (the model's own estimator keeps its state and
     options); ``objective`` is the relaxations' training objective (``elbo``, ``iw``, or ``auto``: iw for
     posteriors that train with it when k > 1); with ``learned_tau`` a learned temperature wins over ``tau``.
+    With ``adapt``, each fresh estimator with learned parts first trains them for that many steps
+    (:func:`adapt_estimator`, on batches of ``adapt_data``, default ``x``), the model frozen.
     The caller's model and RNG state are left as they were."""
     check_measurement(draws, k, reference_samples, tau)
+    if adapt < 0:
+        raise ConfigError(f"--adapt must be 0 or more steps, got {adapt}")
     own, options = model.estimator, options or {}
     model = copy.deepcopy(model).eval()
     if not learned_tau:
         model.temperature = None
     tau = float(model.tau(tau).detach())
     with torch.no_grad():
-        m = n_states(Latents.of(discrete_terms(model, x[:1], iw=False)[0]))
-    names = list(dict.fromkeys(estimators or default_estimators(model)))
+        latents = Latents.of(discrete_terms(model, x[:1], iw=False)[0])
+    m, shape = n_states(latents), tuple(latents.logits.shape[1:])
+    wanted = parse_estimators(list(dict.fromkeys(estimators or default_estimators(model))))
     references: dict[int, Reference] = {}
     results: dict[str, Any] = {}
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        samples = {name: use_estimator(model, name, options, own, k, x) for name in names}  # bad input first
-        for name, n in samples.items():
+        samples = {label: use_estimator(model, name, options, own, k if n is None else n, x)
+                   for label, (name, n) in wanted.items()}  # bad input first
+        for label, n in samples.items():
+            name, given = wanted[label]
             iw = n if name in MULTI_SAMPLE else 1
             if iw not in references:
                 references[iw] = reference_gradient(model, x, iw, m, reference_samples,
                                                      estimator_seed(seed, f"reference-{iw}"))
-            torch.manual_seed(estimator_seed(seed, name))
-            use_estimator(model, name, options, own, k, x)
+            torch.manual_seed(estimator_seed(seed, label))
+            use_estimator(model, name, options, own, k if given is None else given, x)
             mode = "iw" if iw > 1 else "elbo"
             if name in model.posterior.relaxations:  # as resolve_objective
                 auto = "iw" if model.posterior.iw_default and n > 1 else "elbo"
                 mode = auto if objective == "auto" else objective
             held = [*model.estimator.parameters(), *model.estimator.buffers()]
             state = "stateless" if not held else "own" if own.name == name else "fresh"
+            adapted = 0
+            if state == "fresh" and adapt:
+                adapted = adapt_estimator(model, x if adapt_data is None else adapt_data, tau, n, mode, adapt,
+                                          adapt_lr, estimator_seed(seed, f"adapt-{label}"))
+                state = "adapted" if adapted else state
+            evaluations = (n if name in model.posterior.relaxations
+                           else model.estimator.evaluations(n, latents.kind, shape))
             unbiased = ESTIMATORS.get(name).unbiased
-            results[name] = {"k": n, "reference": target(iw), "objective": mode, "state": state,
-                             **measure(model, x, tau, n, mode, draws, references[iw], unbiased)}
+            results[label] = {"estimator": name, "k": n, "evaluations": evaluations, "reference": target(iw),
+                              "objective": mode, "state": state, "adapted": adapted,
+                              **measure(model, x, tau, n, mode, draws, references[iw], unbiased)}
     refs = {target(iw): {"kind": r.kind, "detail": r.detail, "value": r.value, "norm": float(r.grad.norm()),
                          "se": None if r.var_of_mean is None else math.sqrt(float(r.var_of_mean.sum()))}
             for iw, r in references.items()}
     size = sum(p.numel() for p in q_parameters(model))
-    return {"tau": tau, "k": k, "draws": draws, "states": m, "parameters": size, "references": refs,
-            "estimators": results}
+    return {"tau": tau, "k": k, "draws": draws, "adapt": adapt, "states": m, "parameters": size,
+            "references": refs, "estimators": results}
 
 
 def target(iw: int) -> str:
@@ -294,7 +356,8 @@ def gradients_command(run_dir: Path | None, config: Any, *, checkpoint: str = "b
                       k: int = 1, device: str = "auto", data_dir: str | None = None, split: str = "valid",
                       batch: int = 20, batch_seed: int = 0, estimators: list[str] | None = None,
                       draws: int = 200, tau: float | None = None, reference_samples: int = 10_000,
-                      options: dict[str, Any] | None = None, out: Path | None = None) -> dict[str, Any]:
+                      options: dict[str, Any] | None = None, out: Path | None = None,
+                      adapt: int = 0) -> dict[str, Any]:
     """``dvae gradients``: the model of ``run_dir`` (its ``checkpoint``) or a fresh one from ``config`` (a
     :class:`~discrete_vae.config.TrainConfig`; weights from its seed), ``batch`` examples of ``split`` drawn
     with ``batch_seed``; prints the table, writes ``gradients.json`` and ``gradients.png`` into ``out``."""
@@ -336,7 +399,8 @@ def gradients_command(run_dir: Path | None, config: Any, *, checkpoint: str = "b
     report = gradient_report(
         model, x.to(where), estimators, k=k, draws=draws, seed=seed, options=options,
         tau=temperature_schedule(config)(step) if tau is None else tau, learned_tau=tau is None,
-        reference_samples=reference_samples, objective=config.objective)
+        reference_samples=reference_samples, objective=config.objective, adapt=adapt,
+        adapt_data=data.split("train").to(where) if adapt else None, adapt_lr=config.lr)
     result = {**source, "step": step, "model": config.model, "latent": str(config.latent_spec()),
               "dataset": config.dataset, "split": split, "batch": batch, "batch_seed": batch_seed,
               "indices": indices.tolist(), "seed": seed, **report,

@@ -93,7 +93,7 @@ class SOPConfig:
 
     model: str = _opt("gs", f"posterior of the binary units: {', '.join(MODELS)}")
     estimator: str = _opt("auto", "per-unit estimator of the gs units: gs, st-gs, st, reinmax, gumbel-rao, "
-                          "zgr; the IGR units take their own relaxation (relaxed); auto = gs or relaxed")
+                          "zgr, gst; the IGR units take their own relaxation (relaxed); auto = gs or relaxed")
     arch: str = _opt("double_linear", f"network: {', '.join(ARCHS)}")
     units: int = _opt(240, "stochastic binary units per layer (and hidden width of nonlinear maps)")
     k: int = _opt(1, "m, relaxed samples per example in the training objective L^m (--samples is a "

@@ -12,9 +12,14 @@ exact reference by enumeration in :mod:`.exact`.
 
 from . import (  # noqa: F401  (registration)
     arm,
+    arms,
+    carms,
     disarm,
+    double_cv,
     gs,
+    gst,
     gumbel_rao,
+    indecater,
     nvil,
     rebar,
     reinforce,
@@ -22,8 +27,11 @@ from . import (  # noqa: F401  (registration)
     relax,
     relaxed,
     rloo,
+    rodeo,
     st,
     st_gs,
+    sum_and_sample,
+    unordered,
     vimco,
     zgr,
 )

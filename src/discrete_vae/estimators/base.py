@@ -234,10 +234,10 @@ class Estimator(nn.Module):
                  context: Tensor | None) -> Estimate:
         raise NotImplementedError
 
-    def evaluations(self, n_samples: int, shape: tuple[int, ...]) -> int:
-        """How many times one estimate from ``n_samples`` evaluates ``f`` per example, for latents of one
-        example's ``shape`` (``(..., K)`` when categorical): ``n_samples`` unless the estimator says otherwise
-        (its :attr:`cost`); what comparisons at an equal budget of ``f`` count."""
+    def evaluations(self, n_samples: int, kind: str, shape: tuple[int, ...]) -> int:
+        """How many times one estimate from ``n_samples`` evaluates ``f`` per example, for ``kind`` latents of
+        one example's ``shape`` (``(..., K)`` when categorical): ``n_samples`` unless the estimator says
+        otherwise (its :attr:`cost`); what comparisons at an equal budget of ``f`` count."""
         return n_samples
 
     def temperature(self, tau: Tensor | float | None, like: Tensor) -> Tensor:

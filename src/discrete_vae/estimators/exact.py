@@ -26,12 +26,16 @@ from .base import Latents, Objective, call_f
 MAX_STATES = 2**16
 
 
+def count_states(kind: str, shape: tuple[int, ...]) -> int:
+    """Joint states of one example's latents of ``kind`` and ``shape`` (``(..., K)`` when categorical)."""
+    if kind == "binary":
+        return 2 ** math.prod(shape)
+    return shape[-1] ** math.prod(shape[:-1])
+
+
 def n_states(latents: Latents) -> int:
     """Joint states of one example's latents."""
-    shape = latents.logits.shape[1:]
-    if latents.kind == "binary":
-        return 2 ** shape.numel()
-    return shape[-1] ** shape[:-1].numel()
+    return count_states(latents.kind, tuple(latents.logits.shape[1:]))
 
 
 def states(latents: Latents, limit: int = MAX_STATES) -> Tensor:

@@ -134,12 +134,17 @@ class Rebar(Estimator):
     learns_temperature = True
     unbiased = True
     relaxed = True
+    cost = "3 evaluations of f per draw (the draw and two relaxed points)"
     Options = RebarOptions
 
     def __init__(self, options: RebarOptions | None = None):
         super().__init__(options)
         self.eta = nn.Parameter(torch.tensor(float(self.options.eta)))
         self.log_temperature = nn.Parameter(torch.tensor(math.log(self.options.temperature)))
+
+    def evaluations(self, n_samples: int, kind: str, shape: tuple[int, ...]) -> int:
+        """``3 n_samples``: ``f`` at each draw ``b`` and at its two relaxed points ``z`` and ``z~``."""
+        return 3 * n_samples
 
     def temperature(self, tau: Tensor | float | None, like: Tensor) -> Tensor:
         """``tau`` if given, else the learned ``lambda``."""

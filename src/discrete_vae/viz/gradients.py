@@ -6,16 +6,17 @@ import io
 from typing import Any
 
 COLUMNS = (  # header, key, format
-    ("estimator", None, "{}"), ("k", "k", "{}"), ("unbiased", "unbiased", "{}"), ("bias", "bias", "{:.3g}"),
+    ("estimator", None, "{}"), ("k", "k", "{}"), ("evals", "evaluations", "{}"),
+    ("unbiased", "unbiased", "{}"), ("bias", "bias", "{:.3g}"),
     ("bias/|g|", "relative_bias", "{:.3f}"), ("bias/se", "bias_z", "{:.1f}"),
     ("variance", "variance", "{:.3g}"), ("mse", "mse", "{:.3g}"), ("cos", "cosine", "{:.3f}"),
-    ("cos(mean)", "cosine_of_mean", "{:.3f}"), ("ms", "seconds", "{:.2f}"),
+    ("cos(mean)", "cosine_of_mean", "{:.3f}"), ("ms", "seconds", "{:.2f}"), ("var*ms", None, "{:.3g}"),
 )
 
 
 def _cell(key: str | None, fmt: str, name: str, row: dict[str, Any]) -> str:
-    if key is None:
-        return name
+    if key is None:  # the name, or the work-normalised variance
+        return name if fmt == "{}" else fmt.format(row["variance"] * row["seconds"] * 1e3)
     value = row[key]
     if key == "unbiased":
         return "yes" if value else "no"
@@ -36,13 +37,17 @@ def gradient_table(result: dict[str, Any]) -> str:
     for r in rows:
         cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
         lines.append("  ".join(cells))
-    raised = [n for n, row in estimators.items() if row["k"] > result["k"]]
+    raised = [n for n, row in estimators.items() if row["k"] > result["k"] and ":" not in n]
     if raised:
         lines.append(f"note: {', '.join(raised)} took their minimum samples per estimate (k above)")
     fresh = [n for n, row in estimators.items() if row["state"] == "fresh"]
     if fresh:
         lines.append(f"note: {', '.join(fresh)} start fresh (untrained state, e.g. a baseline of 0, as at "
-                     "step 0); the model's own estimator keeps its trained state")
+                     "step 0; --adapt trains it first); the model's own estimator keeps its trained state")
+    adapted = [n for n, row in estimators.items() if row["state"] == "adapted"]
+    if adapted:
+        lines.append(f"note: {', '.join(adapted)} trained their learned parts for {result['adapt']} steps "
+                     "on this model first (--adapt)")
     lines += [f"warning: {n}: {row['warning']}" for n, row in estimators.items() if "warning" in row]
     return "\n".join(lines)
 

@@ -1,0 +1,148 @@
+"""Variance of the unbiased gradient estimators over training, every estimator on the same model states.
+
+One model per setting is trained in stages (``dvae train``, then ``dvae train --resume RUN --steps N``;
+a constant learning rate makes each stage the prefix of one long run), and at the end of each stage
+``dvae gradients`` measures every estimator on that checkpoint, on one fixed validation batch, against
+the same reference gradient: bias, variance, milliseconds per estimate and evaluations of ``f``
+(``NAME:K`` sets each estimator's samples, so that comparisons can be made at equal evaluations). The
+learned parts of ``double-cv``, ``rodeo`` and ``relax`` are first trained on each checkpoint for
+``--adapt`` steps (the model frozen), as training would have adapted them.
+
+- ``binary``: the model of ``experiments/binary_protocol.yaml`` (200 binary latents, 784-200-200
+  LeakyReLU networks, a uniform prior, batch 100, Adam at 1e-3, the one-sample ELBO with its KL
+  sampled), trained with ``rloo`` at K = 2; stages 10^3, 10^4, 10^5, 10^6 steps.
+- ``categorical``: the default gs model (20 x 10, 784-512-256) at a constant learning rate 1e-3; stages
+  10^3, 10^4, 10^5 steps.
+
+Prints, per setting, the variance and the variance x ms of each estimator at each stage (markdown), and
+writes ``OUT/variance.json`` and ``OUT/variance.png`` (variance, and variance x ms, against the step).
+Resumable: a stage whose ``gradients.json`` exists is not measured again, and the run continues from
+its last checkpoint. Several hours at the full stages on one CPU core (mostly the 10^6 steps).
+
+    OMP_NUM_THREADS=1 python bench/estimator_variance.py --data-dir ../shared/data --out runs/variance
+    python bench/estimator_variance.py --settings binary --stages 20,40 --dataset digits \\
+        --draws 5 --adapt 2 --out /tmp/variance   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+from discrete_vae.cli import main as dvae
+
+SETTINGS = {
+    "binary": {
+        "train": ["--preset", "dong2020-nonlinear", "--prior", "uniform", "--batch-size", "100",
+                  "--lr", "1e-3", "--kl", "sampled", "--estimator", "rloo", "--k", "2"],
+        "stages": [1_000, 10_000, 100_000, 1_000_000],
+        "estimators": ["rloo:2", "disarm:2", "double-cv:2", "rodeo:2", "relax:1", "unordered:2",
+                       "sum-and-sample:2", "rloo:3", "arms:3", "double-cv:3", "rodeo:3", "rloo:4", "arms:4",
+                       "indecater:1"],
+    },
+    "categorical": {
+        "train": ["--latent", "20x10", "--lr-schedule", "constant"],
+        "stages": [1_000, 10_000, 100_000],
+        "estimators": ["rloo:2", "disarm:2", "carms:2", "unordered:2", "sum-and-sample:2", "rloo:3",
+                       "carms:3", "indecater:1"],
+    },
+}
+
+
+def run_stage(root: Path, setting: str, steps: int, args: argparse.Namespace) -> dict:
+    """Train ``setting``'s run to ``steps`` (or resume it there) and measure the estimators on it."""
+    run, out = root / setting / "run", root / setting / f"step-{steps}"
+    if (out / "gradients.json").exists():
+        return json.loads((out / "gradients.json").read_text())
+    spec = SETTINGS[setting]
+    data = ["--data-dir", args.data_dir] if args.data_dir else []
+    common = ["--steps", str(steps), "--eval-every", str(steps),
+              "--checkpoint-every", str(min(steps, 10_000))]
+    if (run / "config.yaml").exists():
+        argv = ["train", "--resume", str(run), *common, *data]
+    else:
+        argv = ["train", *spec["train"], "--dataset", args.dataset, *common, "--out", str(run), *data]
+    if dvae(argv) != 0:
+        raise SystemExit(f"bench/estimator_variance.py: `dvae {' '.join(argv)}` failed")
+    argv = ["gradients", str(run), "--checkpoint", "last", "--estimators", ",".join(spec["estimators"]),
+            "--draws", str(args.draws), "--batch", str(args.batch), "--adapt", str(args.adapt),
+            "--reference-samples", str(args.reference_samples), "--out", str(out), *data]
+    if dvae(argv) != 0:
+        raise SystemExit(f"bench/estimator_variance.py: `dvae {' '.join(argv)}` failed")
+    return json.loads((out / "gradients.json").read_text())
+
+
+def table(setting: str, stages: dict[int, dict], key: str) -> str:
+    """Markdown: one row per estimator, one column per stage, ``key`` (variance, or variance x ms)."""
+    names = list(next(iter(stages.values()))["estimators"])
+    lines = [f"| {setting}: {key} | f evals | " + " | ".join(f"{s:,} steps" for s in stages) + " |",
+             "|---|---:|" + "---:|" * len(stages)]
+    for name in names:
+        rows = [stages[s]["estimators"][name] for s in stages]
+        cells = [f"{r['variance'] * (r['seconds'] * 1e3 if key == 'variance x ms' else 1):.3g}" for r in rows]
+        lines.append(f"| {name} | {rows[0]['evaluations']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def figure(results: dict[str, dict[int, dict]]) -> bytes:
+    """PNG: per setting, variance and variance x ms against the step (log scales), a line per estimator."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2 * len(results)), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(results), 2, squeeze=False)
+    for row, (setting, stages) in zip(axes, results.items(), strict=True):
+        steps = list(stages)
+        for name in next(iter(stages.values()))["estimators"]:
+            rows = [stages[s]["estimators"][name] for s in steps]
+            row[0].plot(steps, [r["variance"] for r in rows], marker="o", label=name)
+            row[1].plot(steps, [r["variance"] * r["seconds"] * 1e3 for r in rows], marker="o", label=name)
+        for ax, what in zip(row, ("variance: tr Cov(g_hat)", "variance x ms per estimate"), strict=True):
+            ax.set(xscale="log", yscale="log", xlabel="training step", ylabel=what, title=setting)
+            ax.grid(True, which="major", alpha=0.3)
+        row[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", default="binary,categorical",
+                        help="comma-separated: binary, categorical")
+    parser.add_argument("--stages", default=None, help="comma-separated steps (default: each setting's)")
+    parser.add_argument("--dataset", default="binarized_mnist")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--draws", type=int, default=500, help="estimates per estimator and stage")
+    parser.add_argument("--batch", type=int, default=20, help="validation examples in the fixed batch")
+    parser.add_argument("--adapt", type=int, default=1000, help="steps that train learned parts first")
+    parser.add_argument("--reference-samples", type=int, default=10_000)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    results: dict[str, dict[int, dict]] = {}
+    for setting in args.settings.split(","):
+        if setting not in SETTINGS:
+            raise SystemExit(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
+        stages = [int(s) for s in args.stages.split(",")] if args.stages else SETTINGS[setting]["stages"]
+        results[setting] = {s: run_stage(args.out, setting, s, args) for s in stages}
+    print(f"$ python {' '.join(sys.argv)}\n")
+    for setting, stages in results.items():
+        for key in ("variance", "variance x ms"):
+            print(table(setting, stages, key) + "\n")
+    summary = {setting: {str(s): {n: {k: r[k] for k in ("k", "evaluations", "variance", "bias", "bias_z",
+                                                         "seconds", "state")}
+                                  for n, r in result["estimators"].items()}
+                         for s, result in stages.items()} for setting, stages in results.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "variance.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (args.out / "variance.png").write_bytes(figure(results))
+    print(f"wrote {args.out / 'variance.json'} and {args.out / 'variance.png'}")
+
+
+if __name__ == "__main__":
+    main()
