@@ -46,6 +46,8 @@ CASES = [
      "--threads 1", '"steps_per_s"'),
     ("estimator_cost.py", "--settings binary --estimators gs,disarm --hidden 16 --batch-size 10 "
      "--steps 2 --repeats 1 --warmup 1 --threads 1 --compile", "compiled ms / eager ms"),
+    ("estimator_variance.py", "--settings binary --stages 5 --dataset digits --draws 3 --adapt 1 --batch 3 "
+     "--reference-samples 100 --out {tmp}/variance", "| binary: variance |"),
     ("eval_speed.py", "{run} --samples 5 --limit 10", '"flop_per_s"'),
     ("gibbs_speed.py", "--threads 1 --chains 20 --n-a 5 --n-b 5 --sweeps 2 --rounds 1 --pa-betas 5 "
      "--pa-population 10 --pa-runs 1", '"ours_sweeps_per_s"'),
