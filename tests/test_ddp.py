@@ -103,7 +103,8 @@ def test_torchrun_two_ranks_rank_0_writes_one_run_folder(tmp_path, capsys):
     # an estimator's own parameters: outside DDP's reduction, their aux-loss gradients averaged by the loop
     (["--estimator", "relax", "--cv-hidden", "8"], "estimator.net"),  # and create_graph in the forward
     (["--estimator", "nvil", "--baseline-hidden", "8"], "estimator.net"),  # lazily sized
-], ids=["learned-temperature", "relax", "nvil"])
+    (["--estimator", "rodeo", "--k", "2", "--cv-hidden", "8"], "estimator.net"),  # and grad of f in z
+], ids=["learned-temperature", "relax", "nvil", "rodeo"])
 def test_torchrun_ranks_hold_identical_models(tmp_path, extra, own):
     script = tmp_path / "record_ranks.py"
     script.write_text(RECORD_RANKS)
