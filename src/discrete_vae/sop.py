@@ -87,13 +87,18 @@ def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def per_unit() -> list[str]:
+    """The estimators that draw each unit of the network on its own (the pathwise ones), from the registry."""
+    return [n for n in ESTIMATORS.names() if issubclass(ESTIMATORS.get(n), Pathwise)]
+
+
 @dataclass
 class SOPConfig:
     """Every option of one SOP run (the ``dvae sop train`` flags); stored in ``config.yaml``."""
 
     model: str = _opt("gs", f"posterior of the binary units: {', '.join(MODELS)}")
-    estimator: str = _opt("auto", "per-unit estimator of the gs units: gs, st-gs, st, reinmax, gumbel-rao, "
-                          "zgr, gst; the IGR units take their own relaxation (relaxed); auto = gs or relaxed")
+    estimator: str = _opt("auto", f"per-unit estimator of the gs units: {', '.join(per_unit())}; the IGR "
+                          "units take their own relaxation (relaxed); auto = gs or relaxed")
     arch: str = _opt("double_linear", f"network: {', '.join(ARCHS)}")
     units: int = _opt(240, "stochastic binary units per layer (and hidden width of nonlinear maps)")
     k: int = _opt(1, "m, relaxed samples per example in the training objective L^m (--samples is a "
@@ -124,10 +129,9 @@ class SOPConfig:
         if self.model not in MODELS:
             raise ConfigError(f"unknown --model {self.model!r}; choose one of: {', '.join(MODELS)}")
         if self.estimator not in ("auto", "relaxed") or self.model == "gs":
-            per_unit = [n for n in ESTIMATORS.names() if issubclass(ESTIMATORS.get(n), Pathwise)]
-            if self.model != "gs" or self.estimator not in ("auto", *per_unit):
+            if self.model != "gs" or self.estimator not in ("auto", *per_unit()):
                 raise ConfigError(f"--model {self.model} trains with --estimator "
-                                  f"{', '.join(per_unit) if self.model == 'gs' else 'relaxed'} (per-unit "
+                                  f"{', '.join(per_unit()) if self.model == 'gs' else 'relaxed'} (per-unit "
                                   f"draws through the network), not {self.estimator}")
         if self.arch not in ARCHS:
             raise ConfigError(f"unknown --arch {self.arch!r}; choose one of: {', '.join(ARCHS)}")
