@@ -12,7 +12,7 @@ import torch
 from torch.distributions import Bernoulli
 
 from discrete_vae.errors import ConfigError
-from discrete_vae.estimators import ESTIMATORS, Latents, build_estimator
+from discrete_vae.estimators import ESTIMATORS, Latents, build_estimator, rodeo
 from discrete_vae.estimators.exact import states
 from estimator_checks import Problem, check_unbiased
 
@@ -138,6 +138,48 @@ def test_training_the_control_variates_lowers_the_variance(name):
     torch.manual_seed(1)
     _, rloo, _ = problem.estimates(build_estimator("rloo"), 2000, 2)
     assert trained.var(0).sum() < 0.05 * rloo.var(0).sum(), (trained.var(0).sum(), rloo.var(0).sum())
+
+
+def test_rodeos_h_along_its_first_input_is_the_network_in_value_and_gradient():
+    """rodeo reads its one-hidden-layer h at the neighbours off prefix sums over sorted breakpoints
+    (along_first_input), not point by point: on random float64 inputs (a hidden unit with first weight 0,
+    offsets 0 and repeated offsets included) the values, and the gradient of a random linear function of
+    them in every parameter of h, equal those of the nn.Sequential applied to each point, to 1e-12."""
+    gen = torch.Generator().manual_seed(11)
+    net = randomized("rodeo", seed=3, hidden=(100,)).net
+    with torch.no_grad():
+        net[0].weight[7, 0] = 0.0
+    base = torch.randn(30, 2, generator=gen, dtype=torch.float64) * 2  # (G, 2)
+    moves = torch.randn(30, 40, generator=gen, dtype=torch.float64) * 3  # (G, Q)
+    moves[:, 0], moves[:, 1] = 0.0, moves[:, 2]
+    points = torch.stack([base[:, :1] + moves, base[:, 1:].expand_as(moves)], -1)  # (G, Q, 2)
+    expected, fast = net(points).movedim(-1, 0), rodeo.along_first_input(net, base, moves)  # (2, G, Q)
+    torch.testing.assert_close(fast, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    params = list(net.parameters())
+    for got, want in zip(torch.autograd.grad((fast * weights).sum(), params),
+                         torch.autograd.grad((expected * weights).sum(), params), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,shape", [("binary", (7,)), ("categorical", (3, 4))])
+def test_rodeos_estimate_and_aux_loss_gradient_are_those_of_h_point_by_point(kind, shape, monkeypatch):
+    """On the same draws (K = 3, random h of 100 hidden units, alpha and beta), the estimate for the logits,
+    aux_loss and its gradient in every estimator parameter equal those with h evaluated point by point by
+    the nn.Sequential, to 1e-12."""
+    problem = Problem(kind, shape, seed=12)
+    logits, w = problem.leaves(6)
+    estimator = randomized("rodeo", seed=4, hidden=(100,))
+    out = []
+    for fast in (True, False):
+        monkeypatch.setattr(rodeo, "piecewise_linear", lambda net, fast=fast: fast)
+        torch.manual_seed(5)
+        estimate = estimator(problem.dist(logits), problem.f(w), 3)
+        grad = torch.autograd.grad(estimate.surrogate.sum(), logits, retain_graph=True)
+        own = torch.autograd.grad(estimate.aux_loss, list(estimator.parameters()))
+        out.append([*grad, estimate.aux_loss, *own])
+    for got, want in zip(*out, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", NAMES)
