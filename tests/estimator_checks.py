@@ -104,3 +104,24 @@ def check_unbiased(estimator, kind: str, shape: tuple[int, ...], n_samples: int,
     assert_unbiased(est_logits, g_logits, "d/dlogits")
     assert_unbiased(est_w, g_w, "d/dw")
     assert_unbiased(est_value.unsqueeze(1), value.reshape(1), "value")
+
+
+def check_one_call(estimator, kind: str, shape: tuple[int, ...], n_samples: int, seed: int = 5) -> None:
+    """``f`` is called once, on all ``n_samples`` draws of 4 example rows stacked; ``surrogate[b]`` has no
+    gradient with respect to another row's logits or parameters; the surrogate's value is the value
+    estimate (deterministic checks)."""
+    problem = Problem(kind, shape, seed=seed)
+    logits, w = problem.leaves(4)
+    calls = []
+
+    def f(z: Tensor) -> Tensor:
+        calls.append(tuple(z.shape))
+        return problem.f(w)(z)
+
+    out = estimator(problem.dist(logits), f, n_samples)
+    assert calls == [(n_samples, 4, *logits.shape[1:])]
+    assert out.surrogate.shape == out.value.shape == (4,) and not out.value.requires_grad
+    torch.testing.assert_close(out.surrogate.detach(), out.value)
+    grad_logits, grad_w = torch.autograd.grad(out.surrogate[1], (logits, w))
+    for grad in (grad_logits, grad_w):
+        assert grad[[0, 2, 3]].abs().max() == 0

@@ -9,7 +9,7 @@ from torch.distributions import Bernoulli, Independent, OneHotCategorical
 
 from discrete_vae.errors import ConfigError
 from discrete_vae.estimators import ESTIMATORS, build_estimator
-from estimator_checks import Problem, check_unbiased
+from estimator_checks import Problem, check_one_call, check_unbiased
 
 ROWS = 20000  # independent estimates per z-test
 
@@ -54,20 +54,7 @@ def test_disarm_variance_is_no_larger_than_arm_on_the_same_draws(seed, shape):
 def test_one_call_of_f_rows_stay_separate_and_the_surrogate_is_the_value(name, kind, shape):
     """f is called once on all n_samples draws (antithetic pairs stacked); surrogate[b] depends on row b only;
     the surrogate's value is the value estimate."""
-    problem = Problem(kind, shape, seed=5)
-    logits, w = problem.leaves(4)
-    calls = []
-
-    def f(z):
-        calls.append(tuple(z.shape))
-        return problem.f(w)(z)
-
-    out = build_estimator(name)(problem.dist(logits), f, 6)
-    assert calls == [(6, 4, *logits.shape[1:])]
-    torch.testing.assert_close(out.surrogate.detach(), out.value)
-    grad_logits, grad_w = torch.autograd.grad(out.surrogate[1], (logits, w))
-    for grad in (grad_logits, grad_w):
-        assert grad[[0, 2, 3]].abs().max() == 0
+    check_one_call(build_estimator(name), kind, shape, 6)
 
 
 def test_independent_wrapper_gives_the_same_estimate():
@@ -88,10 +75,11 @@ def test_odd_or_too_few_samples_is_one_error(name, n_samples):
         build_estimator(name)(q, lambda z: z.sum(-1), n_samples)
 
 
-def test_arm_on_categorical_latents_is_one_error():
+@pytest.mark.parametrize("name", ["arm", "arms"])
+def test_binary_only_estimators_on_categorical_latents_are_one_error(name):
     q = OneHotCategorical(logits=torch.zeros(2, 3, 4))
     with pytest.raises(ConfigError, match="supports binary latents, not categorical"):
-        build_estimator("arm")(q, lambda z: z.sum((-2, -1)), 2)
+        build_estimator(name)(q, lambda z: z.sum((-2, -1)), 2)
 
 
 def test_registry_and_options():

@@ -19,7 +19,7 @@ from discrete_vae.errors import ConfigError
 from discrete_vae.estimators import ESTIMATORS, build_estimator
 from discrete_vae.estimators.arms import dirichlet_bits, dirichlet_cdf, dirichlet_uniforms, gaussian_bits
 from discrete_vae.estimators.carms import class_orders, coupled_draws
-from estimator_checks import FALSE_FAILURE, Problem, check_unbiased
+from estimator_checks import FALSE_FAILURE, Problem, check_one_call, check_unbiased
 
 ROWS = 20000  # independent estimates per z-test
 GAUSSIAN = {"copula": "gaussian"}
@@ -147,20 +147,7 @@ def test_carms_weights_are_the_pair_probabilities_of_its_draws(k):
 def test_one_call_of_f_rows_stay_separate_and_the_surrogate_is_the_value(name, options, kind, shape):
     """f is called once on all K = 5 draws; surrogate[b] depends on row b only; the surrogate's value is the
     value estimate."""
-    problem = Problem(kind, shape, seed=5)
-    logits, w = problem.leaves(4)
-    calls = []
-
-    def f(z):
-        calls.append(tuple(z.shape))
-        return problem.f(w)(z)
-
-    out = build_estimator(name, **options)(problem.dist(logits), f, 5)
-    assert calls == [(5, 4, *logits.shape[1:])]
-    torch.testing.assert_close(out.surrogate.detach(), out.value)
-    grad_logits, grad_w = torch.autograd.grad(out.surrogate[1], (logits, w))
-    for grad in (grad_logits, grad_w):
-        assert grad[[0, 2, 3]].abs().max() == 0
+    check_one_call(build_estimator(name, **options), kind, shape, 5)
 
 
 @pytest.mark.parametrize("name,options", [("arms", {}), ("arms", GAUSSIAN), ("carms", {})])
@@ -184,11 +171,6 @@ def test_too_few_samples_is_one_error(name, n_samples):
     with pytest.raises(ConfigError, match="at least 2 samples"):
         build_estimator(name)(q, lambda z: z.sum(-1), n_samples)
 
-
-def test_arms_on_categorical_latents_is_one_error():
-    q = OneHotCategorical(logits=torch.zeros(2, 3, 4))
-    with pytest.raises(ConfigError, match="supports binary latents, not categorical"):
-        build_estimator("arms")(q, lambda z: z.sum((-2, -1)), 3)
 
 
 def test_registry_and_options():

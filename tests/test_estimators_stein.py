@@ -14,7 +14,7 @@ from torch.distributions import Bernoulli
 from discrete_vae.errors import ConfigError
 from discrete_vae.estimators import ESTIMATORS, Latents, build_estimator, rodeo
 from discrete_vae.estimators.exact import states
-from estimator_checks import Problem, check_unbiased
+from estimator_checks import Problem, check_one_call, check_unbiased
 
 ROWS = 20000  # independent estimates per z-test
 NAMES = ("double-cv", "rodeo")
@@ -186,20 +186,7 @@ def test_rodeos_estimate_and_aux_loss_gradient_are_those_of_h_point_by_point(kin
 def test_one_call_of_f_rows_stay_separate_and_the_surrogate_is_the_value(name):
     """f is called once on all n_samples draws; surrogate[b] depends on row b only; the surrogate's value is
     the value estimate."""
-    problem = Problem("categorical", (2, 3), seed=5)
-    logits, w = problem.leaves(4)
-    calls = []
-
-    def f(z):
-        calls.append(tuple(z.shape))
-        return problem.f(w)(z)
-
-    out = randomized(name)(problem.dist(logits), f, 3)
-    assert calls == [(3, 4, *logits.shape[1:])]
-    torch.testing.assert_close(out.surrogate.detach(), out.value)
-    grad_logits, grad_w = torch.autograd.grad(out.surrogate[1], (logits, w))
-    for grad in (grad_logits, grad_w):
-        assert grad[[0, 2, 3]].abs().max() == 0
+    check_one_call(randomized(name), "categorical", (2, 3), 3)
 
 
 @pytest.mark.parametrize("name", NAMES)
