@@ -224,6 +224,12 @@ def test_dvae_list_describes_posteriors_and_estimators(capsys):
     assert posteriors["igr-sb"]["sb_threshold"] == 0.99 and posteriors["dvaes-power"]["levels"] == 1
     rc, out, _ = dvae(capsys, "list", "estimators")
     assert rc == 0 and "binary, categorical; unbiased" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "N·(C-1)+1 evaluations of f per draw" in rows["indecater"]  # what one estimate costs
+    for name in ESTIMATORS.names():  # an estimator of one latent kind says why not the other
+        kinds = set(ESTIMATORS.get(name).supports)
+        if kinds < {"binary", "categorical"}:
+            assert listed[name]["unsupported"] and listed[name]["unsupported"] in rows[name], name
 
 
 def test_normal_kl_matches_torch():

@@ -35,7 +35,7 @@ def _described(what: str, registry: Any) -> dict[str, dict[str, Any]]:
         entry = registry.get(name)
         lead = ({"family": entry.family} if what == "posteriors" else
                 {"supports": list(entry.supports), "unbiased": entry.unbiased,
-                 **({"cost": entry.cost} if what == "estimators" and entry.cost else {})})
+                 **{k: getattr(entry, k) for k in ("cost", "unsupported") if getattr(entry, k, "")}})
         described[name] = {**lead, **{f.name: list(f.default) if isinstance(f.default, tuple) else f.default
                                       for f in fields(entry.Options)}}
     return described
@@ -64,10 +64,9 @@ def list_registries(what: str | None, as_json: bool) -> dict[str, Any] | None:
             settings = dict(settings)
             lead = ""
             if what == "estimators":  # what it supports, then its options (as flags)
-                cost = settings.pop("cost", "")
+                notes = "".join(f"{settings.pop(k)}; " for k in ("cost", "unsupported") if k in settings)
                 lead = (f"{', '.join(settings.pop('supports'))}; "
-                        f"{'unbiased' if settings.pop('unbiased') else 'biased'}; "
-                        f"{cost + '; ' if cost else ''}")
+                        f"{'unbiased' if settings.pop('unbiased') else 'biased'}; {notes}")
             elif what == "posteriors":
                 lead = f"{settings.pop('family')}; "
             text = " ".join(f"--{k.replace('_', '-')} {value_text(v)}" for k, v in settings.items())

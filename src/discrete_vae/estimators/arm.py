@@ -82,6 +82,7 @@ class ARM(Antithetic):
     """Augment-REINFORCE-Merge: ``(f(b~) - f(b)) (u - 1/2)`` over antithetic pairs (unbiased)."""
 
     name = "arm"
+    unsupported = "categorical: ARM has no categorical form (ARSM is another method); disarm has one"
     supports = ("binary",)
 
     def estimate(self, latents: Latents, f: Objective, n_samples: int, *, tau: Tensor | float | None,

@@ -132,6 +132,7 @@ class ARMS(Estimator):
     """
 
     name = "arms"
+    unsupported = "categorical: its extension is carms"
     supports = ("binary",)
     unbiased = True
     min_samples = 2

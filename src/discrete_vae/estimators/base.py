@@ -196,6 +196,8 @@ class Estimator(nn.Module):
     separable_aux: ClassVar[bool] = False
     # evaluations of f per estimate when they are not n_samples (shown by `dvae list estimators`)
     cost: ClassVar[str] = ""
+    # why a latent kind is not supported, where it is not (shown by `dvae list estimators`)
+    unsupported: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, options: Any = None):
