@@ -44,6 +44,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from .base import Estimate, Estimator, Latents, Objective, call_f, class_softmax, register
+from .joint import configurations
 
 
 @dataclass(frozen=True)
@@ -60,17 +61,6 @@ def classes(latents: Latents, z: Tensor) -> Tensor:
     """Each variable's class in hard draws: (S, B, ...) -> (S, B, N) int32."""
     index = z if latents.kind == "binary" else z.argmax(-1)
     return index.reshape(*index.shape[:2], -1).to(torch.int32)
-
-
-def one_hot_draws(latents: Latents, x: Tensor) -> Tensor:
-    """Hard draws laid out as ``q``'s samples from classes ``x`` (R, B, N): (R, B, ...)."""
-    shape = latents.logits.shape[1:]
-    dtype = latents.logits.dtype
-    if latents.kind == "binary":
-        return x.to(dtype).view(*x.shape[:2], *shape)
-    k = shape[-1]
-    hot = x.unsqueeze(-1) == torch.arange(k, dtype=x.dtype, device=x.device)  # (R, B, N, K)
-    return hot.to(dtype).view(*x.shape[:2], *shape)
 
 
 def neighbours(x: Tensor, c: int) -> Tensor:
@@ -132,7 +122,7 @@ class IndeCateR(Estimator):
         z = latents.sample(n_samples)  # (S, B, ...)
         x = classes(latents, z)  # (S, B, N)
         moved = neighbours(x, c)  # (S, N, C-1, B, N)
-        points = one_hot_draws(latents, moved.flatten(0, 2))  # (S N (C-1), B, ...)
+        points = configurations(latents, moved.flatten(0, 2).transpose(0, 1).long())  # (S N (C-1), B, ...)
         fz = evaluate(f, torch.cat([z, points]), self.options.chunk)  # (S (1 + N (C-1)), B)
         s, n = x.shape[0], x.shape[-1]
         fbar = class_means(fz[:s], fz[s:].view(s, n, c - 1, -1), x, c)  # (B, N, C)
