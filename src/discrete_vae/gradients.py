@@ -191,6 +191,8 @@ def adapt_estimator(model: DiscreteVAE, batches: Tensor, tau: float, n: int, obj
     """Train the estimator's own parameters (learned baselines and control variates: ``aux_loss``) for
     ``steps`` Adam steps at ``lr`` on batches drawn with ``seed`` from ``batches`` (N, D), the model frozen,
     as training would have adapted them to this model; returns the steps taken (0 without parameters)."""
+    from .train import estimator_gradients
+
     params = [p for p in model.estimator.parameters() if p.is_floating_point()]
     if not params or steps == 0:
         return 0
@@ -205,8 +207,7 @@ def adapt_estimator(model: DiscreteVAE, batches: Tensor, tau: float, n: int, obj
         aux = model(x, tau, n, 1.0, objective).aux_loss
         if aux is None:
             break
-        grads = torch.autograd.grad(aux, params, allow_unused=True)
-        for p, g in zip(params, grads, strict=True):
+        for p, g in zip(params, estimator_gradients(params, aux), strict=True):  # as training steps them
             p.grad = g
         optimizer.step()
         taken += 1
