@@ -33,7 +33,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from discrete_vae import sop  # noqa: E402
-from discrete_vae.config import fresh_config  # noqa: E402
+from discrete_vae.presets import fresh_config  # noqa: E402
 from discrete_vae.train import train  # noqa: E402
 
 

@@ -22,7 +22,7 @@ import tempfile
 
 import torch
 
-from discrete_vae.config import fresh_config
+from discrete_vae.presets import fresh_config
 from discrete_vae.train import train
 
 SETTINGS = "pcd:1000x40,pa:1000x40,pcd:1000x10,pcd:100x40,pcd:100x10,pa:100x10"

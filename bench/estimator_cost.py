@@ -40,9 +40,9 @@ from discrete_vae.config import TrainConfig
 from discrete_vae.data import load_dataset
 from discrete_vae.errors import ConfigError, DataError
 from discrete_vae.estimators import ESTIMATORS
+from discrete_vae.loop import estimator_gradients
 from discrete_vae.models.vae import Terms
 from discrete_vae.recipe import build_model, kl_weight, learning_rate, resolve_objective, temperature_schedule
-from discrete_vae.train import estimator_gradients
 
 SETTINGS = {"binary": ("200", True), "categorical": ("20x10", False)}  # name -> (--latent, --binary)
 # the issues' targets: step time relative to gs at the samples per example above (indecater: none, it

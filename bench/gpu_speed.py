@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from discrete_vae.config import fresh_config
 from discrete_vae.evaluate import evaluate_run
+from discrete_vae.presets import fresh_config
 from discrete_vae.train import train
 
 

@@ -39,10 +39,13 @@ from cli_helpers import (  # noqa: F401
     subprocess_env,
 )
 from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
-from discrete_vae.config import PRESETS, TrainConfig
+from discrete_vae.config import TrainConfig
 from discrete_vae.data import binarized_mnist as bm_mod
 from discrete_vae.data import download as download_mod
+from discrete_vae.errors import ConfigError
+from discrete_vae.presets import PRESETS
 from discrete_vae.recipe import model_from_run
+from discrete_vae.upgrade import upgrade_config
 
 
 def assert_readable_grid(path: Path, rows: int, ncol: int = 8, side: int = 8) -> None:
@@ -353,20 +356,19 @@ def test_config_type_errors_name_the_key_and_the_type(text, key, expected, tmp_p
     assert key in result.err and expected in result.err, result.err
 
 
-def test_samples_is_a_deprecated_spelling_of_k(resolve, capsys):
+def test_k_has_one_spelling(resolve, capsys):
+    """``--samples``, the old spelling of ``--k`` in the training commands, is refused like any unknown flag
+    (one line, status 2); a stored config's ``samples`` is read as ``k`` by :mod:`discrete_vae.upgrade`."""
     assert resolve("--k", "3").k == 3
-    assert "deprecated" not in capsys.readouterr().err
-    assert resolve("--samples", "3") == resolve("--k", "3")
-    with pytest.raises(TypeError):  # the field is k now; old config files' `samples` still load
+    for command in (["train"], ["sop", "train"], ["gradients"]):
+        result = dvae(capsys, *command, "--samples", 2, "--device", "cpu")
+        assert result.rc == 2 and len(result.err.strip().splitlines()) == 1, result.err
+        assert "unrecognized arguments: --samples" in result.err, result.err
+    with pytest.raises(TypeError):  # the field is k
         TrainConfig(samples=3)
-    assert TrainConfig.from_dict({"samples": 4}).k == 4
-
-
-def test_samples_flag_warns_once_and_trains(tmp_path, capsys):
-    result = dvae(capsys, "train", *FAST, "--steps", 20, "--samples", 2, "--out", tmp_path / "run")
-    assert result.rc == 0, result.err
-    assert "--samples is deprecated" in result.err and "use --k" in result.err
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["k"] == 2
+    with pytest.raises(ConfigError, match="unknown config keys: samples"):
+        TrainConfig.from_dict({"samples": 4})
+    assert TrainConfig.from_dict(upgrade_config({"samples": 4})).k == 4
 
 
 def test_every_eval_option_has_help_with_its_default():
@@ -423,7 +425,7 @@ def test_dong2020_presets_are_the_disarm_code_models(resolve, name, widths, leak
 
 def test_activation_check_follows_the_registry():
     from discrete_vae.errors import ConfigError
-    from discrete_vae.models.mlp import ACTIVATIONS
+    from discrete_vae.networks import ACTIVATIONS
 
     assert {"relu", "tanh", "leaky_relu"} <= set(ACTIVATIONS)
     for name in ACTIVATIONS:
@@ -687,7 +689,7 @@ def test_learned_temperature_moves_and_stays_positive(tmp_path, capsys):
         ["--model", "st-gs"],
         ["--binary", "--latent", "16x2"],
         ["--binary", "--latent", "16x2", "--kl", "relaxed", "--prior", "learnable"],
-        ["--prior", "learnable", "--samples", "2"],
+        ["--prior", "learnable", "--k", "2"],
     ],
     ids=" ".join,
 )

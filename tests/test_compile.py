@@ -146,8 +146,8 @@ def test_a_separable_aux_loss_takes_one_backward_pass_to_the_same_gradients(name
     estimator's own parameters and the surrogate none of them, so ``(loss + aux_loss).backward()`` gives
     the gradients of the two separate passes (the eager step's), bit for bit."""
     from discrete_vae.config import TrainConfig
+    from discrete_vae.loop import estimator_gradients
     from discrete_vae.recipe import build_model
-    from discrete_vae.train import estimator_gradients
 
     torch.manual_seed(0)
     model = build_model(TrainConfig(latent="4x3", hidden=(16,), estimator=name), 20)
@@ -170,3 +170,29 @@ def test_a_separable_aux_loss_takes_one_backward_pass_to_the_same_gradients(name
                 p.grad = g
         grads.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_each_step_gets_a_code_object_of_its_own_also_a_tasks_method():
+    """Dynamo keeps its graphs on the code object: two runs' steps (functions, or a task's bound
+    ``losses``) must not share one, while computing the same."""
+    from discrete_vae.compiling import own_code
+
+    class Task:
+        def __init__(self, scale):
+            self.scale = scale
+
+        def losses(self, x):
+            return self.scale * x
+
+    first, second = Task(2.0), Task(3.0)
+    a, b = own_code(first.losses), own_code(second.losses)
+    assert a.__self__ is first and b.__self__ is second
+    assert a.__func__.__code__ is not Task.losses.__code__
+    assert a.__func__.__code__ is not b.__func__.__code__
+    assert (a(1.0), b(1.0)) == (2.0, 3.0)
+
+    def step(x):
+        return x + 1
+
+    copy = own_code(step)
+    assert copy.__code__ is not step.__code__ and copy(1) == 2

@@ -18,7 +18,7 @@ from torch.distributions import MultivariateNormal
 from cli_helpers import dvae, last_json
 from discrete_vae.config import TrainConfig
 from discrete_vae.distributions import get_smoothing
-from discrete_vae.models.mlp import MLPConfig, build_mlp
+from discrete_vae.networks import MLPConfig, build_mlp
 from discrete_vae.objectives import relaxed_elbo, relaxed_iw
 from discrete_vae.posteriors import HierarchicalBernoulli, LatentSpec, build_posterior
 from discrete_vae.posteriors.dvae import MODELS
@@ -242,24 +242,24 @@ CLI_FAST = [
     ids=lambda o: " ".join(o[1:]),
 )
 def test_each_dvae_model_trains_evaluates_and_resumes_bitwise(options, tmp_path, capsys, monkeypatch):
-    import discrete_vae.train as train_mod
+    import discrete_vae.run_state as run_state
     from discrete_vae.checkpoint import load_checkpoint
 
     full, split = tmp_path / "full", tmp_path / "split"
     rc, out, err = dvae(capsys, "train", *CLI_FAST, *options, "--steps", 40, "--out", full)
     assert rc == 0, err
     assert last_json(out)["log_z_method"] == "exact"  # 4 + 4 units: enumerated
-    save = train_mod.save_checkpoint
+    save = run_state.save_checkpoint
 
     def save_then_interrupt(path, state):  # Ctrl-C right after the checkpoint of step 20
         save(path, state)
         if path.name == "last.safetensors" and state["step"] == 20:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(run_state, "save_checkpoint", save_then_interrupt)
     rc, _, err = dvae(capsys, "train", *CLI_FAST, *options, "--steps", 40, "--out", split)
     assert rc == 130, err
-    monkeypatch.setattr(train_mod, "save_checkpoint", save)
+    monkeypatch.setattr(run_state, "save_checkpoint", save)
     rc, _, err = dvae(capsys, "train", "--resume", split)
     assert rc == 0, err
     a, b = load_checkpoint(full / "last.safetensors"), load_checkpoint(split / "last.safetensors")
@@ -313,7 +313,7 @@ def test_bad_dvae_options_exit_2_with_one_line(argv, tmp_path, capsys):
 
 
 def test_struct_fills_what_flags_leave_unset():
-    from discrete_vae.config import with_struct
+    from discrete_vae.presets import with_struct
 
     values = with_struct({"model": "dvaes-power", "struct": "2-layer-nonlin", "lr": 1e-3, "epochs": 3})
     config = TrainConfig.from_dict(values)
@@ -321,3 +321,16 @@ def test_struct_fills_what_flags_leave_unset():
         "400x2", {"levels": 2}, (200, 200), True)
     assert (config.lr, config.epochs, config.steps, config.lr_schedule) == (1e-3, 3, None, "piecewise")
     assert config.center_input and config.kl_warmup == 0.3 and config.l2 == 1e-4
+
+
+def test_one_layer_structs_set_levels_only_for_posteriors_that_have_them():
+    """A struct's one group of latents is every other posterior's only form; deeper ones need levels."""
+    from discrete_vae.errors import ConfigError
+    from discrete_vae.presets import fresh_config
+
+    assert fresh_config({"model": "dvaes-power", "struct": "1-layer-lin"}).posterior_options == {"levels": 1}
+    for model in ("gs", "igr-i"):
+        config = fresh_config({"model": model, "struct": "1-layer-nonlin"})
+        assert (config.latent, config.hidden, config.posterior_options) == ("200x2", (200, 200), {})
+    with pytest.raises(ConfigError, match="--levels is not an option of posterior categorical"):
+        fresh_config({"model": "gs", "struct": "2-layer-nonlin"})

@@ -10,14 +10,17 @@ from safetensors.torch import load_file
 from torch import nn
 
 from cli_helpers import dvae, last_json, read_metrics
+from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
 from discrete_vae.config import TrainConfig
 from discrete_vae.errors import ConfigError
 from discrete_vae.estimators import ESTIMATORS, build_estimator
-from discrete_vae.models import DiscreteVAE, MLPConfig
+from discrete_vae.models import DiscreteVAE
+from discrete_vae.networks import MLPConfig
 from discrete_vae.posteriors import LatentSpec, build_posterior
 from discrete_vae.posteriors.kl import analytic_kl
 from discrete_vae.priors import build_prior
 from discrete_vae.recipe import build_model
+from discrete_vae.upgrade import upgrade_config
 
 TINY = ["--dataset", "digits", "--hidden", "16", "--batch-size", "20", "--val-samples", "2",
         "--device", "cpu", "--lr-schedule", "constant", "--eval-every", "10", "--checkpoint-every", "10",
@@ -122,7 +125,7 @@ def test_model_presets_are_posterior_plus_estimator():
     """--model names keep training what they trained: gs and st-gs differ only in the estimator."""
     for model, posterior, estimator in [("gs", "ConcreteCategorical", "gs"),
                                         ("st-gs", "ConcreteCategorical", "st-gs"),
-                                        ("igr-sb", "IGRCategorical", "relaxed")]:
+                                        ("igr-sb", "IGRSBCategorical", "relaxed")]:
         built = build_model(TrainConfig(model=model, latent="3x4", hidden=(8,)), 16)
         assert (type(built.posterior).__name__, built.estimator.name) == (posterior, estimator)
     mixed = build_model(TrainConfig(model="gs", estimator="rloo", latent="3x4", hidden=(8,)), 16)
@@ -198,17 +201,21 @@ def test_default_estimator_is_the_posteriors_own_relaxation():
                     MLPConfig((8,)), MLPConfig((8,)), estimator=build_estimator("disarm"))
 
 
-def test_run_folders_from_before_posteriors_and_estimators_still_load():
-    """Checkpoints named the posterior ``family`` and configs had no posterior or estimator keys."""
+def test_run_folders_from_before_posteriors_and_estimators_still_load(tmp_path):
+    """Checkpoints named the posterior ``family`` and configs had no posterior or estimator keys: a
+    checkpoint of that time loads (:func:`load_checkpoint` reads it in today's form)."""
     old_config = {"model": "igr-planar", "latent": "3x4", "hidden": [8], "samples": 1}
-    config = TrainConfig.from_dict(old_config)
+    config = TrainConfig.from_dict(upgrade_config(old_config))
     assert (config.posterior, config.estimator, config.estimator_options) == ("auto", "auto", {})
     torch.manual_seed(0)
     model = build_model(config, 16)
     old_state = {k.replace("posterior.", "family.", 1): v for k, v in model.state_dict().items()}
     assert any(k.startswith("family.flow.") for k in old_state)
-    fresh = build_model(config, 16)
-    fresh.load_state_dict(old_state)
+    save_checkpoint(tmp_path / "old.safetensors", {"model": old_state, "config": old_config})
+    state = load_checkpoint(tmp_path / "old.safetensors")
+    assert list(state["model"]) == list(model.state_dict())
+    fresh = build_model(TrainConfig.from_dict(state["config"]), 16)
+    fresh.load_state_dict(state["model"])
     for key, value in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
 

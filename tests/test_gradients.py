@@ -20,14 +20,8 @@ from cli_helpers import FAST, dvae, last_json, png_size
 from discrete_vae.config import TrainConfig
 from discrete_vae.data import load_dataset
 from discrete_vae.estimators import exact_expectation
-from discrete_vae.gradients import (
-    discrete_terms,
-    exact_gradient,
-    flat_grad,
-    gradient_report,
-    q_parameters,
-    reference_gradient,
-)
+from discrete_vae.gradient_report import gradient_report
+from discrete_vae.gradients import discrete_terms, exact_gradient, flat_grad, q_parameters, reference_gradient
 from discrete_vae.recipe import build_model, model_from_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")

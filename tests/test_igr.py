@@ -20,11 +20,12 @@ from discrete_vae.distributions import (
     PlanarFlow,
     truncate_sticks,
 )
-from discrete_vae.models import DiscreteVAE, MLPConfig
+from discrete_vae.models import DiscreteVAE
+from discrete_vae.networks import MLPConfig
 from discrete_vae.objectives import iw_bound
 from discrete_vae.posteriors import LatentSpec, build_posterior
-from discrete_vae.posteriors.mixed import GaussianPrior, Mixed, ProductPrior
-from discrete_vae.priors import CategoricalPrior
+from discrete_vae.posteriors.mixed import Mixed
+from discrete_vae.priors import CategoricalPrior, GaussianPrior, ProductPrior
 from discrete_vae.priors.igr import prior_fit_report, uniform_preimage_prior
 
 KINDS = ["i", "sb", "planar"]
@@ -206,6 +207,28 @@ def test_samples_densities_and_gradients_are_finite_at_tau_001_in_float32(kind):
 # ------------------------------------------------------------------ latent families
 def _family(model: str, k: int = 4, n: int = 3, **options):
     return build_posterior(model, LatentSpec(n, k), **options)
+
+
+def test_each_igr_name_builds_its_variant_with_its_kl_and_state():
+    """One class per registered name; its default KL, and the state_dict keys run folders store."""
+    from discrete_vae.posteriors.igr import (
+        IGRCategorical,
+        IGRICategorical,
+        IGRPlanarCategorical,
+        IGRSBCategorical,
+        IGRSBFiniteCategorical,
+    )
+
+    expected = {"igr-i": (IGRICategorical, "analytic"), "igr-sb": (IGRSBCategorical, "analytic"),
+                "igr-sb-finite": (IGRSBFiniteCategorical, "analytic"),
+                "igr-planar": (IGRPlanarCategorical, "relaxed")}
+    flow = ["flow.u", "flow.w", "flow.b"]
+    for model, (cls, kl) in expected.items():
+        family = _family(model)
+        assert type(family) is cls and isinstance(family, IGRCategorical) and family.kl == kl
+        extra = flow if model == "igr-planar" else []
+        assert sorted(family.state_dict()) == sorted(["prior_loc", "prior_scale", *extra])
+        assert family.stats() == ({"n_required": 4} if model == "igr-sb" else {})
 
 
 @pytest.mark.parametrize("model", ["igr-i", "igr-sb-finite"])

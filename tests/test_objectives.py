@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from scipy.special import logsumexp
 
 from discrete_vae.evaluate import evaluate, iw_log_likelihood
-from discrete_vae.models import DiscreteVAE, MLPConfig
+from discrete_vae.models import DiscreteVAE
+from discrete_vae.networks import MLPConfig
 from discrete_vae.objectives import ObjectiveTerms, iw_bound, relaxed_elbo
 from discrete_vae.posteriors import LatentSample, LatentSpec, build_posterior
 from discrete_vae.priors import build_prior

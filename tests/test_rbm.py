@@ -1,11 +1,13 @@
 """The RBM prior, its samplers and its log-partition estimators, against exact enumeration.
 
-- Energy, free energies and block conditionals against brute-force sums over every state (float64).
+- Energy, free energies and block conditionals against brute-force sums over every state (float64); the
+  sampler's block-Gibbs draws of each half against those conditionals.
 - Exact log Z (one half summed out, the other enumerated in chunks) against the full sum over states.
 - PCD and population-annealing samples against the exact distribution of a 3 + 3 RBM (chi-square, 64 cells).
 - AIS and PA estimates of log Z within 3 standard errors of the exact value on an 8 + 8 RBM.
-- Persistent chains travel with ``state_dict``; the contrastive loss's gradient matches the exact
-  log-likelihood gradient when the negative samples are exact.
+- Persistent chains travel with ``state_dict``; the energy's gradient at positive minus negative samples
+  (the contrastive loss) matches the exact log-likelihood gradient when the negative samples are exact, and
+  the prior's negative phase is that loss's negative half on one call of the sampler.
 
 Statistical checks use fixed seeds (deterministic runs); each states its false-failure rate, the
 probability that a correct implementation fails for a seed drawn at random.
@@ -40,6 +42,20 @@ def make_rbm(n_a: int, n_b: int, scale: float, seed: int, **options) -> RBMPrior
         rbm.b_a.normal_(0.0, 0.5)
         rbm.b_b.normal_(0.0, 0.5)
     return rbm
+
+
+def prob_a_given_b(rbm: RBMPrior, z_b: torch.Tensor) -> torch.Tensor:
+    """Reference ``p(z_a = 1 | z_b) = sigmoid(b_a + W z_b)`` from the energy's definition, (..., n_a)."""
+    return torch.sigmoid(z_b @ rbm.w.t() + rbm.b_a)
+
+
+def contrastive_loss(rbm: RBMPrior, z_pos: torch.Tensor, z_neg: torch.Tensor) -> torch.Tensor:
+    """Reference surrogate ``mean E(z_pos) - mean E(z_neg)``, the positive minus the negative phase.
+
+    ``-∇ log p(z_pos) = ∇E(z_pos) - E_{z~p}[∇E(z)]``, so its gradient estimates the negative log-likelihood's
+    (unbiased when ``z_neg`` are exact model samples); ``z_neg`` is detached.
+    """
+    return rbm.energy(z_pos).mean() - rbm.energy(z_neg.detach()).mean()
 
 
 def exact_probs(rbm: RBMPrior) -> torch.Tensor:
@@ -81,7 +97,37 @@ def test_free_energies_and_conditionals_match_enumeration():
         p_b_given_a = torch.softmax(joint, 0)  # (8, 16): p(z_b | z_a) per column
         p_a_given_b = torch.softmax(joint, 1)  # (8, 16): p(z_a | z_b) per row
         torch.testing.assert_close(rbm.prob_b_given_a(za), p_b_given_a.t() @ zb)  # (16, 3)
-        torch.testing.assert_close(rbm.prob_a_given_b(zb), p_a_given_b @ za)  # (8, 4)
+        torch.testing.assert_close(prob_a_given_b(rbm, zb), p_a_given_b @ za)  # (8, 4): the reference
+
+
+def test_a_gibbs_sweep_draws_each_half_from_its_block_conditional():
+    """One sweep of the RBM's sampler from every ``z_a`` (5000 chains each): ``z_b ~ p(z_b | z_a)``, then
+    ``z_a ~ p(z_a | z_b)`` given the new ``z_b``.
+
+    Per (conditioning state, unit) the frequency of ones must lie within 4.5 binomial standard errors of
+    the exact conditional: 48 + 32 cells, false-failure rate <= 80 x 6.8e-6 = 5.4e-4 (normal tail,
+    Bonferroni).
+    """
+    rbm = make_rbm(4, 3, 0.7, seed=1, sampler="pcd", chains=16 * 5000, sweeps=1)
+    start = all_states(4).repeat_interleave(5000, 0)  # (80000, 4): every z_a, 5000 times
+    with torch.no_grad():
+        rbm.sampler.chains[:, :4] = start  # the first half-sweep overwrites z_b
+        torch.manual_seed(13)
+        z_a, z_b = rbm.split(rbm.sample(16 * 5000))
+        z_scores = []
+        for given, drawn, states, conditional in (
+            (start, z_b, all_states(4), rbm.prob_b_given_a),
+            (z_b, z_a, all_states(3), lambda state: prob_a_given_b(rbm, state)),
+        ):
+            index = state_index(given)
+            for i, state in enumerate(states):
+                rows = index == i
+                n = int(rows.sum())
+                assert n >= 500  # enough draws of every conditioning state for the normal approximation
+                p = conditional(state)
+                z_scores.append((drawn[rows].mean(0) - p) / (p * (1 - p) / n).sqrt())
+    z = torch.cat(z_scores)
+    assert z.numel() == 48 + 32 and bool((z.abs() < 4.5).all()), z
 
 
 @pytest.mark.parametrize(("n_a", "n_b", "chunk"), [(4, 3, 2), (3, 5, 2**14), (6, 6, 16)])
@@ -185,7 +231,7 @@ def test_contrastive_loss_gradient_matches_exact_log_likelihood_gradient():
     params = [rbm.b_a, rbm.b_b, rbm.w]
     exact_ll = (rbm.log_prob(z_pos) - rbm.log_partition_exact()).mean()
     exact = torch.cat([g.flatten() for g in torch.autograd.grad(exact_ll, params)])
-    loss = rbm.contrastive_loss(z_pos, z_neg)
+    loss = contrastive_loss(rbm, z_pos, z_neg)
     estimate = torch.cat([-g.flatten() for g in torch.autograd.grad(loss, params)])
     z_a, z_b = rbm.split(z_neg)
     features = torch.cat([z_a, z_b, (z_a[:, :, None] * z_b[:, None, :]).flatten(1)], 1)  # (S, 11) = -dE/dθ
@@ -193,12 +239,21 @@ def test_contrastive_loss_gradient_matches_exact_log_likelihood_gradient():
     assert torch.all((estimate - exact).abs() < 4 * se), ((estimate - exact) / se)
 
 
-def test_contrastive_loss_defaults_to_sampler_negatives():
+def test_negative_phase_is_the_contrastive_loss_on_one_call_of_the_sampler():
+    """Beside the positive phase ``mean E(z_pos)``, the prior's negative phase gives the contrastive loss's
+    gradient with the sampler's own draws (one call, all its chains) as the negatives."""
     torch.manual_seed(11)
     rbm = RBMPrior(6, sampler="pcd", chains=32, sweeps=2)
-    loss = rbm.contrastive_loss(torch.bernoulli(torch.full((4, 6), 0.5)))
-    loss.backward()
-    assert loss.shape == () and rbm.w.grad is not None and torch.isfinite(rbm.w.grad).all()
+    z_pos = torch.bernoulli(torch.full((4, 6), 0.5))
+    loss = rbm.energy(z_pos).mean() + rbm.negative_phase()
+    z_neg = rbm.sampler.chains.clone()  # that call's draws: every chain, where the call left it
+    params = [rbm.b_a, rbm.b_b, rbm.w]
+    ours = torch.autograd.grad(loss, params)
+    reference = torch.autograd.grad(contrastive_loss(rbm, z_pos, z_neg), params)
+    assert loss.shape == ()
+    for a, b in zip(ours, reference, strict=True):
+        assert bool(torch.isfinite(a).all())
+        torch.testing.assert_close(a, b)
 
 
 def test_samplers_registry_and_contract():

@@ -31,7 +31,8 @@ from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
 from discrete_vae.cli import main
 from discrete_vae.data import load_dataset
 from discrete_vae.distributions import ExpIGRSB
-from discrete_vae.errors import UserError
+from discrete_vae.errors import ConfigError, UserError
+from discrete_vae.estimators import ESTIMATORS, Pathwise
 
 FAST = ["--dataset", "digits", "--units", "16", "--device", "cpu", "--val-samples", "5",
         "--test-samples", "10", "--log-every", "5"]
@@ -49,8 +50,8 @@ def test_hard_samples_have_the_claimed_probabilities(model: str) -> None:
     """
     torch.manual_seed(0)
     a = torch.tensor([-1.5, -0.8, 0.0, 0.3, 1.1, 1.5])
-    layer = sop.StochasticBinaryLayer(model, units=a.numel())
-    if layer.flow is not None:  # a flow far from the identity, so that f^{-1}(0) != 0
+    layer = sop.binary_layer(model, units=a.numel())
+    if model == "igr-planar":  # a flow far from the identity, so that f^{-1}(0) != 0
         with torch.no_grad():
             layer.flow.w.normal_(0, 0.7)
             layer.flow.u.normal_(0, 0.7)
@@ -73,7 +74,7 @@ def test_hard_samples_have_the_claimed_probabilities(model: str) -> None:
 @pytest.mark.parametrize("model", ["gs", "igr-i"])
 def test_relaxed_samples_approach_the_hard_ones_as_tau_falls(model: str) -> None:
     torch.manual_seed(1)
-    layer = sop.StochasticBinaryLayer(model, units=4)
+    layer = sop.binary_layer(model, units=4)
     z = layer.relaxed(torch.randn(1000, 4), tau=0.01)
     assert ((z.abs() > 0.99).double().mean()) > 0.95
     assert z.abs().max() <= 1
@@ -85,7 +86,7 @@ def test_igr_relaxed_sample_is_the_two_class_stick_breaking_map(model: str, tau:
     """The relaxed unit is ``2 pi_1 - 1`` with ``pi`` from ExpIGRSB's stick-breaking map of the same
     pre-image draw, for layer outputs from -30 to 30 (sticks from within float32 of 0 to within it of 1)."""
     torch.manual_seed(2)
-    layer = sop.StochasticBinaryLayer(model, units=7)
+    layer = sop.binary_layer(model, units=7)
     a = torch.linspace(-30, 30, 7).expand(500, -1)
     with torch.random.fork_rng():
         z = layer.relaxed(a, tau)
@@ -93,6 +94,28 @@ def test_igr_relaxed_sample_is_the_two_class_stick_breaking_map(model: str, tau:
     pi = ExpIGRSB(torch.tensor(tau), a.unsqueeze(-1), torch.ones_like(a).unsqueeze(-1)).to_log_simplex(kappa)
     torch.testing.assert_close(z, 2 * pi[..., 0].exp() - 1)
     torch.testing.assert_close(z, 1 - 2 * pi[..., 1].exp())
+
+
+@pytest.mark.parametrize("model", ["gs", "igr-i", "igr-sb", "igr-planar"])
+def test_each_model_builds_its_unit_family_with_the_state_dict_keys_of_existing_runs(model: str) -> None:
+    """The net's layers are the units of the model's family; the state_dict keys are those that run folders
+    hold (the maps, and for igr-planar each layer's planar flow), and the family names the estimators that
+    --estimator may take."""
+    config = sop.SOPConfig(model=model, dataset="digits", units=3, device="cpu")
+    net = sop.build_net(config, (8, 8))
+    family = sop.BernoulliUnits if model == "gs" else sop.IGRUnits
+    assert sop.unit_family(model) is family and all(type(layer) is family for layer in net.layers)
+    keys = [f"maps.{i}.{p}" for i in range(3) for p in ("weight", "bias")]
+    if model == "igr-planar":
+        keys += [f"layers.{i}.flow.{p}" for i in range(2) for p in ("w", "u", "b")]
+    assert list(net.state_dict()) == keys
+    per_unit = tuple(n for n in ESTIMATORS.names() if issubclass(ESTIMATORS.get(n), Pathwise))
+    takes = per_unit if model == "gs" else ("relaxed",)
+    assert family.estimators() == takes
+    for estimator in ("auto", *takes):
+        assert sop.SOPConfig(model=model, estimator=estimator).estimator == estimator
+    with pytest.raises(ConfigError, match=f"--model {model} trains with --estimator {', '.join(takes)} "):
+        sop.SOPConfig(model=model, estimator="rloo")
 
 
 def _brute_force_objective(net: sop.SOPNet, up: torch.Tensor, low: torch.Tensor, m: int, tau: float,
@@ -297,7 +320,7 @@ def test_resume_with_more_steps_equals_a_straight_run(capsys, tmp_path: Path, st
     assert (run / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
     assert _same_weights(run, straight) and _same_weights(run, straight, "best.safetensors")
     a, b = load_checkpoint(run / "last.safetensors"), load_checkpoint(straight / "last.safetensors")
-    assert torch.equal(a["rng"]["cpu"], b["rng"]["cpu"]) and a["data"] == b["data"]
+    assert torch.equal(a["rng"]["cpu"][0], b["rng"]["cpu"][0]) and a["data"] == b["data"]
     assert not list(run.glob(".*.tmp"))
 
 
@@ -371,6 +394,11 @@ def test_kill_9_then_resume_equals_a_straight_run(tmp_path: Path) -> None:
     assert _same_weights(killed, full)
 
 
+def files(run: Path) -> dict[Path, bytes]:
+    """Every file under ``run`` and its bytes."""
+    return {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
 def _damage(run: Path, what: str) -> list[object]:
     """Damage a copy of a finished run; return the extra arguments of the resume."""
     if what == "no folder":
@@ -413,13 +441,13 @@ def test_bad_resume_exits_2_with_one_line(capsys, tmp_path: Path, straight: Path
     run = tmp_path / "run"
     shutil.copytree(straight, run)
     extra = _damage(run, what)
-    before = {p.name: p.read_bytes() for p in run.iterdir()} if run.exists() else {}
+    before = files(run) if run.exists() else {}
     rc, out, err = dvae(capsys, "sop", "train", "--resume", run, *extra)
     assert rc == 2, err
     assert out == "" and len(err.strip().splitlines()) == 1 and "error" in err, err
     if what == "other image shape":
         assert "image_shape [4, 16] != [8, 8]" in err, err
-    after = {p.name: p.read_bytes() for p in run.iterdir()} if run.exists() else {}
+    after = files(run) if run.exists() else {}
     assert after == before  # nothing touched
 
 
@@ -427,11 +455,11 @@ def test_bad_resume_exits_2_with_one_line(capsys, tmp_path: Path, straight: Path
 def test_resuming_a_complete_run_does_nothing_but_say_so(capsys, tmp_path: Path, straight: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(straight, run)
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = files(run)
     rc, out, err = dvae(capsys, "sop", "train", "--resume", run)
-    assert rc == 0 and "already complete at step 120" in err, err
+    assert rc == 0 and "already at its final step 120" in err, err
     assert last_json(out)["finished"] is True
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert files(run) == before
 
 
 def test_resume_with_a_new_learning_rate_is_recorded(capsys, tmp_path: Path, straight: Path) -> None:

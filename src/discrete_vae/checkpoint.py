@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from .errors import UserError
+from .upgrade import upgrade_checkpoint
 
 _TENSOR = "__tensor__"
 
@@ -116,7 +117,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (no code is executed), verifying its checksum.
 
-    Checkpoints written before checksums were added (no ``sha256`` entry) load unverified.
+    Checkpoints written before checksums were added (no ``sha256`` entry) load unverified; the config and
+    model state of one written by an earlier version come back in today's form
+    (:func:`~discrete_vae.upgrade.upgrade_checkpoint`).
     """
     path = Path(path)
     try:
@@ -139,9 +142,10 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
     if str(device) != "cpu":
         tensors = {k: v.to(device) for k, v in tensors.items()}
     try:
-        return unflatten(skeleton, tensors)
+        state = unflatten(skeleton, tensors)
     except (KeyError, TypeError) as e:
         raise invalid(path, f"its state names a tensor it does not hold ({one_line(e)})") from None
+    return upgrade_checkpoint(state)
 
 
 STEP_MAX = 2**53  # beyond any run; a larger step (or a negative one) is a crafted or damaged file
@@ -195,9 +199,6 @@ def check_model_state(path: Path, state: Any, resumable: bool = False) -> None:
     check_entries(path, state["best"], {"step": int, "nll": float}, "best")
     check_range(path, "best.step", state["best"]["step"], -1, state["step"])
     check_entries(path, state["data"], {"epoch": int, "position": int, "seed": int}, "data")
-    sums = state.get("sums")
-    if sums is not None and not (isinstance(sums, torch.Tensor) and sums.shape == (3,)):
-        raise invalid(path, "sums is not a tensor of 3 partial sums")
 
 
 def load_module_state(path: Path, module: torch.nn.Module, tensors: dict[str, torch.Tensor],

@@ -199,7 +199,8 @@ def _add_sop_parser(sub: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import RESUME_OVERRIDES, TrainConfig, fresh_config, resumed_config
+    from .config import RESUME_OVERRIDES, TrainConfig, resumed_config
+    from .presets import fresh_config
     from .runs import check_resumable
     from .train import train
 
@@ -223,8 +224,9 @@ GRADIENTS_RUN_FLAGS = ("seed", "k", "device", "data_dir")  # the train flags `dv
 
 
 def _gradients(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import TrainConfig, fresh_config
-    from .gradients import gradients_command
+    from .config import TrainConfig
+    from .gradient_report import gradients_command
+    from .presets import fresh_config
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if hasattr(args, f.name) and f.name not in GRADIENTS_SKIP}

@@ -154,9 +154,12 @@ def why(error: Exception) -> str:
 
 def own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` with a code object of its own. Dynamo keeps its compiled graphs on the code object, guarded on
-    the closure's objects, and stops compiling a code object after a few graphs: every run's step closes
-    over the same function of :func:`~discrete_vae.train.train`, so without a copy the ninth compiled run
-    of one process (a loop of runs, a benchmark's runners) would fall back to eager."""
+    the closure's objects, and stops compiling a code object after a few graphs: every run's step is the
+    same method of its task (:meth:`~discrete_vae.loop.Task.losses`), so without a copy the ninth compiled
+    run of one process (a loop of runs, a benchmark's runners) would fall back to eager. A bound method
+    gets a copy of its function, bound to the same object."""
+    if isinstance(fn, types.MethodType):
+        return types.MethodType(own_code(fn.__func__), fn.__self__)
     if not isinstance(fn, types.FunctionType):
         return fn
     copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,

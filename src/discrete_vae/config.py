@@ -1,7 +1,8 @@
 """Typed training configuration: one dataclass, a docstring per field, checks in ``__post_init__``.
 
 The CLI's ``dvae train`` flags are generated from these fields (``batch_size`` -> ``--batch-size``),
-a ``--config FILE`` (YAML or TOML) holds the same names, and named presets live in :data:`PRESETS`.
+a ``--config FILE`` (YAML or TOML) holds the same names, and named presets live in
+:data:`~discrete_vae.presets.PRESETS`.
 Precedence: defaults < preset < config file < command-line flags.
 """
 
@@ -19,12 +20,12 @@ from .compiling import COMPILE_MODES
 from .errors import ConfigError
 from .estimators import ESTIMATORS, estimator_options
 from .methods import METHODS
-from .models.mlp import ACTIVATIONS
+from .networks import ACTIVATIONS
 from .options import check_finite, check_seed, coerce_options, coerce_widths
 from .posteriors import POSTERIORS, LatentSpec
 from .posteriors.base import posterior_options
 from .priors import PRIORS
-from .registry import Registry
+from .upgrade import upgrade_config
 
 LR_SCHEDULES = ("constant", "cosine", "piecewise")
 # what `dvae train --resume RUN` may change; each change is recorded in RUN/overrides.jsonl with its step
@@ -85,9 +86,8 @@ class TrainConfig:
         "Carlo over hard samples, inside f); auto = the method's own",
     )
     continuous: int = _f(0, "Gaussian latents beside the discrete ones (a mixed model); 0 = none")
-    k: int | None = _f(None, "samples per example in the training objective (--samples is a deprecated "
-                       "alias) (default: 1, or the estimator's minimum: 2 for rloo, vimco and one antithetic "
-                       "pair for arm, disarm)")
+    k: int | None = _f(None, "samples per example in the training objective (default: 1, or the estimator's "
+                       "minimum: 2 for rloo, vimco and one antithetic pair for arm, disarm)")
     struct: str | None = _f(None, "DVAE structure (1-layer-lin, 1-layer-nonlin, 2-layer-nonlin, "
                             "4-layer-nonlin): the original's architecture and training setup")
     batch_norm: bool = _f(False, "batch norm before each hidden activation")
@@ -155,6 +155,8 @@ class TrainConfig:
         if self.log_z_betas < 2:
             raise ConfigError("--log-z-betas must be at least 2")
         if self.struct is not None:
+            from .presets import STRUCTS  # the tables of options are built over this class
+
             STRUCTS.get(self.struct)
         if self.prior != "auto":
             PRIORS.get(self.prior)
@@ -195,13 +197,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """A config from a mapping of option names (``-`` or ``_``) to values, type-checked like flags.
-
-        ``samples``, the old name of ``k``, is read as ``k`` (run folders written before the rename).
+        """A config from a mapping of option names (``-`` or ``_``) to values, type-checked like flags (a
+        stored config of an earlier version goes through :func:`~discrete_vae.upgrade.upgrade_config` first).
         """
         values = {str(k).replace("-", "_"): v for k, v in values.items()}
-        if "samples" in values and "k" not in values:
-            values["k"] = values.pop("samples")
         nested = {}
         for kind in ("estimator", "posterior"):
             given = values.pop(f"{kind}_options", None) or {}
@@ -211,13 +210,6 @@ class TrainConfig:
             nested[kind] = dict(given)
         return cls(**coerce_options(cls, _route(values, nested)), estimator_options=nested["estimator"],
                    posterior_options=nested["posterior"])
-
-
-# options that were TrainConfig fields before posteriors had options of their own, with their defaults then:
-# every config.yaml of that time holds them all; a default for another posterior is dropped on reading
-LEGACY_POSTERIOR_DEFAULTS = {"delta": 1.0, "prior_scale": 1.0, "sb_threshold": 0.99, "sb_percentile": 70.0,
-                             "flow_layers": 2, "mc_samples": 1000, "levels": 1, "beta": None,
-                             "prior_temperature": None}
 
 
 def method_names(model: str, posterior: str = "auto", estimator: str = "auto") -> tuple[str, str]:
@@ -232,23 +224,30 @@ def method_names(model: str, posterior: str = "auto", estimator: str = "auto") -
     return posterior, estimator
 
 
+def methods_of(values: dict[str, Any]) -> tuple[str, str]:
+    """:func:`method_names` of a flat mapping of option names to values (as flags and config files give
+    them)."""
+    return method_names(values.get("model") or "gs", values.get("posterior") or "auto",
+                        values.get("estimator") or "auto")
+
+
+def options_of(names: tuple[str, str]) -> dict[str, set[str]]:
+    """The option names of posterior ``names[0]`` and of estimator ``names[1]``, by kind."""
+    owners = {"posterior": POSTERIORS.get(names[0]).Options, "estimator": ESTIMATORS.get(names[1]).Options}
+    return {kind: {f.name for f in dataclasses.fields(cls)} for kind, cls in owners.items()}
+
+
 def _route(values: dict[str, Any], nested: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Move the option names of the chosen posterior and estimator out of ``values`` (flat, as flags and
     config files give them) into ``nested``; what is left are :class:`TrainConfig` fields."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    names = method_names(values.get("model") or "gs", values.get("posterior") or "auto",
-                         values.get("estimator") or "auto")
-    owners = {"posterior": POSTERIORS.get(names[0]).Options, "estimator": ESTIMATORS.get(names[1]).Options}
-    own = {kind: {f.name for f in dataclasses.fields(cls)} for kind, cls in owners.items()}
+    names = methods_of(values)
+    own = options_of(names)
     left = {}
     for key, value in values.items():
         owner = next((kind for kind in own if key in own[kind]), None)
         if owner is not None and key not in fields:  # a flag's value over a file's mapping
             nested[owner][key] = value
-        elif key in LEGACY_POSTERIOR_DEFAULTS and value == LEGACY_POSTERIOR_DEFAULTS[key]:
-            continue  # an old config.yaml's default for another posterior
-        elif key in LEGACY_POSTERIOR_DEFAULTS:
-            raise ConfigError(f"--{key.replace('_', '-')} is not an option of posterior {names[0]}")
         elif key not in fields and (owners := _owners(key)):
             raise ConfigError(f"--{key.replace('_', '-')} is not an option of posterior {names[0]} or "
                               f"estimator {names[1]} (it belongs to {', '.join(owners)})")
@@ -284,124 +283,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-PRESETS: Registry = Registry("preset")
-_JANG2017 = {
-    "steps": 100_000,
-    "lr": 1e-3,
-    "lr_schedule": "constant",
-    "anneal_rate": 1e-4,
-    "anneal_every": 1000,
-    "min_temperature": 0.5,
-}
-# the companion notebook of Jang et al. 2017: 30x10 latents, 50k steps, rate 3e-5, floor 0.5
-PRESETS.register("jang2017-notebook")(
-    {**_JANG2017, "latent": "30x10", "steps": 50_000, "anneal_rate": 3e-5}
-)
-PRESETS.register("jang2017-categorical")({**_JANG2017, "latent": "20x10"})
-PRESETS.register("jang2017-bernoulli")({**_JANG2017, "latent": "200x2"})
-PRESETS.register("digits-quick")(
-    {
-        "dataset": "digits",
-        "latent": "8x4",
-        "hidden": (64, 32),
-        "steps": 2000,
-        "batch_size": 50,
-        "eval_every": 500,
-        "checkpoint_every": 250,
-        "log_every": 50,
-        "anneal_every": 100,
-        "anneal_rate": 1e-3,
-    }
-)
-# the IGR repository's discrete VAE (Potapczynski et al. 2020): 20x10 latents, Adam 1e-4, batch 100,
-# 300 epochs, a constant temperature (pass the method's own with --temperature), two architectures
-_IGR2020 = {
-    "latent": "20x10",
-    "lr": 1e-4,
-    "lr_schedule": "constant",
-    "batch_size": 100,
-    "epochs": 300,
-    "anneal_rate": 0.0,
-}
-PRESETS.register("igr2020-dense")({**_IGR2020, "hidden": ()})  # linear encoder and decoder
-PRESETS.register("igr2020-dense-nonlinear")({**_IGR2020, "hidden": (512, 256)})
-# DisARM (Dong, Mnih & Tucker 2020; github.com/google-research/google-research disarm/binary,
-# experiment_launcher_singlelayer.py and its README's command): 200 binary latents under a learned
-# factorial Bernoulli prior, batch 50, Adam 1e-4 (encoder and decoder; the code steps the prior's logits
-# by SGD 1e-2, which one Adam here cannot), 1e6 steps, encoder input centred (--demean_input), decoder
-# bias at the data's logits (--initialize_with_bias, always done here); the 100-sample test bound.
-# Linear: 784-200 / 200-784. Nonlinear: 784-200-200-200 with LeakyReLU(0.3), mirrored. Its 4x200 linear
-# model stacks stochastic layers, which `dvae train` cannot express.
-_DONG2020 = {
-    "latent": "200",
-    "binary": True,
-    "prior": "learnable",
-    "batch_size": 50,
-    "lr": 1e-4,
-    "lr_schedule": "constant",
-    "steps": 1_000_000,
-    "center_input": True,
-    "val_samples": 100,
-    "eval_every": 50_000,
-    "checkpoint_every": 5000,
-    "log_every": 1000,
-}
-PRESETS.register("dong2020-linear")({**_DONG2020, "hidden": ()})
-PRESETS.register("dong2020-nonlinear")({**_DONG2020, "hidden": (200, 200), "activation": "leaky_relu"})
-
-
-# DVAE structures (Vahdat et al. 2018, github.com/QuadrantAI/dvae run.py): the original's architecture and its
-# training setup (Adam 3e-3 with eps 1e-3 and the piecewise decay, L2 1e-4, KL warm-up over 30 %, batch 100,
-# 1e6 steps, centred encoder input). `--struct` fills what the preset, config file and flags leave unset.
-STRUCTS: Registry = Registry("struct")
-_DVAE2018 = {
-    "lr": 3e-3,
-    "lr_schedule": "piecewise",
-    "adam_eps": 1e-3,
-    "l2": 1e-4,
-    "kl_warmup": 0.3,
-    "batch_size": 100,
-    "steps": 1_000_000,
-    "center_input": True,
-    "anneal_rate": 0.0,
-    "val_samples": 100,
-}
-_NONLIN = {"hidden": (200, 200), "activation": "tanh", "batch_norm": True}
-STRUCTS.register("1-layer-lin")({**_DVAE2018, "latent": "200x2", "levels": 1, "hidden": ()})
-STRUCTS.register("1-layer-nonlin")({**_DVAE2018, **_NONLIN, "latent": "200x2", "levels": 1})
-STRUCTS.register("2-layer-nonlin")({**_DVAE2018, **_NONLIN, "latent": "400x2", "levels": 2})
-STRUCTS.register("4-layer-nonlin")({**_DVAE2018, **_NONLIN, "latent": "400x2", "levels": 4})
-
-
-def fresh_config(values: dict[str, Any], preset: str | None = None,
-                 config_file: str | Path | None = None) -> TrainConfig:
-    """The config of a fresh run as `dvae train` resolves it: the preset's options, then a config file's,
-    then ``values`` over them; a ``struct`` fills what is still unset."""
-    merged = dict(PRESETS.get(preset)) if preset else {}
-    if config_file:
-        merged.update(load_config_file(config_file))
-    merged.update(values)
-    return TrainConfig.from_dict(with_struct(merged))
-
-
 def resumed_config(run_dir: str | Path, given: dict[str, Any]) -> TrainConfig:
-    """The config a resumed run trains with: its ``config.yaml`` with ``given`` (options that may change on
-    resume) over it; a new ``steps`` replaces ``epochs`` and the reverse."""
+    """The config a resumed run trains with: its ``config.yaml`` (of any version, in today's form) with
+    ``given`` (options that may change on resume) over it; a new ``steps`` replaces ``epochs`` and the
+    reverse."""
     from .runs import CONFIG
 
-    values = {**load_config_file(Path(run_dir) / CONFIG), **given}
+    values = {**upgrade_config(load_config_file(Path(run_dir) / CONFIG)), **given}
     if "steps" in given or "epochs" in given:  # a new length replaces the old one
         values["epochs" if "steps" in given else "steps"] = None
     return TrainConfig.from_dict(values)
-
-
-def with_struct(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with the unset options filled from ``values["struct"]`` (if any); ``steps``/``epochs``
-    given count as each other (a struct's step count does not override ``--epochs``)."""
-    name = values.get("struct")
-    if not name:
-        return values
-    filled = {k: v for k, v in STRUCTS.get(name).items() if k not in values}
-    if "epochs" in values and values["epochs"] is not None:
-        filled.pop("steps", None)
-    return {**filled, **values}

@@ -10,27 +10,12 @@ from typing import Any
 
 from .errors import UserError
 from .options import field_type
-from .runs import note
-
-
-class Deprecated(argparse.Action):
-    """An old spelling of a flag: stores into the new one's ``dest`` and says which to use."""
-
-    def __init__(self, *args: Any, new: str = "", **kwargs: Any):
-        self.new = new
-        super().__init__(*args, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        note(f"{parser.prog}: warning: {option_string} is deprecated and will be removed; use {self.new}")
-        setattr(namespace, self.dest, values)
 
 
 def add_k_flags(parser: argparse.ArgumentParser, help_text: str) -> None:
-    """``--k`` (relaxed samples per example in training) and its deprecated spelling ``--samples``."""
+    """``--k``: relaxed samples per example in training (``dvae train``, ``dvae gradients``, ``dvae sop
+    train``)."""
     parser.add_argument("--k", dest="k", type=int, default=argparse.SUPPRESS, help=help_text)
-    parser.add_argument("--samples", dest="k", type=int, default=argparse.SUPPRESS, action=Deprecated,
-                        new="--k", help="deprecated spelling of --k")
 
 
 def hidden_widths(text: str) -> tuple[int, ...]:

@@ -10,11 +10,11 @@ from .flags import value_text
 
 
 def _registries() -> dict[str, Any]:
-    from .config import PRESETS, STRUCTS
     from .data import DATASETS
     from .estimators import ESTIMATORS
     from .methods import METHODS
     from .posteriors import POSTERIORS
+    from .presets import PRESETS, STRUCTS
     from .priors import PRIORS
 
     return {"models": METHODS, "posteriors": POSTERIORS, "estimators": ESTIMATORS, "priors": PRIORS,

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .errors import ConfigError
 
-if TYPE_CHECKING:  # the posteriors import the models' networks, which import this module
+if TYPE_CHECKING:  # annotations only
     from .posteriors import LatentSample
 
 

@@ -18,11 +18,12 @@ from .data import DataSplits
 from .errors import ConfigError, DataError, MissingDataError, UserError
 from .estimators import build_estimator
 from .methods import METHODS
-from .models import DiscreteVAE, MLPConfig
+from .models import DiscreteVAE
 from .models.vae import MULTI_SAMPLE
+from .networks import MLPConfig
 from .posteriors import POSTERIORS, build_posterior
-from .posteriors.mixed import GaussianPrior, Mixed, ProductPrior
-from .priors import build_prior
+from .posteriors.mixed import Mixed
+from .priors import GaussianPrior, ProductPrior, build_prior
 from .schedules import Schedule, constant, exponential_decay
 
 

@@ -218,24 +218,29 @@ def record_overrides(run_dir: Path, step: int, old: dict[str, Any], new: dict[st
 class RunLog:
     """``metrics.jsonl`` and TensorBoard, written by one process (rank 0).
 
-    On resume from a checkpoint at ``resume_step``, the lines after that step are cut from
-    ``metrics.jsonl`` and TensorBoard discards the events after it (``purge_step = resume_step + 1``:
-    the events *at* the checkpoint's step were written before the checkpoint and stay).
+    On resume from a checkpoint at ``resume_step`` that found ``log_bytes`` bytes of ``metrics.jsonl``, the
+    file is checked line by line (a torn last line is dropped, any other bad line is damage) and cut back to
+    those bytes; TensorBoard discards the events after the step, or from it when its lines are to be
+    written again (``replay``).
     """
 
-    def __init__(self, run_dir: Path, resume_step: int | None):
+    def __init__(self, run_dir: Path, resume_step: int | None, log_bytes: int = 0, replay: bool = False):
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = run_dir / METRICS
-        if resume_step is not None and self.path.exists():
-            kept = read_metrics(self.path, up_to=resume_step)
-            atomic_write_bytes(self.path, "".join(ln + "\n" for ln in kept).encode())
-        self.file = self.path.open("a")
-        purge = None if resume_step is None else resume_step + 1
+        if resume_step is not None:
+            kept = read_metrics(self.path) if self.path.exists() else []
+            atomic_write_bytes(self.path, "".join(ln + "\n" for ln in kept).encode()[:log_bytes])
+        self.file = self.path.open("ab")
+        purge = None if resume_step is None else resume_step + (0 if replay else 1)
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
 
+    def tell(self) -> int:
+        """The bytes of ``metrics.jsonl`` written so far."""
+        return self.file.tell()
+
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
-        self.file.write(dumps({"step": step, "split": split, **metrics}) + "\n")
+        self.file.write((dumps({"step": step, "split": split, **metrics}) + "\n").encode())
         self.file.flush()
         for name, value in metrics.items():
             if isinstance(value, float | int) and not isinstance(value, bool):

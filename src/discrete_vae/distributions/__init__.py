@@ -27,6 +27,7 @@ __all__ = [
     "straight_through_binary",
     "straight_through_one_hot",
 ]
+from . import dvae_pp  # noqa: E402, F401  # registers spike-exp, exp and power
 from .dvae_sharp import Gaussian, GaussianIntegral, UniformExponential  # noqa: E402
 from .smoothed_bernoulli import SmoothedBernoulli  # noqa: E402
 from .smoothing import BASELINES, SMOOTHINGS, Smoothing, get_smoothing  # noqa: E402

@@ -1,8 +1,8 @@
 r"""The smoothings DVAE# introduced: uniform+exponential, Gaussian, and the Gaussian integral trick.
 
 Paper: Vahdat, Andriyash, Macready (2018), *DVAE#*, https://arxiv.org/abs/1805.07445 (§3.4: sampled
-with the implicit gradient of :mod:`.smoothing`; §4: the Gaussian integral trick). The smoothing contract,
-the registry and DVAE's and DVAE++'s smoothings are in :mod:`.smoothing`.
+with the implicit gradient of :mod:`.smoothing`; §4: the Gaussian integral trick). The smoothing contract
+and the registry are in :mod:`.smoothing`, DVAE's and DVAE++'s smoothings in :mod:`.dvae_pp`.
 
 Gaussian integral trick (``gi``, DVAE# §4). With the RBM prior :math:`p(z) ∝ \exp(a^\top z + \tfrac12
 z^\top W z)` (``W`` symmetric, zero diagonal; for a bipartite RBM ``W = [[0, w], [w^\top, 0]]``) and

@@ -37,6 +37,7 @@ class Antithetic(Estimator):
 
     unbiased = True
     min_samples = 2
+    min_samples_are = "one antithetic pair"
 
     def check(self, kind: str, n_samples: int) -> None:
         super().check(kind, n_samples)

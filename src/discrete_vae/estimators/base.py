@@ -190,6 +190,7 @@ class Estimator(nn.Module):
     unbiased: ClassVar[bool] = False
     relaxed: ClassVar[bool] = False  # evaluates f at points off the discrete support
     min_samples: ClassVar[int] = 1
+    min_samples_are: ClassVar[str] = ""  # what the minimum is, where it is a unit of its own
     learns_temperature: ClassVar[bool] = False  # a training schedule's tau would override what it learns
     # aux_loss depends on the estimator's own parameters only, and the surrogate not on them: one backward
     # pass of surrogate + aux_loss gives both gradients (what a compiled step does, instead of two passes)

@@ -4,30 +4,35 @@
 (the task, its objectives and papers: :mod:`discrete_vae.sop`), the multi-sample objective
 ``log (1/m) sum_i p(x_lower | z_i)`` and its chunked evaluation with hard samples.
 
-Each binary unit with layer output ``a`` is one posterior of the toolkit, differentiated by a per-unit
-(pathwise) estimator of :mod:`discrete_vae.estimators`:
+Each binary unit with layer output ``a`` is one posterior of the toolkit; a layer is one unit family,
+a small class with the layer's three draws (``relaxed``, ``hard``, ``prob_one``) and the estimators
+it trains with (:meth:`StochasticBinaryLayer.estimators`):
 
-- ``gs``: ``Bernoulli(sigmoid(a))``, drawn by the ``--estimator`` (default ``gs``, the binary Concrete
-  ``sigmoid((a + L) / tau)``; also ``st-gs``, ``st``, ``reinmax``, ``gumbel-rao``, ``zgr``).
-- ``igr-i`` / ``igr-sb`` (identical for one binary unit): the two-class IGR-SB distribution
-  (:class:`~discrete_vae.distributions.ExpIGRSB`, ``kappa ~ N(a, 1)``, relaxed ``sigmoid(kappa / tau)``,
-  hard ``1[kappa > 0]``, i.e. ``Bernoulli(Phi(a))``), through its own relaxation (``relaxed``).
-- ``igr-planar``: the same with a learned one-dimensional planar flow ``f`` per unit on ``kappa``;
-  relaxed ``sigmoid(f(kappa) / tau)``, hard ``1[f(kappa) > 0]``.
+- :class:`BernoulliUnits`: ``Bernoulli(sigmoid(a))``, drawn by a per-unit (pathwise) estimator of
+  :mod:`discrete_vae.estimators` (default ``gs``, the binary Concrete ``sigmoid((a + L) / tau)``; also
+  ``st-gs``, ``st``, ``reinmax``, ``gumbel-rao``, ``zgr``).
+- :class:`IGRUnits`: the two-class IGR-SB distribution (:class:`~discrete_vae.distributions.ExpIGRSB`,
+  ``kappa ~ N(a, 1)``, relaxed ``sigmoid(kappa / tau)``, hard ``1[kappa > 0]``, i.e.
+  ``Bernoulli(Phi(a))``), through its own relaxation (``relaxed``); with ``flow_layers`` a learned
+  one-dimensional planar flow ``f`` per unit on ``kappa``: relaxed ``sigmoid(f(kappa) / tau)``, hard
+  ``1[f(kappa) > 0]``.
+
+:data:`UNITS` maps each ``--model`` to its family and settings: ``gs`` the Bernoulli units, ``igr-i``
+and ``igr-sb`` (identical for one binary unit) the IGR units, ``igr-planar`` those with the flow.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributions import ExpIGRSB, PlanarFlow
-from ..estimators import Latents, Pathwise, build_estimator
+from ..estimators import ESTIMATORS, Latents, Pathwise, build_estimator
 
-MODELS = ("gs", "igr-i", "igr-sb", "igr-planar")
 # arch -> (stochastic layers, deterministic maps are Linear-tanh-Linear)
 ARCHS = {"double_linear": (2, False), "triple_linear": (3, False), "nonlinear": (2, True)}
 EVAL_ROWS = 8192  # decoder rows per chunk in evaluation: bounded memory for any number of samples
@@ -40,54 +45,134 @@ def split_halves(x: Tensor, image_shape: tuple[int, int]) -> tuple[Tensor, Tenso
 
 
 class StochasticBinaryLayer(nn.Module):
-    """One layer of ``units`` stochastic binary units in {-1, +1}, relaxed or hard.
+    """One layer of ``units`` stochastic binary units in {-1, +1}, relaxed or hard: the base of the unit
+    families (module docstring), which implement the three draws and say which ``--estimator`` they take."""
 
-    ``model`` picks the posterior of a unit and ``estimator`` how its draw is differentiated (module
-    docstring); only ``igr-planar`` has parameters (the per-unit planar flow of Potapczynski et al. 2020,
-    sec. 3.3, with two layers).
-    """
+    default_estimator: ClassVar[str]  # what --estimator auto means
 
-    def __init__(self, model: str, units: int, estimator: Pathwise | None = None):
+    @classmethod
+    def estimators(cls) -> tuple[str, ...]:
+        """The ``--estimator`` names the family trains with."""
+        raise NotImplementedError
+
+    @classmethod
+    def build_estimator(cls, name: str) -> Pathwise | None:
+        """The estimator module that draws the units for ``--estimator name`` (``auto``: the default),
+        shared by the layers of a net; None for a family that draws through its own relaxation."""
+        raise NotImplementedError
+
+    def relaxed(self, a: Tensor, tau: float) -> Tensor:
+        """A differentiable sample in [-1, 1] given the layer output ``a``."""
+        raise NotImplementedError
+
+    def hard(self, a: Tensor) -> Tensor:
+        """A hard sample in {-1, +1} from the discrete model the relaxation converges to."""
+        raise NotImplementedError
+
+    def prob_one(self, a: Tensor) -> Tensor:
+        """``P(z = +1)`` of the hard unit given the layer output ``a``."""
+        raise NotImplementedError
+
+
+class BernoulliUnits(StochasticBinaryLayer):
+    """``Bernoulli(sigmoid(a))`` units drawn by a per-unit (pathwise) estimator (default a fresh ``gs``)."""
+
+    default_estimator = "gs"
+
+    def __init__(self, units: int, estimator: Pathwise | None = None):
         super().__init__()
-        self.model = model
-        self.estimator = estimator if model == "gs" else None
-        if model == "gs" and estimator is None:
-            self.estimator = build_estimator("gs")
-        self.flow = PlanarFlow(variables=units, dim=1, layers=2) if model == "igr-planar" else None
+        self.estimator = build_estimator(self.default_estimator) if estimator is None else estimator
+
+    @classmethod
+    def estimators(cls) -> tuple[str, ...]:
+        """The estimators that draw each unit on its own (the pathwise ones), from the registry."""
+        return tuple(n for n in ESTIMATORS.names() if issubclass(ESTIMATORS.get(n), Pathwise))
+
+    @classmethod
+    def build_estimator(cls, name: str) -> Pathwise:
+        return build_estimator(cls.default_estimator if name == "auto" else name)
+
+    def relaxed(self, a: Tensor, tau: float) -> Tensor:
+        z = self.estimator.rsample(Latents("binary", a), 1, tau)[0]
+        return 2 * z - 1
+
+    @torch.no_grad()
+    def hard(self, a: Tensor) -> Tensor:
+        b = torch.bernoulli(torch.sigmoid(a))
+        return 2 * b - 1
+
+    @torch.no_grad()
+    def prob_one(self, a: Tensor) -> Tensor:
+        """``sigmoid(a)``."""
+        return torch.sigmoid(a)
+
+
+class IGRUnits(StochasticBinaryLayer):
+    """Two-class IGR-SB units through their own relaxation; ``flow_layers > 0`` adds the per-unit planar
+    flow of Potapczynski et al. (2020, sec. 3.3), the family's only parameters."""
+
+    default_estimator = "relaxed"
+
+    def __init__(self, units: int, estimator: Pathwise | None = None, flow_layers: int = 0):
+        super().__init__()
+        if estimator is not None:
+            raise ValueError("IGR units are drawn through their own relaxation, not by an estimator")
+        self.flow = PlanarFlow(variables=units, dim=1, layers=flow_layers) if flow_layers else None
+
+    @classmethod
+    def estimators(cls) -> tuple[str, ...]:
+        return (cls.default_estimator,)
+
+    @classmethod
+    def build_estimator(cls, name: str) -> None:
+        return None
 
     def preimage(self, a: Tensor) -> Tensor:
-        """IGR: ``kappa ~ N(a, 1)``, pushed through the planar flow for ``igr-planar``: (..., units, 1)."""
+        """``kappa ~ N(a, 1)``, pushed through the planar flow where there is one: (..., units, 1)."""
         loc = a.unsqueeze(-1)  # the unit's two-class IGR-SB pre-image (its temperature plays no part)
         kappa = ExpIGRSB(loc.new_ones(()), loc, torch.ones_like(loc), validate_args=False).rsample_preimage()
         return kappa if self.flow is None else self.flow(kappa, log_det=False)[0]
 
     def relaxed(self, a: Tensor, tau: float) -> Tensor:
-        """A differentiable sample in [-1, 1] given the layer output ``a``."""
-        if self.estimator is not None:
-            z = self.estimator.rsample(Latents("binary", a), 1, tau)[0]
-        else:  # ExpIGRSB's two-class stick-breaking map: pi_1 = sigmoid(kappa / tau), one fused op
-            z = torch.sigmoid(self.preimage(a)[..., 0] / tau)
+        # ExpIGRSB's two-class stick-breaking map: pi_1 = sigmoid(kappa / tau), one fused op
+        z = torch.sigmoid(self.preimage(a)[..., 0] / tau)
         return 2 * z - 1
 
     @torch.no_grad()
     def hard(self, a: Tensor) -> Tensor:
-        """A hard sample in {-1, +1} from the discrete model the relaxation converges to."""
-        if self.model == "gs":
-            b = torch.bernoulli(torch.sigmoid(a))
-        else:
-            b = (self.preimage(a)[..., 0] > 0).to(a.dtype)
+        b = (self.preimage(a)[..., 0] > 0).to(a.dtype)
         return 2 * b - 1
 
     @torch.no_grad()
     def prob_one(self, a: Tensor) -> Tensor:
-        """``P(z = +1)`` of the hard unit: ``sigmoid(a)``, ``Phi(a)``, or ``Phi(a - f^{-1}(0))``."""
-        if self.model == "gs":
-            return torch.sigmoid(a)
+        """``Phi(a)``, or ``Phi(a - f^{-1}(0))`` with the flow ``f``."""
         shift = 0.0
         if self.flow is not None:  # f is increasing, so f(kappa) > 0 iff kappa > f^{-1}(0)
             zero = torch.zeros(self.flow.b.shape[1], 1, dtype=a.dtype, device=a.device)
             shift = self.flow.inverse(zero).squeeze(-1)
         return torch.special.ndtr(a - shift)
+
+
+# --model -> the unit family of its layers and the family's settings: the one place the names appear
+UNITS: dict[str, tuple[type[StochasticBinaryLayer], dict[str, Any]]] = {
+    "gs": (BernoulliUnits, {}),
+    "igr-i": (IGRUnits, {}),
+    "igr-sb": (IGRUnits, {}),
+    "igr-planar": (IGRUnits, {"flow_layers": 2}),
+}
+MODELS = tuple(UNITS)
+
+
+def unit_family(model: str) -> type[StochasticBinaryLayer]:
+    """The unit family of ``--model model``."""
+    return UNITS[model][0]
+
+
+def binary_layer(model: str, units: int, estimator: Pathwise | None = None) -> StochasticBinaryLayer:
+    """A layer of ``units`` binary units of ``--model model`` (``estimator``: the module that draws them,
+    for a family that takes one; None: the family's default)."""
+    family, settings = UNITS[model]
+    return family(units, estimator, **settings)
 
 
 def deterministic_map(n_in: int, n_out: int, nonlinear: bool, hidden: int) -> nn.Module:
@@ -108,7 +193,7 @@ class SOPNet(nn.Module):
         self.maps = nn.ModuleList(
             deterministic_map(a, b, nonlinear, units) for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
-        self.layers = nn.ModuleList(StochasticBinaryLayer(model, units, estimator) for _ in range(depth))
+        self.layers = nn.ModuleList(binary_layer(model, units, estimator) for _ in range(depth))
 
     def init_output_bias(self, mean_lower: Tensor) -> None:
         """Start the output logits at the training mean of ``x_lower`` (a common initialisation)."""

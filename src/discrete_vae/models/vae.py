@@ -20,12 +20,12 @@ from torch.distributions import Distribution
 
 from ..errors import ConfigError
 from ..estimators import Estimator, build_estimator
+from ..networks import MLPConfig, build_mlp
 from ..objectives import OBJECTIVE_FUNCTIONS
 from ..posteriors import Posterior
 from ..posteriors.kl import analytic_kl
 from ..priors import Prior
 from ..schedules import LearnableTemperature
-from .mlp import MLPConfig, build_mlp
 
 MULTI_SAMPLE = ("vimco",)  # estimators whose value is the importance-weighted bound over their samples
 
@@ -135,7 +135,6 @@ class DiscreteVAE(nn.Module):
         self.estimator = estimator
         self.train_dtype: torch.dtype | None = None  # e.g. bfloat16: the nets' autocast while training
         self.check_estimator()
-        self._register_load_state_dict_pre_hook(_legacy_keys)
 
     def check_estimator(self, n_samples: int | None = None) -> None:
         """One error line for a posterior the estimator cannot serve, or ``n_samples`` per example (default:
@@ -200,10 +199,6 @@ class DiscreteVAE(nn.Module):
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         """``log p(x|z)`` (S, B) for latents ``z`` (S, B, ...), hard or relaxed."""
         return bernoulli_log_likelihood(self.run_net(self.decoder, self.posterior.decoder_input(z)), x)
-
-    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
-        """``log p(x|z) + log p(z)`` (S, B) for hard ``z`` (unnormalised for the RBM prior)."""
-        return self.log_likelihood(x, z) + self.prior.log_prob(z)
 
     def forward(self, x: Tensor, scheduled_tau: float, n_samples: int = 1, kl_weight: float = 1.0,
                 objective: str = "elbo") -> Terms:
@@ -270,10 +265,3 @@ class DiscreteVAE(nn.Module):
         params, context = self.encode(x)
         q = self.posterior.discrete_posterior(params, context=context)
         return torch.sigmoid(self.decoder(self.posterior.decoder_input(q.mode.nan_to_num(0.0))))
-
-
-def _legacy_keys(state: dict, prefix: str, *_: object) -> None:
-    """Checkpoints written before posteriors were their own axis name the posterior ``family``."""
-    for key in [k for k in state if k.startswith(prefix + "family.")]:
-        state[prefix + "posterior." + key[len(prefix) + len("family."):]] = state.pop(key)
-

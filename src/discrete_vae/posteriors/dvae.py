@@ -41,7 +41,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, constraint
 from ..distributions.dvae_sharp import GaussianIntegral
 from ..distributions.smoothing import BASELINES, Smoothing, get_smoothing
 from ..errors import ConfigError
-from ..models.mlp import MLPConfig, build_mlp
+from ..networks import MLPConfig, build_mlp
 from ..priors import Prior
 from ..priors.rbm import RBMPrior
 from .base import POSTERIORS, LatentSample, LatentSpec, Posterior, PosteriorType

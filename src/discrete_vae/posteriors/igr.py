@@ -15,6 +15,11 @@ Either way the objective bounds the likelihood of the *relaxed* model. Evaluatio
 discrete model: hard samples and exact log probabilities of the categorical each posterior implies
 (quadrature for IGR-I, closed form for IGR-SB, a Monte Carlo estimate for IGR-Planar, used as the
 proposal so that the bound stays a true lower bound).
+
+Each variant is a class on :class:`IGRCategorical`, which holds what they share (the encoder's
+parameters, the pre-image prior, the two KLs): :class:`IGRICategorical` (softmax++),
+:class:`IGRPlanarCategorical` (softmax++ after a planar flow), :class:`IGRSBFiniteCategorical` (stick
+breaking) and :class:`IGRSBCategorical` (stick breaking truncated per batch).
 """
 
 from __future__ import annotations
@@ -25,116 +30,11 @@ import torch
 from torch import Tensor
 from torch.distributions import Independent, Normal, OneHotCategorical
 
-from ..distributions import ExpIGR, ExpIGRPlanar, ExpIGRSB, PlanarFlow, truncate_sticks
+from ..distributions import ExpIGR, ExpIGRPlanar, ExpIGRSB, GaussianPreimage, PlanarFlow, truncate_sticks
 from ..errors import ConfigError
 from ..priors import CategoricalPrior, Prior
 from ..priors.igr import uniform_preimage_prior
 from .base import POSTERIORS, LatentSample, LatentSpec, Posterior, PosteriorType
-
-KINDS = ("i", "sb", "sb-finite", "planar")
-
-
-class IGRCategorical(Posterior):
-    """``N`` categorical latents of ``K`` classes relaxed by an IGR map of kind ``kind``."""
-
-    def __init__(
-        self,
-        spec: LatentSpec,
-        kind: str,
-        kl: str = "auto",
-        delta: float = 1.0,
-        prior_scale: float = 1.0,
-        sb_threshold: float = 0.99,
-        sb_percentile: float = 70.0,
-        flow_layers: int = 2,
-        mc_samples: int = 1000,
-        **_: object,
-    ):
-        super().__init__()
-        if kind not in KINDS:
-            raise ConfigError(f"unknown IGR kind {kind!r}")
-        if kl == "auto":
-            kl = "relaxed" if kind == "planar" else "analytic"
-        if kl not in ("analytic", "relaxed"):
-            raise ConfigError(f"--kl must be analytic or relaxed, got {kl!r}")
-        if kind == "planar" and kl == "analytic":
-            raise ConfigError("igr-planar has no closed-form KL: use --kl relaxed")
-        if not 0 < sb_threshold < 1:
-            raise ConfigError(f"--sb-threshold must be in (0, 1), got {sb_threshold}")
-        if not 0 <= sb_percentile <= 100:
-            raise ConfigError(f"--sb-percentile must be in [0, 100], got {sb_percentile}")
-        if delta <= 0:
-            raise ConfigError(f"--delta must be positive, got {delta}")
-        if prior_scale <= 0:
-            raise ConfigError(f"--prior-scale must be positive, got {prior_scale}")
-        self.spec, self.kind, self.kl, self.delta = spec, kind, kl, delta
-        self.sb_threshold, self.sb_percentile, self.mc_samples = sb_threshold, sb_percentile, mc_samples
-        n, k = spec.n, spec.k
-        self.param_dim = 2 * n * (k - 1)
-        self.decoder_dim = n * k
-        loc, scale = uniform_preimage_prior(kind, k, prior_scale)
-        self.register_buffer("prior_loc", loc)
-        self.register_buffer("prior_scale", scale)
-        self.flow = PlanarFlow(n, k - 1, flow_layers) if kind == "planar" else None
-        self.n_required = k  # classes in use by the last relaxed batch (IGR-SB's truncation)
-
-    def posterior(self, params: Tensor, tau: Tensor | float = 1.0) -> ExpIGR:
-        """The log-space IGR posterior, batch (..., N), pre-image (K-1)."""
-        n, k = self.spec.n, self.spec.k
-        loc, log_scale = params.view(*params.shape[:-1], n, 2, k - 1).unbind(-2)
-        scale = log_scale.exp()
-        if self.kind == "planar":
-            return ExpIGRPlanar(tau, loc, scale, self.flow, self.delta, self.mc_samples, validate_args=False)
-        if self.kind == "i":
-            return ExpIGR(tau, loc, scale, self.delta, validate_args=False)
-        return ExpIGRSB(tau, loc, scale, validate_args=False)
-
-    def preimage_prior(self) -> Normal:
-        return Normal(self.prior_loc, self.prior_scale, validate_args=False)
-
-    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
-                context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
-        q = self.posterior(params, tau)
-        shape = torch.Size([n_samples])
-        if self.kind == "planar":
-            kappa, log_q = q.rsample_preimage_log_prob(shape)  # (S, B, N, K-1), (S, B, N)
-        else:
-            kappa = q.rsample_preimage(shape)
-        log_psi = q.to_log_simplex(kappa)  # (S, B, N, K)
-        used = self.spec.k - 1
-        if self.kind == "sb":
-            cut = truncate_sticks(log_psi, self.sb_threshold, self.sb_percentile)
-            z, self.n_required = cut.psi, cut.n_required
-            used = cut.n_required - 1  # sticks broken before the last class kept
-        else:
-            z = log_psi.exp()
-        z = z.flatten(-2)
-        if self.kl == "analytic":
-            kl = normal_kl(q.loc[..., :used], q.scale[..., :used], self.prior_loc[:used],
-                           self.prior_scale[:used])
-            return LatentSample(z, kl=kl.sum((-2, -1)))
-        log_p = self.preimage_prior().log_prob(kappa)[..., :used].sum((-2, -1))
-        if self.kind != "planar":
-            log_q = Normal(q.loc, q.scale, validate_args=False).log_prob(kappa)[..., :used].sum(-1)
-        return LatentSample(z, log_q=log_q.sum(-1), log_p=log_p)
-
-    def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Independent:
-        logits = self.posterior(params).discrete_log_probs()
-        return Independent(OneHotCategorical(logits=logits, validate_args=False), 1)
-
-    def decoder_input(self, z: Tensor) -> Tensor:
-        return z.flatten(-2)
-
-    def check_prior(self, prior: Prior) -> None:
-        """The pre-image prior is fitted to the uniform categorical: refuse any other prior."""
-        uniform = isinstance(prior, CategoricalPrior) and not isinstance(prior.logits, torch.nn.Parameter)
-        if not uniform:
-            raise ConfigError(
-                f"--model igr-{self.kind} needs --prior uniform (its Gaussian pre-image prior implies it)"
-            )
-
-    def stats(self) -> dict[str, float]:
-        return {"n_required": self.n_required} if self.kind == "sb" else {}
 
 
 def _help(text: str) -> dict[str, str]:
@@ -173,15 +73,184 @@ def _positive(options: IGRPlanarOptions) -> None:
 
 
 IGRPlanarOptions.__post_init__ = _positive
-OPTIONS = {"i": IGRIOptions, "sb": IGRSBOptions, "sb-finite": IGROptions, "planar": IGRPlanarOptions}
 
 
-def _igr(kind: str) -> PosteriorType:
-    return PosteriorType(lambda spec, **options: IGRCategorical(spec, kind, **options), OPTIONS[kind], "IGR")
+class IGRCategorical(Posterior):
+    """``N`` categorical latents of ``K`` classes relaxed by an IGR map: what the variants share.
+
+    A variant, registered as ``igr-{kind}``, says which map takes the Gaussian pre-image to the simplex
+    (:meth:`relaxation`), which KL it defaults to and whether it has a closed form, and keeps its own
+    options (those of its ``Options``); the keywords beyond those are the model's context.
+    """
+
+    kind: str  # registered as igr-{kind}
+    Options: type = IGROptions
+    default_kl = "analytic"  # the KL of `--kl auto`
+    closed_form_kl = True  # False: `--kl analytic` is refused
+
+    def __init__(self, spec: LatentSpec, kl: str = "auto", prior_scale: float = 1.0, **options: object):
+        super().__init__()
+        if kl == "auto":
+            kl = self.default_kl
+        if kl not in ("analytic", "relaxed"):
+            raise ConfigError(f"--kl must be analytic or relaxed, got {kl!r}")
+        if kl == "analytic" and not self.closed_form_kl:
+            raise ConfigError(f"igr-{self.kind} has no closed-form KL: use --kl relaxed")
+        self.spec = spec
+        self._keep_options(**options)
+        if prior_scale <= 0:
+            raise ConfigError(f"--prior-scale must be positive, got {prior_scale}")
+        self.kl = kl
+        n, k = spec.n, spec.k
+        self.param_dim = 2 * n * (k - 1)
+        self.decoder_dim = n * k
+        loc, scale = uniform_preimage_prior(self.kind, k, prior_scale)
+        self.register_buffer("prior_loc", loc)
+        self.register_buffer("prior_scale", scale)
+
+    def _keep_options(self, **_: object) -> None:
+        """Check and keep the variant's own options (the keywords left are the model's context)."""
+
+    def relaxation(self, tau: Tensor | float, loc: Tensor, scale: Tensor) -> GaussianPreimage:
+        """The log-space IGR distribution of pre-image ``N(loc, scale^2)``, (..., N, K-1), at ``tau``."""
+        raise NotImplementedError
+
+    def posterior(self, params: Tensor, tau: Tensor | float = 1.0) -> GaussianPreimage:
+        """The log-space IGR posterior, batch (..., N), pre-image (K-1)."""
+        n, k = self.spec.n, self.spec.k
+        loc, log_scale = params.view(*params.shape[:-1], n, 2, k - 1).unbind(-2)
+        scale = log_scale.exp()
+        return self.relaxation(tau, loc, scale)
+
+    def preimage_prior(self) -> Normal:
+        return Normal(self.prior_loc, self.prior_scale, validate_args=False)
+
+    def _draw(self, q: GaussianPreimage, shape: torch.Size) -> tuple[Tensor, Tensor | None]:
+        """Pre-image draws (S, B, N, K-1) and the log density (S, B, N) the draw comes with, if any."""
+        return q.rsample_preimage(shape), None
+
+    def _kept(self, log_psi: Tensor) -> tuple[Tensor, int]:
+        """The relaxed sample on the simplex (S, B, N, K), and how many pre-image coordinates it uses."""
+        return log_psi.exp(), self.spec.k - 1
+
+    def _log_q(self, q: GaussianPreimage, kappa: Tensor, drawn: Tensor | None, used: int) -> Tensor:
+        """``log q(kappa)`` per variable (S, B, N), over the first ``used`` coordinates."""
+        return Normal(q.loc, q.scale, validate_args=False).log_prob(kappa)[..., :used].sum(-1)
+
+    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
+                context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
+        q = self.posterior(params, tau)
+        kappa, drawn = self._draw(q, torch.Size([n_samples]))  # (S, B, N, K-1)
+        log_psi = q.to_log_simplex(kappa)  # (S, B, N, K)
+        z, used = self._kept(log_psi)
+        z = z.flatten(-2)
+        if self.kl == "analytic":
+            kl = normal_kl(q.loc[..., :used], q.scale[..., :used], self.prior_loc[:used],
+                           self.prior_scale[:used])
+            return LatentSample(z, kl=kl.sum((-2, -1)))
+        log_p = self.preimage_prior().log_prob(kappa)[..., :used].sum((-2, -1))
+        log_q = self._log_q(q, kappa, drawn, used)
+        return LatentSample(z, log_q=log_q.sum(-1), log_p=log_p)
+
+    def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Independent:
+        logits = self.posterior(params).discrete_log_probs()
+        return Independent(OneHotCategorical(logits=logits, validate_args=False), 1)
+
+    def decoder_input(self, z: Tensor) -> Tensor:
+        return z.flatten(-2)
+
+    def check_prior(self, prior: Prior) -> None:
+        """The pre-image prior is fitted to the uniform categorical: refuse any other prior."""
+        uniform = isinstance(prior, CategoricalPrior) and not isinstance(prior.logits, torch.nn.Parameter)
+        if not uniform:
+            raise ConfigError(
+                f"--model igr-{self.kind} needs --prior uniform (its Gaussian pre-image prior implies it)"
+            )
 
 
-for _kind in KINDS:
-    POSTERIORS.register(f"igr-{_kind}")(_igr(_kind))
+class IGRICategorical(IGRCategorical):
+    """IGR-I: ``log softmax++(kappa / tau)`` with weight ``delta`` on the extra class."""
+
+    kind = "i"
+    Options = IGRIOptions
+
+    def _keep_options(self, delta: float = 1.0, **_: object) -> None:
+        if delta <= 0:
+            raise ConfigError(f"--delta must be positive, got {delta}")
+        self.delta = delta
+
+    def relaxation(self, tau: Tensor | float, loc: Tensor, scale: Tensor) -> ExpIGR:
+        return ExpIGR(tau, loc, scale, self.delta, validate_args=False)
+
+
+class IGRPlanarCategorical(IGRICategorical):
+    """IGR-Planar: IGR-I with a learned planar flow on the pre-image. Its density has no closed-form KL
+    (the relaxed KL takes the flow's log-determinant from the draw) and its implied discrete posterior
+    is a Monte Carlo estimate of ``mc_samples`` draws."""
+
+    kind = "planar"
+    Options = IGRPlanarOptions
+    default_kl = "relaxed"
+    closed_form_kl = False
+
+    def __init__(self, spec: LatentSpec, kl: str = "auto", prior_scale: float = 1.0, flow_layers: int = 2,
+                 **options: object):
+        super().__init__(spec, kl, prior_scale, **options)
+        self.flow = PlanarFlow(spec.n, spec.k - 1, flow_layers)
+
+    def _keep_options(self, mc_samples: int = 1000, **options: object) -> None:
+        super()._keep_options(**options)
+        self.mc_samples = mc_samples
+
+    def relaxation(self, tau: Tensor | float, loc: Tensor, scale: Tensor) -> ExpIGRPlanar:
+        return ExpIGRPlanar(tau, loc, scale, self.flow, self.delta, self.mc_samples, validate_args=False)
+
+    def _draw(self, q: GaussianPreimage, shape: torch.Size) -> tuple[Tensor, Tensor | None]:
+        return q.rsample_preimage_log_prob(shape)  # (S, B, N, K-1), (S, B, N)
+
+    def _log_q(self, q: GaussianPreimage, kappa: Tensor, drawn: Tensor | None, used: int) -> Tensor:
+        return drawn
+
+
+class IGRSBFiniteCategorical(IGRCategorical):
+    """IGR-SB over all ``K`` classes: the stick-breaking map, no truncation."""
+
+    kind = "sb-finite"
+
+    def relaxation(self, tau: Tensor | float, loc: Tensor, scale: Tensor) -> ExpIGRSB:
+        return ExpIGRSB(tau, loc, scale, validate_args=False)
+
+
+class IGRSBCategorical(IGRSBFiniteCategorical):
+    """IGR-SB, countably infinite: each relaxed batch keeps the classes that reach ``sb_threshold`` of the
+    stick mass for ``sb_percentile`` percent of its draws (``n_required``, logged with the training
+    metrics); the KL covers the sticks broken before the last class kept."""
+
+    kind = "sb"
+    Options = IGRSBOptions
+
+    def _keep_options(self, sb_threshold: float = 0.99, sb_percentile: float = 70.0, **_: object) -> None:
+        if not 0 < sb_threshold < 1:
+            raise ConfigError(f"--sb-threshold must be in (0, 1), got {sb_threshold}")
+        if not 0 <= sb_percentile <= 100:
+            raise ConfigError(f"--sb-percentile must be in [0, 100], got {sb_percentile}")
+        self.sb_threshold, self.sb_percentile = sb_threshold, sb_percentile
+        self.n_required = self.spec.k  # classes in use by the last relaxed batch
+
+    def _kept(self, log_psi: Tensor) -> tuple[Tensor, int]:
+        cut = truncate_sticks(log_psi, self.sb_threshold, self.sb_percentile)
+        self.n_required = cut.n_required
+        return cut.psi, cut.n_required - 1
+
+    def stats(self) -> dict[str, float]:
+        return {"n_required": self.n_required}
+
+
+VARIANTS = (IGRICategorical, IGRSBCategorical, IGRSBFiniteCategorical, IGRPlanarCategorical)
+KINDS = tuple(variant.kind for variant in VARIANTS)
+
+for _variant in VARIANTS:
+    POSTERIORS.register(f"igr-{_variant.kind}")(PosteriorType(_variant, _variant.Options, "IGR"))
 
 
 def normal_kl(loc_q: Tensor, scale_q: Tensor, loc_p: Tensor, scale_p: Tensor) -> Tensor:

@@ -35,9 +35,8 @@ class RBMPrior(Prior):
     - ``log_prob(z) = -E(z)``, *unnormalised* (``normalized = False``); subtract a ``log Z`` estimate.
     - ``sample(n)`` runs the sampler ``sampler`` (``SAMPLERS``: ``pcd`` keeps persistent chains in this
       module's ``state_dict``; ``pa`` anneals a population); ``sampler_options`` go to its constructor.
-    - Gradients of the prior term: :meth:`contrastive_loss` (positive minus negative phase) to fit the RBM
-      to samples; in a VAE, :meth:`negative_phase` gives ``∇ log Z`` beside an unnormalised
-      cross-entropy (:meth:`cross_entropy`) or relaxed density.
+    - Gradients of the prior term: an unnormalised cross-entropy (:meth:`cross_entropy`) or relaxed
+      density gives the positive phase, and :meth:`negative_phase` adds ``∇ log Z`` beside it.
     """
 
     normalized = False
@@ -79,10 +78,6 @@ class RBMPrior(Prior):
         """``p(z_b = 1 | z_a) = sigmoid(b_b + W^T z_a)``, (..., n_b)."""
         return torch.sigmoid(z_a @ self.w + self.b_b)
 
-    def prob_a_given_b(self, z_b: Tensor) -> Tensor:
-        """``p(z_a = 1 | z_b) = sigmoid(b_a + W z_b)``, (..., n_a)."""
-        return torch.sigmoid(z_b @ self.w.t() + self.b_a)
-
     def log_partition_exact(self, chunk: int = 2**14) -> Tensor:
         """Exact ``log Z = logsumexp_{z_s} -F(z_s)`` over every state of the smaller half ``s``.
 
@@ -120,22 +115,7 @@ class RBMPrior(Prior):
             left -= take
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def contrastive_loss(self, z_pos: Tensor, z_neg: Tensor | None = None) -> Tensor:
-        """Surrogate loss ``mean E(z_pos) - mean E(z_neg)`` whose gradient is the negative log-likelihood's.
-
-        For ``z_pos`` (B, n) drawn from the posterior and ``z_neg`` (S, n) from the model,
-
-            -∇ log p(z_pos) = ∇E(z_pos) - E_{z~p}[∇E(z)]  ≈  ∇[mean E(z_pos) - mean E(z_neg)],
-
-        the positive phase minus the negative phase; ``z_neg`` is detached and its mean estimates the model
-        expectation (unbiased when ``z_neg`` are exact samples). Default ``z_neg``: one call of the sampler
-        (all its chains). The *value* is not the negative log-likelihood (``log Z`` is absent): minimise it.
-        """
-        if z_neg is None:
-            z_neg = self.sample(self.sampler.size)
-        return self.energy(z_pos).mean() - self.energy(z_neg.detach()).mean()
-
-    # --- training terms of the DVAE family (latents/dvae.py) ------------------------------------------------
+    # --- training terms of the DVAE family (posteriors/dvae.py) --------------------------------------------
     def negative_phase(self) -> Tensor:
         """A scalar whose *value* is 0 and whose gradient is ``∇ log Z = -E_{z~p}[∇E(z)]``.
 

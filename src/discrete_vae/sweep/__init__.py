@@ -2,8 +2,9 @@
 and plots made from them, run through submitit here or on a SLURM cluster; idempotent and resumable.
 
 :mod:`.spec` is what a spec holds, :mod:`.load` reads and checks one, :mod:`.commands` says what a point
-runs (``dvae train`` or ``dvae sop``), :mod:`.runner` runs and tracks the points, :mod:`.report` writes the
-results, :mod:`.cli` is the command.
+runs (``dvae train`` or ``dvae sop``), :mod:`.runner` runs one point and tracks the points' state,
+:mod:`.executors` runs the jobs (here or on SLURM), :mod:`.report` writes the results, :mod:`.cli` is the
+command.
 """
 
 from __future__ import annotations
@@ -15,26 +16,19 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..runs import note
-from .load import load_spec
-from .report import collect, write_report
-from .runner import (
-    JOBS,
-    RUNNABLE,
-    STATES,
-    SWEEP,
+from .executors import (
     Slurm,
-    changes_text,
     default_jobs,
     jobs_for,
     make_executor,
     queued_on_slurm,
-    read_json,
     run_jobs,
     sigterm_interrupts,
-    status_lines,
     threads_per_job,
-    write_json,
 )
+from .load import load_spec
+from .report import collect, write_report
+from .runner import JOBS, RUNNABLE, STATES, SWEEP, changes_text, read_json, status_lines, write_json
 from .spec import Spec, labels_by_axis
 
 REPORT_EVERY_S = 30.0  # a long sweep's tables are at most this old while it runs

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..progress import Stopped
-from .runner import Interrupted
+from .executors import Interrupted
 
 
 def add_sweep_parser(sub: Any) -> None:

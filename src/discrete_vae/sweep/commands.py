@@ -23,11 +23,12 @@ def recorded(runs: type[TrainCommand] | type[SopCommand], run: Path) -> dict[str
     it), None when it has none yet; one that cannot be read is ``{"config.yaml": "unreadable"}``."""
     from ..config import load_config_file
     from ..runs import CONFIG
+    from ..upgrade import upgrade_config
 
     if not (run / CONFIG).is_file():
         return None
     try:
-        return runs.config_class().from_dict(load_config_file(run / CONFIG)).to_dict()
+        return runs.config_class().from_dict(upgrade_config(load_config_file(run / CONFIG))).to_dict()
     except (UserError, TypeError, ValueError):
         return {CONFIG: "unreadable"}
 
@@ -58,7 +59,7 @@ class TrainCommand:
     def config(values: dict[str, Any]) -> Any:
         """The :class:`~discrete_vae.config.TrainConfig` of a point (``preset`` and ``struct`` expanded
         under its options, as ``dvae train --preset`` does)."""
-        from ..config import fresh_config
+        from ..presets import fresh_config
 
         return fresh_config({k: v for k, v in values.items() if k != "preset"}, values.get("preset"))
 

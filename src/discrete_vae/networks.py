@@ -1,4 +1,8 @@
-"""Multilayer perceptrons from a typed config (the seeds' 784-512-256 encoders and mirrors)."""
+"""Multilayer perceptrons from a typed config (the seeds' 784-512-256 encoders and mirrors).
+
+The networks of the VAE (:mod:`.models`) and of the hierarchical posteriors' later groups
+(:mod:`.posteriors.dvae`) both come from here.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 LEAKY_RELU_SLOPE = 0.3  # negative slope of `leaky_relu` (Dong, Mnih & Tucker 2020; Keras's default alpha)
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
