@@ -44,6 +44,11 @@ def make_rbm(n_a: int, n_b: int, scale: float, seed: int, **options) -> RBMPrior
     return rbm
 
 
+def prob_b_given_a(rbm: RBMPrior, z_a: torch.Tensor) -> torch.Tensor:
+    """Reference ``p(z_b = 1 | z_a) = sigmoid(b_b + W^T z_a)`` from the energy's definition, (..., n_b)."""
+    return torch.sigmoid(z_a @ rbm.w + rbm.b_b)
+
+
 def prob_a_given_b(rbm: RBMPrior, z_b: torch.Tensor) -> torch.Tensor:
     """Reference ``p(z_a = 1 | z_b) = sigmoid(b_a + W z_b)`` from the energy's definition, (..., n_a)."""
     return torch.sigmoid(z_b @ rbm.w.t() + rbm.b_a)
@@ -96,7 +101,7 @@ def test_free_energies_and_conditionals_match_enumeration():
         torch.testing.assert_close(-rbm.free_energy_b(zb), torch.logsumexp(joint, 1))
         p_b_given_a = torch.softmax(joint, 0)  # (8, 16): p(z_b | z_a) per column
         p_a_given_b = torch.softmax(joint, 1)  # (8, 16): p(z_a | z_b) per row
-        torch.testing.assert_close(rbm.prob_b_given_a(za), p_b_given_a.t() @ zb)  # (16, 3)
+        torch.testing.assert_close(prob_b_given_a(rbm, za), p_b_given_a.t() @ zb)  # (16, 3): the reference
         torch.testing.assert_close(prob_a_given_b(rbm, zb), p_a_given_b @ za)  # (8, 4): the reference
 
 
@@ -116,7 +121,7 @@ def test_a_gibbs_sweep_draws_each_half_from_its_block_conditional():
         z_a, z_b = rbm.split(rbm.sample(16 * 5000))
         z_scores = []
         for given, drawn, states, conditional in (
-            (start, z_b, all_states(4), rbm.prob_b_given_a),
+            (start, z_b, all_states(4), lambda state: prob_b_given_a(rbm, state)),
             (z_b, z_a, all_states(3), lambda state: prob_a_given_b(rbm, state)),
         ):
             index = state_index(given)

@@ -74,10 +74,6 @@ class RBMPrior(Prior):
         """``F(z_b) = -b_b^T z_b - Σ_i softplus(b_a + W z_b)_i``, so ``p(z_b) = exp(-F(z_b)) / Z``; (...)."""
         return -(z_b @ self.b_b + nn.functional.softplus(z_b @ self.w.t() + self.b_a).sum(-1))
 
-    def prob_b_given_a(self, z_a: Tensor) -> Tensor:
-        """``p(z_b = 1 | z_a) = sigmoid(b_b + W^T z_a)``, (..., n_b)."""
-        return torch.sigmoid(z_a @ self.w + self.b_b)
-
     def log_partition_exact(self, chunk: int = 2**14) -> Tensor:
         """Exact ``log Z = logsumexp_{z_s} -F(z_s)`` over every state of the smaller half ``s``.
 
