@@ -15,6 +15,7 @@ import torch
 from scipy import integrate, stats
 
 from discrete_vae.distributions import SMOOTHINGS, SmoothedBernoulli, get_smoothing
+from discrete_vae.distributions.dvae_pp import Power
 from discrete_vae.distributions.dvae_sharp import GaussianIntegral
 from discrete_vae.distributions.smoothing import Smoothing
 from discrete_vae.errors import ConfigError
@@ -64,24 +65,37 @@ class _Mixture:
         return 1 - self.cdf(x)
 
 
+def _truncexp(s: Smoothing):  # density β e^{-βζ} / (1 - e^{-β}) on [0, 1]
+    return stats.truncexpon(b=float(s.beta), scale=1 / float(s.beta))
+
+
+def _powerlaw(s: Smoothing):  # density λ ζ^{λ-1} on [0, 1], λ = 1/β
+    return stats.powerlaw(a=1 / float(s.beta))
+
+
+def _normals(s: Smoothing):
+    sigma, shift = float(s._scale()), float(s._loc(0))
+    return stats.norm(shift, sigma), stats.norm(1 + shift, sigma)
+
+
+def _uniform_exp(s: Smoothing):  # (1 - eps) truncated exponential + eps uniform on [0, 1]
+    mix = _Mixture(_truncexp(s), stats.uniform(0, 1), s.eps)
+    return mix, _Mirror(mix)
+
+
+SCIPY_COMPONENTS = {  # name -> independent references (r(.|0), r(.|1)); None for the spike's point mass
+    "exp": lambda s: (_truncexp(s), _Mirror(_truncexp(s))),
+    "power": lambda s: (_powerlaw(s), _Mirror(_powerlaw(s))),
+    "spike-exp": lambda s: (None, _Mirror(_truncexp(s))),  # density β e^{-β(1-ζ)} / (1 - e^{-β})
+    "gauss": _normals,
+    "gi": _normals,
+    "unexp": _uniform_exp,
+}
+
+
 def _scipy_components(s: Smoothing):
     """Independent references (r(.|0), r(.|1)) from scipy.stats; None for the spike's point mass."""
-    beta = float(s.beta)
-    exp = stats.truncexpon(b=beta, scale=1 / beta)
-    if s.name == "exp":
-        return exp, _Mirror(exp)
-    if s.name == "power":
-        return stats.powerlaw(a=1 / beta), _Mirror(stats.powerlaw(a=1 / beta))
-    mirror = _Mirror(exp)  # density β e^{-β(1-ζ)} / (1 - e^{-β})
-    if s.name == "spike-exp":
-        return None, mirror
-    if s.name in ("gauss", "gi"):
-        sigma, shift = float(s._scale()), float(s._loc(0))
-        return stats.norm(shift, sigma), stats.norm(1 + shift, sigma)
-    if s.name == "unexp":  # (1 - eps) truncated exponential + eps uniform on [0, 1]
-        mix = _Mixture(exp, stats.uniform(0, 1), s.eps)
-        return mix, _Mirror(mix)
-    raise KeyError(s.name)
+    return SCIPY_COMPONENTS[s.name](s)
 
 
 def _pdf(s: Smoothing, z: int):
@@ -95,7 +109,7 @@ def _integrate(s: Smoothing, f, upper: float = math.inf) -> float:
     if s.support is torch.distributions.constraints.real:
         return integrate.quad(f, -math.inf, upper)[0]
     upper = min(upper, 1.0)
-    if s.name != "power":
+    if not isinstance(s, Power):
         return integrate.quad(f, 0, upper, points=[0.5] if upper > 0.5 else None)[0]
     a, tiny = 1 / float(s.beta) - 1, 1e-300
     total = integrate.quad(lambda x: f(max(x, tiny)) / max(x, tiny) ** a, 0, min(upper, 0.5),
@@ -162,7 +176,7 @@ def test_densities_integrate_to_one_and_match_cdf_and_mean(key):
     logit = 0.3
     q = 1 / (1 + math.exp(-logit))
     mix = lambda x: math.exp(float(s.log_prob(_t(x), _t(logit))))  # noqa: E731
-    if s.name == "spike-exp":  # r(.|0) is the unit mass at 0: the mixture is (1-q) δ_0 + q r(.|1)
+    if s.point_mass:  # r(.|0) is the unit mass at 0: the mixture is (1-q) δ_0 + q r(.|1)
         assert float(s.log_r0(_t(0.0))) == 0.0 and float(s.log_r0(_t(0.3))) == -math.inf
         assert float(s.log_prob(_t(0.0), _t(logit))) == pytest.approx(math.log(1 - q))
         assert (1 - q) + _integrate(s, mix) == pytest.approx(1, abs=1e-7)
@@ -196,11 +210,11 @@ def test_samples_follow_the_mixture_cdf(key):
     logit = torch.tensor(0.4, dtype=torch.float64)
     zeta = s.rsample(logit, (4000,)).numpy()
     cdf = lambda x: s.cdf(_t(x), logit).numpy()  # noqa: E731
-    if s.name == "spike-exp":  # atom: binomial test on its mass (rate 1e-3), KS on the continuous part
+    if s.point_mass:  # atom: binomial test on its mass (rate 1e-3), KS on the continuous part
         q = float(torch.sigmoid(logit))
         assert stats.binomtest(int((zeta == 0).sum()), len(zeta), 1 - q).pvalue > 1e-3
         zeta, cdf = zeta[zeta > 0], lambda x: s.cdf1(_t(x)).numpy()  # noqa: E731
-    if s.name == "power":  # no double lies in (1 - 2^-53, 1): the roots there are returned as 1 - 2^-53
+    if isinstance(s, Power):  # no double lies in (1 - 2^-53, 1): the roots there are returned as 1 - 2^-53
         top = 1 - 2**-53
         f_top = float(s.cdf(_t(1 - 2**-52), logit))
         assert stats.binomtest(int((zeta >= top).sum()), len(zeta), 1 - f_top).pvalue > 1e-3  # rate 1e-3
@@ -252,7 +266,7 @@ def test_ancestral_implicit_gradient_is_unbiased(key):
     Each of the three comparisons allows 5 standard errors (a false failure below 1e-6 under the CLT).
     """
     s = CASES[key]
-    second = [0.0 if (s.name == "spike-exp" and z == 0)  # the unit mass at 0
+    second = [0.0 if (s.point_mass and z == 0)  # the unit mass at 0
               else _integrate(s, lambda x, z=z: x * x * _pdf(s, z)(x)) for z in (0, 1)]
     torch.manual_seed(5)
     logits = _t([-1.5, 0.4, 2.0]).expand(100_000, 3).clone().requires_grad_()  # a leaf per draw
@@ -304,7 +318,7 @@ def test_float32_samples_finite_in_support(name, implicit):
     assert torch.isfinite(grad).all()
     log_q = s.log_prob(zeta, logits.detach())
     # the power law's density is infinite at 0 and 1, where float32 samples can land
-    keep = (zeta > 0) & (zeta < 1) if name == "power" else torch.ones_like(zeta, dtype=torch.bool)
+    keep = (zeta > 0) & (zeta < 1) if isinstance(s, Power) else torch.ones_like(zeta, dtype=torch.bool)
     assert torch.isfinite(log_q[keep]).all()
 
 

@@ -32,6 +32,7 @@ class SpikeExp(Smoothing):
     """
 
     name, baselines, analytic, symmetric = "spike-exp", ("dvae_spike_exp",), True, False
+    point_mass = True
 
     def log_r0(self, zeta: Tensor) -> Tensor:
         return torch.where(zeta == 0, 0.0, -math.inf).to(zeta.dtype)

@@ -41,7 +41,7 @@ from torch.distributions import constraints
 from ..errors import ConfigError
 from ..registry import Registry
 
-__all__ = ["BASELINES", "SMOOTHINGS", "Smoothing", "get_smoothing"]
+__all__ = ["BASELINES", "SMOOTHINGS", "Smoothing", "get_smoothing", "smoothing_type"]
 
 SMOOTHINGS: Registry[type[Smoothing]] = Registry("smoothing")
 
@@ -89,6 +89,7 @@ class Smoothing:
     name: ClassVar[str]
     baselines: ClassVar[tuple[str, ...]]  # the original code's --baseline names using this smoothing
     analytic: ClassVar[bool] = False  # closed-form mixture inverse CDF available
+    point_mass: ClassVar[bool] = False  # r(ζ|0) has an atom: no density with respect to Lebesgue measure
     symmetric: bool = True  # r(ζ|1) = r(1-ζ|0)
     support: constraints.Constraint = constraints.unit_interval
     iterations: ClassVar[int] = 64  # bisection steps: bracket width / 2^64
@@ -309,10 +310,15 @@ class _Exponential(Smoothing):
         return -torch.log1p(rho * torch.expm1(-self.beta)) / self.beta
 
 
+def smoothing_type(name: str) -> type[Smoothing]:
+    """The class of a registered smoothing (or of an original-code baseline name)."""
+    return SMOOTHINGS.get(BASELINES[name][0] if name in BASELINES else name)
+
+
 def get_smoothing(name: str, beta: float | Tensor | None = None, dataset: str = "binarized_mnist",
                   struct: str = "1-layer-lin", **kwargs) -> Smoothing:
     """Build a registered smoothing (or an original-code baseline name); ``beta=None`` takes the default."""
     baseline = name if name in BASELINES else None
-    cls = SMOOTHINGS.get(BASELINES[name][0] if baseline else name)
+    cls = smoothing_type(name)
     beta = cls.default_beta(dataset, struct, baseline) if beta is None else beta
     return cls(beta, **kwargs)

@@ -27,11 +27,18 @@ With one group the posterior is a factorial Bernoulli, so the hard-sample estima
 Densities of unit-interval smoothings are evaluated at ``ζ`` clamped to ``[1e-7, 1 - 1e-7]`` with the
 gradient passed straight through (the power function puts mass at ``ζ`` below 1e-40, where ``log r`` is
 infinite; the original code adds 1e-7 inside its logarithms for the same reason).
+
+What the models share is :class:`SmoothedBoltzmann`; what differs is said by the ``MODELS`` table (the
+original code's smoothing and the default prior term) and by the smoothing itself (a point mass has no
+relaxed density). DVAE#'s Gaussian integral trick, whose smoothing is built per unit from the encoder and
+scored against the prior's exact marginal, is :class:`GaussianIntegralBoltzmann`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +46,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, constraints
 
 from ..distributions.dvae_sharp import GaussianIntegral
-from ..distributions.smoothing import BASELINES, Smoothing, get_smoothing
+from ..distributions.smoothing import BASELINES, Smoothing, get_smoothing, smoothing_type
 from ..errors import ConfigError
 from ..networks import MLPConfig, build_mlp
 from ..priors import Prior
@@ -47,17 +54,6 @@ from ..priors.rbm import RBMPrior
 from .base import POSTERIORS, LatentSample, LatentSpec, Posterior, PosteriorType
 from .kl import register_kl
 
-# --model name -> (the original code's --baseline name, its prior term)
-MODELS: dict[str, tuple[str, str]] = {
-    "dvae-spike-exp": ("dvae_spike_exp", "analytic"),
-    "dvaepp-exp": ("dvaepp_exp", "analytic"),
-    "dvaepp-power": ("dvaepp_power", "analytic"),
-    "dvaes-gi": ("dvaes_gi", "relaxed"),
-    "dvaes-gauss": ("dvaes_gauss", "relaxed"),
-    "dvaes-exp": ("dvaes_exp", "relaxed"),
-    "dvaes-unexp": ("dvaes_unexp", "relaxed"),
-    "dvaes-power": ("dvaes_power", "relaxed"),
-}
 DENSITY_FLOOR = 1e-7
 GI_SCALE_INIT, GI_SCALE_MIN, GI_SHIFT_SCALE = 0.2, 0.05, 0.5  # the original's MixtureNormal settings
 
@@ -129,15 +125,23 @@ class HierarchicalBernoulli(Distribution):
 
 
 class SmoothedBoltzmann(Posterior):
-    """A DVAE-family posterior over binary latents (``--model dvae-spike-exp|dvaepp-*|dvaes-*``)."""
+    """A DVAE-family posterior over binary latents (``--model dvae-spike-exp|dvaepp-*|dvaes-*``).
+
+    ``model`` names a row of ``MODELS``: the original code's baseline (which smoothing, which β, which
+    gradient) and the prior term of ``--kl auto``. A variant overrides what its posterior does otherwise:
+    encoder outputs per unit (:attr:`per_unit`), each group's smoothing (:meth:`_group_smoothing`), the
+    relaxed prior density (:meth:`_relaxed_log_prior`), and whether the analytic prior term applies.
+    """
 
     default_prior = "rbm"
+    per_unit: ClassVar[int] = 1  # encoder outputs per binary unit
+    analytic_kl: ClassVar[bool] = True  # False: `--kl analytic` is refused
 
     def __init__(self, spec: LatentSpec, model: str, kl: str = "auto", beta: float | None = None,
                  dataset: str = "binarized_mnist", struct: str | None = None, levels: int = 1,
                  context_dim: int = 0, level_mlp: MLPConfig | None = None, **_: object):
         super().__init__()
-        baseline, own = MODELS[model]
+        baseline, own = MODELS[model].baseline, MODELS[model].kl
         if not spec.binary:
             raise ConfigError(f"{model} has binary latents: give --latent N (or Nx2), not {spec}")
         if levels < 1 or spec.n % levels:
@@ -148,24 +152,21 @@ class SmoothedBoltzmann(Posterior):
         kl = own if kl == "auto" else kl
         if kl not in ("analytic", "relaxed", "sampled"):
             raise ConfigError(f"--kl must be auto, analytic, relaxed or sampled, got {kl!r}")
-        if kl == "relaxed" and model == "dvae-spike-exp":
-            raise ConfigError("dvae-spike-exp has no relaxed prior density: use --kl analytic")
-        if kl == "analytic" and model == "dvaes-gi":
-            raise ConfigError("dvaes-gi's smoothing is defined through the prior: use --kl relaxed")
+        if kl == "relaxed" and smoothing_type(baseline).point_mass:
+            raise ConfigError(f"{model} has no relaxed prior density: use --kl analytic")
+        if kl == "analytic" and not self.analytic_kl:
+            raise ConfigError(f"{model}'s smoothing is defined through the prior: use --kl relaxed")
         self.spec, self.model, self.kl = spec, model, kl
         self.iw_default = kl == "relaxed"
         self.one_hot = False
         self.levels, self.sizes = levels, [spec.n // levels] * levels
-        self.gi = model == "dvaes-gi"
         table = dataset if dataset in ("binarized_mnist", "omniglot") else "binarized_mnist"  # β defaults
         self.smoothing = get_smoothing(baseline, beta, table, struct or "1-layer-lin")
         self.beta = float(self.smoothing.beta)
         # the original samples every DVAE# smoothing through the implicit gradient; where a closed-form
         # inverse CDF exists (exp) it gives the same ζ and gradient (tests/test_smoothing.py), faster
         self.implicit = BASELINES[baseline][1] and not type(self.smoothing).analytic
-        self.per_unit = 2 if self.gi else 1  # gi: logits and a shift per unit
-        if self.gi:
-            self.gi_scale = nn.Parameter(torch.full((spec.n,), GI_SCALE_INIT))
+        self._own_parameters()
         self.param_dim = self.sizes[0] * self.per_unit
         self.decoder_dim = spec.n
         mlp = level_mlp or MLPConfig(())
@@ -175,9 +176,12 @@ class SmoothedBoltzmann(Posterior):
         )
         self._stats: dict[str, Tensor] = {}
 
+    def _own_parameters(self) -> None:
+        """The variant's own parameters (registered before the networks of the groups)."""
+
     @property
     def factorial(self) -> bool:  # one group: an Independent Bernoulli
-        return self.levels == 1 and not self.gi
+        return self.levels == 1
 
     def check_prior(self, prior: Prior) -> None:
         if not isinstance(prior, RBMPrior):
@@ -187,21 +191,22 @@ class SmoothedBoltzmann(Posterior):
 
     # --- one group ----------------------------------------------------------------------------------------
     def _group_smoothing(self, level: int, extra: Tensor | None) -> Smoothing:
-        if not self.gi:
-            return self.smoothing
-        lo = sum(self.sizes[:level])
-        scale = self.gi_scale[lo : lo + self.sizes[level]].abs() + GI_SCALE_MIN
-        shift = GI_SHIFT_SCALE * (torch.sigmoid(extra) - 0.5)
-        return GaussianIntegral(self.beta, sigma=scale, shift=shift)
+        """The smoothing of group ``level``, given the encoder's outputs beyond the logits (``extra``)."""
+        return self.smoothing
 
     def _split(self, out: Tensor, level: int) -> tuple[Tensor, Tensor | None]:
-        n = self.sizes[level]
-        return (out[..., :n], out[..., n:]) if self.gi else (out, None)
+        """A group's encoder outputs as its logits and the outputs beyond them (None if none)."""
+        return out, None
+
+    def _relaxed_log_prior(self, zeta: Tensor, points: list[Tensor], prior: RBMPrior) -> Tensor:
+        """``log p(ζ)`` (``log Z`` excluded) of the relaxed samples ``zeta``, each group's density evaluated
+        at its ``points``: the mean-field bound on the relaxed Boltzmann marginal."""
+        return prior.marginal_log_prob_mf(torch.cat(points, -1), self.smoothing)
 
     def _density_point(self, zeta: Tensor, smoothing: Smoothing) -> Tensor:
         """``ζ`` where densities are evaluated: clamped into the open unit interval, gradient passed
-        straight through."""
-        if smoothing.support is not constraints.unit_interval or smoothing.name == "spike-exp":
+        straight through (a point mass is left where it is)."""
+        if smoothing.support is not constraints.unit_interval or smoothing.point_mass:
             return zeta
         return zeta + (zeta.clamp(DENSITY_FLOOR, 1 - DENSITY_FLOOR) - zeta).detach()
 
@@ -241,11 +246,7 @@ class SmoothedBoltzmann(Posterior):
         if self.kl == "analytic":
             cross = prior.cross_entropy(probs, torch.cat(nu, -1) if nu else None)  # (S, B)
             return LatentSample(zeta, kl=(cross - entropy).mean(0))
-        if self.gi:
-            log_p = prior.gaussian_integral_log_prob(zeta, self.beta)
-        else:
-            log_p = prior.marginal_log_prob_mf(torch.cat(points, -1), self.smoothing)
-        return LatentSample(zeta, log_q=log_q, log_p=log_p)
+        return LatentSample(zeta, log_q=log_q, log_p=self._relaxed_log_prior(zeta, points, prior))
 
     def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Distribution:
         first = self._split(params, 0)[0]
@@ -258,6 +259,35 @@ class SmoothedBoltzmann(Posterior):
 
     def stats(self) -> dict[str, float]:
         return {name: float(value) for name, value in self._stats.items()}
+
+
+class GaussianIntegralBoltzmann(SmoothedBoltzmann):
+    """DVAE#'s Gaussian integral trick (``dvaes-gi``): per unit the encoder gives a logit and a shift, a
+    learned scale per unit completes the Gaussian mixture, and ``log p(ζ)`` is the prior's exact
+    Gaussian-integral marginal; the analytic prior term does not apply."""
+
+    per_unit = 2  # logits and a shift per unit
+    analytic_kl = False
+
+    def _own_parameters(self) -> None:
+        self.gi_scale = nn.Parameter(torch.full((self.spec.n,), GI_SCALE_INIT))
+
+    @property
+    def factorial(self) -> bool:  # no analytic prior term, even with one group
+        return False
+
+    def _group_smoothing(self, level: int, extra: Tensor | None) -> Smoothing:
+        lo = sum(self.sizes[:level])
+        scale = self.gi_scale[lo : lo + self.sizes[level]].abs() + GI_SCALE_MIN
+        shift = GI_SHIFT_SCALE * (torch.sigmoid(extra) - 0.5)
+        return GaussianIntegral(self.beta, sigma=scale, shift=shift)
+
+    def _split(self, out: Tensor, level: int) -> tuple[Tensor, Tensor | None]:
+        n = self.sizes[level]
+        return out[..., :n], out[..., n:]
+
+    def _relaxed_log_prior(self, zeta: Tensor, points: list[Tensor], prior: RBMPrior) -> Tensor:
+        return prior.gaussian_integral_log_prob(zeta, self.beta)
 
 
 @register_kl(SmoothedBoltzmann, RBMPrior)
@@ -284,10 +314,26 @@ class SmoothedOptions:
             raise ConfigError(f"--levels must be at least 1, got {self.levels}")
 
 
-def _register(model: str) -> None:
-    build = lambda spec, **options: SmoothedBoltzmann(spec, model, **options)  # noqa: E731
-    POSTERIORS.register(model)(PosteriorType(build, SmoothedOptions, "DVAE (smoothed binaries)"))
+class Model(NamedTuple):
+    """What a ``--model`` of the family is: the original code's ``--baseline``, the prior term of
+    ``--kl auto``, and its posterior class."""
+
+    baseline: str
+    kl: str
+    posterior: type[SmoothedBoltzmann] = SmoothedBoltzmann
 
 
-for _model in MODELS:
-    _register(_model)
+MODELS: dict[str, Model] = {
+    "dvae-spike-exp": Model("dvae_spike_exp", "analytic"),
+    "dvaepp-exp": Model("dvaepp_exp", "analytic"),
+    "dvaepp-power": Model("dvaepp_power", "analytic"),
+    "dvaes-gi": Model("dvaes_gi", "relaxed", GaussianIntegralBoltzmann),
+    "dvaes-gauss": Model("dvaes_gauss", "relaxed"),
+    "dvaes-exp": Model("dvaes_exp", "relaxed"),
+    "dvaes-unexp": Model("dvaes_unexp", "relaxed"),
+    "dvaes-power": Model("dvaes_power", "relaxed"),
+}
+
+for _name, _model in MODELS.items():
+    POSTERIORS.register(_name)(PosteriorType(partial(_model.posterior, model=_name), SmoothedOptions,
+                                             "DVAE (smoothed binaries)"))
