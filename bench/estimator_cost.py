@@ -1,11 +1,12 @@
 """Cost of one training step of every registered estimator, relative to ``gs`` on the same model.
 
-A step is what ``dvae train`` does per batch (:mod:`discrete_vae.train`): forward through the model and its
-estimator, the RBM's negative phase (none here), the estimator's own gradients, ``loss.backward()`` and the
-fused AdamW step. Models are built by ``recipe.build_model`` from one seed, so every estimator sees the same
-weights; each trains its own copy. Two settings: binary latents (``--latent 200 --binary``) and categorical
-(``--latent 20x10``), 784-512-256 MLPs, batch 100. Samples per example are each estimator's minimum (2 for
-ARM, DisARM, RLOO and VIMCO, else 1); Gumbel-Rao averages ``--mc`` conditional Jacobians.
+A step is what ``dvae train`` does per batch, through the same code (``dvae train``'s task and the training
+loop's ``step_once``): forward through the model and its estimator, the RBM's negative phase (none here), the
+estimator's own gradients, ``loss.backward()`` and the fused AdamW step. Models are built from one seed, so
+every estimator sees the same weights; each trains its own copy. Two settings: binary latents
+(``--latent 200 --binary``) and categorical (``--latent 20x10``), 784-512-256 MLPs, batch 100. Samples per
+example are each estimator's minimum (2 for ARM, DisARM, RLOO and VIMCO, else 1); Gumbel-Rao averages
+``--mc`` conditional Jacobians.
 
 Timing is side by side: every repeat runs ``--steps`` steps of each estimator in turn (the order rotates
 between repeats), so machine noise hits all alike. On the CPU with one thread (``OMP_NUM_THREADS=1``) the time
@@ -32,17 +33,18 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 
 from discrete_vae.compiling import Step
 from discrete_vae.config import TrainConfig
-from discrete_vae.data import load_dataset
+from discrete_vae.data import DataSplits, load_dataset
+from discrete_vae.distributed import Distributed
 from discrete_vae.errors import ConfigError, DataError
 from discrete_vae.estimators import ESTIMATORS
-from discrete_vae.loop import estimator_gradients
-from discrete_vae.models.vae import Terms
-from discrete_vae.recipe import build_model, kl_weight, learning_rate, resolve_objective, temperature_schedule
+from discrete_vae.loop import step_once
+from discrete_vae.train import VAETask
 
 SETTINGS = {"binary": ("200", True), "categorical": ("20x10", False)}  # name -> (--latent, --binary)
 # the issues' targets: step time relative to gs at the samples per example above (indecater: none, it
@@ -55,40 +57,19 @@ REFERENCE = "gs"
 
 @dataclass
 class Runner:
-    """One estimator's model, optimizer and step, set up as ``train._train`` sets them up."""
+    """One estimator's task of ``dvae train`` (:class:`~discrete_vae.train.VAETask`) and its step, stepped by
+    the training loop's own :func:`~discrete_vae.loop.step_once`, less logging and checkpoints."""
 
     name: str
-    samples: int
-    config: TrainConfig
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    objective: str
-    own: list[torch.Tensor]
+    task: VAETask
     forward: Step
-    joint: bool  # the estimator's own gradients come from the one backward pass
     step: int = 0
 
     def train_step(self, x: torch.Tensor, total: int) -> None:
-        """The body of ``train._train``'s loop, less logging and checkpoints."""
-        config, model, optimizer = self.config, self.model, self.optimizer
-        tau = temperature_schedule(config)(self.step)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, self.step, total)
-        weight = kl_weight(config, self.step, total)
-        terms = self.forward(x, tau, weight)
-        loss = terms.loss
-        phase = model.prior.negative_phase()
-        if phase is not None:
-            loss = loss + weight * phase
-        optimizer.zero_grad(set_to_none=True)
-        aux = estimator_gradients(self.own, terms.aux_loss)
-        loss.backward()
-        if not (torch.isfinite(terms.objective.mean()) and torch.isfinite(loss)):
-            raise FloatingPointError(f"{self.name}: non-finite loss at step {self.step}")
-        if not self.joint:  # else the backward pass gave them
-            for p, g in zip(self.own, aux, strict=True):
-                p.grad = g
-        optimizer.step()
+        try:
+            step_once(self.task, self.forward, x, self.step, total)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"{self.name}: non-finite loss ({e}) at step {self.step}") from None
         self.step += 1
 
 
@@ -147,25 +128,13 @@ def make_runner(name: str, setting: str, args: argparse.Namespace, data: torch.T
                          batch_size=args.batch_size, estimator_options=estimator_options(name, args.mc),
                          k=samples_for(name), device=str(device), seed=args.seed)
     torch.manual_seed(args.seed)
-    model = build_model(config, data.shape[1]).to(device)
-    model.init_decoder_bias(data.mean(0).to(device))
-    model.prepare(data[: config.batch_size].to(device))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, eps=config.adam_eps,
-                                  weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda"))
-    model.train()
-    objective = resolve_objective(config, model)
-
-    joint = compiled and model.estimator.separable_aux  # one backward pass, as dvae train's compiled step
-
-    def forward(x: torch.Tensor, tau: float, weight: float) -> Terms:
-        terms = model(x, tau, config.k, weight, objective)
-        if joint and terms.aux_loss is not None:
-            return terms._replace(loss=terms.loss + terms.aux_loss, aux_loss=None)
-        return terms
-
-    step = Step(forward, compiled, device, f"estimator_cost {name}", tensors=(1, 2))
-    return Runner(name, config.k, config, model, optimizer, objective, list(model.estimator.parameters()),
-                  step, joint)
+    shape = (28, 28) if data.shape[1] == 784 else (1, data.shape[1])
+    splits = DataSplits("bench", data, data[:100], data[:100], shape, dynamic_binarization=False)
+    task = VAETask(config, splits, device, Distributed(), Path("."))
+    task.model.train()
+    task.joint = compiled and task.model.estimator.separable_aux  # one backward pass, as dvae train compiled
+    step = Step(task.losses, compiled, device, f"estimator_cost {name}", tensors=task.scalars)
+    return Runner(name, task, step)
 
 
 def load_data(data_dir: str | None, seed: int) -> tuple[torch.Tensor, str]:
@@ -245,7 +214,7 @@ def bench_setting(setting: str, names: list[str], args: argparse.Namespace, data
             rows[name] = {"skipped": skipped[name]}
             continue
         target = TARGETS.get(name)
-        row = {"samples": runners[name].samples, "options": runners[name].config.estimator_options,
+        row = {"samples": runners[name].task.config.k, "options": runners[name].task.config.estimator_options,
                **summary(ms[name], ms[REFERENCE]), "target": target,
                "wall_ratio": summary(wall[name], wall[REFERENCE])["ratio"],
                "ms_all": ms[name], "wall_ms_all": wall[name]}

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .compiling import Step
+from .distributed import Distributed
 from .errors import NonFiniteLossError
 from .progress import GracefulStop, Progress, Stopped
 from .run_state import RunState
@@ -31,8 +32,9 @@ class Task:
     ``eval_every``, ``checkpoint_every``), ``device``, ``model`` (the module checkpointed), ``optimizer``,
     ``batches`` (a :class:`~discrete_vae.data.BatchIterator`), ``scaler`` (a GradScaler, disabled unless
     fp16), ``columns`` (the per-step values averaged into each loss line, the first the reported loss),
-    ``identity`` (entries every checkpoint carries, such as the data size), ``own`` (parameters stepped on
-    the losses' ``aux_loss`` only) and ``joint`` (whether ``aux_loss`` is folded into the loss instead).
+    ``identity`` (entries every checkpoint carries, such as the data size), ``ddp`` (its processes),
+    ``own`` (parameters stepped on the losses' ``aux_loss`` only) and ``joint`` (whether ``aux_loss`` is
+    folded into the loss instead).
     """
 
     command: str
@@ -44,6 +46,7 @@ class Task:
     scaler: torch.amp.GradScaler
     columns: tuple[str, ...]
     identity: dict[str, Any]
+    ddp = Distributed()  # the processes the task runs in (one, unless under torchrun)
     own: list[nn.Parameter] = []
     joint = False
     scalars: tuple[int, ...] = ()  # which arguments of `losses` after the batch change during a run
@@ -98,7 +101,7 @@ class Task:
 
 def fit(task: Task, state: RunState, total: int, compiled: bool, progress: bool | None) -> dict[str, Any]:
     """Train ``task`` from ``state`` to step ``total``; returns the result of :meth:`Task.finish`."""
-    config, model, optimizer, scaler, ddp = task.config, task.model, task.optimizer, task.scaler, state.ddp
+    config, model, ddp = task.config, task.model, state.ddp
     step_fn = Step(task.losses, compiled, task.device, task.command, tensors=task.scalars)
     bar = Progress(total, state.step, Progress.mode_for(progress) if ddp.main else "off", desc="train")
     timer = Timer(task.device, state.step)
@@ -110,27 +113,11 @@ def fit(task: Task, state: RunState, total: int, compiled: bool, progress: bool 
                     after_step(task, state, total, bar)
             while state.step < total:
                 x = task.batches.next().to(task.device, non_blocking=True)
-                lr, scalars = task.schedule(state.step, total)
-                state.schedule = (lr, *scalars)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss, aux_loss, terms = step_fn(x, *scalars)
-                phase = task.negative_phase(scalars)
-                if phase is not None:
-                    loss = loss + phase
-                values = task.logged(terms)
-                if not (torch.isfinite(values[0]) and torch.isfinite(loss)):
-                    value = float(values[0] if not torch.isfinite(values[0]) else loss.detach())
-                    raise NonFiniteLossError(f"non-finite loss ({value})", state.step + 1, state.saved,
-                                             state.resume_command)
-                optimizer.zero_grad(set_to_none=True)
-                aux = estimator_gradients(task.own, None if aux_loss is None else scaler.scale(aux_loss))
-                scaler.scale(loss).backward()
-                if not task.joint:  # else the backward pass gave them
-                    for p, g in zip(task.own, ddp.average(aux), strict=True):
-                        p.grad = g
-                scaler.step(optimizer)
-                scaler.update()
+                try:
+                    values, state.schedule = step_once(task, step_fn, x, state.step, total)
+                except FloatingPointError as e:
+                    raise NonFiniteLossError(f"non-finite loss ({e})", state.step + 1, state.saved,
+                                             state.resume_command) from None
                 state.step += 1
                 state.add(values)
                 with timer:
@@ -148,6 +135,35 @@ def fit(task: Task, state: RunState, total: int, compiled: bool, progress: bool 
     finally:
         state.close()
         bar.close()
+
+
+def step_once(task: Task, step_fn: Step, x: Tensor, step: int,
+              total: int) -> tuple[Tensor, tuple[float, ...]]:
+    """One optimizer step of ``task`` on the batch ``x`` as step ``step`` (from 0) of ``total``: the schedule,
+    the losses (``step_fn``, :meth:`Task.losses` compiled or eager), the negative phase, the estimator's own
+    gradients, the backward pass and the optimizer. Returns the step's values of :attr:`Task.columns` and its
+    ``(lr, *scalars)``; a non-finite loss raises :class:`FloatingPointError` with its value, before any
+    update."""
+    optimizer, scaler = task.optimizer, task.scaler
+    lr, scalars = task.schedule(step, total)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss, aux_loss, terms = step_fn(x, *scalars)
+    phase = task.negative_phase(scalars)
+    if phase is not None:
+        loss = loss + phase
+    values = task.logged(terms)
+    if not (torch.isfinite(values[0]) and torch.isfinite(loss)):
+        raise FloatingPointError(float(values[0] if not torch.isfinite(values[0]) else loss.detach()))
+    optimizer.zero_grad(set_to_none=True)
+    aux = estimator_gradients(task.own, None if aux_loss is None else scaler.scale(aux_loss))
+    scaler.scale(loss).backward()
+    if not task.joint:  # else the backward pass gave them
+        for p, g in zip(task.own, task.ddp.average(aux), strict=True):
+            p.grad = g
+    scaler.step(optimizer)
+    scaler.update()
+    return values, (lr, *scalars)
 
 
 def after_step(task: Task, state: RunState, total: int, bar: Progress) -> None:

@@ -45,7 +45,6 @@ from .checkpoint import (
 from .compiling import COMPILE_MODES, should_compile
 from .data import BatchIterator, load_dataset
 from .denormals import flush_denormals
-from .distributed import Distributed
 from .errors import ConfigError, UserError
 from .loop import Task, fit
 from .models.sop_net import (  # noqa: F401  (the SOP network's names, re-exported)
@@ -238,7 +237,7 @@ def _train(config: SOPConfig, run_dir: Path, resume: bool, data: Any, device: to
            progress: bool | None) -> dict[str, Any]:
     """:func:`train` in a run folder this process holds: the task, its state (resumed), the loop."""
     task = SOPTask(config, data, device, run_dir)
-    state = RunState(task, run_dir, Distributed())
+    state = RunState(task, run_dir, task.ddp)
     if resume:
         state.resume(config.steps)
         if state.finished:  # nothing to do: write nothing
