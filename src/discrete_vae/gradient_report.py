@@ -39,7 +39,6 @@ from .gradients import (
     use_estimator,
 )
 from .models import DiscreteVAE
-from .models.vae import MULTI_SAMPLE
 
 
 def default_estimators(model: DiscreteVAE) -> list[str]:
@@ -48,7 +47,7 @@ def default_estimators(model: DiscreteVAE) -> list[str]:
     names = list(model.posterior.relaxations)
     if model.posterior.factorial:
         kind = "categorical" if model.posterior.one_hot else "binary"
-        names += [n for n in ESTIMATORS.names() if n not in names and n not in MULTI_SAMPLE
+        names += [n for n in ESTIMATORS.names() if n not in names and not ESTIMATORS.get(n).trains_iw_bound
                   and kind in ESTIMATORS.get(n).supports]
     return names
 
@@ -117,7 +116,7 @@ def gradient_report(model: DiscreteVAE, x: Tensor, estimators: list[str] | None 
                    for label, (name, n) in wanted.items()}  # bad input first
         for label, n in samples.items():
             name, given = wanted[label]
-            iw = n if name in MULTI_SAMPLE else 1
+            iw = n if ESTIMATORS.get(name).trains_iw_bound else 1
             if iw not in references:
                 references[iw] = reference_gradient(model, x, iw, m, reference_samples,
                                                      estimator_seed(seed, f"reference-{iw}"))

@@ -19,7 +19,6 @@ from .errors import ConfigError, DataError, MissingDataError, UserError
 from .estimators import build_estimator
 from .methods import METHODS
 from .models import DiscreteVAE
-from .models.vae import MULTI_SAMPLE
 from .networks import MLPConfig
 from .posteriors import POSTERIORS, build_posterior
 from .posteriors.mixed import Mixed
@@ -107,7 +106,7 @@ def resolve_objective(config: TrainConfig, model: DiscreteVAE) -> str:
     """``elbo`` or ``iw``; ``auto``: iw for posteriors that train with it (DVAE#) when k > 1. The ``vimco``
     estimator's value is the IW bound itself; other estimators outside a relaxation train the ELBO."""
     relaxation = model.estimator.name in model.posterior.relaxations
-    if model.estimator.name in MULTI_SAMPLE:
+    if model.estimator.trains_iw_bound:
         if config.objective == "elbo":
             raise ConfigError(f"{model.estimator.name} trains the importance-weighted bound: "
                               "drop --objective elbo")

@@ -191,6 +191,9 @@ class Estimator(nn.Module):
     relaxed: ClassVar[bool] = False  # evaluates f at points off the discrete support
     min_samples: ClassVar[int] = 1
     min_samples_are: ClassVar[str] = ""  # what the minimum is, where it is a unit of its own
+    # its value and gradient are the importance-weighted bound's over its samples (f a log weight, the KL
+    # inside), not the ELBO's
+    trains_iw_bound: ClassVar[bool] = False
     learns_temperature: ClassVar[bool] = False  # a training schedule's tau would override what it learns
     # aux_loss depends on the estimator's own parameters only, and the surrogate not on them: one backward
     # pass of surrogate + aux_loss gives both gradients (what a compiled step does, instead of two passes)

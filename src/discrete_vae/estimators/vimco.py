@@ -62,6 +62,8 @@ class VIMCO(Estimator):
       Per example: no state, nothing shared across the batch.
     """
 
+    trains_iw_bound = True
+
     name = "vimco"
     unbiased = True
     min_samples = 2

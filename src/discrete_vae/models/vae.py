@@ -27,8 +27,6 @@ from ..posteriors.kl import analytic_kl
 from ..priors import Prior
 from ..schedules import LearnableTemperature
 
-MULTI_SAMPLE = ("vimco",)  # estimators whose value is the importance-weighted bound over their samples
-
 
 class Terms(NamedTuple):
     """One training pass. ``loss``: the scalar to minimise (its gradient is the estimate); ``objective``
@@ -230,7 +228,7 @@ class DiscreteVAE(nn.Module):
     def _estimated(self, x: Tensor, tau: Tensor, n_samples: int, kl_weight: float) -> Terms:
         """The estimator's path: ``E_q[log p(x|z)] - KL`` with the registered analytic KL, or ``f`` with a
         Monte Carlo KL inside (``--kl sampled``, an unregistered pair, and ``vimco``'s IW bound)."""
-        sampled = self.posterior.kl == "sampled" or self.estimator.name in MULTI_SAMPLE
+        sampled = self.posterior.kl == "sampled" or self.estimator.trains_iw_bound
         q, f, kl, context = self.discrete_terms(x, sampled, kl_weight)
         tau = None if self.estimator.learns_temperature else tau  # REBAR and RELAX learn theirs
         out = self.estimator(q, f, n_samples, tau=tau, context=context)
