@@ -214,13 +214,14 @@ class TrainConfig:
 
 def method_names(model: str, posterior: str = "auto", estimator: str = "auto") -> tuple[str, str]:
     """``(posterior, estimator)`` in force: the flags' own, else the method's; a posterior other than the
-    method's takes its own relaxation (``gs`` for categorical, ``relaxed`` for the others)."""
+    method's takes its own relaxation (:attr:`~discrete_vae.posteriors.base.PosteriorType.relaxation`: ``gs``
+    for categorical, ``relaxed`` for the others)."""
     method = METHODS.get(model)
     if posterior == "auto":
         posterior = method.posterior
     if estimator == "auto":
-        estimator = method.estimator if posterior == method.posterior else (
-            "gs" if posterior == "categorical" else "relaxed")
+        own = posterior == method.posterior
+        estimator = method.estimator if own else POSTERIORS.get(posterior).relaxation
     return posterior, estimator
 
 

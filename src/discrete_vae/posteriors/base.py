@@ -121,6 +121,7 @@ class PosteriorType:
     build: Callable[..., Posterior]
     Options: type = NoOptions
     family: str = ""
+    relaxation: str = "relaxed"  # the estimator of its own relaxation, which a method given it takes
 
     def __call__(self, spec: LatentSpec, **kwargs: Any) -> Posterior:
         return self.build(spec, **kwargs)

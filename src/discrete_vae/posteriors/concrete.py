@@ -157,4 +157,4 @@ def _categorical(spec: LatentSpec, **options) -> Posterior:
     return cls(spec, **options)
 
 
-POSTERIORS.register("categorical")(PosteriorType(_categorical, CategoricalOptions, "categorical"))
+POSTERIORS.register("categorical")(PosteriorType(_categorical, CategoricalOptions, "categorical", "gs"))
