@@ -132,7 +132,7 @@ def make_runner(name: str, setting: str, args: argparse.Namespace, data: torch.T
     splits = DataSplits("bench", data, data[:100], data[:100], shape, dynamic_binarization=False)
     task = VAETask(config, splits, device, Distributed(), Path("."))
     task.model.train()
-    task.joint = compiled and task.model.estimator.separable_aux  # one backward pass, as dvae train compiled
+    task.compiled(compiled)  # one backward pass where it can, as dvae train's compiled step
     step = Step(task.losses, compiled, device, f"estimator_cost {name}", tensors=task.scalars)
     return Runner(name, task, step)
 

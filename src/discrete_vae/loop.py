@@ -179,7 +179,6 @@ def after_step(task: Task, state: RunState, total: int, bar: Progress) -> None:
         metrics = task.validate(state)
         state.offer(metrics)
         state.log.write(step, "valid", metrics)
-        state.last_valid = metrics
         bar.update(step, valid_nll=metrics["nll"])
     bar.update(step)
 

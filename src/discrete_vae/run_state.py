@@ -139,8 +139,10 @@ class RunState:
         return means
 
     def offer(self, metrics: dict[str, Any]) -> None:
-        """A validation's metrics: the new best (kept in memory and in ``best.safetensors``) if it wins."""
+        """A validation's metrics: the last validation, and the new best (kept in memory and in
+        ``best.safetensors``) if it wins."""
         task = self.task
+        self.last_valid = metrics
         if metrics["nll"] < self.best["nll"] and finite_state(task.model, task.optimizer):
             self.best = {"step": self.step, "nll": metrics["nll"], "metrics": metrics}
             self.best_model = {k: v.detach().clone() for k, v in task.model.state_dict().items()}

@@ -137,8 +137,7 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
         state.start()
     steps = total - state.step
     compiled = ddp.main and should_compile(config.compile, device, steps, ddp.world, "dvae train")
-    # compiled, a second backward pass (the estimator's own gradients) would run the whole step's again
-    task.joint = compiled and task.model.estimator.separable_aux
+    task.compiled(compiled)
     if ddp.main:
         if resume:
             record_overrides(run_dir, state.step, state.config_then, config.to_dict(), RESUME_OVERRIDES,
@@ -189,6 +188,11 @@ class VAETask(Task):
 
     def check_state(self, path: Path, state: Any) -> None:
         check_model_state(path, state, resumable=True)
+
+    def compiled(self, compiled: bool) -> None:
+        """Set whether the step is compiled: then the estimator's ``aux_loss`` joins the loss where it can
+        (a second backward pass for the estimator's own gradients would run the whole step's again)."""
+        self.joint = compiled and self.model.estimator.separable_aux
 
     def announce(self) -> None:
         """The options in force into ``config.yaml`` (a resume's new --steps, --lr, ...), and a --k the
