@@ -98,7 +98,7 @@ def evaluate(
     devices = [device] if device.type == "cuda" else []
     examples = max(1, max_rows // max(1, min(samples, max_rows)))
     iw_sum = iw_sq = elbo_sum = relaxed_sum = igr_sum = 0.0
-    relaxation = model.estimator.name in model.posterior.relaxations
+    relaxation = model.straight_through is not None
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for start in range(0, data.shape[0], examples):

@@ -122,10 +122,8 @@ def gradient_report(model: DiscreteVAE, x: Tensor, estimators: list[str] | None 
                                                      estimator_seed(seed, f"reference-{iw}"))
             torch.manual_seed(estimator_seed(seed, label))
             use_estimator(model, name, options, own, k if given is None else given, x)
-            mode = "iw" if iw > 1 else "elbo"
-            if name in model.posterior.relaxations:  # as resolve_objective
-                auto = "iw" if model.posterior.iw_default and n > 1 else "elbo"
-                mode = auto if objective == "auto" else objective
+            relaxation = model.straight_through is not None
+            mode = model.training_objective(objective, n) if relaxation else "iw" if iw > 1 else "elbo"
             held = [*model.estimator.parameters(), *model.estimator.buffers()]
             state = "stateless" if not held else "own" if own.name == name else "fresh"
             adapted = 0
@@ -133,8 +131,7 @@ def gradient_report(model: DiscreteVAE, x: Tensor, estimators: list[str] | None 
                 adapted = adapt_estimator(model, x if adapt_data is None else adapt_data, tau, n, mode, adapt,
                                           adapt_lr, estimator_seed(seed, f"adapt-{label}"))
                 state = "adapted" if adapted else state
-            evaluations = (n if name in model.posterior.relaxations
-                           else model.estimator.evaluations(n, latents.kind, shape))
+            evaluations = n if relaxation else model.estimator.evaluations(n, latents.kind, shape)
             unbiased = ESTIMATORS.get(name).unbiased
             results[label] = {"estimator": name, "k": n, "evaluations": evaluations, "reference": target(iw),
                               "objective": mode, "state": state, "adapted": adapted,

@@ -201,7 +201,7 @@ def use_estimator(model: DiscreteVAE, name: str, options: dict[str, Any], own: E
     model.estimator.eval()  # frozen state: independent draws
     model.check_estimator()
     n = max(k, cls.min_samples)
-    if name not in model.posterior.relaxations:
+    if model.straight_through is None:
         model.estimator.check("categorical" if model.posterior.one_hot else "binary", n)
     model.prepare(x)
     model.estimator.requires_grad_(False)  # only q's gradient is measured

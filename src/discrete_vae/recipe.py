@@ -102,23 +102,6 @@ def kl_weight(config: TrainConfig, step: int, total: int) -> float:
     return min(1.0, step / (config.kl_warmup * total))
 
 
-def resolve_objective(config: TrainConfig, model: DiscreteVAE) -> str:
-    """``elbo`` or ``iw``; ``auto``: iw for posteriors that train with it (DVAE#) when k > 1. The ``vimco``
-    estimator's value is the IW bound itself; other estimators outside a relaxation train the ELBO."""
-    relaxation = model.estimator.name in model.posterior.relaxations
-    if model.estimator.trains_iw_bound:
-        if config.objective == "elbo":
-            raise ConfigError(f"{model.estimator.name} trains the importance-weighted bound: "
-                              "drop --objective elbo")
-        return "iw"
-    if config.objective == "iw" and not relaxation:
-        relaxations = ", ".join(model.posterior.relaxations)
-        raise ConfigError(f"--objective iw needs a relaxation estimator ({relaxations}) or vimco")
-    if config.objective != "auto":
-        return config.objective
-    return "iw" if model.posterior.iw_default and config.k > 1 and relaxation else "elbo"
-
-
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

@@ -38,7 +38,6 @@ from .recipe import (
     kl_weight,
     learning_rate,
     resolve_device,
-    resolve_objective,
     temperature_schedule,
 )
 from .run_state import RunState
@@ -169,7 +168,7 @@ class VAETask(Task):
                                      dynamic_binarization=data.dynamic_binarization, rank=ddp.rank,
                                      world_size=ddp.world)
         self.tau_schedule = temperature_schedule(config)
-        self.objective = resolve_objective(config, model)
+        self.objective = model.training_objective(config.objective, config.k)
         # weight matrices and the RBM's couplings (the estimator's own networks are not the model's)
         self.penalized = [p for n, p in model.named_parameters()
                           if p.dim() == 2 and not n.startswith("estimator.")]

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 
 from ..errors import ConfigError, NonFiniteError
+from ..objectives import iw_bound
 from ..options import method_options
 from ..registry import Registry
 
@@ -60,6 +61,16 @@ class Latents:
 
     @classmethod
     def of(cls, q: Distribution) -> Latents:
+        latents = cls.factorial(q)
+        if latents is None:
+            raise ConfigError("estimators take a Bernoulli or OneHotCategorical distribution, "
+                              f"not {type(q).__name__}")
+        return latents
+
+    @classmethod
+    def factorial(cls, q: Distribution) -> Latents | None:
+        """``q``'s logits if it is a factorial Bernoulli or categorical (under any ``Independent``), else
+        None."""
         base = q
         while isinstance(base, Independent):
             base = base.base_dist
@@ -67,8 +78,7 @@ class Latents:
             return cls("categorical", base.logits)
         if isinstance(base, Bernoulli):
             return cls("binary", base.logits)
-        raise ConfigError("estimators take a Bernoulli or OneHotCategorical distribution, "
-                          f"not {type(q).__name__}")
+        return None
 
     @property
     def batch(self) -> int:
@@ -191,9 +201,10 @@ class Estimator(nn.Module):
     relaxed: ClassVar[bool] = False  # evaluates f at points off the discrete support
     min_samples: ClassVar[int] = 1
     min_samples_are: ClassVar[str] = ""  # what the minimum is, where it is a unit of its own
-    # its value and gradient are the importance-weighted bound's over its samples (f a log weight, the KL
-    # inside), not the ELBO's
+    # its value and gradient are always the importance-weighted bound's over its samples (f a log weight, the
+    # KL inside), not the ELBO's
     trains_iw_bound: ClassVar[bool] = False
+    takes_iw_bound: ClassVar[bool] = False  # estimates the IW bound instead of E_q[f] when asked (iw=True)
     learns_temperature: ClassVar[bool] = False  # a training schedule's tau would override what it learns
     # aux_loss depends on the estimator's own parameters only, and the surrogate not on them: one backward
     # pass of surrogate + aux_loss gives both gradients (what a compiled step does, instead of two passes)
@@ -209,15 +220,18 @@ class Estimator(nn.Module):
         self.options = options if options is not None else self.Options()
 
     def forward(self, q: Distribution, f: Objective, n_samples: int = 1, *, tau: Tensor | float | None = None,
-                context: Tensor | None = None, check: bool = False) -> Estimate:
+                context: Tensor | None = None, iw: bool = False, check: bool = False) -> Estimate:
         """Estimate ``E_q[f]`` and its gradient from ``n_samples`` draws per example.
 
         ``tau`` overrides the temperature option of relaxed estimators (a schedule's value);
         ``context`` is what learned baselines condition on (NVIL's input ``x``; default the logits).
-        ``check``: a NaN or infinity is a :class:`~discrete_vae.errors.NonFiniteError` that says where it
-        came from (``q``'s logits, ``f`` at which draw and example, or the estimator's own output); it costs
-        a device synchronisation per call of ``f``, so training leaves it off.
+        ``iw``: estimate the importance-weighted bound ``log (1/S) sum_s exp f(z_s)`` over the draws instead
+        (``f`` a log weight), where the estimator can (:attr:`takes_iw_bound`; :attr:`trains_iw_bound` always
+        does). ``check``: a NaN or infinity is a :class:`~discrete_vae.errors.NonFiniteError` that says where
+        it came from (``q``'s logits, ``f`` at which draw and example, or the estimator's own output); it
+        costs a device synchronisation per call of ``f``, so training leaves it off.
         """
+        self.check_bound(iw)
         latents = Latents.of(q)
         self.check(latents.kind, n_samples)
         if not check:
@@ -235,6 +249,11 @@ class Estimator(nn.Module):
         if n_samples < self.min_samples:
             raise ConfigError(f"estimator {self.name} needs at least {self.min_samples} samples per example, "
                               f"got {n_samples}")
+
+    def check_bound(self, iw: bool) -> None:
+        if iw and not (self.takes_iw_bound or self.trains_iw_bound):
+            raise ConfigError(f"estimator {self.name} estimates E_q[f], not the importance-weighted bound: "
+                              "use vimco or a relaxation's pathwise estimator")
 
     def estimate(self, latents: Latents, f: Objective, n_samples: int, *, tau: Tensor | float | None,
                  context: Tensor | None) -> Estimate:
@@ -276,17 +295,42 @@ def build_estimator(name: str, **options: Any) -> Estimator:
 
 class Pathwise(Estimator):
     """Estimators that draw a differentiable ``z`` per sample and differentiate ``f`` through it:
-    ``surrogate = value = mean_s f(z_s)``. The draw (:meth:`rsample`) is local to each latent variable, so
-    it also serves networks with several stochastic layers (``dvae sop``)."""
+    ``surrogate = value = mean_s f(z_s)``, or with ``iw`` the importance-weighted bound
+    ``log (1/S) sum_s exp f(z_s)``.
+
+    - A factorial Bernoulli or categorical ``q`` is drawn by the estimator's own :meth:`rsample`, local to
+      each latent variable, so it also serves networks with several stochastic layers (``dvae sop``).
+    - Any other ``q`` with ``rsample`` is drawn from directly: a posterior's own relaxation
+      (:class:`~discrete_vae.posteriors.base.Relaxation`, which ``dvae train`` hands the estimators its
+      posterior names in ``relaxations``) or a ``torch.distributions`` relaxation.
+    """
+
+    takes_iw_bound = True
+    draws_relaxations: ClassVar[bool] = False  # given q with its own rsample (a relaxation), draws from it
 
     def rsample(self, latents: Latents, n: int, tau: Tensor | float | None = None) -> Tensor:
         """``n`` differentiable draws per example: (n, B, ...)."""
         raise NotImplementedError
 
-    def estimate(self, latents: Latents, f: Objective, n_samples: int, *, tau: Tensor | float | None,
-                 context: Tensor | None) -> Estimate:
-        value = call_f(f, self.rsample(latents, n_samples, tau)).mean(0)  # (B,)
-        return Estimate(value, value.detach())
+    def forward(self, q: Distribution, f: Objective, n_samples: int = 1, *, tau: Tensor | float | None = None,
+                context: Tensor | None = None, iw: bool = False, check: bool = False) -> Estimate:
+        self.check_bound(iw)
+        latents = Latents.factorial(q)
+        if latents is not None:
+            self.check(latents.kind, n_samples)
+            if check and (where := where_not_finite(latents.logits, ("example",))) is not None:
+                raise NonFiniteError(f"q's logits are {where}")
+            z = self.rsample(latents, n_samples, tau)
+        elif self.draws_relaxations and q.has_rsample:
+            z = q.rsample((n_samples,))
+        else:
+            takes = " or a distribution with rsample (a relaxation)" if self.draws_relaxations else ""
+            raise ConfigError(f"estimator {self.name} takes a Bernoulli or OneHotCategorical distribution"
+                              f"{takes}, not {type(q).__name__}")
+        values = call_f(checked_f(f) if check else f, z)  # (S, B)
+        value = iw_bound(values) if iw else values.mean(0)  # (B,)
+        estimate = Estimate(value, value.detach())
+        return check_estimate(self.name, estimate) if check else estimate
 
 
 def positive_temperature(options: Any) -> None:

@@ -53,6 +53,7 @@ class GumbelSoftmax(Pathwise):
     name = "gs"
     relaxed = True
     Options = ConcreteOptions
+    draws_relaxations = True
 
     def rsample(self, latents: Latents, n: int, tau: Tensor | float | None = None) -> Tensor:
         y = concrete_log_sample(latents, n, self.temperature(tau, latents.logits))

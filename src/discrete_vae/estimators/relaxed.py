@@ -12,27 +12,14 @@ own relaxation (IGR, DVAE smoothings); for categorical and Bernoulli posteriors 
 
 from __future__ import annotations
 
-from torch import Tensor
-from torch.distributions import Distribution
-
-from ..errors import ConfigError
-from .base import Estimate, Estimator, Objective, call_f, check_estimate, checked_f, register
+from .base import Pathwise, register
 
 
 @register
-class Relaxed(Estimator):
+class Relaxed(Pathwise):
     """``f`` at ``q.rsample()``: pathwise through the relaxation ``q`` itself."""
 
     name = "relaxed"
     supports = ("relaxation",)
     relaxed = True
-
-    def forward(self, q: Distribution, f: Objective, n_samples: int = 1, *, tau: Tensor | float | None = None,
-                context: Tensor | None = None, check: bool = False) -> Estimate:
-        if not q.has_rsample:
-            raise ConfigError(f"estimator relaxed needs a distribution with rsample (a relaxation), not "
-                              f"{type(q).__name__}; for Bernoulli or categorical q use gs or st-gs")
-        self.check("relaxation", n_samples)
-        value = call_f(checked_f(f) if check else f, q.rsample((n_samples,))).mean(0)
-        estimate = Estimate(value, value.detach())
-        return check_estimate(self.name, estimate) if check else estimate
+    draws_relaxations = True

@@ -30,6 +30,7 @@ class StraightThroughGumbelSoftmax(Pathwise):
 
     name = "st-gs"
     Options = ConcreteOptions
+    draws_relaxations = True
 
     def rsample(self, latents: Latents, n: int, tau: Tensor | float | None = None) -> Tensor:
         y = concrete_log_sample(latents, n, self.temperature(tau, latents.logits))

@@ -3,14 +3,15 @@
 One class serves every posterior, estimator and prior. The posterior turns encoder outputs into the
 discrete q(z|x); the estimator (:mod:`discrete_vae.estimators`) decides how ``E_q[f]`` and its gradient are
 obtained, calling ``f(z) = log p(x|z)`` (plus ``log p(z) - log q(z|x)`` where the KL is not analytic) as
-often as it needs; estimators that differentiate through a posterior's own relaxation (``gs``, ``st-gs``,
-``relaxed``) take the posterior's :meth:`relaxed` path, whose terms go to :mod:`discrete_vae.objectives`.
+often as it needs. The estimators a posterior names in its ``relaxations`` (``gs``, ``st-gs``, ``relaxed``)
+are handed its own relaxation instead of the discrete posterior, through the same call.
 Encoder and decoder are any ``nn.Module``: the encoder maps ``(B, D)`` to ``(B, posterior.param_dim)``,
 the decoder ``(..., posterior.decoder_dim)`` to Bernoulli logits ``(..., D)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -21,8 +22,8 @@ from torch.distributions import Distribution
 from ..errors import ConfigError
 from ..estimators import Estimator, build_estimator
 from ..networks import MLPConfig, build_mlp
-from ..objectives import OBJECTIVE_FUNCTIONS
 from ..posteriors import Posterior
+from ..posteriors.base import Relaxation
 from ..posteriors.kl import analytic_kl
 from ..priors import Prior
 from ..schedules import LearnableTemperature
@@ -65,25 +66,31 @@ class DiscreteTerms(NamedTuple):
 
 
 class Integrand:
-    """``f(z)`` of the discrete ELBO for a batch ``x``: ``log p(x|z)``, minus ``w (log q(z|x) - log p(z))``
-    when the KL is sampled. Remembers each call's parts, so that the terms logged are their means over
-    the hard draws an estimator evaluated (:meth:`hard_means`)."""
+    """``f(z)`` of the ELBO for a batch ``x``: ``log p(x|z)``, minus ``w`` times ``log_ratio(z)`` (the Monte
+    Carlo KL ``log q(z|x) - log p(z)``) when one is given and not None for ``z``. ``embed`` maps ``z`` to the
+    decoder's inputs (a relaxation's draws already are). Remembers each call's parts, so that the terms logged
+    are their means over the draws an estimator's value is made of (:meth:`means`)."""
 
-    def __init__(self, model: DiscreteVAE, x: Tensor, q: Distribution, sampled: bool, kl_weight: float):
-        self.model, self.x, self.q, self.sampled, self.kl_weight = model, x, q, sampled, kl_weight
+    def __init__(self, model: DiscreteVAE, x: Tensor, log_ratio: Callable[[Tensor], Tensor | None] | None,
+                 kl_weight: float, relaxation: bool = False):
+        self.model, self.x, self.log_ratio, self.kl_weight = model, x, log_ratio, kl_weight
+        self.relaxation = relaxation  # z are a relaxation's draws: decoder inputs, all of them logged
         self.seen: list[tuple[Tensor, Tensor, Tensor]] = []  # (hard mask, log p(x|z), log q - log p) per call
 
     def __call__(self, z: Tensor) -> Tensor:  # (S, B, ...) -> (S, B)
-        log_px = self.model.log_likelihood(self.x, z)
-        if self.sampled:  # log Z excluded for the RBM prior
-            log_ratio = self.q.log_prob(z) - self.model.prior.log_prob(z)
-        else:
-            log_ratio = torch.zeros_like(log_px)
-        self.seen.append((_hard_rows(z), log_px.detach(), log_ratio.detach()))
-        return log_px - self.kl_weight * log_ratio if self.sampled else log_px
+        inputs = z if self.relaxation else self.model.posterior.decoder_input(z)
+        log_px = bernoulli_log_likelihood(self.model.run_net(self.model.decoder, inputs), self.x)
+        log_ratio = None if self.log_ratio is None else self.log_ratio(z)  # log Z excluded for the RBM prior
+        self.seen.append((_hard_rows(z), log_px.detach(),
+                          torch.zeros_like(log_px) if log_ratio is None else log_ratio.detach()))
+        return log_px if log_ratio is None else log_px - self.kl_weight * log_ratio
 
-    def hard_means(self) -> tuple[Tensor, Tensor]:
-        """``log p(x|z)`` and ``log q - log p`` (B,) averaged over the hard draws of every call so far."""
+    def means(self) -> tuple[Tensor, Tensor]:
+        """``log p(x|z)`` and ``log q - log p`` (B,) averaged over the hard draws of every call so far (an
+        estimator's value is made of those), or over every draw of a relaxation."""
+        if self.relaxation:  # one draw is reduced in its own layout (a reduction's order depends on it)
+            parts = [[t[i] for t in self.seen] for i in (1, 2)]
+            return tuple((p[0] if len(p) == 1 else torch.cat(p)).mean(0) for p in parts)
         mask = torch.cat([m for m, _, _ in self.seen]).to(self.x.dtype)  # (sum S, B)
         count = mask.sum(0).clamp_min(1)
         return tuple((torch.cat([t[i] for t in self.seen]) * mask).sum(0) / count for i in (1, 2))
@@ -138,9 +145,9 @@ class DiscreteVAE(nn.Module):
         """One error line for a posterior the estimator cannot serve, or ``n_samples`` per example (default:
         its minimum) that it cannot take."""
         name = self.estimator.name
-        if name in self.posterior.relaxations:
+        if self.straight_through is not None:
             return
-        if name == "relaxed" or not self.posterior.factorial:
+        if not self.posterior.factorial or set(self.estimator.supports) <= {"relaxation"}:
             serves = ", ".join(self.posterior.relaxations)
             more = " or any estimator" if self.posterior.factorial else ""
             raise ConfigError(f"estimator {name} does not apply to this posterior "
@@ -198,23 +205,57 @@ class DiscreteVAE(nn.Module):
         """``log p(x|z)`` (S, B) for latents ``z`` (S, B, ...), hard or relaxed."""
         return bernoulli_log_likelihood(self.run_net(self.decoder, self.posterior.decoder_input(z)), x)
 
+    @property
+    def straight_through(self) -> bool | None:
+        """None where the estimator works on the discrete posterior; where it draws from the posterior's own
+        relaxation (one of its ``relaxations``), whether that draw is straight-through."""
+        return self.posterior.relaxations.get(self.estimator.name)
+
+    def training_objective(self, requested: str, k: int) -> str:
+        """``elbo`` or ``iw`` for this estimator with ``k`` samples per example; ``auto``: iw for posteriors
+        that train with it (DVAE#) when k > 1. The ``vimco`` estimator's value is the IW bound itself; other
+        estimators outside a relaxation train the ELBO."""
+        relaxation = self.straight_through is not None
+        if self.estimator.trains_iw_bound:
+            if requested == "elbo":
+                raise ConfigError(f"{self.estimator.name} trains the importance-weighted bound: "
+                                  "drop --objective elbo")
+            return "iw"
+        if requested == "iw" and not relaxation:
+            relaxations = ", ".join(self.posterior.relaxations)
+            raise ConfigError(f"--objective iw needs a relaxation estimator ({relaxations}) or vimco")
+        if requested != "auto":
+            return requested
+        return "iw" if self.posterior.iw_default and k > 1 and relaxation else "elbo"
+
     def forward(self, x: Tensor, scheduled_tau: float, n_samples: int = 1, kl_weight: float = 1.0,
                 objective: str = "elbo") -> Terms:
-        """One training pass over ``x`` (B, D) with ``n_samples`` latent draws per example.
+        """One training pass over ``x`` (B, D): ``estimator(q, f, n_samples)``, ``q`` the discrete posterior
+        or, for the estimators a posterior names in ``relaxations``, its own relaxation.
 
-        ``objective``: ``elbo`` or ``iw`` (the relaxed paths' importance-weighted bound; the ``vimco``
-        estimator's value is the IW bound itself). ``kl_weight`` < 1 is KL warm-up.
+        ``objective``: ``elbo``, or ``iw``, the importance-weighted bound over the ``n_samples`` draws (the KL
+        inside ``f``; ``vimco``'s value is always that bound). ``kl_weight`` < 1 is KL warm-up.
         """
         tau = self.tau(scheduled_tau)
-        name = self.estimator.name
-        if name in self.posterior.relaxations:
-            params, context = self.encode(x)  # (B, P)
-            latent = self.posterior.relaxed(params, self.prior, tau, n_samples, context=context,
-                                            straight_through=self.posterior.relaxations[name])
-            log_px = bernoulli_log_likelihood(self.run_net(self.decoder, latent.z), x)  # (S, B); z: its input
-            t = OBJECTIVE_FUNCTIONS[objective](log_px, latent, kl_weight)
-            return Terms(t.loss, t.objective.detach(), t.log_px.detach(), t.kl.detach())
-        return self._estimated(x, tau, n_samples, kl_weight)
+        iw = objective == "iw"
+        if self.straight_through is None:
+            sampled = iw or self.estimator.trains_iw_bound or self.posterior.kl == "sampled"
+            q, f, kl, context = self.discrete_terms(x, sampled, kl_weight)
+        else:
+            q, f, context = self.relaxed_terms(x, tau, kl_weight)
+        out = self.estimator(q, f, n_samples, tau=None if self.estimator.learns_temperature else tau,
+                             context=context, iw=iw)  # REBAR and RELAX learn their tau
+        if self.straight_through is not None:
+            kl = q.kl  # what came with the draw
+            if iw and kl is not None:
+                raise ConfigError("--objective iw needs per-sample prior and posterior densities: use a "
+                                  "relaxed KL (--kl relaxed) or --objective elbo")
+        log_px, log_ratio = f.means()
+        if kl is None:
+            return Terms(-out.surrogate.mean(), out.value, log_px, log_ratio, out.aux_loss)
+        objective = out.value - kl_weight * kl.detach()
+        return Terms(-(out.surrogate - kl_weight * kl).mean(), objective, log_px, kl.detach() + log_ratio,
+                     out.aux_loss)
 
     def discrete_terms(self, x: Tensor, sampled: bool = False, kl_weight: float = 1.0) -> DiscreteTerms:
         """The discrete ELBO of ``x`` as ``E_q[f] - KL``: ``q`` the discrete posterior, ``f(z) = log p(x|z)``
@@ -223,20 +264,20 @@ class DiscreteVAE(nn.Module):
         params, context = self.encode(x)
         q = self.posterior.discrete_posterior(params, context=context)
         kl = None if sampled else analytic_kl(self.posterior, params, self.prior)
-        return DiscreteTerms(q, Integrand(self, x, q, kl is None, kl_weight), kl, context)
 
-    def _estimated(self, x: Tensor, tau: Tensor, n_samples: int, kl_weight: float) -> Terms:
-        """The estimator's path: ``E_q[log p(x|z)] - KL`` with the registered analytic KL, or ``f`` with a
-        Monte Carlo KL inside (``--kl sampled``, an unregistered pair, and ``vimco``'s IW bound)."""
-        sampled = self.posterior.kl == "sampled" or self.estimator.trains_iw_bound
-        q, f, kl, context = self.discrete_terms(x, sampled, kl_weight)
-        tau = None if self.estimator.learns_temperature else tau  # REBAR and RELAX learn theirs
-        out = self.estimator(q, f, n_samples, tau=tau, context=context)
-        log_px, log_ratio = f.hard_means()
-        if kl is None:
-            return Terms(-out.surrogate.mean(), out.value, log_px, log_ratio, out.aux_loss)
-        objective = out.value - kl_weight * kl.detach()
-        return Terms(-(out.surrogate - kl_weight * kl).mean(), objective, log_px, kl.detach(), out.aux_loss)
+        def log_ratio(z: Tensor) -> Tensor:
+            return q.log_prob(z) - self.prior.log_prob(z)
+
+        return DiscreteTerms(q, Integrand(self, x, log_ratio if kl is None else None, kl_weight), kl, context)
+
+    def relaxed_terms(self, x: Tensor, tau: Tensor, kl_weight: float) -> tuple[Relaxation, Integrand, Tensor]:
+        """``(q, f, context)`` of the relaxed objective: ``q`` the posterior's relaxation at ``tau``,
+        ``f(zeta) = log p(x|zeta)`` minus ``w`` times the draw's Monte Carlo KL where it has one (else the
+        draw's analytic KL, ``q.kl``, sits outside)."""
+        params, context = self.encode(x)  # (B, P)
+        q = self.posterior.relaxation(params, self.prior, tau, context=context,
+                                      straight_through=self.straight_through)
+        return q, Integrand(self, x, q.log_ratio, kl_weight, relaxation=True), context
 
     @torch.no_grad()
     def discrete_log_weights(self, x: Tensor, n_samples: int) -> tuple[Tensor, Tensor]:

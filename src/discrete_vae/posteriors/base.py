@@ -4,13 +4,14 @@
   with hard ``sample``, exact ``log_prob`` and ``mode``; evaluation scores it, and the estimators of
   :mod:`discrete_vae.estimators` work on it where it is a factorial Bernoulli or categorical
   (``factorial = True``).
-- ``relaxed(params, prior, tau, n_samples, context, straight_through)`` is the posterior's own relaxation
-  (the Concrete, an IGR map, a DVAE smoothing), differentiated pathwise: it returns a
-  :class:`LatentSample` — the decoder input and either per-sample log densities of the relaxed sample
-  (``log_q``, ``log_p``: a Monte Carlo KL, usable in an importance-weighted bound) or a per-example
-  analytic ``kl``. ``relaxations`` names the estimators served this way (``gs``/``st-gs`` for the
-  Concrete, ``relaxed`` for the others) and whether each is straight-through.
-- ``decoder_input(z)`` embeds latents (hard or relaxed) for the decoder.
+- ``relaxation(params, prior, tau, context, straight_through)`` is the posterior's own relaxation (the
+  Concrete, an IGR map, a DVAE smoothing) for one batch, a :class:`Relaxation`: what the pathwise
+  estimators (``relaxations`` names them: ``gs``/``st-gs`` for the Concrete, ``relaxed`` for the others)
+  draw from. Each draw comes with its KL terms: per-sample log densities of the relaxed sample under
+  posterior and (relaxed) prior (a Monte Carlo KL, usable in an importance-weighted bound) or an analytic
+  ``kl`` per example. A posterior implements :meth:`Posterior.relaxed`, one such draw (a
+  :class:`LatentSample`).
+- ``decoder_input(z)`` embeds hard latents for the decoder.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, constraints
 
 from ..errors import ConfigError
 from ..options import method_options
@@ -71,6 +73,58 @@ class LatentSample(NamedTuple):
     kl: Tensor | None = None
 
 
+class Relaxation(Distribution):
+    """A posterior's relaxation of one batch at temperature ``tau``: what ``gs``, ``st-gs`` and ``relaxed``
+    differentiate through.
+
+    - Samples: ``rsample((S,))`` gives the decoder's inputs for ``S`` relaxed draws per example (S, B, D),
+      pathwise in the encoder's outputs and ``tau`` (hard forward and relaxed backward where the posterior
+      was asked for a straight-through draw).
+    - ``log_ratio(zeta)`` (S, B): ``log q~(zeta) - log p~(zeta)`` of the draw, the Monte Carlo KL that ``f``
+      subtracts, or None where the posterior's KL is analytic; ``kl`` (B,): the analytic KL that came with the
+      draw (averaged over its samples where it depends on them, as a hierarchical DVAE posterior's does), or
+      None. ``log_prob(zeta)`` is ``log q~(zeta)``.
+    - A draw cannot be recovered from ``zeta`` in float32 (a Concrete sample at low temperature underflows to
+      exact zeros), so its scores are kept with it, as ``torch.distributions`` transforms cache their last
+      inverse: they score the latest draw, which the sample itself identifies.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, draw: Callable[[int], LatentSample], batch_shape: torch.Size, event_shape: torch.Size):
+        self._draw = draw
+        self._latest: LatentSample | None = None
+        super().__init__(batch_shape, event_shape, validate_args=False)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        shape = torch.Size(sample_shape)
+        if len(shape) != 1:
+            raise ValueError(f"a posterior's relaxation draws (S,) samples, not {tuple(shape)}")
+        self._latest = self._draw(shape[0])
+        return self._latest.z
+
+    def _of(self, value: Tensor) -> LatentSample:
+        if self._latest is None or value is not self._latest.z:
+            raise ValueError("a posterior's relaxation scores its latest draw only (rsample's own tensor)")
+        return self._latest
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        log_q = self._of(value).log_q
+        if log_q is None:
+            raise ValueError("this relaxation's KL is analytic: it has no relaxed density")
+        return log_q
+
+    def log_ratio(self, value: Tensor) -> Tensor | None:
+        latent = self._of(value)
+        return None if latent.log_q is None else latent.log_q - latent.log_p
+
+    @property
+    def kl(self) -> Tensor | None:
+        return None if self._latest is None else self._latest.kl
+
+
 class Posterior(nn.Module):
     """Base class of posteriors; ``param_dim`` encoder outputs -> ``decoder_dim`` decoder inputs."""
 
@@ -86,8 +140,18 @@ class Posterior(nn.Module):
 
     def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
                 context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
-        """``context`` is the encoder's input, for posteriors whose later latent groups condition on it."""
+        """One relaxed draw of ``n_samples`` per example with its KL terms; ``context`` is the encoder's
+        input, for posteriors whose later latent groups condition on it."""
         raise NotImplementedError
+
+    def relaxation(self, params: Tensor, prior: Prior, tau: Tensor, context: Tensor | None = None,
+                   straight_through: bool = False) -> Relaxation:
+        """The relaxation of the batch whose encoder outputs are ``params`` (B, P), drawn by
+        :meth:`relaxed`."""
+        def draw(n: int) -> LatentSample:
+            return self.relaxed(params, prior, tau, n, context=context, straight_through=straight_through)
+
+        return Relaxation(draw, params.shape[:-1], torch.Size([self.decoder_dim]))
 
     def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Distribution:
         raise NotImplementedError

@@ -79,7 +79,7 @@ class IGRCategorical(Posterior):
     """``N`` categorical latents of ``K`` classes relaxed by an IGR map: what the variants share.
 
     A variant, registered as ``igr-{kind}``, says which map takes the Gaussian pre-image to the simplex
-    (:meth:`relaxation`), which KL it defaults to and whether it has a closed form, and keeps its own
+    (:meth:`preimage_map`), which KL it defaults to and whether it has a closed form, and keeps its own
     options (those of its ``Options``); the keywords beyond those are the model's context.
     """
 
@@ -111,7 +111,7 @@ class IGRCategorical(Posterior):
     def _keep_options(self, **_: object) -> None:
         """Check and keep the variant's own options (the keywords left are the model's context)."""
 
-    def relaxation(self, tau: Tensor | float, loc: Tensor, scale: Tensor) -> GaussianPreimage:
+    def preimage_map(self, tau: Tensor | float, loc: Tensor, scale: Tensor) -> GaussianPreimage:
         """The log-space IGR distribution of pre-image ``N(loc, scale^2)``, (..., N, K-1), at ``tau``."""
         raise NotImplementedError
 
@@ -120,7 +120,7 @@ class IGRCategorical(Posterior):
         n, k = self.spec.n, self.spec.k
         loc, log_scale = params.view(*params.shape[:-1], n, 2, k - 1).unbind(-2)
         scale = log_scale.exp()
-        return self.relaxation(tau, loc, scale)
+        return self.preimage_map(tau, loc, scale)
 
     def preimage_prior(self) -> Normal:
         return Normal(self.prior_loc, self.prior_scale, validate_args=False)
@@ -179,7 +179,7 @@ class IGRICategorical(IGRCategorical):
             raise ConfigError(f"--delta must be positive, got {delta}")
         self.delta = delta
 
-    def relaxation(self, tau: Tensor | float, loc: Tensor, scale: Tensor) -> ExpIGR:
+    def preimage_map(self, tau: Tensor | float, loc: Tensor, scale: Tensor) -> ExpIGR:
         return ExpIGR(tau, loc, scale, self.delta, validate_args=False)
 
 
@@ -202,7 +202,7 @@ class IGRPlanarCategorical(IGRICategorical):
         super()._keep_options(**options)
         self.mc_samples = mc_samples
 
-    def relaxation(self, tau: Tensor | float, loc: Tensor, scale: Tensor) -> ExpIGRPlanar:
+    def preimage_map(self, tau: Tensor | float, loc: Tensor, scale: Tensor) -> ExpIGRPlanar:
         return ExpIGRPlanar(tau, loc, scale, self.flow, self.delta, self.mc_samples, validate_args=False)
 
     def _draw(self, q: GaussianPreimage, shape: torch.Size) -> tuple[Tensor, Tensor | None]:
@@ -217,7 +217,7 @@ class IGRSBFiniteCategorical(IGRCategorical):
 
     kind = "sb-finite"
 
-    def relaxation(self, tau: Tensor | float, loc: Tensor, scale: Tensor) -> ExpIGRSB:
+    def preimage_map(self, tau: Tensor | float, loc: Tensor, scale: Tensor) -> ExpIGRSB:
         return ExpIGRSB(tau, loc, scale, validate_args=False)
 
 
