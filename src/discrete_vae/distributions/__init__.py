@@ -8,11 +8,16 @@ from .gumbel_softmax import (
     straight_through_binary,
     straight_through_one_hot,
 )
+from .hard import HardBernoulli, HardOneHotCategorical, bernoulli_draws, one_hot_draws
 from .igr import ExpIGR, GaussianPreimage, igr_log_probs
 from .igr_planar import ExpIGRPlanar, PlanarFlow
 from .igr_sb import ExpIGRSB, truncate_sticks
 
 __all__ = [
+    "HardBernoulli",
+    "HardOneHotCategorical",
+    "bernoulli_draws",
+    "one_hot_draws",
     "ExpIGR",
     "ExpIGRPlanar",
     "ExpIGRSB",

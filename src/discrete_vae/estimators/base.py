@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 
+from ..distributions.hard import bernoulli_draws, one_hot_draws
 from ..errors import ConfigError, NonFiniteError
 from ..objectives import iw_bound
 from ..options import method_options
@@ -93,23 +94,11 @@ class Latents:
         return torch.sigmoid(self.logits) if self.kind == "binary" else self.logits.softmax(-1)
 
     def sample(self, n: int) -> Tensor:
-        """``n`` hard draws per example: (n, B, ...), one uniform ``u`` per latent: binary ``1[u < p]``;
-        categorical by the inverse CDF, the class ``i`` with ``F_{i-1} <= u F_C < F_i`` (``F`` the cumulative
-        sum of the probabilities over the classes, laid out first; a class of probability 0 is never drawn).
-        Several times faster on the CPU than ``torch.bernoulli`` and ``torch.multinomial``."""
-        with torch.no_grad():  # a block, not a decorator: torch.compile traces it
-            return self._sample(n)
-
-    def _sample(self, n: int) -> Tensor:
-        logits = self.logits
+        """``n`` hard draws per example: (n, B, ...), by the package's one sampler of each kind
+        (:mod:`discrete_vae.distributions.hard`: ``1[u < p]``, the inverse CDF over the classes)."""
         if self.kind == "binary":
-            u = torch.rand((n, *logits.shape), dtype=logits.dtype, device=logits.device)
-            return (u < torch.sigmoid(logits)).to(logits.dtype)
-        cdf = logits.movedim(-1, 0).softmax(0).cumsum(0)  # (C, B, ...)
-        u = torch.rand((n, *cdf.shape[1:]), dtype=logits.dtype, device=logits.device)
-        index = (cdf.unsqueeze(1) <= u.mul_(cdf[-1])).sum(0).clamp_(max=cdf.shape[0] - 1)  # (n, B, ...)
-        return torch.zeros((n, *logits.shape), dtype=logits.dtype, device=logits.device).scatter_(
-            -1, index.unsqueeze(-1), 1.0)
+            return bernoulli_draws(self.logits, torch.Size([n]))
+        return one_hot_draws(self.logits, torch.Size([n]))
 
     def log_prob(self, z: Tensor) -> Tensor:
         """``log q(z)`` summed over each example's latents: (..., B, ...) -> (..., B)."""

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributions import ExpIGRSB, PlanarFlow
+from ..distributions.hard import bernoulli_draws
 from ..estimators import ESTIMATORS, Latents, Pathwise, build_estimator
 
 # arch -> (stochastic layers, deterministic maps are Linear-tanh-Linear)
@@ -96,10 +97,8 @@ class BernoulliUnits(StochasticBinaryLayer):
         z = self.estimator.rsample(Latents("binary", a), 1, tau)[0]
         return 2 * z - 1
 
-    @torch.no_grad()
     def hard(self, a: Tensor) -> Tensor:
-        b = torch.bernoulli(torch.sigmoid(a))
-        return 2 * b - 1
+        return 2 * bernoulli_draws(a) - 1
 
     @torch.no_grad()
     def prob_one(self, a: Tensor) -> Tensor:

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Independent, OneHotCategorical
+from torch.distributions import Independent
 
 from ..distributions import ExpConcrete, LogitBinaryConcrete
+from ..distributions.hard import HardBernoulli, HardOneHotCategorical
 from ..errors import ConfigError
 from ..estimators import st_gs
 from ..estimators.base import Latents
@@ -92,7 +93,7 @@ class ConcreteCategorical(_Concrete):
         return Latents("categorical", self._logits(params))
 
     def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Independent:
-        return Independent(OneHotCategorical(logits=self._logits(params), validate_args=False), 1)
+        return Independent(HardOneHotCategorical(logits=self._logits(params), validate_args=False), 1)
 
     def decoder_input(self, z: Tensor) -> Tensor:
         return z.flatten(-2)  # one-hot (..., N, K) -> (..., N*K)
@@ -110,7 +111,7 @@ class ConcreteBinary(_Concrete):
         return Latents("binary", params)
 
     def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Independent:
-        return Independent(Bernoulli(logits=params, validate_args=False), 1)
+        return Independent(HardBernoulli(logits=params, validate_args=False), 1)
 
     def decoder_input(self, z: Tensor) -> Tensor:
         return z

@@ -43,9 +43,11 @@ from typing import ClassVar, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, constraints
+from torch.distributions import Distribution, Independent, constraints
 
 from ..distributions.dvae_sharp import GaussianIntegral
+from ..distributions.hard import HardBernoulli, bernoulli_draws
+from ..distributions.smoothed_bernoulli import SmoothedBernoulli
 from ..distributions.smoothing import BASELINES, Smoothing, get_smoothing, smoothing_type
 from ..errors import ConfigError
 from ..networks import MLPConfig, build_mlp
@@ -103,7 +105,7 @@ class HierarchicalBernoulli(Distribution):
     def _sample(self, shape: torch.Size) -> Tensor:
 
         def draw(level: int, lg: Tensor) -> Tensor:
-            return torch.bernoulli(torch.sigmoid(lg.expand(*shape, *lg.shape) if level == 0 else lg))
+            return bernoulli_draws(lg, shape) if level == 0 else bernoulli_draws(lg)
 
         z, logits = self._walk(draw)
         self._cache = (z, logits)
@@ -228,11 +230,12 @@ class SmoothedBoltzmann(Posterior):
                 out = self.nets[level - 1](torch.cat([context.expand(*lead, -1), *zetas], -1))
             lg, extra = self._split(out, level)
             smoothing = self._group_smoothing(level, extra)
-            zeta = smoothing.rsample(lg, (n_samples,) if level == 0 else (), self.implicit)  # (S, B, n_l)
+            r = SmoothedBernoulli(lg, smoothing, self.implicit, validate_args=False)
+            zeta = r.rsample((n_samples,) if level == 0 else ())  # (S, B, n_l)
             lg = lg.expand_as(zeta)
             point = self._density_point(zeta, smoothing)
             if self.kl == "relaxed":
-                log_q = log_q + smoothing.log_prob(point, lg).sum(-1)
+                log_q = log_q + r.expand(lg.shape).log_prob(point).sum(-1)
             else:
                 entropy = entropy + bernoulli_entropy(lg).sum(-1)
                 if self.levels > 1 and level < self.levels // 2:  # q(z = 1 | ζ) of the first half
@@ -251,7 +254,7 @@ class SmoothedBoltzmann(Posterior):
     def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Distribution:
         first = self._split(params, 0)[0]
         if self.levels == 1:
-            return Independent(Bernoulli(logits=first, validate_args=False), 1)
+            return Independent(HardBernoulli(logits=first, validate_args=False), 1)
         return HierarchicalBernoulli(first, context, self.nets, self.sizes)
 
     def decoder_input(self, z: Tensor) -> Tensor:

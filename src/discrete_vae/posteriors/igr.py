@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torch.distributions import Independent, Normal, OneHotCategorical
+from torch.distributions import Independent, Normal
 
 from ..distributions import ExpIGR, ExpIGRPlanar, ExpIGRSB, GaussianPreimage, PlanarFlow, truncate_sticks
+from ..distributions.hard import HardOneHotCategorical
 from ..errors import ConfigError
 from ..priors import CategoricalPrior, Prior
 from ..priors.igr import uniform_preimage_prior
@@ -154,7 +155,7 @@ class IGRCategorical(Posterior):
 
     def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Independent:
         logits = self.posterior(params).discrete_log_probs()
-        return Independent(OneHotCategorical(logits=logits, validate_args=False), 1)
+        return Independent(HardOneHotCategorical(logits=logits, validate_args=False), 1)
 
     def decoder_input(self, z: Tensor) -> Tensor:
         return z.flatten(-2)

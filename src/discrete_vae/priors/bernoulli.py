@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Independent
+from torch.distributions import Independent
 
 from ..distributions import LogitBinaryConcrete
+from ..distributions.hard import HardBernoulli
 from .base import Prior
 
 
@@ -29,7 +30,7 @@ class BernoulliPrior(Prior):
         return self.distribution().sample((n,))
 
     def distribution(self) -> Independent:
-        return Independent(Bernoulli(logits=self.logits, validate_args=False), 1)
+        return Independent(HardBernoulli(logits=self.logits, validate_args=False), 1)
 
     def relaxed(self, temperature: Tensor | float) -> Independent:
         return Independent(LogitBinaryConcrete(temperature, self.logits, validate_args=False), 1)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Independent, OneHotCategorical
+from torch.distributions import Independent
 
 from ..distributions import ExpConcrete
+from ..distributions.hard import HardOneHotCategorical
 from .base import PRIORS, Prior
 
 
@@ -35,7 +36,7 @@ class CategoricalPrior(Prior):
         return self.distribution().sample((n,))
 
     def distribution(self) -> Independent:
-        return Independent(OneHotCategorical(logits=self.logits, validate_args=False), 1)
+        return Independent(HardOneHotCategorical(logits=self.logits, validate_args=False), 1)
 
     def relaxed(self, temperature: Tensor | float) -> Independent:
         return Independent(ExpConcrete(temperature, self.logits, validate_args=False), 1)
