@@ -66,12 +66,14 @@ def examples():
 
 def test_registration_makes_them_available_by_name(examples, capsys):
     assert ESTIMATORS.get("muprop") is examples.muprop.MuProp
-    assert PRIORS.get("sparse") is examples.sparse_prior.sparse
+    assert PRIORS.get("sparse").build is examples.sparse_prior.sparse
     assert isinstance(build_estimator("muprop"), examples.muprop.MuProp)
     prior = build_prior("sparse", 6, 2, True, p=0.2)
     assert isinstance(prior, examples.sparse_prior.SparseBernoulliPrior) and prior.p == 0.2
     config = TrainConfig(dataset="digits", latent="6", binary=True, estimator="muprop", prior="sparse")
     assert (config.estimator, config.prior, config.k) == ("muprop", "sparse", 1)
+    flagged = TrainConfig.from_dict({"latent": "6", "binary": True, "prior": "sparse", "p": 0.3})
+    assert flagged.prior_options == {"p": 0.3}  # a flag's or a file's value reaches the prior's options
 
     assert main(["list", "estimators"]) == 0
     line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("muprop"))
@@ -165,10 +167,11 @@ def test_the_example_script_trains_and_evaluates_with_both(examples, tmp_path, m
     run = tmp_path / "runs" / "muprop-sparse"
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert (config["estimator"], config["prior"], config["steps"]) == ("muprop", "sparse", 300)
+    assert config["prior_options"] == {"p": 0.05}
     evaluation = json.loads((run / "eval_valid_S100_seed0_best.json").read_text())
     assert evaluation["step"] == 300 and evaluation["nll"] > 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["nll"] == evaluation["nll"]
     model, _, _ = model_from_run(run)
     assert isinstance(model.estimator, examples.muprop.MuProp)
     assert isinstance(model.prior, examples.sparse_prior.SparseBernoulliPrior)
-    torch.testing.assert_close(model.prior.logits, torch.full((16,), math.log(0.1 / 0.9)))
+    torch.testing.assert_close(model.prior.logits, torch.full((16,), math.log(0.05 / 0.95)))

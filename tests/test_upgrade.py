@@ -11,7 +11,13 @@ from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
 from discrete_vae.config import TrainConfig, options_of
 from discrete_vae.errors import ConfigError
 from discrete_vae.sop import SOPConfig
-from discrete_vae.upgrade import OLD_POSTERIOR_FIELDS, upgrade_checkpoint, upgrade_config, upgrade_model_state
+from discrete_vae.upgrade import (
+    OLD_POSTERIOR_FIELDS,
+    OLD_PRIOR_FIELDS,
+    upgrade_checkpoint,
+    upgrade_config,
+    upgrade_model_state,
+)
 
 
 def test_an_old_train_config_reads_as_today():
@@ -41,6 +47,25 @@ def test_an_old_posterior_field_off_its_default_is_kept_for_the_checks_to_reject
     assert upgrade_config(unknown) == unknown
     with pytest.raises(ConfigError, match="no-such-model"):
         TrainConfig.from_dict(upgrade_config(unknown))
+
+
+def test_old_rbm_fields_become_the_prior_options_they_were():
+    """The RBM's sampler and log Z fields of an old config: dropped at their old defaults and wherever the
+    prior in force is not the RBM (they were ignored there); kept off their defaults for an RBM prior, whose
+    options they become. A stored config of today (``prior_options`` present) is left alone."""
+    old = {"model": "dvaes-power", "latent": "8x2", "samples": 1, **OLD_PRIOR_FIELDS, "chains": 100,
+           "sweeps": 10}
+    upgraded = upgrade_config(old)
+    assert upgraded == {"model": "dvaes-power", "latent": "8x2", "k": 1, "chains": 100, "sweeps": 10}
+    config = TrainConfig.from_dict(upgraded)
+    assert config.prior_options == {"chains": 100, "sweeps": 10}
+    options = {"chains": 100, "sweeps": 10}
+    assert config == TrainConfig(model="dvaes-power", latent="8x2", prior_options=options)
+
+    gs = upgrade_config({"model": "gs", "samples": 1, **OLD_PRIOR_FIELDS, "chains": 7})
+    assert gs == {"model": "gs", "k": 1} and TrainConfig.from_dict(gs).prior_options == {}
+    today = TrainConfig(model="dvaes-power", latent="8x2", prior_options={"chains": 1000}).to_dict()
+    assert upgrade_config(today) == today
 
 
 def test_an_old_sop_config_reads_as_today():

@@ -15,28 +15,38 @@ It is a :class:`~discrete_vae.priors.BernoulliPrior` whose logits are the consta
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 from discrete_vae.errors import ConfigError
-from discrete_vae.priors import PRIORS, BernoulliPrior, Prior
-
-P = 0.1  # the probability of a latent being on, unless the factory is given another
+from discrete_vae.priors import PRIORS, BernoulliPrior, Prior, PriorType
 
 
 class SparseBernoulliPrior(BernoulliPrior):
     """``N`` independent Bernoulli(``p``) latents; ``p`` is fixed (its logits are a buffer, not trained)."""
 
-    def __init__(self, n: int, p: float = P):
-        if not 0.0 < p < 1.0:
-            raise ConfigError(f"the sparse prior's p must lie strictly between 0 and 1, got {p}")
+    def __init__(self, n: int, p: float):
         super().__init__(n, learnable=False)
         self.p = p
         self.logits.fill_(math.log(p) - math.log1p(-p))  # (N,) logit(p)
 
 
-@PRIORS.register("sparse")
-def sparse(n: int, k: int, binary: bool, p: float = P, **_: object) -> Prior:
-    """``--prior sparse`` over ``n`` binary latents. The other keywords (the RBM's sampler settings, which
-    the model builder passes to every prior) do not apply."""
+@dataclass(frozen=True)
+class SparseOptions:
+    """``--p``: each latent's probability of being on (``dvae train --help`` shows it in the group
+    ``prior sparse``)."""
+
+    p: float = field(default=0.1, metadata={"help": "the probability that a latent is on"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.p < 1.0:
+            raise ConfigError(f"--p must lie strictly between 0 and 1, got {self.p}")
+
+
+def sparse(n: int, k: int, binary: bool, p: float) -> Prior:
+    """The prior over ``n`` binary latents."""
     if not binary:
         raise ConfigError("the sparse prior is over binary latents: use --latent N --binary (or Nx2)")
     return SparseBernoulliPrior(n, p)
+
+
+PRIORS.register("sparse")(PriorType(sparse, SparseOptions))

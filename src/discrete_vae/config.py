@@ -18,12 +18,11 @@ import yaml
 
 from .compiling import COMPILE_MODES
 from .errors import ConfigError
-from .estimators import ESTIMATORS, estimator_options
+from .estimators import ESTIMATORS
 from .methods import METHODS
 from .networks import ACTIVATIONS
-from .options import check_finite, check_seed, coerce_options, coerce_widths
+from .options import check_finite, check_seed, coerce_options, coerce_widths, method_options
 from .posteriors import POSTERIORS, LatentSpec
-from .posteriors.base import posterior_options
 from .priors import PRIORS
 from .upgrade import upgrade_config
 
@@ -32,8 +31,9 @@ LR_SCHEDULES = ("constant", "cosine", "piecewise")
 RESUME_OVERRIDES = ("steps", "epochs", "lr", "lr_final", "device", "compile", "eval_every",
                     "checkpoint_every", "log_every")
 OBJECTIVES = ("auto", "elbo", "iw")
+# the methods with options of their own, whose registries the config's option mappings are checked against
+KINDS = {"posterior": POSTERIORS, "estimator": ESTIMATORS, "prior": PRIORS}
 PRECISIONS = ("fp32", "bf16", "fp16")
-SAMPLER_NAMES = ("pcd", "pa")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -53,6 +53,8 @@ class TrainConfig:
                         "vimco, disarm, rebar, relax, reinmax, gumbel-rao, ...); auto = the method's")
     estimator_options: dict = _f(None, "the estimator's own options (a mapping; flags per option)")
     posterior_options: dict = _f(None, "the posterior's own options (a mapping; flags per option)")
+    prior_options: dict = _f(None, "the prior's own options (a mapping; flags per option): the RBM's sampler "
+                             "and log Z settings")
     latent: str = _f("20x10", "N x K: N latent variables of K classes (200x2 means binary)")
     binary: bool = _f(False, "Bernoulli latents (K = 2) relaxed by the binary Concrete")
     prior: str = _f("auto", "prior over the latents: uniform, learnable or rbm; auto = the model's own")
@@ -92,12 +94,6 @@ class TrainConfig:
                             "4-layer-nonlin): the original's architecture and training setup")
     batch_norm: bool = _f(False, "batch norm before each hidden activation")
     center_input: bool = _f(False, "feed the encoder x minus the training data's mean")
-    sampler: str = _f("pcd", "RBM prior's training sampler: pcd (persistent chains) or pa (population "
-                      "annealing)")
-    chains: int = _f(1000, "RBM sampler: chains (samples) per step")
-    sweeps: int = _f(40, "RBM sampler: Gibbs sweeps per step (pa: temperatures, one sweep each)")
-    log_z_betas: int = _f(1000, "RBM log Z by AIS at validation: inverse temperatures")
-    log_z_samples: int = _f(1024, "RBM log Z by AIS at validation: chains")
     hidden: tuple[int, ...] = _f((512, 256), "encoder hidden widths; the decoder mirrors them")
     activation: str = _f("relu", "hidden activation: relu, tanh or leaky_relu (negative slope 0.3)")
     seed: int = _f(0, "random seed (weights, noise, data order)")
@@ -131,9 +127,6 @@ class TrainConfig:
             "log_every",
             "k",
             "val_samples",
-            "chains",
-            "sweeps",
-            "log_z_samples",
         ]
         positive += [n for n in ("steps", "epochs") if getattr(self, n) is not None]
         for name in positive:
@@ -150,10 +143,6 @@ class TrainConfig:
             raise ConfigError("--kl-warmup is a fraction of the steps, between 0 and 1")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.sampler not in SAMPLER_NAMES:
-            raise ConfigError(f"--sampler must be one of {', '.join(SAMPLER_NAMES)}, got {self.sampler!r}")
-        if self.log_z_betas < 2:
-            raise ConfigError("--log-z-betas must be at least 2")
         if self.struct is not None:
             from .presets import STRUCTS  # the tables of options are built over this class
 
@@ -175,11 +164,16 @@ class TrainConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def check_method(self) -> None:
-        self.estimator_options = dict(self.estimator_options or {})
-        self.posterior_options = dict(self.posterior_options or {})
-        posterior, estimator = method_names(self.model, self.posterior, self.estimator)
-        posterior_options(posterior, self.posterior_options)
-        estimator_options(estimator, self.estimator_options)
+        names = self.methods()
+        for kind, name in names.items():
+            given = dict(getattr(self, f"{kind}_options") or {})
+            setattr(self, f"{kind}_options", given)
+            method_options(kind, name, KINDS[kind].get(name).Options, given)
+
+    def methods(self) -> dict[str, str]:
+        """The posterior, estimator and prior in force, by kind."""
+        return methods_of({"model": self.model, "posterior": self.posterior, "estimator": self.estimator,
+                           "prior": self.prior})
 
     def min_k(self) -> int:
         """The fewest samples per example the estimator in force takes (1 for most)."""
@@ -191,8 +185,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
-        d["estimator_options"] = dict(self.estimator_options)
-        d["posterior_options"] = dict(self.posterior_options)
+        for kind in KINDS:
+            d[f"{kind}_options"] = dict(getattr(self, f"{kind}_options"))
         return d
 
     @classmethod
@@ -202,14 +196,14 @@ class TrainConfig:
         """
         values = {str(k).replace("-", "_"): v for k, v in values.items()}
         nested = {}
-        for kind in ("estimator", "posterior"):
+        for kind in KINDS:
             given = values.pop(f"{kind}_options", None) or {}
             if not isinstance(given, dict):
                 raise ConfigError(f"{kind}_options must be a mapping of option names to values, "
                                   f"got {given!r}")
             nested[kind] = dict(given)
-        return cls(**coerce_options(cls, _route(values, nested)), estimator_options=nested["estimator"],
-                   posterior_options=nested["posterior"])
+        return cls(**coerce_options(cls, _route(values, nested)),
+                   **{f"{kind}_options": given for kind, given in nested.items()})
 
 
 def method_names(model: str, posterior: str = "auto", estimator: str = "auto") -> tuple[str, str]:
@@ -225,22 +219,27 @@ def method_names(model: str, posterior: str = "auto", estimator: str = "auto") -
     return posterior, estimator
 
 
-def methods_of(values: dict[str, Any]) -> tuple[str, str]:
-    """:func:`method_names` of a flat mapping of option names to values (as flags and config files give
-    them)."""
-    return method_names(values.get("model") or "gs", values.get("posterior") or "auto",
-                        values.get("estimator") or "auto")
+def methods_of(values: dict[str, Any]) -> dict[str, str]:
+    """The posterior, estimator and prior in force (by kind) of a flat mapping of option names to values, as
+    flags and config files give them: :func:`method_names`, and the prior named or else the posterior's."""
+    posterior, estimator = method_names(values.get("model") or "gs", values.get("posterior") or "auto",
+                                        values.get("estimator") or "auto")
+    prior = values.get("prior") or "auto"
+    return {"posterior": posterior, "estimator": estimator,
+            "prior": POSTERIORS.get(posterior).prior if prior == "auto" else prior}
 
 
-def options_of(names: tuple[str, str]) -> dict[str, set[str]]:
-    """The option names of posterior ``names[0]`` and of estimator ``names[1]``, by kind."""
-    owners = {"posterior": POSTERIORS.get(names[0]).Options, "estimator": ESTIMATORS.get(names[1]).Options}
-    return {kind: {f.name for f in dataclasses.fields(cls)} for kind, cls in owners.items()}
+def options_of(names: dict[str, str] | tuple[str, ...]) -> dict[str, set[str]]:
+    """The option names of each method in ``names`` (by kind, or a tuple in the order of :data:`KINDS`)."""
+    if not isinstance(names, dict):
+        names = dict(zip(KINDS, names, strict=False))
+    return {kind: {f.name for f in dataclasses.fields(KINDS[kind].get(name).Options)}
+            for kind, name in names.items()}
 
 
 def _route(values: dict[str, Any], nested: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Move the option names of the chosen posterior and estimator out of ``values`` (flat, as flags and
-    config files give them) into ``nested``; what is left are :class:`TrainConfig` fields."""
+    """Move the option names of the chosen posterior, estimator and prior out of ``values`` (flat, as flags
+    and config files give them) into ``nested``; what is left are :class:`TrainConfig` fields."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     names = methods_of(values)
     own = options_of(names)
@@ -250,16 +249,17 @@ def _route(values: dict[str, Any], nested: dict[str, dict[str, Any]]) -> dict[st
         if owner is not None and key not in fields:  # a flag's value over a file's mapping
             nested[owner][key] = value
         elif key not in fields and (owners := _owners(key)):
-            raise ConfigError(f"--{key.replace('_', '-')} is not an option of posterior {names[0]} or "
-                              f"estimator {names[1]} (it belongs to {', '.join(owners)})")
+            chosen = ", ".join(f"{kind} {name}" for kind, name in names.items())
+            raise ConfigError(f"--{key.replace('_', '-')} is not an option of {chosen} (it belongs to "
+                              f"{', '.join(owners)})")
         else:
             left[key] = value
     return left
 
 
 def _owners(option: str) -> list[str]:
-    """The registered posteriors and estimators that have ``option``."""
-    return [name for registry in (POSTERIORS, ESTIMATORS) for name in registry.names()
+    """The registered posteriors, estimators and priors that have ``option``."""
+    return [name for registry in KINDS.values() for name in registry.names()
             if option in {f.name for f in dataclasses.fields(registry.get(name).Options)}]
 
 

@@ -42,7 +42,7 @@ def add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
 
     groups = {name: parser.add_argument_group(title) for name, title in OPTION_GROUPS}
     for f in fields(TrainConfig):
-        if f.name in ("estimator_options", "posterior_options") or f.name in skip:  # one flag each, below
+        if f.name.endswith("_options") or f.name in skip:  # a flag per option of each, below
             continue
         tp = field_type(f.type)[0]
         flag = "--" + f.name.replace("_", "-")
@@ -75,38 +75,35 @@ def add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
 METHOD_OPTION = "option."  # argparse dest prefix of the posteriors' and estimators' own options
 
 
-def _method_groups() -> list[tuple[str, str, type, list[str]]]:
-    """``(option, group title, Options class, owners)`` for every option of a registered posterior or
-    estimator (the temperature of relaxed estimators is the schedule's ``--temperature``), grouped by the
-    posterior's family or the estimator's name."""
-    from .estimators import ESTIMATORS
-    from .posteriors import POSTERIORS
+def _method_groups() -> list[tuple[str, str, str, list[str]]]:
+    """``(option, kind, group title, owners)`` for every option of a registered posterior, estimator or prior
+    (the temperature of relaxed estimators is the schedule's ``--temperature``), grouped by the posterior's
+    family, the estimator's name or the prior's."""
+    from .config import KINDS
 
-    found: dict[str, tuple[str, type, list[str]]] = {}
-    for kind, registry in (("posterior", POSTERIORS), ("estimator", ESTIMATORS)):
+    found: dict[str, tuple[str, str, list[str]]] = {}
+    for kind, registry in KINDS.items():
         for name in registry.names():
             entry = registry.get(name)
             for f in fields(entry.Options):
                 if f.name == "temperature":
                     continue
-                title = f"posterior: {entry.family}" if kind == "posterior" else f"estimator {name}"
-                found.setdefault(f.name, (title, entry.Options, []))[2].append(name)
-    return [(option, title, cls, owners) for option, (title, cls, owners) in found.items()]
+                title = f"posterior: {entry.family}" if kind == "posterior" else f"{kind} {name}"
+                found.setdefault(f.name, (kind, title, []))[2].append(name)
+    return [(option, kind, title, owners) for option, (kind, title, owners) in found.items()]
 
 
 def add_method_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One flag per option of the posteriors and estimators, in a group per posterior family or estimator;
-    an option several share is one flag. Their values reach :meth:`TrainConfig.from_dict` by name, which
-    hands each to the posterior or estimator in force."""
-    from .estimators import ESTIMATORS
-    from .posteriors import POSTERIORS
+    """One flag per option of the posteriors, estimators and priors, in a group per posterior family,
+    estimator or prior; an option several share is one flag. Their values reach
+    :meth:`TrainConfig.from_dict` by name, which hands each to the method in force that has it."""
+    from .config import KINDS
 
     groups: dict[str, Any] = {}
-    for option, title, _, owners in _method_groups():
+    for option, kind, title, owners in _method_groups():
         if option in skip:
             continue
-        registry = POSTERIORS if title.startswith("posterior") else ESTIMATORS
-        found = [next(f for f in fields(registry.get(o).Options) if f.name == option) for o in owners]
+        found = [next(f for f in fields(KINDS[kind].get(o).Options) if f.name == option) for o in owners]
         f = found[0]
         group = groups.setdefault(title, parser.add_argument_group(title))
         shown = [value_text(list(g.default) if isinstance(g.default, tuple) else g.default) for g in found]
@@ -115,14 +112,14 @@ def add_method_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         else:
             default = f"default: {shown[0]}"
         tp = field_type(f.type)[0]
-        kind: dict[str, Any] = {"type": tp, "metavar": option.upper()}
+        kind_args: dict[str, Any] = {"type": tp, "metavar": option.upper()}
         if tp is bool:
-            kind = {"action": argparse.BooleanOptionalAction}
+            kind_args = {"action": argparse.BooleanOptionalAction}
         elif typing.get_origin(tp) is tuple:
-            kind = {"type": hidden_widths, "metavar": "W1,W2"}
+            kind_args = {"type": hidden_widths, "metavar": "W1,W2"}
         group.add_argument("--" + option.replace("_", "-"), dest=METHOD_OPTION + option,
                            default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} ({default})",
-                           **kind)
+                           **kind_args)
 
 
 def method_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,14 +130,14 @@ def method_flags(args: argparse.Namespace) -> dict[str, Any]:
 # `dvae train --help` groups the options by what they belong to
 OPTION_GROUPS = (("model", "method, latents and objective"), ("dvae", "DVAE structures"),
                  ("nets", "encoder and decoder"),
-                 ("prior", "prior (and the RBM's sampler)"), ("optim", "optimisation"),
+                 ("prior", "prior"), ("optim", "optimisation"),
                  ("temperature", "temperature"), ("data", "data"),
                  ("run", "run folder, device and reporting"))
 GROUPED = {
     "model": ("model", "posterior", "estimator", "latent", "binary", "kl", "continuous", "k", "objective"),
     "dvae": ("struct", "center_input"),
     "nets": ("hidden", "activation", "batch_norm"),
-    "prior": ("prior", "sampler", "chains", "sweeps", "log_z_betas", "log_z_samples"),
+    "prior": ("prior",),
     "optim": ("steps", "epochs", "batch_size", "lr", "lr_schedule", "lr_final", "weight_decay", "l2",
               "adam_eps", "kl_warmup", "seed"),
     "temperature": ("temperature", "min_temperature", "anneal_rate", "anneal_every", "learn_temperature"),

@@ -48,9 +48,8 @@ def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
         level_mlp=encoder,
     )
     estimator = build_estimator(estimator_name, **config.estimator_options)
-    prior_name = posterior.default_prior if config.prior == "auto" else config.prior
-    prior = build_prior(prior_name, spec.n, spec.k, not posterior.one_hot, sampler=config.sampler,
-                        chains=config.chains, sweeps=config.sweeps)
+    prior_name = config.methods()["prior"]
+    prior = build_prior(prior_name, spec.n, spec.k, not posterior.one_hot, **config.prior_options)
     posterior.check_prior(prior)
     if config.continuous:
         if not prior.normalized:

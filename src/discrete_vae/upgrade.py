@@ -9,6 +9,10 @@ of its checkpoints are read through here, so that the rest of the package sees o
   and every ``config.yaml`` of that time holds them all (:data:`OLD_POSTERIOR_FIELDS`, with their defaults
   then). One at that default which neither the posterior nor the estimator in force takes is dropped; any
   other is kept, for the config's checks to reject as they reject any option given to the wrong posterior.
+- Before priors had options of their own, the RBM's sampler and log Z settings were fields of the training
+  config, held by every ``config.yaml`` of that time (:data:`OLD_PRIOR_FIELDS`). One at its default then, or
+  in the config of a prior that does not take it (it was ignored), is dropped; any other is kept, for the
+  config to route to the prior's options.
 - Before posteriors were their own axis, the model named its posterior ``family``: the tensors of those
   checkpoints are ``family.*``, today ``posterior.*``.
 
@@ -31,6 +35,10 @@ from .errors import ConfigError
 OLD_POSTERIOR_FIELDS = {"delta": 1.0, "prior_scale": 1.0, "sb_threshold": 0.99, "sb_percentile": 70.0,
                         "flow_layers": 2, "mc_samples": 1000, "levels": 1, "beta": None,
                         "prior_temperature": None}
+# the RBM prior's options, fields of the training config before priors had options of their own (every
+# config.yaml of that time holds them), with their defaults then
+OLD_PRIOR_FIELDS = {"sampler": "pcd", "chains": 1000, "sweeps": 40, "log_z_betas": 1000,
+                    "log_z_samples": 1024}
 OLD_NAMES = {"samples": "k"}  # an option's old name -> today's
 OLD_MODEL_PREFIXES = {"family.": "posterior."}  # a model tensor's old prefix -> today's
 
@@ -38,7 +46,8 @@ OLD_MODEL_PREFIXES = {"family.": "posterior."}  # a model tensor's old prefix ->
 def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
     """A stored config mapping (``dvae train``'s or ``dvae sop train``'s) of any earlier version in today's
     form: old option names renamed (unless today's name is there too), the old posterior fields at their
-    old defaults dropped where the posterior and estimator in force do not take them."""
+    old defaults dropped where the posterior and estimator in force do not take them, the old prior fields
+    at their old defaults or where the prior in force does not take them."""
     values = {OLD_NAMES[key] if key in OLD_NAMES and OLD_NAMES[key] not in values else key: value
               for key, value in values.items()}
     defaults = [key for key, default in OLD_POSTERIOR_FIELDS.items()
@@ -46,6 +55,11 @@ def upgrade_config(values: Mapping[str, Any]) -> dict[str, Any]:
     if defaults and (taken := _options_in_force(values)) is not None:
         for key in defaults:
             if key not in taken:
+                del values[key]
+    old_prior = [key for key in OLD_PRIOR_FIELDS if key in values and "prior_options" not in values]
+    if old_prior and (taken := _options_in_force(values)) is not None:
+        for key in old_prior:  # at its default, or of a prior that never used it: as if not given
+            if key not in taken or values[key] == OLD_PRIOR_FIELDS[key]:
                 del values[key]
     return values
 
@@ -82,8 +96,8 @@ def _plain(value: Any) -> bool:
 
 
 def _options_in_force(values: dict[str, Any]) -> set[str] | None:
-    """The options of the posterior and estimator that ``values`` choose; None where it names one that does
-    not exist (the config's checks say which)."""
+    """The options of the posterior, estimator and prior that ``values`` choose; None where it names one that
+    does not exist (the config's checks say which)."""
     from .config import methods_of, options_of
 
     try:

@@ -132,7 +132,6 @@ class Posterior(nn.Module):
     param_dim: int
     decoder_dim: int
     one_hot: bool = True  # hard latents are one-hot (..., N, K); False: {0, 1} (..., N)
-    default_prior: str = "uniform"  # the prior `--prior auto` picks
     levels: int = 1  # groups of a hierarchical posterior
     iw_default: bool = False  # `--objective auto` trains with the IW bound when k > 1
     relaxations: dict[str, bool] = {"relaxed": False}  # estimator name -> straight-through
@@ -186,6 +185,7 @@ class PosteriorType:
     Options: type = NoOptions
     family: str = ""
     relaxation: str = "relaxed"  # the estimator of its own relaxation, which a method given it takes
+    prior: str = "uniform"  # the prior `--prior auto` picks
 
     def __call__(self, spec: LatentSpec, **kwargs: Any) -> Posterior:
         return self.build(spec, **kwargs)

@@ -135,7 +135,6 @@ class SmoothedBoltzmann(Posterior):
     relaxed prior density (:meth:`_relaxed_log_prior`), and whether the analytic prior term applies.
     """
 
-    default_prior = "rbm"
     per_unit: ClassVar[int] = 1  # encoder outputs per binary unit
     analytic_kl: ClassVar[bool] = True  # False: `--kl analytic` is refused
 
@@ -339,4 +338,4 @@ MODELS: dict[str, Model] = {
 
 for _name, _model in MODELS.items():
     POSTERIORS.register(_name)(PosteriorType(partial(_model.posterior, model=_name), SmoothedOptions,
-                                             "DVAE (smoothed binaries)"))
+                                             "DVAE (smoothed binaries)", prior="rbm"))

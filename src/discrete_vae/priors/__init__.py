@@ -1,6 +1,6 @@
 """Priors over the latents: a registry of ``name -> factory(latent spec) -> Prior``."""
 
-from .base import PRIORS, Prior, build_prior
+from .base import PRIORS, Prior, PriorType, build_prior
 from .bernoulli import BernoulliPrior
 from .categorical import CategoricalPrior
 from .gaussian import GaussianPrior
@@ -12,6 +12,7 @@ __all__ = [
     "CategoricalPrior",
     "GaussianPrior",
     "Prior",
+    "PriorType",
     "ProductPrior",
     "build_prior",
 ]

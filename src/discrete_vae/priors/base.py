@@ -8,9 +8,15 @@ at a temperature (``relaxed``). A prior that cannot normalise itself (an RBM) se
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from ..options import method_options
 from ..registry import Registry
 
 
@@ -42,10 +48,32 @@ class Prior(nn.Module):
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """This prior has no options."""
+
+
+@dataclass(frozen=True)
+class PriorType:
+    """A registered prior: ``build(n, k, binary, **options)`` for ``n`` latents of ``k`` classes
+    (``binary``: Bernoulli) and its typed ``Options`` (the flags of its group in ``dvae train --help``)."""
+
+    build: Callable[..., Prior]
+    Options: type = NoOptions
+
+    def __call__(self, n: int, k: int, binary: bool, **options: Any) -> Prior:
+        return self.build(n, k, binary, **options)
+
+
 PRIORS: Registry = Registry("prior")
 
 
-def build_prior(name: str, n: int, k: int, binary: bool, **options) -> Prior:
-    """Build the prior ``name`` for ``n`` latents of ``k`` classes (``binary``: Bernoulli); ``options``
-    (e.g. the RBM's sampler settings) go to factories that take them."""
-    return PRIORS.get(name)(n, k, binary, **options)
+def prior_options(name: str, values: dict[str, Any]) -> Any:
+    """``name``'s typed options from ``values``; an unknown key is one error naming its options."""
+    return method_options("prior", name, PRIORS.get(name).Options, values)
+
+
+def build_prior(name: str, n: int, k: int, binary: bool, **options: Any) -> Prior:
+    """The prior registered as ``name`` for ``n`` latents of ``k`` classes (``binary``: Bernoulli), with
+    ``options`` (keywords of its ``Options``, checked as such: the RBM's sampler and log Z settings)."""
+    return PRIORS.get(name)(n, k, binary, **dataclasses.asdict(prior_options(name, options)))

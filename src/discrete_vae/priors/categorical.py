@@ -8,7 +8,7 @@ from torch.distributions import Independent
 
 from ..distributions import ExpConcrete
 from ..distributions.hard import HardOneHotCategorical
-from .base import PRIORS, Prior
+from .base import PRIORS, Prior, PriorType
 
 
 class CategoricalPrior(Prior):
@@ -42,8 +42,7 @@ class CategoricalPrior(Prior):
         return Independent(ExpConcrete(temperature, self.logits, validate_args=False), 1)
 
 
-@PRIORS.register("uniform")
-def _uniform(n: int, k: int, binary: bool, **_: object) -> Prior:
+def _uniform(n: int, k: int, binary: bool) -> Prior:
     if binary:
         from .bernoulli import BernoulliPrior
 
@@ -51,10 +50,13 @@ def _uniform(n: int, k: int, binary: bool, **_: object) -> Prior:
     return CategoricalPrior(n, k, learnable=False)
 
 
-@PRIORS.register("learnable")
-def _learnable(n: int, k: int, binary: bool, **_: object) -> Prior:
+def _learnable(n: int, k: int, binary: bool) -> Prior:
     if binary:
         from .bernoulli import BernoulliPrior
 
         return BernoulliPrior(n, learnable=True)
     return CategoricalPrior(n, k, learnable=True)
+
+
+PRIORS.register("uniform")(PriorType(_uniform))
+PRIORS.register("learnable")(PriorType(_learnable))

@@ -15,13 +15,14 @@ estimated separately: exactly by enumeration when one half is small, by AIS or b
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..errors import ConfigError
-from .base import PRIORS, Prior
+from .base import PRIORS, Prior, PriorType
 from .samplers import SAMPLERS, LogZ, ais_log_partition
 
 MAX_ENUMERATED_UNITS = 20
@@ -35,6 +36,7 @@ class RBMPrior(Prior):
     - ``log_prob(z) = -E(z)``, *unnormalised* (``normalized = False``); subtract a ``log Z`` estimate.
     - ``sample(n)`` runs the sampler ``sampler`` (``SAMPLERS``: ``pcd`` keeps persistent chains in this
       module's ``state_dict``; ``pa`` anneals a population); ``sampler_options`` go to its constructor.
+    - ``log_z``: the inverse temperatures and chains of the AIS estimate of ``log Z`` that validation makes.
     - Gradients of the prior term: an unnormalised cross-entropy (:meth:`cross_entropy`) or relaxed
       density gives the positive phase, and :meth:`negative_phase` adds ``∇ log Z`` beside it.
     """
@@ -42,8 +44,9 @@ class RBMPrior(Prior):
     normalized = False
 
     def __init__(self, n: int, n_a: int | None = None, sampler: str = "pcd", init_scale: float = 0.01,
-                 **sampler_options):
+                 log_z: tuple[int, int] = (1000, 1024), **sampler_options):
         super().__init__()
+        self.log_z_betas, self.log_z_samples = log_z  # the AIS estimate of log Z at validation
         n_a = n // 2 if n_a is None else n_a
         if not 0 < n_a < n:
             raise ValueError(f"both halves need at least one unit: n = {n}, n_a = {n_a}")
@@ -226,10 +229,37 @@ def sampler_options(sampler: str, chains: int, sweeps: int) -> dict:
     return {"chains": chains, "sweeps": sweeps}
 
 
-@PRIORS.register("rbm")
-def _rbm(n: int, k: int, binary: bool, sampler: str = "pcd", chains: int = 1000, sweeps: int = 40) -> Prior:
+@dataclass(frozen=True)
+class RBMOptions:
+    """The RBM prior's sampler (its negative phase while training) and its log Z estimate (validation)."""
+
+    sampler: str = field(default="pcd", metadata={"help": "training sampler: pcd (persistent chains) or pa "
+                                                  "(population annealing)"})
+    chains: int = field(default=1000, metadata={"help": "sampler: chains (samples) per step"})
+    sweeps: int = field(default=40, metadata={"help": "sampler: Gibbs sweeps per step (pa: temperatures, one "
+                                              "sweep each)"})
+    log_z_betas: int = field(default=1000, metadata={"help": "log Z by AIS at validation: inverse "
+                                                     "temperatures"})
+    log_z_samples: int = field(default=1024, metadata={"help": "log Z by AIS at validation: chains"})
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS.names():
+            raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS.names())}, got {self.sampler!r}")
+        for name in ("chains", "sweeps", "log_z_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.log_z_betas < 2:
+            raise ConfigError("--log-z-betas must be at least 2")
+
+
+def _rbm(n: int, k: int, binary: bool, sampler: str, chains: int, sweeps: int, log_z_betas: int,
+         log_z_samples: int) -> Prior:
     if not binary or k != 2:
         raise ConfigError("the RBM prior is over binary latents: use a DVAE model (--latent Nx2)")
     if n < 2:
         raise ConfigError("the RBM prior needs at least 2 latents (one per half)")
-    return RBMPrior(n, sampler=sampler, **sampler_options(sampler, chains, sweeps))
+    return RBMPrior(n, sampler=sampler, log_z=(log_z_betas, log_z_samples),
+                    **sampler_options(sampler, chains, sweeps))
+
+
+PRIORS.register("rbm")(PriorType(_rbm, RBMOptions))
