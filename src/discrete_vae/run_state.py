@@ -106,11 +106,12 @@ class RunState:
         self.config_then = state["config"]  # the options the checkpoint was trained with
         if self.step > total:
             raise UserError(f"--steps {total} lies before the checkpoint's step {self.step}")
-        self.best, self.best_model = {"metrics": {}, **state["best"]}, state.get("best_model")
+        self.finished = bool(state.get("finished")) and self.step == total
+        at = "checkpoint_" if "checkpoint_best" in state and not self.finished else ""  # extended: as then
+        self.best, self.best_model = {"metrics": {}, **state[f"{at}best"]}, state.get(f"{at}best_model")
         self.sums.copy_(state["sums"])
         self.count, self.pending = int(state["count"]), not state.get("logged", False)
         self.schedule = tuple(state.get("schedule", ()))
-        self.finished = bool(state.get("finished")) and self.step == total
         if self.finished and self.ddp.main:
             note(f"{task.command}: {self.run_dir} is already at its final step {self.step}; nothing to do "
                  "(give --steps N to train further)")
@@ -175,10 +176,17 @@ class RunState:
         self.saved = self.step
 
     def mark_finished(self) -> None:
-        """After the last step's lines and the task's end: ``last.safetensors`` says the run is complete."""
+        """After the last step's lines and the task's end: ``last.safetensors`` says the run is complete, and
+        its best is the run's (``best.safetensors``'), which the last step's validation may have changed. The
+        best as of the checkpoint stays beside it for a longer run resumed from there, which replays that
+        step's lines (or drops a validation off its grid)."""
         if self.ddp.main:
             path = self.run_dir / LAST
-            save_checkpoint(path, {**load_checkpoint(path, self.task.device), "finished": True})
+            state = load_checkpoint(path, self.task.device)
+            if state["best"]["step"] != self.best["step"]:
+                state.update(checkpoint_best=state["best"], checkpoint_best_model=state["best_model"],
+                             best=self.best, best_model=self.best_model)
+            save_checkpoint(path, {**state, "finished": True})
 
     def best_net(self) -> torch.nn.Module:
         """The model at its best validation (the model itself when it never validated)."""
