@@ -121,6 +121,17 @@ def test_estimator_options_reach_the_estimator_and_the_stored_config(tmp_path, c
     assert build_model(config, 64).estimator.options.mc == 3
 
 
+def test_a_training_run_has_one_temperature_the_schedules():
+    """The relaxed estimators' ``temperature`` option is the Python API's; in a training config the schedule
+    sets tau, so the option given there is refused, not silently overridden. REBAR and RELAX learn theirs:
+    the option is where learning starts."""
+    assert TrainConfig.from_dict({"estimator": "gs", "temperature": 0.7}).temperature == 0.7
+    with pytest.raises(ConfigError, match="temperature is the schedule's"):
+        TrainConfig.from_dict({"estimator": "gs", "estimator_options": {"temperature": 0.7}})
+    relax = TrainConfig.from_dict({"estimator": "relax", "estimator_options": {"temperature": 0.1}})
+    assert build_model(relax, 64).estimator.options.temperature == 0.1
+
+
 def test_model_presets_are_posterior_plus_estimator():
     """--model names keep training what they trained: gs and st-gs differ only in the estimator."""
     for model, posterior, estimator in [("gs", "ConcreteCategorical", "gs"),

@@ -169,6 +169,10 @@ class TrainConfig:
             given = dict(getattr(self, f"{kind}_options") or {})
             setattr(self, f"{kind}_options", given)
             method_options(kind, name, KINDS[kind].get(name).Options, given)
+        learns = ESTIMATORS.get(names["estimator"]).learns_temperature  # its option: where learning starts
+        if "temperature" in self.estimator_options and not learns:  # one temperature: the schedule's
+            raise ConfigError("a training run's temperature is the schedule's (--temperature, "
+                              "--min-temperature, --anneal-rate), not an estimator option")
 
     def methods(self) -> dict[str, str]:
         """The posterior, estimator and prior in force, by kind."""
@@ -188,6 +192,16 @@ class TrainConfig:
         for kind in KINDS:
             d[f"{kind}_options"] = dict(getattr(self, f"{kind}_options"))
         return d
+
+    def settings(self) -> dict[str, Any]:
+        """Every option by name: the fields, and the options of the posterior, estimator and prior in force,
+        their defaults filled in (what a sweep table's titles name: ``{chains}``, ``{mc}``)."""
+        options = {}
+        for kind, name in self.methods().items():
+            cls = KINDS[kind].get(name).Options
+            typed = method_options(kind, name, cls, getattr(self, f"{kind}_options"))
+            options.update(dataclasses.asdict(typed))
+        return {**options, **self.to_dict()}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

@@ -147,6 +147,10 @@ class SOPConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def settings(self) -> dict[str, Any]:
+        """Every option by name (what a sweep table's titles name)."""
+        return self.to_dict()
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SOPConfig:
         """Type-checked like flags (a stored config of an earlier version goes through

@@ -183,7 +183,7 @@ def label_titles(spec: Spec, table: Table) -> dict[str, str]:
             shown[label] = title
             continue
         evals = spec.point_evals(point)
-        fields = {**(evals[0].__dict__ if evals else {}), **runs.config(point.values).to_dict()}
+        fields = {**(evals[0].__dict__ if evals else {}), **runs.config(point.values).settings()}
         shown[label] = _format(title, fields, f"table {table.name!r}, label {label!r}")
     return shown
 
@@ -198,7 +198,7 @@ def metric_title(spec: Spec, table: Table, metric: str) -> str:
     source, _ = metric_source(metric, spec.evals)
     if source == "train":
         runs = command(spec.command)
-        fields = runs.config(spec.points()[0].values).to_dict()
+        fields = runs.config(spec.points()[0].values).settings()
     else:
         fields = dataclasses.replace(spec.evaluation(source), **spec.eval_over).__dict__
     return _format(title, fields, f"table {table.name!r}, metric {metric}")
