@@ -8,5 +8,5 @@
 set -euo pipefail
 data=${1:-../shared/data}
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
-python -m pytest -q -m cuda tests
+python -m pytest -q -n 0 -m cuda tests  # one process: the CUDA tests share one GPU
 python bench/gpu_speed.py --data-dir "$data"

@@ -1,7 +1,9 @@
-"""Fixtures shared by the command-line tests."""
+"""Fixtures shared by the command-line tests; under pytest-xdist (``-n 2``, the default of ``python -m
+pytest``: one worker per core), each worker and the commands it starts use one thread."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,10 @@ import torch
 
 from cli_helpers import RUN_ARGS
 from discrete_vae.cli import main
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker beside another on a core of its own
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
