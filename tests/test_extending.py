@@ -1,5 +1,6 @@
 """The worked examples of extending the package (docs/examples/, shown in docs/architecture.md): a new
-estimator (``muprop``) and a new prior (``sparse``), each one file that registers itself.
+estimator (``muprop``), a new prior (``sparse``) and a new posterior (``probit``), each one file that
+registers itself.
 
 Loaded from their files, they are available by name through the registries, the command line's entry point
 and :class:`~discrete_vae.config.TrainConfig`; ``muprop`` is unbiased against the exact gradient by
@@ -32,7 +33,8 @@ from discrete_vae.errors import ConfigError
 from discrete_vae.estimators import ESTIMATORS, build_estimator
 from discrete_vae.estimators.base import Latents
 from discrete_vae.estimators.exact import states
-from discrete_vae.posteriors import LatentSpec, build_posterior
+from discrete_vae.posteriors import POSTERIORS, LatentSpec, build_posterior
+from discrete_vae.posteriors import kl as kl_module
 from discrete_vae.posteriors.kl import analytic_kl
 from discrete_vae.priors import PRIORS, build_prior
 from discrete_vae.recipe import model_from_run
@@ -49,10 +51,11 @@ def examples():
     in a script beside them). What they register goes into copies of the registries, put back afterwards,
     so that the package's other tests see only its own methods."""
     with pytest.MonkeyPatch.context() as patch:
-        for registry in (ESTIMATORS, PRIORS):
+        for registry in (ESTIMATORS, PRIORS, POSTERIORS):
             patch.setattr(registry, "_items", dict(registry._items))
+        patch.setattr(kl_module, "_PAIRS", dict(kl_module._PAIRS))
         modules = {}
-        for name in ("muprop", "sparse_prior"):
+        for name in ("muprop", "sparse_prior", "probit_posterior"):
             spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
             module = importlib.util.module_from_spec(spec)
             patch.setitem(sys.modules, name, module)
@@ -175,3 +178,44 @@ def test_the_example_script_trains_and_evaluates_with_both(examples, tmp_path, m
     assert isinstance(model.estimator, examples.muprop.MuProp)
     assert isinstance(model.prior, examples.sparse_prior.SparseBernoulliPrior)
     torch.testing.assert_close(model.prior.logits, torch.full((16,), math.log(0.05 / 0.95)))
+
+
+# -------------------------------------------------------------------------------------- the posterior
+
+
+def test_probit_posterior_is_the_bernoulli_of_phi_mu_and_trains(examples, tmp_path):
+    """``probit``: registered by name; its discrete posterior is Bernoulli(Phi(mu)) (log_prob over every
+    state against torch.distributions, finite logits at |mu| = 40, hard draws' frequencies), its relaxation
+    at tau = 0.01 falls on the same side as the hard draw it relaxes (frequencies of zeta > 1/2 against
+    Phi(mu)), its registered KL is torch's Bernoulli KL; it trains through its relaxation and through a
+    hard-sample estimator (rloo) on digits."""
+    from discrete_vae.train import train
+
+    probit = examples.probit_posterior
+    assert POSTERIORS.get("probit").build is probit.ProbitBinary
+    n = 5
+    posterior = build_posterior("probit", LatentSpec(n, 2, True))
+    mu = torch.tensor([[-1.5, -0.3, 0.0, 0.4, 2.0]], dtype=torch.float64)
+    phi = torch.distributions.Normal(0.0, 1.0).cdf(mu)  # (1, N)
+    reference = Independent(Bernoulli(probs=phi), 1)
+    z = states(Latents("binary", torch.zeros(1, n))).double()  # (32, 5): every state
+    q = posterior.discrete_posterior(mu)
+    torch.testing.assert_close(q.log_prob(z), reference.log_prob(z))
+    assert torch.isfinite(probit.probit_logits(torch.tensor([-40.0, 40.0], dtype=torch.float64))).all()
+
+    torch.manual_seed(0)
+    draws = q.sample((20000,))[:, 0]  # (20000, N)
+    assert_unbiased(draws, phi[0], "frequency of 1", FALSE_FAILURE)
+    prior = build_prior("uniform", n, 2, True).double()
+    latent = posterior.relaxed(mu, prior, torch.tensor(0.01, dtype=torch.float64), 20000)
+    assert_unbiased((latent.z[:, 0] > 0.5).double(), phi[0], "relaxed frequency", FALSE_FAILURE)
+    want = kl_divergence(Bernoulli(probs=phi), Bernoulli(probs=torch.tensor(0.5).double())).sum(-1)
+    torch.testing.assert_close(latent.kl, want)
+
+    for estimator, k in (("auto", 1), ("rloo", 2)):
+        config = TrainConfig(dataset="digits", latent="8", binary=True, posterior="probit",
+                             estimator=estimator, k=k, hidden=(32,), steps=60, eval_every=30,
+                             out=str(tmp_path / estimator))
+        assert config.methods()["estimator"] == ("relaxed" if estimator == "auto" else "rloo")
+        result = train(config, progress=False)
+        assert math.isfinite(result["nll"]) and result["nll"] > 0

@@ -135,6 +135,7 @@ class Posterior(nn.Module):
     levels: int = 1  # groups of a hierarchical posterior
     iw_default: bool = False  # `--objective auto` trains with the IW bound when k > 1
     relaxations: dict[str, bool] = {"relaxed": False}  # estimator name -> straight-through
+    kl: str = "analytic"  # the KL in force: analytic, relaxed, or sampled (Monte Carlo over hard draws, in f)
     factorial: bool = False  # discrete_posterior is an Independent Bernoulli / OneHotCategorical
 
     def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
