@@ -221,15 +221,18 @@ class Estimator(nn.Module):
         costs a device synchronisation per call of ``f``, so training leaves it off.
         """
         self.check_bound(iw)
+        latents = self.latents(q, n_samples, check)
+        estimate = self.estimate(latents, checked_f(f) if check else f, n_samples, tau=tau, context=context)
+        return check_estimate(self.name, estimate) if check else estimate
+
+    def latents(self, q: Distribution, n_samples: int, check: bool = False) -> Latents:
+        """``q``'s :class:`Latents`, checked to be of a kind and a number of samples this estimator takes
+        (with ``check``, its logits finite)."""
         latents = Latents.of(q)
         self.check(latents.kind, n_samples)
-        if not check:
-            return self.estimate(latents, f, n_samples, tau=tau, context=context)
-        where = where_not_finite(latents.logits, ("example",))
-        if where is not None:
+        if check and (where := where_not_finite(latents.logits, ("example",))) is not None:
             raise NonFiniteError(f"q's logits are {where}")
-        estimate = self.estimate(latents, checked_f(f), n_samples, tau=tau, context=context)
-        return check_estimate(self.name, estimate)
+        return latents
 
     def check(self, kind: str, n_samples: int) -> None:
         if kind not in self.supports:
@@ -304,18 +307,10 @@ class Pathwise(Estimator):
     def forward(self, q: Distribution, f: Objective, n_samples: int = 1, *, tau: Tensor | float | None = None,
                 context: Tensor | None = None, iw: bool = False, check: bool = False) -> Estimate:
         self.check_bound(iw)
-        latents = Latents.factorial(q)
-        if latents is not None:
-            self.check(latents.kind, n_samples)
-            if check and (where := where_not_finite(latents.logits, ("example",))) is not None:
-                raise NonFiniteError(f"q's logits are {where}")
-            z = self.rsample(latents, n_samples, tau)
-        elif self.draws_relaxations and q.has_rsample:
-            z = q.rsample((n_samples,))
+        if self.draws_relaxations and q.has_rsample and Latents.factorial(q) is None:
+            z = q.rsample((n_samples,))  # the distribution's own relaxation
         else:
-            takes = " or a distribution with rsample (a relaxation)" if self.draws_relaxations else ""
-            raise ConfigError(f"estimator {self.name} takes a Bernoulli or OneHotCategorical distribution"
-                              f"{takes}, not {type(q).__name__}")
+            z = self.rsample(self.latents(q, n_samples, check), n_samples, tau)
         values = call_f(checked_f(f) if check else f, z)  # (S, B)
         value = iw_bound(values) if iw else values.mean(0)  # (B,)
         estimate = Estimate(value, value.detach())

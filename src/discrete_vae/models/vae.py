@@ -67,9 +67,10 @@ class DiscreteTerms(NamedTuple):
 
 class Integrand:
     """``f(z)`` of the ELBO for a batch ``x``: ``log p(x|z)``, minus ``w`` times ``log_ratio(z)`` (the Monte
-    Carlo KL ``log q(z|x) - log p(z)``) when one is given and not None for ``z``. ``embed`` maps ``z`` to the
-    decoder's inputs (a relaxation's draws already are). Remembers each call's parts, so that the terms logged
-    are their means over the draws an estimator's value is made of (:meth:`means`)."""
+    Carlo KL ``log q(z|x) - log p(z)``) when one is given and not None for ``z``. Hard latents are embedded by
+    the posterior's ``decoder_input``; a ``relaxation``'s draws are the decoder's inputs already. Remembers
+    each call's parts, so that the terms logged are their means over the draws an estimator's value is made
+    of (:meth:`means`)."""
 
     def __init__(self, model: DiscreteVAE, x: Tensor, log_ratio: Callable[[Tensor], Tensor | None] | None,
                  kl_weight: float, relaxation: bool = False):
