@@ -173,6 +173,14 @@ def test_list_prints_the_registries(capsys):
     assert all(name in rows["presets"] for name in PRESETS.names())
 
 
+def test_list_priors_shows_each_priors_options(capsys):
+    lines = {line.split()[0]: line for line in dvae(capsys, "list", "priors").out.splitlines()}
+    assert {"uniform", "learnable", "rbm"} <= set(lines)
+    assert "--chains 1000" in lines["rbm"] and "--log-z-betas 1000" in lines["rbm"]
+    as_json = json.loads(dvae(capsys, "list", "priors", "--json").out)
+    assert as_json["rbm"]["sampler"] == "pcd" and as_json["uniform"] == {}
+
+
 def test_list_presets_shows_what_each_sets(capsys):
     result = dvae(capsys, "list", "presets")
     assert result.rc == 0

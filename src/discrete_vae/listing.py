@@ -26,14 +26,14 @@ LISTS = ("models", "posteriors", "estimators", "priors", "datasets", "presets", 
 
 def _described(what: str, registry: Any) -> dict[str, dict[str, Any]]:
     """What each method sets; each posterior's family and options; what each estimator supports and its
-    options."""
+    options; each prior's options."""
     if what == "models":
         return {name: {"posterior": m.posterior, "estimator": m.estimator, **m.defaults}
                 for name in registry.names() for m in [registry.get(name)]}
     described = {}
     for name in registry.names():
         entry = registry.get(name)
-        lead = ({"family": entry.family} if what == "posteriors" else
+        lead = ({"family": entry.family} if what == "posteriors" else {} if what == "priors" else
                 {"supports": list(entry.supports), "unbiased": entry.unbiased,
                  **{k: getattr(entry, k) for k in ("cost", "unsupported") if getattr(entry, k, "")}})
         described[name] = {**lead, **{f.name: list(f.default) if isinstance(f.default, tuple) else f.default
@@ -48,7 +48,7 @@ def list_registries(what: str | None, as_json: bool) -> dict[str, Any] | None:
     if what in ("presets", "structs"):  # what each sets
         listed: Any = {name: {k: list(v) if isinstance(v, tuple) else v for k, v in registries[what].get(
             name).items()} for name in registries[what].names()}
-    elif what in ("models", "posteriors", "estimators"):
+    elif what in ("models", "posteriors", "estimators", "priors"):
         listed = _described(what, registries[what])
     elif what:
         listed = registries[what].names()
