@@ -33,7 +33,7 @@ def test_an_old_train_config_reads_as_today():
 
     planar = upgrade_config({"model": "igr-planar", "samples": 1, **OLD_POSTERIOR_FIELDS})
     planar = TrainConfig.from_dict(planar)
-    own = options_of(("igr-planar", "relaxed"))["posterior"]
+    own = options_of({"posterior": "igr-planar"})["posterior"]
     assert planar.posterior_options == {k: v for k, v in OLD_POSTERIOR_FIELDS.items() if k in own}
     assert set(planar.posterior_options) == {"delta", "prior_scale", "flow_layers", "mc_samples"}
 

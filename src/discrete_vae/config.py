@@ -164,11 +164,10 @@ class TrainConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def check_method(self) -> None:
+        for kind in KINDS:
+            setattr(self, f"{kind}_options", dict(getattr(self, f"{kind}_options") or {}))
         names = self.methods()
-        for kind, name in names.items():
-            given = dict(getattr(self, f"{kind}_options") or {})
-            setattr(self, f"{kind}_options", given)
-            method_options(kind, name, KINDS[kind].get(name).Options, given)
+        self.typed_options()
         learns = ESTIMATORS.get(names["estimator"]).learns_temperature  # its option: where learning starts
         if "temperature" in self.estimator_options and not learns:  # one temperature: the schedule's
             raise ConfigError("a training run's temperature is the schedule's (--temperature, "
@@ -193,13 +192,18 @@ class TrainConfig:
             d[f"{kind}_options"] = dict(getattr(self, f"{kind}_options"))
         return d
 
+    def typed_options(self) -> dict[str, Any]:
+        """The typed options (each method's ``Options``) of the posterior, estimator and prior in force, by
+        kind: its option mapping, checked like flags."""
+        return {kind: method_options(kind, name, KINDS[kind].get(name).Options,
+                                     getattr(self, f"{kind}_options"))
+                for kind, name in self.methods().items()}
+
     def settings(self) -> dict[str, Any]:
         """Every option by name: the fields, and the options of the posterior, estimator and prior in force,
         their defaults filled in (what a sweep table's titles name: ``{chains}``, ``{mc}``)."""
         options = {}
-        for kind, name in self.methods().items():
-            cls = KINDS[kind].get(name).Options
-            typed = method_options(kind, name, cls, getattr(self, f"{kind}_options"))
+        for typed in self.typed_options().values():
             options.update(dataclasses.asdict(typed))
         return {**options, **self.to_dict()}
 
@@ -243,10 +247,8 @@ def methods_of(values: dict[str, Any]) -> dict[str, str]:
             "prior": POSTERIORS.get(posterior).prior if prior == "auto" else prior}
 
 
-def options_of(names: dict[str, str] | tuple[str, ...]) -> dict[str, set[str]]:
-    """The option names of each method in ``names`` (by kind, or a tuple in the order of :data:`KINDS`)."""
-    if not isinstance(names, dict):
-        names = dict(zip(KINDS, names, strict=False))
+def options_of(names: dict[str, str]) -> dict[str, set[str]]:
+    """The option names of each method in ``names`` (kind -> name)."""
     return {kind: {f.name for f in dataclasses.fields(KINDS[kind].get(name).Options)}
             for kind, name in names.items()}
 
