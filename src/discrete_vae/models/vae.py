@@ -238,15 +238,15 @@ class DiscreteVAE(nn.Module):
         inside ``f``; ``vimco``'s value is always that bound). ``kl_weight`` < 1 is KL warm-up.
         """
         tau = self.tau(scheduled_tau)
-        iw = objective == "iw"
-        if self.straight_through is None:
+        iw, relaxation = objective == "iw", self.straight_through is not None
+        if not relaxation:
             sampled = iw or self.estimator.trains_iw_bound or self.posterior.kl == "sampled"
             q, f, kl, context = self.discrete_terms(x, sampled, kl_weight)
         else:
             q, f, context = self.relaxed_terms(x, tau, kl_weight)
         out = self.estimator(q, f, n_samples, tau=None if self.estimator.learns_temperature else tau,
                              context=context, iw=iw)  # REBAR and RELAX learn their tau
-        if self.straight_through is not None:
+        if relaxation:
             kl = q.kl  # what came with the draw
             if iw and kl is not None:
                 raise ConfigError("--objective iw needs per-sample prior and posterior densities: use a "
