@@ -16,22 +16,31 @@ r"""``probit``: factorial Bernoulli latents with a probit link, relaxed through 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 from torch.distributions import Independent, Normal
 
 from discrete_vae.distributions import HardBernoulli
 from discrete_vae.errors import ConfigError
-from discrete_vae.posteriors import POSTERIORS, LatentSample, LatentSpec, Posterior
+from discrete_vae.posteriors import POSTERIORS, LatentSpec, Posterior
 from discrete_vae.posteriors.base import PosteriorType
-from discrete_vae.posteriors.kl import analytic_kl, register_kl
-from discrete_vae.priors import BernoulliPrior, Prior
+from discrete_vae.posteriors.kl import register_kl
+from discrete_vae.priors import BernoulliPrior
 
 
 def probit_logits(mu: Tensor) -> Tensor:
     """The Bernoulli logits of :math:`\\Phi(\\mu)`: :math:`\\log\\Phi(\\mu) - \\log\\Phi(-\\mu)`, finite for
     any :math:`\\mu` (``special.log_ndtr``)."""
     return torch.special.log_ndtr(mu) - torch.special.log_ndtr(-mu)
+
+
+class ProbitDraw(NamedTuple):
+    """A relaxed draw: the decoder's inputs (S, B, N) and the encoder's outputs (B, N)."""
+
+    z: Tensor
+    params: Tensor
 
 
 class ProbitBinary(Posterior):
@@ -50,13 +59,10 @@ class ProbitBinary(Posterior):
     def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Independent:
         return Independent(HardBernoulli(logits=probit_logits(params), validate_args=False), 1)
 
-    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
-                context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
-        kl = analytic_kl(self, params, prior)  # (B,), from the registered pair
-        if kl is None:
-            raise ConfigError(f"the probit posterior has no KL to {type(prior).__name__}")
+    def draw_relaxed(self, params: Tensor, tau: Tensor, n_samples: int, context: Tensor | None = None,
+                     straight_through: bool = False) -> ProbitDraw:
         kappa = Normal(params, 1.0).rsample((n_samples,))  # (S, B, N)
-        return LatentSample(torch.sigmoid(kappa / tau), kl=kl)
+        return ProbitDraw(torch.sigmoid(kappa / tau), params)  # the KL: the registered pair's closed form
 
     def decoder_input(self, z: Tensor) -> Tensor:
         return z

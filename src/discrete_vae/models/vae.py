@@ -24,7 +24,7 @@ from ..estimators import Estimator, build_estimator
 from ..networks import MLPConfig, build_mlp
 from ..posteriors import Posterior
 from ..posteriors.base import Relaxation
-from ..posteriors.kl import analytic_kl
+from ..posteriors.kl import analytic_kl, kl_kind
 from ..priors import Prior
 from ..schedules import LearnableTemperature
 
@@ -147,6 +147,7 @@ class DiscreteVAE(nn.Module):
         its minimum) that it cannot take."""
         name = self.estimator.name
         if self.straight_through is not None:
+            self.posterior.check_relaxation(self.prior)  # its KL terms under --kl
             return
         if not self.posterior.factorial or set(self.estimator.supports) <= {"relaxation"}:
             serves = ", ".join(self.posterior.relaxations)
@@ -240,7 +241,7 @@ class DiscreteVAE(nn.Module):
         tau = self.tau(scheduled_tau)
         iw, relaxation = objective == "iw", self.straight_through is not None
         if not relaxation:
-            sampled = iw or self.estimator.trains_iw_bound or self.posterior.kl == "sampled"
+            sampled = iw or self.estimator.trains_iw_bound or kl_kind(self.posterior.kl).hard_samples
             q, f, kl, context = self.discrete_terms(x, sampled, kl_weight)
         else:
             q, f, context = self.relaxed_terms(x, tau, kl_weight)

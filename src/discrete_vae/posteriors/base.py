@@ -9,8 +9,9 @@
   estimators (``relaxations`` names them: ``gs``/``st-gs`` for the Concrete, ``relaxed`` for the others)
   draw from. Each draw comes with its KL terms: per-sample log densities of the relaxed sample under
   posterior and (relaxed) prior (a Monte Carlo KL, usable in an importance-weighted bound) or an analytic
-  ``kl`` per example. A posterior implements :meth:`Posterior.relaxed`, one such draw (a
-  :class:`LatentSample`).
+  ``kl`` per example. A posterior implements :meth:`Posterior.draw_relaxed`, one draw; the terms of its
+  ``--kl`` are functions registered for the pair of posterior and prior in :mod:`.kl`, which
+  :meth:`Posterior.relaxed` adds to the draw (a :class:`~.kl.LatentSample`).
 - ``decoder_input(z)`` embeds hard latents for the decoder.
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +30,7 @@ from ..errors import ConfigError
 from ..options import method_options
 from ..priors import Prior
 from ..registry import Registry
+from .kl import LatentSample, kl_kind, relaxed_kl
 
 
 @dataclass(frozen=True)
@@ -58,19 +60,6 @@ class LatentSpec:
 
     def __str__(self) -> str:
         return f"{self.n}x{self.k}" + (" (binary)" if self.binary else "")
-
-
-class LatentSample(NamedTuple):
-    """One relaxed draw per (sample, example).
-
-    ``z``: decoder input (S, B, D). Either ``log_q`` and ``log_p`` (S, B), the log densities of the
-    relaxed sample under posterior and (relaxed) prior, or ``kl`` (B,), an analytic KL.
-    """
-
-    z: Tensor
-    log_q: Tensor | None = None
-    log_p: Tensor | None = None
-    kl: Tensor | None = None
 
 
 class Relaxation(Distribution):
@@ -135,14 +124,34 @@ class Posterior(nn.Module):
     levels: int = 1  # groups of a hierarchical posterior
     iw_default: bool = False  # `--objective auto` trains with the IW bound when k > 1
     relaxations: dict[str, bool] = {"relaxed": False}  # estimator name -> straight-through
-    kl: str = "analytic"  # the KL in force: analytic, relaxed, or sampled (Monte Carlo over hard draws, in f)
+    name: str = "this posterior"  # its registered name, for messages (build_posterior sets it)
+    default_kl: str = "analytic"  # the KL of `--kl auto`
+    kl: str = "analytic"  # the KL in force, a name of kl.KL_KINDS
     factorial: bool = False  # discrete_posterior is an Independent Bernoulli / OneHotCategorical
+
+    def set_kl(self, kl: str) -> None:
+        """Put ``--kl kl`` in force (``auto``: :attr:`default_kl`)."""
+        self.kl = kl_kind(self.default_kl if kl == "auto" else kl).name
+
+    def draw_relaxed(self, params: Tensor, tau: Tensor, n_samples: int, context: Tensor | None = None,
+                     straight_through: bool = False) -> Any:
+        """One draw of ``n_samples`` per example from the relaxation at ``tau``: a tuple with the decoder's
+        inputs ``z`` (S, B, D), the encoder's outputs ``params`` and whatever the posterior's registered KL
+        terms (:mod:`.kl`) read; ``context`` is the encoder's input, for posteriors whose later latent groups
+        condition on it."""
+        raise NotImplementedError
 
     def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
                 context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
-        """One relaxed draw of ``n_samples`` per example with its KL terms; ``context`` is the encoder's
-        input, for posteriors whose later latent groups condition on it."""
-        raise NotImplementedError
+        """One relaxed draw (:meth:`draw_relaxed`) with the KL terms ``--kl`` asks of the pair
+        (:func:`~.kl.relaxed_kl`)."""
+        draw = self.draw_relaxed(params, tau, n_samples, context=context, straight_through=straight_through)
+        return relaxed_kl(self, prior)(self, draw, prior)
+
+    def check_relaxation(self, prior: Prior) -> None:
+        """Raise a :class:`ConfigError` if this posterior's relaxation has no KL terms of its ``--kl``
+        against ``prior``."""
+        relaxed_kl(self, prior)
 
     def relaxation(self, params: Tensor, prior: Prior, tau: Tensor, context: Tensor | None = None,
                    straight_through: bool = False) -> Relaxation:
@@ -207,4 +216,6 @@ def build_posterior(name: str, spec: LatentSpec, **kwargs: Any) -> Posterior:
     own = {f.name for f in dataclasses.fields(entry.Options)}
     options = posterior_options(name, {k: v for k, v in kwargs.items() if k in own})
     context = {k: v for k, v in kwargs.items() if k not in own}
-    return entry(spec, **dataclasses.asdict(options), **context)
+    posterior = entry(spec, **dataclasses.asdict(options), **context)
+    posterior.name = name
+    return posterior

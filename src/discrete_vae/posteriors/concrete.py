@@ -4,12 +4,11 @@ Papers: Jang, Gu, Poole (2017) https://arxiv.org/abs/1611.01144 and Maddison, Mn
 https://arxiv.org/abs/1611.00712.
 
 The encoder's outputs are the logits. Every estimator of :mod:`discrete_vae.estimators` works on these
-posteriors (``factorial``); the ``gs`` and ``st-gs`` estimators go through :meth:`relaxed`, which also
-offers the relaxed KL:
+posteriors (``factorial``); the ``gs`` and ``st-gs`` estimators draw from its relaxation
+(:meth:`~_Concrete.draw_relaxed`), whose KL terms are registered pairs (:mod:`.kl`):
 
-- ``kl="analytic"``: the exact KL between posterior and prior probabilities (the registered pair,
-  :mod:`.kl`), as in Jang et al.;
-- ``kl="relaxed"``: a single-sample Monte Carlo KL between the ExpConcrete posterior at ``tau`` and
+- ``--kl analytic``: the exact KL between posterior and prior probabilities, as in Jang et al.;
+- ``--kl relaxed``: a single-sample Monte Carlo KL between the ExpConcrete posterior at ``tau`` and
   the relaxed prior at ``prior_temperature`` (Maddison et al.); with it the training objective is a
   bound on the *relaxed* model's likelihood, never on the discrete model's.
 """
@@ -17,6 +16,7 @@ offers the relaxed KL:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -29,25 +29,31 @@ from ..estimators import st_gs
 from ..estimators.base import Latents
 from ..estimators.gs import concrete_log_sample, from_log_sample
 from ..priors import BernoulliPrior, CategoricalPrior, Prior
-from .base import POSTERIORS, LatentSample, LatentSpec, Posterior, PosteriorType
-from .kl import analytic_kl, register_kl
+from .base import POSTERIORS, LatentSpec, Posterior, PosteriorType
+from .kl import LatentSample, register_kl
 
-KL_KINDS = ("analytic", "relaxed", "sampled")
+
+class ConcreteDraw(NamedTuple):
+    """A relaxed draw: the decoder's inputs ``z``, the encoder's outputs, and the log-space sample ``y``
+    (S, B, N[, K]) of the posterior's ``latents`` at ``tau``."""
+
+    z: Tensor
+    params: Tensor
+    latents: Latents
+    tau: Tensor
+    y: Tensor
 
 
 class _Concrete(Posterior):
     relaxations = {"gs": False, "st-gs": True}
     factorial = True
+    name = "categorical"
 
     def __init__(self, spec: LatentSpec, kl: str = "auto", prior_temperature: float | None = None,
                  **_: object):
         super().__init__()
-        if kl == "auto":
-            kl = "analytic"
-        if kl not in KL_KINDS:
-            raise ConfigError(f"--kl must be one of {', '.join(KL_KINDS)}, got {kl!r}")
+        self.set_kl(kl)
         self.spec = spec
-        self.kl = kl
         self.prior_temperature = prior_temperature
 
     def _prior_tau(self, tau: Tensor) -> Tensor | float:
@@ -56,20 +62,12 @@ class _Concrete(Posterior):
     def _latents(self, params: Tensor) -> Latents:
         raise NotImplementedError
 
-    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
-                context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
-        if self.kl == "sampled":
-            raise ConfigError("--kl sampled is the Monte Carlo KL of hard-sample estimators; the gs and "
-                              "st-gs estimators take --kl analytic or relaxed")
+    def draw_relaxed(self, params: Tensor, tau: Tensor, n_samples: int, context: Tensor | None = None,
+                     straight_through: bool = False) -> ConcreteDraw:
         latents = self._latents(params)
         y = concrete_log_sample(latents, n_samples, tau)  # (S, B, N[, K]) log space
         z = st_gs.straight_through(latents.kind, y) if straight_through else from_log_sample(latents.kind, y)
-        z = self.decoder_input(z)  # (S, B, D)
-        if self.kl == "analytic":
-            return LatentSample(z, kl=kl_concrete(self, params, prior))
-        log_q = latents_relaxed_log_prob(latents, tau, y)  # (S, B)
-        log_p = prior.relaxed(self._prior_tau(tau)).log_prob(y)  # (S, B)
-        return LatentSample(z, log_q=log_q, log_p=log_p)
+        return ConcreteDraw(self.decoder_input(z), params, latents, tau, y)  # z: (S, B, D)
 
 
 def latents_relaxed_log_prob(latents: Latents, tau: Tensor, y: Tensor) -> Tensor:
@@ -134,12 +132,13 @@ def _kl_bernoulli(posterior: ConcreteBinary, params: Tensor, prior: BernoulliPri
     return (q * (softplus(-m) - softplus(-params)) + (1 - q) * (softplus(m) - softplus(params))).sum(-1)
 
 
-def kl_concrete(posterior: _Concrete, params: Tensor, prior: Prior) -> Tensor:
-    kl = analytic_kl(posterior, params, prior)
-    if kl is None:
-        raise ConfigError(f"no analytic KL between this posterior and {type(prior).__name__}: "
-                          "use --kl relaxed")
-    return kl
+@register_kl(_Concrete, Prior, relaxed="relaxed")
+def _relaxed_concrete(posterior: _Concrete, draw: ConcreteDraw, prior: Prior) -> LatentSample:
+    """Maddison et al.'s relaxed KL: the log densities of the log-space draw under the ExpConcrete posterior
+    at ``tau`` and the prior's relaxation at ``prior_temperature`` (default: ``tau``), (S, B)."""
+    log_q = latents_relaxed_log_prob(draw.latents, draw.tau, draw.y)
+    log_p = prior.relaxed(posterior._prior_tau(draw.tau)).log_prob(draw.y)
+    return LatentSample(draw.z, log_q=log_q, log_p=log_p)
 
 
 @dataclass(frozen=True)

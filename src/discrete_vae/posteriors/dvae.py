@@ -10,7 +10,7 @@ own on ``[x - mean, ζ_1, ..., ζ_{l-1}]`` (the same hidden layers as the encode
 ``z_i`` to ``ζ_i ~ r(ζ|z_i)`` (:mod:`..distributions.smoothing`) and feeds ``ζ`` to the decoder; evaluation
 samples hard ``z`` ancestrally (:class:`HierarchicalBernoulli`) and scores ``log q(z|x)`` exactly.
 
-Prior terms (``kl``):
+Prior terms (``--kl``, registered for the pair with the RBM prior in :mod:`.kl`):
 
 - ``analytic`` (DVAE, DVAE++): ``KL = E_q[E(z)] + log Z - H(q)`` with DVAE++'s cross-entropy
   (:meth:`RBMPrior.cross_entropy`; for several groups the first half enters through
@@ -29,9 +29,10 @@ gradient passed straight through (the power function puts mass at ``ζ`` below 1
 infinite; the original code adds 1e-7 inside its logarithms for the same reason).
 
 What the models share is :class:`SmoothedBoltzmann`; what differs is said by the ``MODELS`` table (the
-original code's smoothing and the default prior term) and by the smoothing itself (a point mass has no
-relaxed density). DVAE#'s Gaussian integral trick, whose smoothing is built per unit from the encoder and
-scored against the prior's exact marginal, is :class:`GaussianIntegralBoltzmann`.
+original code's smoothing, the default prior term and the class). DVAE's spike-and-exponential smoothing,
+a point mass with no relaxed density, is :class:`SpikeBoltzmann`; DVAE#'s Gaussian integral trick, whose
+smoothing is built per unit from the encoder and scored against the prior's exact marginal (so it has no
+analytic prior term), is :class:`GaussianIntegralBoltzmann`.
 """
 
 from __future__ import annotations
@@ -48,13 +49,13 @@ from torch.distributions import Distribution, Independent, constraints
 from ..distributions.dvae_sharp import GaussianIntegral
 from ..distributions.hard import HardBernoulli, bernoulli_draws
 from ..distributions.smoothed_bernoulli import SmoothedBernoulli
-from ..distributions.smoothing import BASELINES, Smoothing, get_smoothing, smoothing_type
+from ..distributions.smoothing import BASELINES, Smoothing, get_smoothing
 from ..errors import ConfigError
 from ..networks import MLPConfig, build_mlp
 from ..priors import Prior
 from ..priors.rbm import RBMPrior
-from .base import POSTERIORS, LatentSample, LatentSpec, Posterior, PosteriorType
-from .kl import register_kl
+from .base import POSTERIORS, LatentSpec, Posterior, PosteriorType
+from .kl import LatentSample, kl_kind, register_kl
 
 DENSITY_FLOOR = 1e-7
 GI_SCALE_INIT, GI_SCALE_MIN, GI_SHIFT_SCALE = 0.2, 0.05, 0.5  # the original's MixtureNormal settings
@@ -126,23 +127,43 @@ class HierarchicalBernoulli(Distribution):
         return self._walk(lambda level, lg: (lg > 0).to(lg.dtype))[0]
 
 
+class SmoothedGroup(NamedTuple):
+    """One group of a relaxed draw: its smoothed Bernoulli ``r``, the smoothing, the logits (S, B, n_l) and
+    the points where its densities are evaluated (:meth:`SmoothedBoltzmann._density_point`)."""
+
+    r: SmoothedBernoulli
+    smoothing: Smoothing
+    logits: Tensor
+    point: Tensor
+
+
+class BoltzmannDraw(NamedTuple):
+    """A relaxed draw: ``ζ`` (S, B, n), the encoder's outputs, each group's part and ``q(z = 1)`` of every
+    unit (S, B, n)."""
+
+    z: Tensor
+    params: Tensor
+    groups: list[SmoothedGroup]
+    probs: Tensor
+
+
 class SmoothedBoltzmann(Posterior):
     """A DVAE-family posterior over binary latents (``--model dvae-spike-exp|dvaepp-*|dvaes-*``).
 
     ``model`` names a row of ``MODELS``: the original code's baseline (which smoothing, which β, which
     gradient) and the prior term of ``--kl auto``. A variant overrides what its posterior does otherwise:
     encoder outputs per unit (:attr:`per_unit`), each group's smoothing (:meth:`_group_smoothing`), the
-    relaxed prior density (:meth:`_relaxed_log_prior`), and whether the analytic prior term applies.
+    relaxed prior density (:meth:`_relaxed_log_prior`), and which prior terms apply (the pairs it opts out
+    of in the KL registry).
     """
 
     per_unit: ClassVar[int] = 1  # encoder outputs per binary unit
-    analytic_kl: ClassVar[bool] = True  # False: `--kl analytic` is refused
 
     def __init__(self, spec: LatentSpec, model: str, kl: str = "auto", beta: float | None = None,
                  dataset: str = "binarized_mnist", struct: str | None = None, levels: int = 1,
                  context_dim: int = 0, level_mlp: MLPConfig | None = None, **_: object):
         super().__init__()
-        baseline, own = MODELS[model].baseline, MODELS[model].kl
+        baseline = MODELS[model].baseline
         if not spec.binary:
             raise ConfigError(f"{model} has binary latents: give --latent N (or Nx2), not {spec}")
         if levels < 1 or spec.n % levels:
@@ -150,15 +171,9 @@ class SmoothedBoltzmann(Posterior):
         if levels > 1 and levels % 2:
             raise ConfigError("with several latent groups the RBM halves must hold whole groups: use an even "
                               "--levels (2 or 4)")
-        kl = own if kl == "auto" else kl
-        if kl not in ("analytic", "relaxed", "sampled"):
-            raise ConfigError(f"--kl must be auto, analytic, relaxed or sampled, got {kl!r}")
-        if kl == "relaxed" and smoothing_type(baseline).point_mass:
-            raise ConfigError(f"{model} has no relaxed prior density: use --kl analytic")
-        if kl == "analytic" and not self.analytic_kl:
-            raise ConfigError(f"{model}'s smoothing is defined through the prior: use --kl relaxed")
-        self.spec, self.model, self.kl = spec, model, kl
-        self.iw_default = kl == "relaxed"
+        self.spec, self.model, self.name, self.default_kl = spec, model, model, MODELS[model].kl
+        self.set_kl(kl)
+        self.iw_default = kl_kind(self.kl).relaxed_densities
         self.one_hot = False
         self.levels, self.sizes = levels, [spec.n // levels] * levels
         table = dataset if dataset in ("binarized_mnist", "omniglot") else "binarized_mnist"  # β defaults
@@ -211,16 +226,10 @@ class SmoothedBoltzmann(Posterior):
             return zeta
         return zeta + (zeta.clamp(DENSITY_FLOOR, 1 - DENSITY_FLOOR) - zeta).detach()
 
-    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
-                context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
-        if self.kl == "sampled":
-            raise ConfigError("--kl sampled is the Monte Carlo KL of hard-sample estimators (rloo, disarm, "
-                              "...); the relaxed estimator takes --kl analytic or relaxed")
+    def draw_relaxed(self, params: Tensor, tau: Tensor, n_samples: int, context: Tensor | None = None,
+                     straight_through: bool = False) -> BoltzmannDraw:
         zetas: list[Tensor] = []
-        points: list[Tensor] = []  # where each group's densities are evaluated
-        logits: list[Tensor] = []
-        log_q = entropy = 0.0
-        nu: list[Tensor] = []
+        groups: list[SmoothedGroup] = []
         for level in range(self.levels):
             if level == 0:
                 out = params
@@ -232,23 +241,11 @@ class SmoothedBoltzmann(Posterior):
             r = SmoothedBernoulli(lg, smoothing, self.implicit, validate_args=False)
             zeta = r.rsample((n_samples,) if level == 0 else ())  # (S, B, n_l)
             lg = lg.expand_as(zeta)
-            point = self._density_point(zeta, smoothing)
-            if self.kl == "relaxed":
-                log_q = log_q + r.expand(lg.shape).log_prob(point).sum(-1)
-            else:
-                entropy = entropy + bernoulli_entropy(lg).sum(-1)
-                if self.levels > 1 and level < self.levels // 2:  # q(z = 1 | ζ) of the first half
-                    nu.append(torch.sigmoid(lg + smoothing.log_r1(point) - smoothing.log_r0(point)))
+            groups.append(SmoothedGroup(r, smoothing, lg, self._density_point(zeta, smoothing)))
             zetas.append(zeta)
-            points.append(point)
-            logits.append(lg)
-        zeta = torch.cat(zetas, -1)  # (S, B, n)
-        probs = torch.sigmoid(torch.cat(logits, -1))
+        probs = torch.sigmoid(torch.cat([group.logits for group in groups], -1))
         self._stats = {"posterior_mean": probs.detach().mean()}  # read (and synchronised) when logged
-        if self.kl == "analytic":
-            cross = prior.cross_entropy(probs, torch.cat(nu, -1) if nu else None)  # (S, B)
-            return LatentSample(zeta, kl=(cross - entropy).mean(0))
-        return LatentSample(zeta, log_q=log_q, log_p=self._relaxed_log_prior(zeta, points, prior))
+        return BoltzmannDraw(torch.cat(zetas, -1), params, groups, probs)  # z: (S, B, n)
 
     def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Distribution:
         first = self._split(params, 0)[0]
@@ -269,7 +266,6 @@ class GaussianIntegralBoltzmann(SmoothedBoltzmann):
     Gaussian-integral marginal; the analytic prior term does not apply."""
 
     per_unit = 2  # logits and a shift per unit
-    analytic_kl = False
 
     def _own_parameters(self) -> None:
         self.gi_scale = nn.Parameter(torch.full((self.spec.n,), GI_SCALE_INIT))
@@ -290,6 +286,42 @@ class GaussianIntegralBoltzmann(SmoothedBoltzmann):
 
     def _relaxed_log_prior(self, zeta: Tensor, points: list[Tensor], prior: RBMPrior) -> Tensor:
         return prior.gaussian_integral_log_prob(zeta, self.beta)
+
+
+class SpikeBoltzmann(SmoothedBoltzmann):
+    """DVAE's spike-and-exponential smoothing (``dvae-spike-exp``): ``r(ζ|z = 0)`` is a point mass, so the
+    relaxed draw has no density and only the analytic prior term applies."""
+
+
+@register_kl(SmoothedBoltzmann, RBMPrior, relaxed="analytic")
+def _analytic_rbm(posterior: SmoothedBoltzmann, draw: BoltzmannDraw, prior: RBMPrior) -> LatentSample:
+    """DVAE++'s ``E_q[E(z)] - H(q)`` (B,), averaged over the draw's samples: the cross-entropy with each
+    group's Bernoulli entropy given the sampled ``ζ_{<l}``; with several groups the first half enters the
+    cross-entropy through ``ν = q(z = 1 | ζ)``."""
+    entropy = 0.0
+    nu: list[Tensor] = []
+    for level, group in enumerate(draw.groups):
+        entropy = entropy + bernoulli_entropy(group.logits).sum(-1)
+        if posterior.levels > 1 and level < posterior.levels // 2:  # q(z = 1 | ζ) of the first half
+            smoothing, point = group.smoothing, group.point
+            nu.append(torch.sigmoid(group.logits + smoothing.log_r1(point) - smoothing.log_r0(point)))
+    cross = prior.cross_entropy(draw.probs, torch.cat(nu, -1) if nu else None)  # (S, B)
+    return LatentSample(draw.z, kl=(cross - entropy).mean(0))
+
+
+@register_kl(SmoothedBoltzmann, RBMPrior, relaxed="relaxed")
+def _relaxed_rbm(posterior: SmoothedBoltzmann, draw: BoltzmannDraw, prior: RBMPrior) -> LatentSample:
+    """DVAE#'s terms: ``log q(ζ|x)`` (the groups' mixture densities) and the posterior's ``log p(ζ)``
+    (:meth:`SmoothedBoltzmann._relaxed_log_prior`), (S, B)."""
+    log_q = 0.0
+    for group in draw.groups:
+        log_q = log_q + group.r.expand(group.logits.shape).log_prob(group.point).sum(-1)
+    points = [group.point for group in draw.groups]
+    return LatentSample(draw.z, log_q=log_q, log_p=posterior._relaxed_log_prior(draw.z, points, prior))
+
+
+register_kl(SpikeBoltzmann, RBMPrior, relaxed="relaxed")(None)  # a point mass has no density
+register_kl(GaussianIntegralBoltzmann, RBMPrior, relaxed="analytic")(None)  # its smoothing needs the prior
 
 
 @register_kl(SmoothedBoltzmann, RBMPrior)
@@ -326,7 +358,7 @@ class Model(NamedTuple):
 
 
 MODELS: dict[str, Model] = {
-    "dvae-spike-exp": Model("dvae_spike_exp", "analytic"),
+    "dvae-spike-exp": Model("dvae_spike_exp", "analytic", SpikeBoltzmann),
     "dvaepp-exp": Model("dvaepp_exp", "analytic"),
     "dvaepp-power": Model("dvaepp_power", "analytic"),
     "dvaes-gi": Model("dvaes_gi", "relaxed", GaussianIntegralBoltzmann),

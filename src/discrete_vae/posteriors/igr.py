@@ -7,8 +7,8 @@ pre-image ``kappa``; the decoder sees the relaxed sample on the ``K``-simplex. T
 the pre-image space, against the Gaussian prior whose ``tau -> 0`` limit is the uniform categorical
 (:mod:`discrete_vae.priors.igr`):
 
-- ``kl="analytic"``: the closed-form Gaussian KL (IGR-I, IGR-SB);
-- ``kl="relaxed"``: a single-sample Monte Carlo KL ``log q(kappa) - log p(kappa)`` (with flows, the
+- ``--kl analytic``: the closed-form Gaussian KL (IGR-I, IGR-SB);
+- ``--kl relaxed``: a single-sample Monte Carlo KL ``log q(kappa) - log p(kappa)`` (with flows, the
   flow's log-determinant enters ``log q``; IGR-Planar has no closed form, so this is its only KL).
 
 Either way the objective bounds the likelihood of the *relaxed* model. Evaluation scores the
@@ -25,6 +25,7 @@ breaking) and :class:`IGRSBCategorical` (stick breaking truncated per batch).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -35,7 +36,8 @@ from ..distributions.hard import HardOneHotCategorical
 from ..errors import ConfigError
 from ..priors import CategoricalPrior, Prior
 from ..priors.igr import uniform_preimage_prior
-from .base import POSTERIORS, LatentSample, LatentSpec, Posterior, PosteriorType
+from .base import POSTERIORS, LatentSpec, Posterior, PosteriorType
+from .kl import LatentSample, register_kl
 
 
 def _help(text: str) -> dict[str, str]:
@@ -76,32 +78,38 @@ def _positive(options: IGRPlanarOptions) -> None:
 IGRPlanarOptions.__post_init__ = _positive
 
 
+class IGRDraw(NamedTuple):
+    """A relaxed draw: the decoder's inputs ``z``, the encoder's outputs, the posterior ``q`` at ``tau``,
+    its pre-image draws ``kappa`` (S, B, N, K-1) with the log density the draw came with (or None), and how
+    many pre-image coordinates the relaxed sample uses."""
+
+    z: Tensor
+    params: Tensor
+    q: GaussianPreimage
+    kappa: Tensor
+    drawn: Tensor | None
+    used: int
+
+
 class IGRCategorical(Posterior):
     """``N`` categorical latents of ``K`` classes relaxed by an IGR map: what the variants share.
 
     A variant, registered as ``igr-{kind}``, says which map takes the Gaussian pre-image to the simplex
-    (:meth:`preimage_map`), which KL it defaults to and whether it has a closed form, and keeps its own
+    (:meth:`preimage_map`) and which KL it defaults to (the KL terms are registered pairs), and keeps its own
     options (those of its ``Options``); the keywords beyond those are the model's context.
     """
 
     kind: str  # registered as igr-{kind}
     Options: type = IGROptions
-    default_kl = "analytic"  # the KL of `--kl auto`
-    closed_form_kl = True  # False: `--kl analytic` is refused
 
     def __init__(self, spec: LatentSpec, kl: str = "auto", prior_scale: float = 1.0, **options: object):
         super().__init__()
-        if kl == "auto":
-            kl = self.default_kl
-        if kl not in ("analytic", "relaxed"):
-            raise ConfigError(f"--kl must be analytic or relaxed, got {kl!r}")
-        if kl == "analytic" and not self.closed_form_kl:
-            raise ConfigError(f"igr-{self.kind} has no closed-form KL: use --kl relaxed")
+        self.name = f"igr-{self.kind}"
+        self.set_kl(kl)
         self.spec = spec
         self._keep_options(**options)
         if prior_scale <= 0:
             raise ConfigError(f"--prior-scale must be positive, got {prior_scale}")
-        self.kl = kl
         n, k = spec.n, spec.k
         self.param_dim = 2 * n * (k - 1)
         self.decoder_dim = n * k
@@ -138,20 +146,13 @@ class IGRCategorical(Posterior):
         """``log q(kappa)`` per variable (S, B, N), over the first ``used`` coordinates."""
         return Normal(q.loc, q.scale, validate_args=False).log_prob(kappa)[..., :used].sum(-1)
 
-    def relaxed(self, params: Tensor, prior: Prior, tau: Tensor, n_samples: int,
-                context: Tensor | None = None, straight_through: bool = False) -> LatentSample:
+    def draw_relaxed(self, params: Tensor, tau: Tensor, n_samples: int, context: Tensor | None = None,
+                     straight_through: bool = False) -> IGRDraw:
         q = self.posterior(params, tau)
         kappa, drawn = self._draw(q, torch.Size([n_samples]))  # (S, B, N, K-1)
         log_psi = q.to_log_simplex(kappa)  # (S, B, N, K)
         z, used = self._kept(log_psi)
-        z = z.flatten(-2)
-        if self.kl == "analytic":
-            kl = normal_kl(q.loc[..., :used], q.scale[..., :used], self.prior_loc[:used],
-                           self.prior_scale[:used])
-            return LatentSample(z, kl=kl.sum((-2, -1)))
-        log_p = self.preimage_prior().log_prob(kappa)[..., :used].sum((-2, -1))
-        log_q = self._log_q(q, kappa, drawn, used)
-        return LatentSample(z, log_q=log_q.sum(-1), log_p=log_p)
+        return IGRDraw(z.flatten(-2), params, q, kappa, drawn, used)
 
     def discrete_posterior(self, params: Tensor, context: Tensor | None = None) -> Independent:
         logits = self.posterior(params).discrete_log_probs()
@@ -192,7 +193,6 @@ class IGRPlanarCategorical(IGRICategorical):
     kind = "planar"
     Options = IGRPlanarOptions
     default_kl = "relaxed"
-    closed_form_kl = False
 
     def __init__(self, spec: LatentSpec, kl: str = "auto", prior_scale: float = 1.0, flow_layers: int = 2,
                  **options: object):
@@ -246,6 +246,27 @@ class IGRSBCategorical(IGRSBFiniteCategorical):
     def stats(self) -> dict[str, float]:
         return {"n_required": self.n_required}
 
+
+@register_kl(IGRCategorical, CategoricalPrior, relaxed="analytic")
+def _analytic_preimage(posterior: IGRCategorical, draw: IGRDraw, prior: CategoricalPrior) -> LatentSample:
+    """The closed-form Gaussian KL of the pre-image against the pre-image prior, over the coordinates the
+    draw uses (B,)."""
+    used, q = draw.used, draw.q
+    kl = normal_kl(q.loc[..., :used], q.scale[..., :used], posterior.prior_loc[:used],
+                   posterior.prior_scale[:used])
+    return LatentSample(draw.z, kl=kl.sum((-2, -1)))
+
+
+@register_kl(IGRCategorical, CategoricalPrior, relaxed="relaxed")
+def _relaxed_preimage(posterior: IGRCategorical, draw: IGRDraw, prior: CategoricalPrior) -> LatentSample:
+    """The single-sample KL of the pre-image: ``log q(kappa)`` and ``log p(kappa)`` over the coordinates the
+    draw uses (S, B)."""
+    log_p = posterior.preimage_prior().log_prob(draw.kappa)[..., :draw.used].sum((-2, -1))
+    log_q = posterior._log_q(draw.q, draw.kappa, draw.drawn, draw.used)
+    return LatentSample(draw.z, log_q=log_q.sum(-1), log_p=log_p)
+
+
+register_kl(IGRPlanarCategorical, CategoricalPrior, relaxed="analytic")(None)  # the flow has no closed form
 
 VARIANTS = (IGRICategorical, IGRSBCategorical, IGRSBFiniteCategorical, IGRPlanarCategorical)
 KINDS = tuple(variant.kind for variant in VARIANTS)
