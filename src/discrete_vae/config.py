@@ -23,6 +23,7 @@ from .methods import METHODS
 from .networks import ACTIVATIONS
 from .options import check_finite, check_seed, coerce_options, coerce_widths, method_options
 from .posteriors import POSTERIORS, LatentSpec
+from .posteriors.kl import kl_kind
 from .priors import PRIORS
 from .upgrade import upgrade_config
 
@@ -151,8 +152,8 @@ class TrainConfig:
             PRIORS.get(self.prior)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
-        if self.kl not in ("auto", "analytic", "relaxed", "sampled"):
-            raise ConfigError(f"--kl must be auto, analytic, relaxed or sampled, got {self.kl!r}")
+        if self.kl != "auto":
+            kl_kind(self.kl)
         if self.continuous < 0:
             raise ConfigError("--continuous must be non-negative")
         if self.activation not in ACTIVATIONS:

@@ -221,9 +221,15 @@ class Estimator(nn.Module):
         costs a device synchronisation per call of ``f``, so training leaves it off.
         """
         self.check_bound(iw)
-        latents = self.latents(q, n_samples, check)
-        estimate = self.estimate(latents, checked_f(f) if check else f, n_samples, tau=tau, context=context)
+        estimate = self.estimate_from(q, checked_f(f) if check else f, n_samples, tau=tau, context=context,
+                                      iw=iw, check=check)
         return check_estimate(self.name, estimate) if check else estimate
+
+    def estimate_from(self, q: Distribution, f: Objective, n_samples: int, *, tau: Tensor | float | None,
+                      context: Tensor | None, iw: bool, check: bool) -> Estimate:
+        """The estimate from ``q``: :meth:`estimate` on its :class:`Latents` (an estimator of the IW bound
+        computes it there)."""
+        return self.estimate(self.latents(q, n_samples, check), f, n_samples, tau=tau, context=context)
 
     def latents(self, q: Distribution, n_samples: int, check: bool = False) -> Latents:
         """``q``'s :class:`Latents`, checked to be of a kind and a number of samples this estimator takes
@@ -304,17 +310,15 @@ class Pathwise(Estimator):
         """``n`` differentiable draws per example: (n, B, ...)."""
         raise NotImplementedError
 
-    def forward(self, q: Distribution, f: Objective, n_samples: int = 1, *, tau: Tensor | float | None = None,
-                context: Tensor | None = None, iw: bool = False, check: bool = False) -> Estimate:
-        self.check_bound(iw)
+    def estimate_from(self, q: Distribution, f: Objective, n_samples: int, *, tau: Tensor | float | None,
+                      context: Tensor | None, iw: bool, check: bool) -> Estimate:
         if self.draws_relaxations and q.has_rsample and Latents.factorial(q) is None:
             z = q.rsample((n_samples,))  # the distribution's own relaxation
         else:
             z = self.rsample(self.latents(q, n_samples, check), n_samples, tau)
-        values = call_f(checked_f(f) if check else f, z)  # (S, B)
+        values = call_f(f, z)  # (S, B)
         value = iw_bound(values) if iw else values.mean(0)  # (B,)
-        estimate = Estimate(value, value.detach())
-        return check_estimate(self.name, estimate) if check else estimate
+        return Estimate(value, value.detach())
 
 
 def positive_temperature(options: Any) -> None:
