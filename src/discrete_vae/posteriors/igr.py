@@ -49,10 +49,19 @@ class IGROptions:
     prior_scale: float = field(default=1.0, metadata=_help("std of the Gaussian pre-image prior (it implies "
                                                            "a uniform prior)"))
 
+    def __post_init__(self) -> None:
+        if not self.prior_scale > 0:
+            raise ConfigError(f"--prior-scale must be positive, got {self.prior_scale}")
+
 
 @dataclass(frozen=True)
 class IGRIOptions(IGROptions):
     delta: float = field(default=1.0, metadata=_help("weight of softmax++'s extra class (igr-i, igr-planar)"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.delta > 0:
+            raise ConfigError(f"--delta must be positive, got {self.delta}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,13 @@ class IGRSBOptions(IGROptions):
     sb_percentile: float = field(default=70.0, metadata=_help("igr-sb: percentile over the batch of the "
                                                               "classes needed"))
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.sb_threshold < 1:
+            raise ConfigError(f"--sb-threshold must be in (0, 1), got {self.sb_threshold}")
+        if not 0 <= self.sb_percentile <= 100:
+            raise ConfigError(f"--sb-percentile must be in [0, 100], got {self.sb_percentile}")
+
 
 @dataclass(frozen=True)
 class IGRPlanarOptions(IGRIOptions):
@@ -69,13 +85,10 @@ class IGRPlanarOptions(IGRIOptions):
     mc_samples: int = field(default=1000, metadata=_help("igr-planar: draws estimating the implied discrete "
                                                          "posterior"))
 
-
-def _positive(options: IGRPlanarOptions) -> None:
-    if options.flow_layers < 1 or options.mc_samples < 1:
-        raise ConfigError("--flow-layers and --mc-samples must be at least 1")
-
-
-IGRPlanarOptions.__post_init__ = _positive
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.flow_layers < 1 or self.mc_samples < 1:
+            raise ConfigError("--flow-layers and --mc-samples must be at least 1")
 
 
 class IGRDraw(NamedTuple):
@@ -108,8 +121,6 @@ class IGRCategorical(Posterior):
         self.set_kl(kl)
         self.spec = spec
         self._keep_options(**options)
-        if prior_scale <= 0:
-            raise ConfigError(f"--prior-scale must be positive, got {prior_scale}")
         n, k = spec.n, spec.k
         self.param_dim = 2 * n * (k - 1)
         self.decoder_dim = n * k
@@ -118,7 +129,8 @@ class IGRCategorical(Posterior):
         self.register_buffer("prior_scale", scale)
 
     def _keep_options(self, **_: object) -> None:
-        """Check and keep the variant's own options (the keywords left are the model's context)."""
+        """Keep the variant's own options, checked by its ``Options`` (the keywords left are the model's
+        context)."""
 
     def preimage_map(self, tau: Tensor | float, loc: Tensor, scale: Tensor) -> GaussianPreimage:
         """The log-space IGR distribution of pre-image ``N(loc, scale^2)``, (..., N, K-1), at ``tau``."""
@@ -177,8 +189,6 @@ class IGRICategorical(IGRCategorical):
     Options = IGRIOptions
 
     def _keep_options(self, delta: float = 1.0, **_: object) -> None:
-        if delta <= 0:
-            raise ConfigError(f"--delta must be positive, got {delta}")
         self.delta = delta
 
     def preimage_map(self, tau: Tensor | float, loc: Tensor, scale: Tensor) -> ExpIGR:
@@ -231,10 +241,6 @@ class IGRSBCategorical(IGRSBFiniteCategorical):
     Options = IGRSBOptions
 
     def _keep_options(self, sb_threshold: float = 0.99, sb_percentile: float = 70.0, **_: object) -> None:
-        if not 0 < sb_threshold < 1:
-            raise ConfigError(f"--sb-threshold must be in (0, 1), got {sb_threshold}")
-        if not 0 <= sb_percentile <= 100:
-            raise ConfigError(f"--sb-percentile must be in [0, 100], got {sb_percentile}")
         self.sb_threshold, self.sb_percentile = sb_threshold, sb_percentile
         self.n_required = self.spec.k  # classes in use by the last relaxed batch
 
