@@ -124,7 +124,7 @@ def make_runner(name: str, setting: str, args: argparse.Namespace, data: torch.T
                 device: torch.device, compiled: bool = False) -> Runner:
     """``name``'s runner on ``setting``'s model (weights from ``args.seed``); ConfigError if unsupported."""
     latent, binary = SETTINGS[setting]
-    config = TrainConfig(latent=latent, binary=binary, estimator=name, hidden=args.hidden,
+    config = TrainConfig.of(latent=latent, binary=binary, estimator=name, hidden=args.hidden,
                          batch_size=args.batch_size, estimator_options=estimator_options(name, args.mc),
                          k=samples_for(name), device=str(device), seed=args.seed)
     torch.manual_seed(args.seed)
@@ -214,7 +214,8 @@ def bench_setting(setting: str, names: list[str], args: argparse.Namespace, data
             rows[name] = {"skipped": skipped[name]}
             continue
         target = TARGETS.get(name)
-        row = {"samples": runners[name].task.config.k, "options": runners[name].task.config.estimator_options,
+        config = runners[name].task.config
+        row = {"samples": config.model.k, "options": config.to_dict()["model"]["estimator_options"],
                **summary(ms[name], ms[REFERENCE]), "target": target,
                "wall_ratio": summary(wall[name], wall[REFERENCE])["ratio"],
                "ms_all": ms[name], "wall_ms_all": wall[name]}

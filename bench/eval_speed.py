@@ -41,7 +41,7 @@ def main() -> None:
 
     peak = measure_matmul_flops()
     model, config, state = model_from_run(args.run_dir)
-    x = load_dataset(config.dataset, args.data_dir or config.data_dir).split(args.split)
+    x = load_dataset(config.run.dataset, args.data_dir or config.run.data_dir).split(args.split)
     x = x[: args.limit]
     tau = temperature_schedule(config)(int(state["step"]))
     start = time.perf_counter()

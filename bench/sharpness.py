@@ -92,7 +92,7 @@ def main() -> None:
             source = str(run)
         else:
             torch.manual_seed(0)
-            config = TrainConfig(model=name, latent=f"20x{args.classes}", dataset="binarized_mnist")
+            config = TrainConfig.of(model=name, latent=f"20x{args.classes}", dataset="binarized_mnist")
             model = build_model(config, x.shape[1])
             source = "initialised"
         model.train()

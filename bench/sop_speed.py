@@ -46,7 +46,7 @@ def main() -> None:
             runs = {}
             for model in models:
                 torch.manual_seed(0)
-                net = build_net(SOPConfig(model=model, arch=args.arch, k=k), (28, 28)).train()
+                net = build_net(SOPConfig.of(model=model, arch=args.arch, k=k), (28, 28)).train()
                 runs[model] = (net, torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-3))
 
             def step(model: str, k: int = k, runs: dict = runs) -> None:

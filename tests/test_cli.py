@@ -38,7 +38,7 @@ from cli_helpers import (  # noqa: F401
     subprocess_env,
 )
 from discrete_vae.checkpoint import load_checkpoint, save_checkpoint
-from discrete_vae.config import TrainConfig
+from discrete_vae.config import ModelConfig, TrainConfig, load_config_file
 from discrete_vae.data import binarized_mnist as bm_mod
 from discrete_vae.data import download as download_mod
 from discrete_vae.errors import ConfigError
@@ -71,7 +71,7 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
 # ------------------------------------------------------------------ train: the run folder
 def test_train_writes_the_run_folder(run):
     config = TrainConfig.from_dict(yaml.safe_load((run / "config.yaml").read_text()))
-    assert (config.dataset, config.hidden, config.steps) == ("digits", (32,), 300)
+    assert (config.run.dataset, config.model.hidden, config.optim.steps) == ("digits", (32,), 300)
     assert TrainConfig.from_dict(config.to_dict()) == config
 
     lines = read_metrics(run)
@@ -327,7 +327,8 @@ def test_yaml_toml_and_flags_resolve_to_the_same_config(resolve, tmp_path):
     (tmp_path / "c.yaml").write_text(YAML)
     (tmp_path / "c.toml").write_text(TOML)
     from_flags = resolve(*FLAGS)
-    assert from_flags.lr == 1e-3 and from_flags.hidden == (32, 16) and from_flags.learn_temperature
+    assert from_flags.optim.lr == 1e-3 and from_flags.model.hidden == (32, 16)
+    assert from_flags.schedule.learn_temperature
     assert resolve("--config", tmp_path / "c.yaml") == from_flags
     assert resolve("--config", tmp_path / "c.toml") == from_flags
 
@@ -338,18 +339,44 @@ def test_precedence_preset_then_file_then_flags(resolve, tmp_path):
         "--preset", "digits-quick", "--config", tmp_path / "c.yaml",
         "--steps", "7", "--no-learn-temperature",
     )  # fmt: skip
-    assert (config.steps, config.learn_temperature) == (7, False)  # flags
-    assert (config.model, config.hidden) == ("st-gs", (32, 16))  # the file over the preset
-    assert (config.eval_every, config.checkpoint_every) == (500, 250)  # the preset over defaults
+    assert (config.optim.steps, config.schedule.learn_temperature) == (7, False)  # flags
+    assert (config.model.method, config.model.hidden) == ("st-gs", (32, 16))  # the file over the preset
+    assert (config.run.eval_every, config.run.checkpoint_every) == (500, 250)  # the preset over defaults
+
+
+def test_config_has_sections_resolved_once_and_reads_flat_or_sectioned_names(tmp_path):
+    """A config is four typed sections; every option has one flat name across them (``--model`` is
+    ``model.method``); it is stored in sections and read back the same from sections or flat names, with the
+    methods in force, their defaults and ``k`` resolved when it is made."""
+    config = TrainConfig.of(model="expgs", latent="4x3", lr=3e-4, anneal_rate=0, seed=5)
+    assert (config.model.method, config.optim.lr, config.schedule.anneal_rate, config.run.seed) == (
+        "expgs", 3e-4, 0.0, 5)
+    assert config.model.methods() == {"posterior": "categorical", "estimator": "gs", "prior": "uniform"}
+    assert (config.model.kl, config.model.posterior_options.prior_temperature, config.model.k) == (
+        "relaxed", 0.5, 1)  # expgs's defaults, and the estimator's minimum
+    stored = config.to_dict()
+    assert list(stored) == ["model", "optim", "schedule", "run"] and stored["optim"]["lr"] == 3e-4
+    assert stored["model"]["posterior_options"] == {"prior_temperature": 0.5}  # those off their defaults
+    assert TrainConfig.from_dict(stored) == config == TrainConfig.from_dict(config.flat())
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(stored))
+    assert TrainConfig.from_dict(load_config_file(tmp_path / "c.yaml")) == config
+    with pytest.raises(ConfigError, match="lr is given twice"):
+        TrainConfig.from_dict({**stored, "lr": 1e-3})
+    with pytest.raises(ConfigError, match="unknown config keys: learning_rate"):
+        TrainConfig.from_dict({"optim": {"learning_rate": 1e-3}})
+    with pytest.raises(ConfigError, match="--lr must be positive"):
+        TrainConfig.from_dict({"optim": {"lr": -1}})
+    with pytest.raises(ConfigError, match="lr must be a number"):
+        TrainConfig.from_dict({"optim": {"lr": "fast"}})
 
 
 def test_config_files_are_typed_like_flags(resolve, tmp_path):
     for text, hidden in (("hidden: 64", (64,)), ("hidden: [64, 32]", (64, 32)),
                          ("hidden: '64,32'", (64, 32)), ("hidden: none", ()), ("hidden: []", ())):
-        assert resolve("--config", _cfg(tmp_path, "c.yaml", text + "\n")).hidden == hidden
+        assert resolve("--config", _cfg(tmp_path, "c.yaml", text + "\n")).model.hidden == hidden
     text = "steps: 1e5\nlr: 3e-4\nbinary: true\nlatent: 8x2\n"
     config = resolve("--config", _cfg(tmp_path, "c.yaml", text))
-    assert (config.steps, config.lr, config.binary) == (100_000, 3e-4, True)
+    assert (config.optim.steps, config.optim.lr, config.model.binary) == (100_000, 3e-4, True)
 
 
 @pytest.mark.parametrize(("text", "key", "expected"), [
@@ -366,16 +393,16 @@ def test_config_type_errors_name_the_key_and_the_type(text, key, expected, tmp_p
 def test_k_has_one_spelling(resolve, capsys):
     """``--samples``, the old spelling of ``--k`` in the training commands, is refused like any unknown flag
     (one line, status 2); a stored config's ``samples`` is read as ``k`` by :mod:`discrete_vae.upgrade`."""
-    assert resolve("--k", "3").k == 3
+    assert resolve("--k", "3").model.k == 3
     for command in (["train"], ["sop", "train"], ["gradients"]):
         result = dvae(capsys, *command, "--samples", 2, "--device", "cpu")
         assert result.rc == 2 and len(result.err.strip().splitlines()) == 1, result.err
         assert "unrecognized arguments: --samples" in result.err, result.err
     with pytest.raises(TypeError):  # the field is k
-        TrainConfig(samples=3)
+        ModelConfig(samples=3)
     with pytest.raises(ConfigError, match="unknown config keys: samples"):
         TrainConfig.from_dict({"samples": 4})
-    assert TrainConfig.from_dict(upgrade_config({"samples": 4})).k == 4
+    assert TrainConfig.from_dict(upgrade_config({"samples": 4})).model.k == 4
 
 
 def test_every_eval_option_has_help_with_its_default():
@@ -394,7 +421,7 @@ def test_every_preset_parses(resolve, name):
     config = resolve("--preset", name)
     assert config == TrainConfig.from_dict(PRESETS.get(name))
     preset = {k: list(v) if k == "hidden" else v for k, v in PRESETS.get(name).items()}
-    assert config.to_dict().items() >= preset.items()
+    assert config.settings().items() >= preset.items()
 
 
 @pytest.mark.parametrize("name", PRESETS.names())
@@ -403,7 +430,7 @@ def test_every_preset_builds(name):
     from discrete_vae.recipe import build_model
 
     config = TrainConfig.from_dict(PRESETS.get(name))
-    model = build_model(config, 64 if config.dataset == "digits" else 784)
+    model = build_model(config, 64 if config.run.dataset == "digits" else 784)
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
@@ -417,7 +444,8 @@ def test_dong2020_presets_are_the_disarm_code_models(resolve, name, widths, leak
     from discrete_vae.recipe import build_model
 
     config = resolve("--preset", name, "--estimator", "disarm", "--k", "2")
-    assert (config.batch_size, config.lr, config.lr_schedule, config.steps) == (50, 1e-4, "constant", 10**6)
+    optim = config.optim
+    assert (optim.batch_size, optim.lr, optim.lr_schedule, optim.steps) == (50, 1e-4, "constant", 10**6)
     model = build_model(config, 784)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == widths
@@ -426,7 +454,7 @@ def test_dong2020_presets_are_the_disarm_code_models(resolve, name, widths, leak
     learned = dict(model.prior.named_parameters())
     assert [tuple(p.shape) for p in learned.values()] == [(200,)]
     x = torch.bernoulli(torch.full((3, 784), 0.3))
-    terms = model(x, 1.0, config.k)
+    terms = model(x, 1.0, config.model.k)
     assert terms.loss.isfinite() and terms.objective.shape == (3,)
 
 
@@ -436,9 +464,9 @@ def test_activation_check_follows_the_registry():
 
     assert {"relu", "tanh", "leaky_relu"} <= set(ACTIVATIONS)
     for name in ACTIVATIONS:
-        assert TrainConfig(activation=name).activation == name
+        assert TrainConfig.of(activation=name).model.activation == name
     with pytest.raises(ConfigError, match="leaky_relu"):
-        TrainConfig(activation="gelu")
+        TrainConfig.of(activation="gelu")
 
 
 # ------------------------------------------------------------------ bad input: status 2, one line
@@ -571,7 +599,8 @@ def test_damaged_or_changed_run_exits_2_with_one_line(damage, argv, run, tmp_pat
         (copy / "config.yaml").write_text("model: [gs\n")
     elif damage == "hidden":
         config = yaml.safe_load((copy / "config.yaml").read_text())
-        (copy / "config.yaml").write_text(yaml.safe_dump({**config, "hidden": [16]}))
+        config["model"]["hidden"] = [16]
+        (copy / "config.yaml").write_text(yaml.safe_dump(config))
     elif damage == "rng":
         state = load_checkpoint(copy / "last.safetensors")
         save_checkpoint(copy / "last.safetensors", {k: v for k, v in state.items() if k != "rng"})

@@ -150,7 +150,7 @@ def test_a_separable_aux_loss_takes_one_backward_pass_to_the_same_gradients(name
     from discrete_vae.recipe import build_model
 
     torch.manual_seed(0)
-    model = build_model(TrainConfig(latent="4x3", hidden=(16,), estimator=name), 20)
+    model = build_model(TrainConfig.of(latent="4x3", hidden=(16,), estimator=name), 20)
     x = (torch.rand(8, 20) < 0.4).float()
     model.prepare(x)
     own = list(model.estimator.parameters())

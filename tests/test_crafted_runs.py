@@ -89,13 +89,14 @@ def test_a_state_nested_50000_deep_is_one_line(run, tmp_path, capsys):
 def test_tensors_of_another_latent_are_named_with_their_shapes(run, tmp_path, capsys):
     copy = copy_run(run, tmp_path)  # RUN_ARGS: digits-quick, latent 8x4, hidden 32
     config = yaml.safe_load((copy / "config.yaml").read_text())
-    (copy / "config.yaml").write_text(yaml.safe_dump({**config, "latent": "8x5"}))
+    config["model"]["latent"] = "8x5"
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
     result = dvae(capsys, "train", "--resume", copy)
     assert result.rc == 2 and one_line(result.err), result
     assert (f"{copy / 'last.safetensors'} does not fit the run's config.yaml: prior.logits is (8, 4) in "
             "the checkpoint, (8, 5) in the model; encoder.2.weight is (32, 32) in the checkpoint, (40, 32) "
             "in the model") in result.err
-    craft(copy / "best.safetensors", lambda s: s["config"].update(latent="8x5"))
+    craft(copy / "best.safetensors", lambda s: s["config"]["model"].update(latent="8x5"))
     result = dvae(capsys, "eval", copy, "--samples", "2")
     assert result.rc == 2 and one_line(result.err), result
     assert "does not fit the model its config builds (latent 8x5): prior.logits is (8, 4)" in result.err
@@ -106,7 +107,7 @@ def test_eval_never_creates_or_downloads_into_the_data_folder_a_run_names(run, t
     copy, elsewhere = copy_run(run, tmp_path), tmp_path / "somewhere" / "else"
     for which in ("best", "last"):
         craft(copy / f"{which}.safetensors",
-              lambda s: s["config"].update(dataset="binarized_mnist", data_dir=str(elsewhere)))
+              lambda s: s["config"]["run"].update(dataset="binarized_mnist", data_dir=str(elsewhere)))
     fetched: list[Path] = []
 
     def offline(url, dest, timeout=None):
@@ -124,7 +125,7 @@ def test_eval_never_creates_or_downloads_into_the_data_folder_a_run_names(run, t
 
 def test_a_dataset_of_another_image_size_than_the_model_is_one_line():
     with pytest.raises(DataError, match="digits has 64 pixels per image here, the run's model 784"):
-        run_dataset(TrainConfig(dataset="digits"), None, 784)
+        run_dataset(TrainConfig.of(dataset="digits").run, None, 784)
 
 
 def test_resume_never_writes_through_a_symbolic_link(run, tmp_path, capsys):

@@ -57,9 +57,9 @@ def test_every_entry_point_computes_flushed(monkeypatch, tmp_path):
     monkeypatch.setitem(cli.COMMANDS, "list", record("cli"))
     assert cli.main(["list"]) == 0
     monkeypatch.setattr(train, "_train", record("train"))
-    train.train(train.TrainConfig(dataset="digits", out=str(tmp_path / "train")))
+    train.train(train.TrainConfig.of(dataset="digits", out=str(tmp_path / "train")))
     monkeypatch.setattr(sop, "_train", record("sop"))
-    sop.train(sop.SOPConfig(dataset="digits", out=str(tmp_path / "sop")))
+    sop.train(sop.SOPConfig.of(dataset="digits", out=str(tmp_path / "sop")))
     def job(point, lock):
         lock.release()
         return record("sweep", {"state": "done"})()

@@ -196,7 +196,7 @@ def test_every_model_gives_finite_terms_and_gradients(model, levels):
 
 
 def test_piecewise_learning_rate_and_kl_warmup_follow_the_original():
-    config = TrainConfig(lr=3e-3, lr_schedule="piecewise", kl_warmup=0.3)
+    config = TrainConfig.of(lr=3e-3, lr_schedule="piecewise", kl_warmup=0.3)
     total = 1000
     expected = {0: 3e-4, 19: 3e-4, 20: 3e-3, 599: 3e-3, 600: 1e-3, 750: 3e-4, 949: 3e-4, 950: 3e-3 / 33}
     for step, lr in expected.items():
@@ -304,10 +304,11 @@ def test_struct_fills_what_flags_leave_unset():
 
     values = with_struct({"model": "dvaes-power", "struct": "2-layer-nonlin", "lr": 1e-3, "epochs": 3})
     config = TrainConfig.from_dict(values)
-    assert (config.latent, config.posterior_options, config.hidden, config.batch_norm) == (
+    model, optim = config.model, config.optim
+    assert (model.latent, config.to_dict()["model"]["posterior_options"], model.hidden, model.batch_norm) == (
         "400x2", {"levels": 2}, (200, 200), True)
-    assert (config.lr, config.epochs, config.steps, config.lr_schedule) == (1e-3, 3, None, "piecewise")
-    assert config.center_input and config.kl_warmup == 0.3 and config.l2 == 1e-4
+    assert (optim.lr, optim.epochs, optim.steps, optim.lr_schedule) == (1e-3, 3, None, "piecewise")
+    assert model.center_input and config.schedule.kl_warmup == 0.3 and optim.l2 == 1e-4
 
 
 def test_one_layer_structs_set_levels_only_for_posteriors_that_have_them():
@@ -315,9 +316,10 @@ def test_one_layer_structs_set_levels_only_for_posteriors_that_have_them():
     from discrete_vae.errors import ConfigError
     from discrete_vae.presets import fresh_config
 
-    assert fresh_config({"model": "dvaes-power", "struct": "1-layer-lin"}).posterior_options == {"levels": 1}
+    assert fresh_config({"model": "dvaes-power", "struct": "1-layer-lin"}).model.posterior_options.levels == 1
     for model in ("gs", "igr-i"):
         config = fresh_config({"model": model, "struct": "1-layer-nonlin"})
-        assert (config.latent, config.hidden, config.posterior_options) == ("200x2", (200, 200), {})
+        stored = config.to_dict()["model"]["posterior_options"]
+        assert (config.model.latent, config.model.hidden, stored) == ("200x2", (200, 200), {})
     with pytest.raises(ConfigError, match="--levels is not an option of posterior categorical"):
         fresh_config({"model": "gs", "struct": "2-layer-nonlin"})

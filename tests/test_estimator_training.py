@@ -94,11 +94,12 @@ def test_without_k_an_estimator_trains_at_its_minimum_and_says_so(name, tmp_path
                         *_latent(name), "--out", tmp_path / "r")
     assert rc == 0, err
     config = __import__("yaml").safe_load((tmp_path / "r" / "config.yaml").read_text())
-    assert config["k"] == 2 and TrainConfig.from_dict(config).k == 2
+    assert config["model"]["k"] == 2 and TrainConfig.from_dict(config).model.k == 2
     pair = " (one antithetic pair)" if name in ("arm", "disarm") else ""
     assert (f"--k not given; estimator {name} needs at least 2 samples per example{pair}, so k = 2 "
             f"(recorded in {tmp_path / 'r' / 'config.yaml'})") in err
-    assert TrainConfig(estimator=name).k == 2 and TrainConfig().k == 1 and TrainConfig(k=3).k == 3
+    assert TrainConfig.of(estimator=name).model.k == 2 and TrainConfig.of().model.k == 1
+    assert TrainConfig.of(k=3).model.k == 3
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -117,7 +118,7 @@ def test_estimator_options_reach_the_estimator_and_the_stored_config(tmp_path, c
                       "--out", tmp_path / "r")
     assert rc == 0, err
     config = TrainConfig.from_dict(__import__("yaml").safe_load((tmp_path / "r" / "config.yaml").read_text()))
-    assert config.estimator_options == {"mc": 3}
+    assert config.to_dict()["model"]["estimator_options"] == {"mc": 3}
     assert build_model(config, 64).estimator.options.mc == 3
 
 
@@ -125,7 +126,7 @@ def test_a_training_run_has_one_temperature_the_schedules():
     """The relaxed estimators' ``temperature`` option is the Python API's; in a training config the schedule
     sets tau, so the option given there is refused, not silently overridden. REBAR and RELAX learn theirs:
     the option is where learning starts."""
-    assert TrainConfig.from_dict({"estimator": "gs", "temperature": 0.7}).temperature == 0.7
+    assert TrainConfig.from_dict({"estimator": "gs", "temperature": 0.7}).schedule.temperature == 0.7
     with pytest.raises(ConfigError, match="temperature is the schedule's"):
         TrainConfig.from_dict({"estimator": "gs", "estimator_options": {"temperature": 0.7}})
     relax = TrainConfig.from_dict({"estimator": "relax", "estimator_options": {"temperature": 0.1}})
@@ -137,9 +138,9 @@ def test_model_presets_are_posterior_plus_estimator():
     for model, posterior, estimator in [("gs", "ConcreteCategorical", "gs"),
                                         ("st-gs", "ConcreteCategorical", "st-gs"),
                                         ("igr-sb", "IGRSBCategorical", "relaxed")]:
-        built = build_model(TrainConfig(model=model, latent="3x4", hidden=(8,)), 16)
+        built = build_model(TrainConfig.of(model=model, latent="3x4", hidden=(8,)), 16)
         assert (type(built.posterior).__name__, built.estimator.name) == (posterior, estimator)
-    mixed = build_model(TrainConfig(model="gs", estimator="rloo", latent="3x4", hidden=(8,)), 16)
+    mixed = build_model(TrainConfig.of(model="gs", estimator="rloo", latent="3x4", hidden=(8,)), 16)
     assert (type(mixed.posterior).__name__, mixed.estimator.name) == ("ConcreteCategorical", "rloo")
 
 
@@ -217,7 +218,8 @@ def test_run_folders_from_before_posteriors_and_estimators_still_load(tmp_path):
     checkpoint of that time loads (:func:`load_checkpoint` reads it in today's form)."""
     old_config = {"model": "igr-planar", "latent": "3x4", "hidden": [8], "samples": 1}
     config = TrainConfig.from_dict(upgrade_config(old_config))
-    assert (config.posterior, config.estimator, config.estimator_options) == ("auto", "auto", {})
+    stored = config.to_dict()["model"]["estimator_options"]
+    assert (config.model.posterior, config.model.estimator, stored) == ("igr-planar", "relaxed", {})
     torch.manual_seed(0)
     model = build_model(config, 16)
     old_state = {k.replace("posterior.", "family.", 1): v for k, v in model.state_dict().items()}

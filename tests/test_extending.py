@@ -73,10 +73,10 @@ def test_registration_makes_them_available_by_name(examples, capsys):
     assert isinstance(build_estimator("muprop"), examples.muprop.MuProp)
     prior = build_prior("sparse", 6, 2, True, p=0.2)
     assert isinstance(prior, examples.sparse_prior.SparseBernoulliPrior) and prior.p == 0.2
-    config = TrainConfig(dataset="digits", latent="6", binary=True, estimator="muprop", prior="sparse")
-    assert (config.estimator, config.prior, config.k) == ("muprop", "sparse", 1)
+    config = TrainConfig.of(dataset="digits", latent="6", binary=True, estimator="muprop", prior="sparse")
+    assert (config.model.estimator, config.model.prior, config.model.k) == ("muprop", "sparse", 1)
     flagged = TrainConfig.from_dict({"latent": "6", "binary": True, "prior": "sparse", "p": 0.3})
-    assert flagged.prior_options == {"p": 0.3}  # a flag's or a file's value reaches the prior's options
+    assert flagged.model.prior_options.p == 0.3  # a flag's or a file's value reaches the prior's options
 
     assert main(["list", "estimators"]) == 0
     line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("muprop"))
@@ -169,8 +169,9 @@ def test_the_example_script_trains_and_evaluates_with_both(examples, tmp_path, m
     assert math.isfinite(namespace["result"]["nll"]) and namespace["result"]["nll"] > 0
     run = tmp_path / "runs" / "muprop-sparse"
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert (config["estimator"], config["prior"], config["steps"]) == ("muprop", "sparse", 300)
-    assert config["prior_options"] == {"p": 0.05}
+    model = config["model"]
+    assert (model["estimator"], model["prior"], config["optim"]["steps"]) == ("muprop", "sparse", 300)
+    assert model["prior_options"] == {"p": 0.05}
     evaluation = json.loads((run / "eval_valid_S100_seed0_best.json").read_text())
     assert evaluation["step"] == 300 and evaluation["nll"] > 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["nll"] == evaluation["nll"]
@@ -213,9 +214,9 @@ def test_probit_posterior_is_the_bernoulli_of_phi_mu_and_trains(examples, tmp_pa
     torch.testing.assert_close(latent.kl, want)
 
     for estimator, k in (("auto", 1), ("rloo", 2)):
-        config = TrainConfig(dataset="digits", latent="8", binary=True, posterior="probit",
+        config = TrainConfig.of(dataset="digits", latent="8", binary=True, posterior="probit",
                              estimator=estimator, k=k, hidden=(32,), steps=60, eval_every=30,
                              out=str(tmp_path / estimator))
-        assert config.methods()["estimator"] == ("relaxed" if estimator == "auto" else "rloo")
+        assert config.model.methods()["estimator"] == ("relaxed" if estimator == "auto" else "rloo")
         result = train(config, progress=False)
         assert math.isfinite(result["nll"]) and result["nll"] > 0

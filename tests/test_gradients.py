@@ -36,7 +36,8 @@ def digits():
 def tiny_model(digits, kind: str, dtype: torch.dtype = torch.float32):
     latent, binary = LATENTS[kind]
     torch.manual_seed(0)
-    model = build_model(TrainConfig(dataset="digits", latent=latent, binary=binary, hidden=(16,)), digits.dim)
+    config = TrainConfig.of(dataset="digits", latent=latent, binary=binary, hidden=(16,))
+    model = build_model(config, digits.dim)
     model.init_decoder_bias(digits.train_mean)
     return model.to(dtype), digits.valid[:4].to(dtype)
 

@@ -115,6 +115,6 @@ def test_fp16_scales_the_loss_skips_overflowing_steps_and_resumes_exactly(tmp_pa
     eta = [k for k in a["model"] if k.startswith("estimator.")]
     assert eta, "rebar has its own parameters"
     config = TrainConfig.from_dict(yaml.safe_load((whole / "config.yaml").read_text()))
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.run.seed)
     fresh = build_model(config, 64).state_dict()
     assert any(not torch.equal(a["model"][k], fresh[k]) for k in eta)

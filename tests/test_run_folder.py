@@ -253,7 +253,7 @@ def test_resume_with_a_smaller_learning_rate_is_recorded(run, tmp_path, capsys):
     assert records == [{"step": 300, "option": "steps", "from": 300, "to": 400},
                        {"step": 300, "option": "lr", "from": 0.001, "to": 0.0002}]
     config = TrainConfig.from_dict(yaml.safe_load((copy / "config.yaml").read_text()))
-    assert (config.lr, config.steps) == (2e-4, 400)
+    assert (config.optim.lr, config.optim.steps) == (2e-4, 400)
     lrs = {m["step"]: m["lr"] for m in read_metrics(copy) if m["split"] == "train"}
     old = TrainConfig.from_dict(load_checkpoint(run / "last.safetensors")["config"])
     assert lrs[300] == recipe.learning_rate(old, 299, 300)  # the first 300 steps: as they were
@@ -366,7 +366,7 @@ def test_run_folders_of_earlier_versions_still_evaluate_and_resume(run, tmp_path
     from discrete_vae.checkpoint import atomic_write_bytes, flatten
 
     old = copy_run(run, tmp_path)
-    config = yaml.safe_load((old / "config.yaml").read_text())
+    config = TrainConfig.flat_values(yaml.safe_load((old / "config.yaml").read_text()))  # flat, as then
     config["samples"] = config.pop("k")
     (old / "config.yaml").write_text(yaml.safe_dump(config))
     for name in ("last.safetensors", "best.safetensors"):
@@ -380,4 +380,4 @@ def test_run_folders_of_earlier_versions_still_evaluate_and_resume(run, tmp_path
     assert dvae(capsys, "eval", old, "--samples", 5).rc == 0
     result = dvae(capsys, "train", "--resume", old, "--steps", 320)
     assert result.rc == 0, result.err
-    assert yaml.safe_load((old / "config.yaml").read_text())["k"] == 1
+    assert yaml.safe_load((old / "config.yaml").read_text())["model"]["k"] == 1

@@ -4,6 +4,8 @@ and SOP), their checkpoints' configs and model states. Whole old run folders eva
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import torch
 
@@ -29,13 +31,14 @@ def test_an_old_train_config_reads_as_today():
     assert list(upgraded)[:4] == ["model", "latent", "hidden", "k"]  # renamed in place
     assert old["samples"] == 2 and "k" not in old  # the mapping read is left as it is
     config = TrainConfig.from_dict(upgraded)
-    assert (config.k, config.posterior_options) == (2, {"prior_temperature": None})
+    assert (config.model.k, asdict(config.model.posterior_options)) == (2, {"prior_temperature": None})
 
     planar = upgrade_config({"model": "igr-planar", "samples": 1, **OLD_POSTERIOR_FIELDS})
     planar = TrainConfig.from_dict(planar)
     own = options_of({"posterior": "igr-planar"})["posterior"]
-    assert planar.posterior_options == {k: v for k, v in OLD_POSTERIOR_FIELDS.items() if k in own}
-    assert set(planar.posterior_options) == {"delta", "prior_scale", "flow_layers", "mc_samples"}
+    options = asdict(planar.model.posterior_options)
+    assert options == {k: v for k, v in OLD_POSTERIOR_FIELDS.items() if k in own}
+    assert set(options) == {"delta", "prior_scale", "flow_layers", "mc_samples"}
 
 
 def test_an_old_posterior_field_off_its_default_is_kept_for_the_checks_to_reject():
@@ -58,26 +61,29 @@ def test_old_rbm_fields_become_the_prior_options_they_were():
     upgraded = upgrade_config(old)
     assert upgraded == {"model": "dvaes-power", "latent": "8x2", "k": 1, "chains": 100, "sweeps": 10}
     config = TrainConfig.from_dict(upgraded)
-    assert config.prior_options == {"chains": 100, "sweeps": 10}
+    assert config.to_dict()["model"]["prior_options"] == {"chains": 100, "sweeps": 10}
     options = {"chains": 100, "sweeps": 10}
-    assert config == TrainConfig(model="dvaes-power", latent="8x2", prior_options=options)
+    assert config == TrainConfig.of(model="dvaes-power", latent="8x2", prior_options=options)
 
     gs = upgrade_config({"model": "gs", "samples": 1, **OLD_PRIOR_FIELDS, "chains": 7})
-    assert gs == {"model": "gs", "k": 1} and TrainConfig.from_dict(gs).prior_options == {}
-    today = TrainConfig(model="dvaes-power", latent="8x2", prior_options={"chains": 1000}).to_dict()
+    assert gs == {"model": "gs", "k": 1}
+    assert TrainConfig.from_dict(gs).to_dict()["model"]["prior_options"] == {}
+    today = TrainConfig.of(model="dvaes-power", latent="8x2", prior_options={"chains": 1000}).to_dict()
     assert upgrade_config(today) == today
 
 
 def test_an_old_sop_config_reads_as_today():
-    today = SOPConfig(model="igr-i", units=16, k=3).to_dict()
+    today = SOPConfig.of(model="igr-i", units=16, k=3).to_dict()
     old = {("samples" if key == "k" else key): value for key, value in today.items()}
     assert upgrade_config(old) == today and list(upgrade_config(old)) == list(today)
-    assert SOPConfig.from_dict(upgrade_config(old)) == SOPConfig(model="igr-i", units=16, k=3)
+    assert SOPConfig.from_dict(upgrade_config(old)) == SOPConfig.of(model="igr-i", units=16, k=3)
 
 
 @pytest.mark.parametrize("config", [
-    TrainConfig(), TrainConfig(model="igr-planar", k=4), TrainConfig(model="dvaes-power", latent="8x2"),
-    TrainConfig(model="gs", estimator="rloo", posterior_options={"prior_temperature": 0.5}), SOPConfig(),
+    TrainConfig.of(), TrainConfig.of(model="igr-planar", k=4),
+    TrainConfig.of(model="dvaes-power", latent="8x2"),
+    TrainConfig.of(model="gs", estimator="rloo", posterior_options={"prior_temperature": 0.5}),
+    SOPConfig.of(),
 ], ids=["gs", "igr-planar", "dvaes-power", "rloo", "sop"])
 def test_a_config_of_today_is_left_as_it_is(config):
     stored = config.to_dict()

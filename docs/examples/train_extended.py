@@ -9,7 +9,7 @@ from discrete_vae.config import TrainConfig
 from discrete_vae.train import train
 
 # the Python API: a TrainConfig names them like any registered estimator and prior
-config = TrainConfig(dataset="digits", latent="16", binary=True, estimator="muprop", prior="sparse",
+config = TrainConfig.of(dataset="digits", latent="16", binary=True, estimator="muprop", prior="sparse",
                      prior_options={"p": 0.05}, hidden=(64, 32), steps=300, out="runs/muprop-sparse")
 result = train(config, progress=False)
 print(result["nll"])  # validation NLL bound of the discrete model

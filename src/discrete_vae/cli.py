@@ -172,14 +172,14 @@ def _add_sop_parser(sub: Any) -> None:
     p = sub.add_parser("sop", help="structured output prediction: lower half of an image from its upper")
     sop = p.add_subparsers(dest="sop_command", required=True, parser_class=_Parser)
     t = sop.add_parser("train", help="train a stochastic binary network on the SOP task (or resume a run)")
-    for f in fields(SOPConfig):
+    for name, _, f in SOPConfig.option_fields():
         help_text = f.metadata["help"]
         if "(default:" not in help_text:
             help_text += f" (default: {f.default})"
-        if f.name == "k":
+        if name == "k":
             add_k_flags(t, help_text)
             continue
-        t.add_argument("--" + f.name.replace("_", "-"), type=field_type(f.type)[0], default=argparse.SUPPRESS,
+        t.add_argument("--" + name.replace("_", "-"), type=field_type(f.type)[0], default=argparse.SUPPRESS,
                        help=help_text)
     t.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last.safetensors; only "
@@ -199,12 +199,12 @@ def _add_sop_parser(sub: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import RESUME_OVERRIDES, TrainConfig, resumed_config
+    from .config import FLAT, RESUME_OVERRIDES, resumed_config
     from .presets import fresh_config
     from .runs import check_resumable
     from .train import train
 
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    given = {name: getattr(args, name) for name in FLAT if hasattr(args, name)}
     given.update(method_flags(args))  # the posterior's and estimator's options, routed by from_dict
     if args.resume:
         if args.config or args.preset:
@@ -224,12 +224,11 @@ GRADIENTS_RUN_FLAGS = ("seed", "k", "device", "data_dir")  # the train flags `dv
 
 
 def _gradients(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import TrainConfig
+    from .config import FLAT
     from .gradient_report import gradients_command
     from .presets import fresh_config
 
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-             if hasattr(args, f.name) and f.name not in GRADIENTS_SKIP}
+    given = {name: getattr(args, name) for name in FLAT if hasattr(args, name) and name not in GRADIENTS_SKIP}
     own = method_flags(args)
     if args.run_dir is None:  # a fresh model takes them all; the estimators measured, their own
         given.update(own)
@@ -244,7 +243,7 @@ def _gradients(args: argparse.Namespace) -> dict[str, Any]:
     else:
         config = fresh_config(given, args.preset, args.config)
     names = [n.strip() for n in args.estimators.split(",") if n.strip()] if args.estimators else None
-    seed, k, device = (config.seed, config.k, config.device) if config else (0, 1, "auto")
+    seed, k, device = (config.run.seed, config.model.k, config.run.device) if config else (0, 1, "auto")
     return gradients_command(
         args.run_dir, config, checkpoint=args.checkpoint, seed=given.get("seed", seed), k=given.get("k", k),
         device=given.get("device", device), data_dir=given.get("data_dir"), split=args.split,
@@ -282,7 +281,7 @@ def _images(args: argparse.Namespace) -> dict[str, Any]:
     tau = float(model.tau(temperature_schedule(config)(step)).detach())
     caption = f"{args.run_dir.name}, step {step}, tau {tau:.3f}"
     torch.manual_seed(args.seed)
-    data = run_dataset(config, getattr(args, "data_dir", None), model.data_dim)
+    data = run_dataset(config.run, getattr(args, "data_dir", None), model.data_dim)
     if args.command == "sample":
         image = samples_figure(model.sample_images(args.n), data.image_shape, caption)
     else:
@@ -328,7 +327,7 @@ def _sop(args: argparse.Namespace) -> dict[str, Any]:
     from .sop import SOPConfig, evaluate_run, resume_config, train
 
     if args.sop_command == "train":
-        given = {f.name: getattr(args, f.name) for f in fields(SOPConfig) if hasattr(args, f.name)}
+        given = {name: getattr(args, name) for name in SOPConfig.flat_names() if hasattr(args, name)}
         if args.resume:
             return train(resume_config(args.resume, given), resume=args.resume)
         return train(SOPConfig.from_dict(given))

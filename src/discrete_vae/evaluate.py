@@ -174,7 +174,7 @@ def evaluate_run(run_dir: Path, *, samples: int, split: str = "test", seed: int 
     if not os.access(run_dir, os.W_OK):  # say so now, not after minutes of work
         note(f"dvae eval: {run_dir} is not writable; the result goes to stdout only, not to {out.name}")
     model, config, state = model_from_run(run_dir, scored, str(torch_device))
-    data = run_dataset(config, data_dir, model.data_dim)
+    data = run_dataset(config.run, data_dir, model.data_dim)
     x = data.subset(split, limit).to(torch_device)
     start = time.perf_counter()
     tau = temperature_schedule(config)(int(state["step"]))

@@ -38,18 +38,18 @@ def seed_value(text: str) -> int:
 
 
 def add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    from .config import TrainConfig
+    from .config import option_fields
 
     groups = {name: parser.add_argument_group(title) for name, title in OPTION_GROUPS}
-    for f in fields(TrainConfig):
-        if f.name.endswith("_options") or f.name in skip:  # a flag per option of each, below
+    for name, section, f in option_fields():
+        if name.endswith("_options") or name in skip:  # a flag per option of each, below
             continue
         tp = field_type(f.type)[0]
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--" + name.replace("_", "-")
         help_text = f.metadata["help"]
         help_text += "" if "(default:" in help_text else f" (default: {f.default})"
-        group = groups[next((g for g, names in GROUPED.items() if f.name in names), "run")]
-        if f.name == "k":
+        group = groups[f.metadata.get("group", section)]
+        if name == "k":
             add_k_flags(group, help_text)
         elif tp is bool:
             group.add_argument(
@@ -58,7 +58,7 @@ def add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
                 default=argparse.SUPPRESS,
                 help=help_text,
             )
-        elif f.name == "hidden":
+        elif name == "hidden":
             group.add_argument(
                 flag,
                 type=hidden_widths,
@@ -67,8 +67,8 @@ def add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
                 help=help_text + "; 'none' for a linear map",
             )
         else:
-            kind = seed_value if f.name == "seed" else tp
-            group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=help_text)
+            kind = seed_value if name == "seed" else tp
+            group.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=help_text)
     add_method_flags(parser, skip)
 
 
@@ -127,22 +127,12 @@ def method_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {k[len(METHOD_OPTION):]: v for k, v in vars(args).items() if k.startswith(METHOD_OPTION)}
 
 
-# `dvae train --help` groups the options by what they belong to
+# `dvae train --help` groups the options by their config section (a field's `group` puts it elsewhere)
 OPTION_GROUPS = (("model", "method, latents and objective"), ("dvae", "DVAE structures"),
                  ("nets", "encoder and decoder"),
                  ("prior", "prior"), ("optim", "optimisation"),
-                 ("temperature", "temperature"), ("data", "data"),
+                 ("schedule", "temperature"), ("data", "data"),
                  ("run", "run folder, device and reporting"))
-GROUPED = {
-    "model": ("model", "posterior", "estimator", "latent", "binary", "kl", "continuous", "k", "objective"),
-    "dvae": ("struct", "center_input"),
-    "nets": ("hidden", "activation", "batch_norm"),
-    "prior": ("prior",),
-    "optim": ("steps", "epochs", "batch_size", "lr", "lr_schedule", "lr_final", "weight_decay", "l2",
-              "adam_eps", "kl_warmup", "seed"),
-    "temperature": ("temperature", "min_temperature", "anneal_rate", "anneal_every", "learn_temperature"),
-    "data": ("dataset", "data_dir"),
-}
 
 
 def value_text(value: Any) -> str:

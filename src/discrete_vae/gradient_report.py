@@ -170,13 +170,13 @@ def gradients_command(run_dir: Path | None, config: Any, *, checkpoint: str = "b
         model, config, state = model_from_run(run_dir, checkpoint, str(where))
         step, source = int(state["step"]), {"run_dir": str(run_dir),
                                             "checkpoint": run_checkpoint(run_dir, checkpoint).stem}
-        data = run_dataset(config, data_dir, model.data_dim)
+        data = run_dataset(config.run, data_dir, model.data_dim)
     else:
-        torch.manual_seed(config.seed)  # as `dvae train` draws its initial weights
-        data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
+        torch.manual_seed(config.run.seed)  # as `dvae train` draws its initial weights
+        data = load_dataset(config.run.dataset, config.run.data_dir, seed=config.run.seed)
         model = build_model(config, data.dim)
         model.init_decoder_bias(data.train_mean)
-        model, step, source = model.to(where), 0, {"fresh": True, "weights_seed": config.seed}
+        model, step, source = model.to(where), 0, {"fresh": True, "weights_seed": config.run.seed}
     pool = data.split(split)
     if not 1 <= batch <= pool.shape[0]:
         raise UserError(f"--batch must be between 1 and the {pool.shape[0]} examples of the {split} split, "
@@ -196,13 +196,14 @@ def gradients_command(run_dir: Path | None, config: Any, *, checkpoint: str = "b
     report = gradient_report(
         model, x.to(where), estimators, k=k, draws=draws, seed=seed, options=options,
         tau=temperature_schedule(config)(step) if tau is None else tau, learned_tau=tau is None,
-        reference_samples=reference_samples, objective=config.objective, adapt=adapt,
-        adapt_data=data.split("train").to(where) if adapt else None, adapt_lr=config.lr)
-    result = {**source, "step": step, "model": config.model, "latent": str(config.latent_spec()),
-              "dataset": config.dataset, "split": split, "batch": batch, "batch_seed": batch_seed,
+        reference_samples=reference_samples, objective=config.model.objective, adapt=adapt,
+        adapt_data=data.split("train").to(where) if adapt else None, adapt_lr=config.optim.lr)
+    m = config.model
+    result = {**source, "step": step, "model": m.method, "latent": str(m.latent_spec()),
+              "dataset": config.run.dataset, "split": split, "batch": batch, "batch_seed": batch_seed,
               "indices": indices.tolist(), "seed": seed, **report,
               "files": {"json": str(out / "gradients.json"), "png": str(out / "gradients.png")}}
-    caption = (f"{source.get('run_dir', 'fresh model')}, step {step}, {config.model} {config.latent}, tau "
+    caption = (f"{source.get('run_dir', 'fresh model')}, step {step}, {m.method} {m.latent}, tau "
                f"{report['tau']:.3g}, {split} batch of {batch}, {draws} draws")
     print(f"{caption}; examples {result['indices']}\n{gradient_table(result)}")
     atomic_write_bytes(out / "gradients.json", (dumps(result) + "\n").encode())

@@ -28,8 +28,9 @@ from .run_state import RunState
 class Task:
     """What :func:`fit` trains: built by a command from its config, in a run folder it holds.
 
-    Attributes: ``command`` (``"dvae train"``), ``config`` (with ``to_dict``, ``log_every``,
-    ``eval_every``, ``checkpoint_every``), ``device``, ``model`` (the module checkpointed), ``optimizer``,
+    Attributes: ``command`` (``"dvae train"``), ``config`` (a :class:`~discrete_vae.options.Sectioned`
+    config whose ``run`` section has ``log_every``, ``eval_every`` and ``checkpoint_every``, and whose
+    ``optim`` section has ``lr``), ``device``, ``model`` (the module checkpointed), ``optimizer``,
     ``batches`` (a :class:`~discrete_vae.data.BatchIterator`), ``scaler`` (a GradScaler, disabled unless
     fp16), ``columns`` (the per-step values averaged into each loss line, the first the reported loss),
     ``identity`` (entries every checkpoint carries, such as the data size), ``ddp`` (its processes),
@@ -57,15 +58,15 @@ class Task:
         return {"model": self.model, "optimizer": self.optimizer, "data": self.batches, **extra}
 
     def total_of(self, config: dict[str, Any]) -> int:
-        """The total steps of a run with this config (as ``config.yaml`` holds it)."""
-        return int(config["steps"])
+        """The total steps of a run with this config (as ``config.yaml`` holds it, flat or in sections)."""
+        return int(type(self.config).flat_values(config)["steps"])
 
     def check_state(self, path: Path, state: Any) -> None:
         """One :class:`~discrete_vae.errors.UserError` line if ``state`` is not a checkpoint of this task."""
 
     def schedule(self, step: int, total: int) -> tuple[float, tuple[float, ...]]:
         """The learning rate of step ``step`` (from 0) and the scalars its losses take."""
-        return self.config.lr, ()
+        return self.config.optim.lr, ()
 
     def losses(self, x: Tensor, *scalars: float) -> tuple[Tensor, Tensor | None, Any]:
         """``(loss, aux_loss, terms)`` of one batch: the loss to minimise, the estimator's own loss (or None)
@@ -121,7 +122,7 @@ def fit(task: Task, state: RunState, total: int, compiled: bool, progress: bool 
                 state.step += 1
                 state.add(values)
                 with timer:
-                    if state.step % config.checkpoint_every == 0 or state.step == total:
+                    if state.step % config.run.checkpoint_every == 0 or state.step == total:
                         state.checkpoint()
                     after_step(task, state, total, bar)
                 signum = ddp.any(stop.signum)
@@ -168,14 +169,14 @@ def step_once(task: Task, step_fn: Step, x: Tensor, step: int,
 
 def after_step(task: Task, state: RunState, total: int, bar: Progress) -> None:
     """The step's loss line and validation, on their grids and both at the last step (rank 0 writes)."""
-    step, config, final = state.step, task.config, state.step == total
-    if step % config.log_every == 0 or final:
+    step, run, final = state.step, task.config.run, state.step == total
+    if step % run.log_every == 0 or final:
         means = state.means()
         if means is not None and state.log is not None:
             line = task.line(means, state.schedule)
             state.log.write(step, "train", line)
             bar.update(step, loss=line["loss"], tau=line.get("tau"))
-    if state.ddp.main and (step % config.eval_every == 0 or final):
+    if state.ddp.main and (step % run.eval_every == 0 or final):
         metrics = task.validate(state)
         state.offer(metrics)
         state.log.write(step, "valid", metrics)

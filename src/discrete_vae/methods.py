@@ -26,9 +26,11 @@ class Method:
     help: str = ""
     fixed: tuple[str, ...] = ()  # defaults the method insists on (another value is an error)
 
-    def check(self, name: str, config: Any) -> None:
+    def check(self, name: str, values: dict[str, Any]) -> None:
+        """A one-line error where ``values`` (option names to values) set a default the method insists on to
+        another value."""
         for key in self.fixed:
-            given = getattr(config, key)
+            given = values.get(key)
             if given not in ("auto", None, self.defaults[key]):
                 raise ConfigError(f"--model {name} uses --{key.replace('_', '-')} {self.defaults[key]}, not "
                                   f"{given}; for other settings use --model {self.posterior_default_model}")

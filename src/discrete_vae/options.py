@@ -152,3 +152,115 @@ def method_options(kind: str, name: str, cls: type, values: dict[str, Any]) -> A
     options = cls(**coerce_options(cls, values))
     check_finite(options)
     return options
+
+
+def plain(value: Any) -> Any:
+    """``value`` with its dataclasses as mappings and its tuples as lists (what YAML and JSON store)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+class Sectioned:
+    """A config made of sections, each a dataclass of typed fields (``SECTIONS``: section name -> class).
+
+    Every option has one flat name, unique across the sections (a field's ``flag`` metadata renames it):
+    flags, config files and sweep specs give flat names; a run folder's ``config.yaml`` stores the
+    sections (:meth:`to_dict`). :meth:`from_flat` builds a config from flat names, type-checked like flags.
+    """
+
+    SECTIONS: typing.ClassVar[dict[str, type]] = {}
+
+    @classmethod
+    def option_fields(cls) -> typing.Iterator[tuple[str, str, dataclasses.Field]]:
+        """``(flat name, section, field)`` of every option, in the sections' order."""
+        for section, section_cls in cls.SECTIONS.items():
+            for f in dataclasses.fields(section_cls):
+                yield f.metadata.get("flag", f.name), section, f
+
+    @classmethod
+    def flat_names(cls) -> dict[str, tuple[str, str]]:
+        """Flat name -> ``(section, field)``."""
+        return {name: (section, f.name) for name, section, f in cls.option_fields()}
+
+    @classmethod
+    def flat_values(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with names in ``_`` form and the options inside sections taken out by their flat
+        names (what a stored ``config.yaml`` holds becomes what flags give)."""
+        out: dict[str, Any] = {}
+
+        def put(key: str, value: Any) -> None:
+            if key in out:
+                raise ConfigError(f"{key} is given twice (in a section and outside it, or in two forms)")
+            out[key] = value
+
+        for key, value in values.items():
+            key = str(key).replace("-", "_")
+            if key in cls.SECTIONS and isinstance(value, dict):
+                names = {f.name: name for name, section, f in cls.option_fields() if section == key}
+                for inner, v in value.items():
+                    inner = str(inner).replace("-", "_")
+                    put(names.get(inner, inner), v)
+            else:
+                put(key, value)
+        return out
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any], what: str = "config") -> Any:
+        """The config of flat option names (``values``, already in ``_`` form); an unknown name is one
+        error listing them, a value of the wrong type one naming its key."""
+        names = cls.flat_names()
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown {what} keys: {', '.join(unknown)}")
+        sections: dict[str, dict[str, Any]] = {section: {} for section in cls.SECTIONS}
+        for name, value in values.items():
+            section, key = names[name]
+            sections[section][key] = value
+        typed = {section: coerce_options(cls.SECTIONS[section], {k: v for k, v in given.items()
+                                                                  if not _untyped(cls.SECTIONS[section], k)})
+                 for section, given in sections.items()}
+        for section, given in sections.items():  # fields of no flag type (typed options) pass as they are
+            typed[section].update({k: v for k, v in given.items() if _untyped(cls.SECTIONS[section], k)})
+        return cls(**{section: cls.SECTIONS[section](**given) for section, given in typed.items()})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Any:
+        """The config of a mapping of option names, flat or in sections."""
+        return cls.from_flat(cls.flat_values(values))
+
+    @classmethod
+    def of(cls, **options: Any) -> Any:
+        """The config of options by their flat names, as flags name them: ``TrainConfig.of(latent="8x4",
+        steps=200)`` (:meth:`from_dict`)."""
+        return cls.from_dict(options)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The sections, as ``config.yaml`` stores them (of a method's typed options, those not at their
+        defaults)."""
+        return {section: {f.name: _stored(getattr(getattr(self, section), f.name))
+                          for f in dataclasses.fields(self.SECTIONS[section])}
+                for section in self.SECTIONS}
+
+    def flat(self) -> dict[str, Any]:
+        """Every option by its flat name."""
+        sections = self.to_dict()
+        return {name: sections[section][key] for name, (section, key) in self.flat_names().items()}
+
+
+def _stored(value: Any) -> Any:
+    """A field's value as ``config.yaml`` stores it: plain, and a dataclass (typed options) as the mapping of
+    its fields that are not at their defaults."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if getattr(value, f.name) != f.default}
+    return plain(value)
+
+
+def _untyped(cls: type, name: str) -> bool:
+    """Whether field ``name`` of dataclass ``cls`` has no flag type (``Any``: a method's typed options)."""
+    return any(f.name == name and f.type in ("Any", Any) for f in dataclasses.fields(cls))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, load_config_file, methods_of, options_of
+from .config import TrainConfig, flat_values, load_config_file, methods_of, options_of
 from .registry import Registry
 
 PRESETS: Registry = Registry("preset")
@@ -107,7 +107,7 @@ def fresh_config(values: dict[str, Any], preset: str | None = None,
     then ``values`` over them; a ``struct`` fills what is still unset."""
     merged = dict(PRESETS.get(preset)) if preset else {}
     if config_file:
-        merged.update(load_config_file(config_file))
+        merged.update(flat_values(load_config_file(config_file)))  # flat, or in sections as config.yaml
     merged.update(values)
     return TrainConfig.from_dict(with_struct(merged))
 

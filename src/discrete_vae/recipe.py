@@ -13,49 +13,35 @@ from typing import Any
 import torch
 
 from .checkpoint import check_model_state, load_checkpoint, load_module_state, run_checkpoint
-from .config import TrainConfig, method_names
+from .config import TrainConfig
 from .data import DataSplits
 from .errors import ConfigError, DataError, MissingDataError, UserError
 from .estimators import build_estimator
-from .methods import METHODS
 from .models import DiscreteVAE
 from .networks import MLPConfig
-from .posteriors import POSTERIORS, build_posterior
+from .posteriors import build_posterior
 from .posteriors.mixed import Mixed
 from .priors import GaussianPrior, ProductPrior, build_prior
 from .schedules import Schedule, constant, exponential_decay
 
 
 def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
-    """The model a config describes (weights drawn from the current RNG state): the method's posterior and
-    estimator, or those ``--posterior`` / ``--estimator`` name."""
-    spec = config.latent_spec()
-    method = METHODS.get(config.model)
-    method.check(config.model, config)
-    posterior_name, estimator_name = method_names(config.model, config.posterior, config.estimator)
-    encoder = MLPConfig(tuple(config.hidden), config.activation, config.batch_norm)
-    defaults = method.defaults if posterior_name == method.posterior else {}
-    own = {f.name for f in dataclasses.fields(POSTERIORS.get(posterior_name).Options)}
-    options = {**{k: v for k, v in defaults.items() if k in own}, **config.posterior_options}
-    posterior = build_posterior(
-        posterior_name,
-        spec,
-        **options,
-        kl=defaults.get("kl", "auto") if config.kl == "auto" else config.kl,
-        dataset=config.dataset,
-        struct=config.struct,
-        context_dim=data_dim,
-        level_mlp=encoder,
-    )
-    estimator = build_estimator(estimator_name, **config.estimator_options)
-    prior_name = config.methods()["prior"]
-    prior = build_prior(prior_name, spec.n, spec.k, not posterior.one_hot, **config.prior_options)
+    """The model a config describes (weights drawn from the current RNG state): the posterior, estimator and
+    prior in force with their typed options."""
+    m = config.model
+    spec = m.latent_spec()
+    encoder = MLPConfig(tuple(m.hidden), m.activation, m.batch_norm)
+    posterior = build_posterior(m.posterior, spec, **dataclasses.asdict(m.posterior_options), kl=m.kl,
+                                dataset=config.run.dataset, struct=m.struct, context_dim=data_dim,
+                                level_mlp=encoder)
+    estimator = build_estimator(m.estimator, **dataclasses.asdict(m.estimator_options))
+    prior = build_prior(m.prior, spec.n, spec.k, not posterior.one_hot, **dataclasses.asdict(m.prior_options))
     posterior.check_prior(prior)
-    if config.continuous:
+    if m.continuous:
         if not prior.normalized:
-            raise ConfigError(f"--continuous needs a normalised discrete prior, not {prior_name}")
-        posterior = Mixed(config.continuous, posterior, config.kl)
-        prior = ProductPrior([GaussianPrior(config.continuous), prior])
+            raise ConfigError(f"--continuous needs a normalised discrete prior, not {m.prior}")
+        posterior = Mixed(m.continuous, posterior, m.kl)
+        prior = ProductPrior([GaussianPrior(m.continuous), prior])
     model = DiscreteVAE(
         data_dim,
         posterior,
@@ -63,19 +49,18 @@ def build_model(config: TrainConfig, data_dim: int) -> DiscreteVAE:
         encoder,
         encoder.mirrored(),
         estimator=estimator,
-        learnable_temperature=config.temperature if config.learn_temperature else None,
-        center_input=config.center_input,
+        learnable_temperature=config.schedule.temperature if config.schedule.learn_temperature else None,
+        center_input=m.center_input,
     )
-    model.train_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+    model.train_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.run.precision)
     return model
 
 
 def temperature_schedule(config: TrainConfig) -> Schedule:
-    if config.learn_temperature or config.anneal_rate == 0:
-        return constant(config.temperature)
-    return exponential_decay(
-        config.temperature, config.anneal_rate, config.min_temperature, config.anneal_every
-    )
+    s = config.schedule
+    if s.learn_temperature or s.anneal_rate == 0:
+        return constant(s.temperature)
+    return exponential_decay(s.temperature, s.anneal_rate, s.min_temperature, s.anneal_every)
 
 
 PIECEWISE = ((0.02, 0.1), (0.6, 1.0), (0.75, 1 / 3), (0.95, 0.1), (math.inf, 1 / 33))
@@ -84,21 +69,20 @@ PIECEWISE = ((0.02, 0.1), (0.6, 1.0), (0.75, 1 / 3), (0.95, 0.1), (math.inf, 1 /
 def learning_rate(config: TrainConfig, step: int, total: int) -> float:
     """Constant; piecewise (the DVAE code's: ``lr`` times 1/10, 1, 1/3, 1/10, 1/33 before 2, 60, 75, 95,
     100 % of the steps); or cosine from ``lr`` at step 0 to ``lr_final`` at the last step."""
-    if config.lr_schedule == "constant":
-        return config.lr
-    if config.lr_schedule == "piecewise":
-        return config.lr * next(f for end, f in PIECEWISE if end == math.inf or step < int(end * total))
+    o = config.optim
+    if o.lr_schedule == "constant":
+        return o.lr
+    if o.lr_schedule == "piecewise":
+        return o.lr * next(f for end, f in PIECEWISE if end == math.inf or step < int(end * total))
     progress = min(1.0, step / max(1, total))
-    return config.lr_final + 0.5 * (config.lr - config.lr_final) * (
-        1 + math.cos(math.pi * progress)
-    )
+    return o.lr_final + 0.5 * (o.lr - o.lr_final) * (1 + math.cos(math.pi * progress))
 
 
 def kl_weight(config: TrainConfig, step: int, total: int) -> float:
     """KL warm-up: ``min(1, step / (kl_warmup * total))``; 1 without warm-up."""
-    if config.kl_warmup == 0:
+    if config.schedule.kl_warmup == 0:
         return 1.0
-    return min(1.0, step / (config.kl_warmup * total))
+    return min(1.0, step / (config.schedule.kl_warmup * total))
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -129,12 +113,14 @@ def model_from_run(
     except UserError as e:
         raise UserError(f"{path}: the config it holds is not valid: {e}") from None
     model = build_model(config, state["data_dim"])
-    load_module_state(path, model, state["model"], f"the model its config builds (latent {config.latent})")
+    built = f"the model its config builds (latent {config.model.latent})"
+    load_module_state(path, model, state["model"], built)
     return model.to(device).eval(), config, state
 
 
 def run_dataset(config: Any, data_dir: str | None = None, data_dim: int | None = None) -> DataSplits:
-    """The dataset of a run (``config``: a run's :class:`TrainConfig` or SOP config), to evaluate it.
+    """The dataset of a run (``config``: a training run's :class:`~discrete_vae.config.RunConfig` or an SOP
+    run's config), to evaluate it.
 
     From ``data_dir`` (``--data-dir``) if given; else from the folder the run was trained with, when it still
     holds the files (read only: nothing is created or downloaded there, whatever the run folder names);

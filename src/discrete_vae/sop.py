@@ -26,7 +26,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import yaml
@@ -64,7 +64,7 @@ from .models.sop_net import (  # noqa: F401  (the SOP network's names, re-export
     split_halves,
     unit_family,
 )
-from .options import check_finite, check_seed, coerce_options
+from .options import Sectioned, check_finite, check_seed
 from .run_state import RunState
 from .runs import (
     CONFIG,
@@ -84,9 +84,17 @@ def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def _at_least_one(section: Any) -> None:
+    """Every count of ``section`` (an ``int`` field but the seed) is positive."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if f.type == "int" and f.name != "seed" and value < 1:
+            raise ConfigError(f"--{f.name.replace('_', '-')} must be positive, got {value}")
+
+
 @dataclass
-class SOPConfig:
-    """Every option of one SOP run (the ``dvae sop train`` flags); stored in ``config.yaml``."""
+class SOPModelConfig:
+    """The network of stochastic binary layers and its training objective."""
 
     model: str = _opt("gs", f"posterior of the binary units: {', '.join(MODELS)}")
     estimator: str = _opt("auto", "per-unit estimator of the gs units: "
@@ -97,10 +105,43 @@ class SOPConfig:
     units: int = _opt(240, "stochastic binary units per layer (and hidden width of nonlinear maps)")
     k: int = _opt(1, "m, relaxed samples per example in the training objective L^m")
     temperature: float = _opt(1.0, "tau, temperature of the relaxation (training and relaxed_nll)")
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown --model {self.model!r}; choose one of: {', '.join(MODELS)}")
+        takes = unit_family(self.model).estimators()
+        if self.estimator not in ("auto", *takes):
+            raise ConfigError(f"--model {self.model} trains with --estimator {', '.join(takes)} (per-unit "
+                              f"draws through the network), not {self.estimator}")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"unknown --arch {self.arch!r}; choose one of: {', '.join(ARCHS)}")
+        _at_least_one(self)
+        if not self.temperature > 0 or not math.isfinite(self.temperature):
+            raise ConfigError(f"--temperature must be positive, got {self.temperature}")
+
+
+@dataclass
+class SOPOptimConfig:
+    """AdamW and the length of the run."""
+
     lr: float = _opt(1e-3, "AdamW learning rate")
     weight_decay: float = _opt(1e-3, "AdamW decoupled weight decay")
     batch_size: int = _opt(100, "examples per training step")
     steps: int = _opt(50_000, "total training steps (with --resume: the new total)")
+
+    def __post_init__(self) -> None:
+        check_finite(self)
+        _at_least_one(self)
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"--weight-decay must be non-negative, got {self.weight_decay}")
+
+
+@dataclass
+class SOPRunConfig:
+    """Data, seed and device, the run folder and what is reported when."""
+
     seed: int = _opt(0, "seed of the weights, the data order, the noise and the evaluations")
     dataset: str = _opt("binarized_mnist", f"dataset: {', '.join(DATASETS)}")
     data_dir: str | None = _opt(None, "folder of the dataset files (default: the dataset's own)")
@@ -115,56 +156,43 @@ class SOPConfig:
                         "CPUs with AVX-512 or bfloat16 matrix units, for runs of 20,000 steps or more)")
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise a one-line :class:`ConfigError` for an unknown name or an out-of-range value."""
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown --model {self.model!r}; choose one of: {', '.join(MODELS)}")
-        takes = unit_family(self.model).estimators()
-        if self.estimator not in ("auto", *takes):
-            raise ConfigError(f"--model {self.model} trains with --estimator {', '.join(takes)} (per-unit "
-                              f"draws through the network), not {self.estimator}")
-        if self.arch not in ARCHS:
-            raise ConfigError(f"unknown --arch {self.arch!r}; choose one of: {', '.join(ARCHS)}")
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown --dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
-        check_finite(self)
         check_seed("--seed", self.seed)
-        for name in ("units", "k", "batch_size", "steps", "eval_every", "checkpoint_every",
-                     "log_every", "val_samples", "test_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not self.temperature > 0 or not math.isfinite(self.temperature):
-            raise ConfigError(f"--temperature must be positive, got {self.temperature}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if not self.weight_decay >= 0:
-            raise ConfigError(f"--weight-decay must be non-negative, got {self.weight_decay}")
+        _at_least_one(self)
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+@dataclass
+class SOPConfig(Sectioned):
+    """Every option of one SOP run (the ``dvae sop train`` flags); stored in sections in ``config.yaml``."""
+
+    SECTIONS: ClassVar[dict[str, type]] = {"model": SOPModelConfig, "optim": SOPOptimConfig,
+                                           "run": SOPRunConfig}
+
+    model: SOPModelConfig = field(default_factory=SOPModelConfig)
+    optim: SOPOptimConfig = field(default_factory=SOPOptimConfig)
+    run: SOPRunConfig = field(default_factory=SOPRunConfig)
 
     def settings(self) -> dict[str, Any]:
         """Every option by name (what a sweep table's titles name)."""
-        return self.to_dict()
+        return self.flat()
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SOPConfig:
-        """Type-checked like flags (a stored config of an earlier version goes through
-        :func:`~discrete_vae.upgrade.upgrade_config` first)."""
-        return cls(**coerce_options(cls, values, "SOP option"))
+        """From option names, flat or in sections, type-checked like flags (a stored config of an earlier
+        version goes through :func:`~discrete_vae.upgrade.upgrade_config` first)."""
+        return cls.from_flat(cls.flat_values(values), "SOP option")
 
 
 def build_net(config: SOPConfig, image_shape: tuple[int, int]) -> SOPNet:
     """The net of ``config`` for images of ``image_shape``; one estimator module, where the unit family
     takes one, draws the units of every layer."""
     cut = (image_shape[0] // 2) * image_shape[1]
-    estimator = unit_family(config.model).build_estimator(config.estimator)
-    return SOPNet(cut, image_shape[0] * image_shape[1] - cut, config.arch, config.model, config.units,
-                  estimator)
+    m = config.model
+    estimator = unit_family(m.model).build_estimator(m.estimator)
+    return SOPNet(cut, image_shape[0] * image_shape[1] - cut, m.arch, m.model, m.units, estimator)
 
 
 def load_run(run_dir: Path, which: str = "best", device: str = "cpu") -> tuple[SOPNet, SOPConfig, dict]:
@@ -191,10 +219,11 @@ def check_sop_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def _run_dir(config: SOPConfig) -> Path:
-    if config.out:
-        return Path(config.out)
+    if config.run.out:
+        return Path(config.run.out)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"sop-{config.model}-{config.arch}-m{config.k}-{stamp}"
+    m = config.model
+    return Path("runs") / f"sop-{m.model}-{m.arch}-m{m.k}-{stamp}"
 
 
 # what `dvae sop train --resume RUN` may change; each change is recorded in RUN/overrides.jsonl
@@ -211,7 +240,7 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> SOPConfig:
         raise UserError(f"cannot change {', '.join('--' + c.replace('_', '-') for c in changed)} when "
                         f"resuming; only {', '.join('--' + c.replace('_', '-') for c in RESUME_OVERRIDES)}")
     check_resumable(run_dir, "SOP run")
-    values = upgrade_config(load_config_file(run_dir / CONFIG))
+    values = SOPConfig.flat_values(upgrade_config(load_config_file(run_dir / CONFIG)))
     try:
         return SOPConfig.from_dict({**values, **overrides})
     except (TypeError, ValueError) as e:
@@ -225,10 +254,11 @@ def train(config: SOPConfig, resume: Path | None = None, progress: bool | None =
     the run trains, and denormal floats are flushed to zero (:mod:`discrete_vae.denormals`)."""
     from .recipe import resolve_device
 
-    device = resolve_device(config.device)
+    run = config.run
+    device = resolve_device(run.device)
     run_dir = Path(resume) if resume is not None else _run_dir(config)
-    torch.manual_seed(config.seed)
-    data = load_dataset(config.dataset, config.data_dir, seed=config.seed).to(device)
+    torch.manual_seed(run.seed)
+    data = load_dataset(run.dataset, run.data_dir, seed=run.seed).to(device)
     if resume is not None:
         lock = open_resumed_run(run_dir, "SOP run")
     else:
@@ -240,19 +270,19 @@ def train(config: SOPConfig, resume: Path | None = None, progress: bool | None =
 def _train(config: SOPConfig, run_dir: Path, resume: bool, data: Any, device: torch.device,
            progress: bool | None) -> dict[str, Any]:
     """:func:`train` in a run folder this process holds: the task, its state (resumed), the loop."""
-    task = SOPTask(config, data, device, run_dir)
+    task, steps = SOPTask(config, data, device, run_dir), config.optim.steps
     state = RunState(task, run_dir, task.ddp)
     if resume:
-        state.resume(config.steps)
+        state.resume(steps)
         if state.finished:  # nothing to do: write nothing
             return task.finished(state)
-        record_overrides(run_dir, state.step, state.config_then, config.to_dict(), RESUME_OVERRIDES,
-                         "dvae sop train")
+        record_overrides(run_dir, state.step, SOPConfig.flat_values(state.config_then), config.flat(),
+                         RESUME_OVERRIDES, "dvae sop train")
     else:
         state.start()
     atomic_write_bytes(run_dir / CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
-    compiled = should_compile(config.compile, device, config.steps - state.step, 1, "dvae sop train")
-    return fit(task, state, config.steps, compiled, progress)
+    compiled = should_compile(config.run.compile, device, steps - state.step, 1, "dvae sop train")
+    return fit(task, state, steps, compiled, progress)
 
 
 class SOPTask(Task):
@@ -266,9 +296,9 @@ class SOPTask(Task):
         self.config, self.data, self.device, self.run_dir = config, data, device, run_dir
         self.model = build_net(config, data.image_shape).to(device)
         self.model.init_output_bias(split_halves(data.train, data.image_shape)[1].mean(0))
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
-                                           weight_decay=config.weight_decay)
-        self.batches = BatchIterator(data.train, config.batch_size, config.seed,
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
+                                           weight_decay=config.optim.weight_decay)
+        self.batches = BatchIterator(data.train, config.optim.batch_size, config.run.seed,
                                      dynamic_binarization=data.dynamic_binarization)
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
         self.identity = {"image_shape": list(data.image_shape)}
@@ -276,13 +306,14 @@ class SOPTask(Task):
     def check_state(self, path: Path, state: Any) -> None:
         check_entries(path, state, {"config": dict})
         check_sop_state(path, state)
-        fixed = [k for k in self.config.to_dict() if k not in RESUME_OVERRIDES]
-        if any(state["config"].get(k) != getattr(self.config, k) for k in fixed):
+        now, then = self.config.flat(), SOPConfig.flat_values(state["config"])
+        if any(then.get(k) != value for k, value in now.items() if k not in RESUME_OVERRIDES):
             raise UserError(f"{self.run_dir / CONFIG} does not match {path}; the run folder is damaged")
 
     def losses(self, x: Tensor) -> tuple[Tensor, None, Tensor]:  # -L^m, the batch mean
         upper, lower = split_halves(x, self.data.image_shape)
-        log_px = self.model.log_likelihood(upper, lower, self.config.k, self.config.temperature, hard=False)
+        m = self.config.model
+        log_px = self.model.log_likelihood(upper, lower, m.k, m.temperature, hard=False)
         loss = -multisample_objective(log_px).mean()
         return loss, None, loss
 
@@ -290,28 +321,28 @@ class SOPTask(Task):
         return terms.detach().reshape(1)
 
     def line(self, means: dict[str, float], schedule: tuple[float, ...]) -> dict[str, Any]:
-        return {"loss": means["loss"], "k": self.config.k}
+        return {"loss": means["loss"], "k": self.config.model.k}
 
     def validate(self, state: RunState) -> dict[str, Any]:
         config = self.config
-        return evaluate(self.model, self.data.valid, self.data.image_shape, config.val_samples,
-                        config.temperature, config.seed)
+        return evaluate(self.model, self.data.valid, self.data.image_shape, config.run.val_samples,
+                        config.model.temperature, config.run.seed)
 
     def finish(self, state: RunState, result: dict[str, Any]) -> dict[str, Any]:
         config = self.config
-        test = evaluate(state.best_net(), self.data.test, self.data.image_shape, config.test_samples,
-                        config.temperature, config.seed)
+        test = evaluate(state.best_net(), self.data.test, self.data.image_shape, config.run.test_samples,
+                        config.model.temperature, config.run.seed)
         state.log.write(state.best["step"], "test", test)
         return {"run_dir": str(self.run_dir), "nll": test["nll"], "relaxed_nll": test["relaxed_nll"],
-                "steps": config.steps, "best_step": state.best["step"], "valid_nll": state.best["nll"],
-                "k": config.k, **result}
+                "steps": config.optim.steps, "best_step": state.best["step"], "valid_nll": state.best["nll"],
+                "k": config.model.k, **result}
 
     def finished(self, state: RunState) -> dict[str, Any]:
         test = [json.loads(line) for line in read_metrics(self.run_dir / METRICS)]
         test = [r for r in test if r.get("split") == "test"][-1]
         return {"run_dir": str(self.run_dir), "nll": test["nll"], "relaxed_nll": test["relaxed_nll"],
-                "steps": self.config.steps, "best_step": state.best["step"], "valid_nll": state.best["nll"],
-                "k": self.config.k, "finished": True}
+                "steps": self.config.optim.steps, "best_step": state.best["step"],
+                "valid_nll": state.best["nll"], "k": self.config.model.k, "finished": True}
 
 
 def evaluate_run(run_dir: Path, samples: int, split: str, limit: int | None, seed: int,
@@ -324,8 +355,8 @@ def evaluate_run(run_dir: Path, samples: int, split: str, limit: int | None, see
     from .recipe import run_dataset
 
     net, config, state = load_run(run_dir, which, device)
-    data = run_dataset(config, data_dir)
+    data = run_dataset(config.run, data_dir)
     x = data.subset(split, limit).to(device)
     with flush_denormals():
-        metrics = evaluate(net, x, data.image_shape, samples, config.temperature, seed)
+        metrics = evaluate(net, x, data.image_shape, samples, config.model.temperature, seed)
     return {**metrics, "split": split, "seed": seed, "step": int(state["step"]), "checkpoint": which}

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .checkpoint import atomic_write_bytes, check_model_state
 from .compiling import should_compile
-from .config import RESUME_OVERRIDES, TrainConfig
+from .config import RESUME_OVERRIDES, TrainConfig, flat_values
 from .data import BatchIterator, DataSplits, load_dataset
 from .denormals import flush_denormals
 from .distributed import Distributed, wrap
@@ -67,7 +67,7 @@ def fits_on(device: torch.device, data: DataSplits) -> bool:
 
 def default_run_dir(config: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{config.model}-{config.latent}-{stamp}"
+    return Path("runs") / f"{config.model.method}-{config.model.latent}-{stamp}"
 
 
 def save_images(model: DiscreteVAE, data: DataSplits, run_dir: Path, log: RunLog, step: int, tau: float,
@@ -97,19 +97,20 @@ def train(
     (None). The run folder is locked while it runs (:class:`~discrete_vae.runs.RunLock`). Denormal
     floats are flushed to zero meanwhile (:mod:`discrete_vae.denormals`).
     """
-    ddp = Distributed.from_env(config.device)
-    device = resolve_device(config.device, ddp.local_rank)
-    if config.precision == "fp16" and device.type not in FP16_DEVICES:
+    run = config.run
+    ddp = Distributed.from_env(run.device)
+    device = resolve_device(run.device, ddp.local_rank)
+    if run.precision == "fp16" and device.type not in FP16_DEVICES:
         raise ConfigError(f"--precision fp16 runs on CUDA, not {device.type} (where float16 matmuls are "
                           "slower than float32); use --precision bf16")
-    if config.precision == "bf16" and device.type == "cpu" and ddp.main and not cpu_has_fast_bf16():
+    if run.precision == "bf16" and device.type == "cpu" and ddp.main and not cpu_has_fast_bf16():
         note("dvae train: this CPU has no oneDNN bfloat16 kernels (they need AVX-512, or BF16 on ARM); "
              "--precision bf16 is about 12x slower than fp32 here (python bench/precision_speed.py)")
     run_dir = (
-        Path(resume) if resume else Path(config.out) if config.out else default_run_dir(config)
+        Path(resume) if resume else Path(run.out) if run.out else default_run_dir(config)
     )
-    torch.manual_seed(config.seed)
-    data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
+    torch.manual_seed(run.seed)
+    data = load_dataset(run.dataset, run.data_dir, seed=run.seed)
     data = data.to(device) if fits_on(device, data) else data
     lock, error = None, None
     if ddp.main:
@@ -135,12 +136,12 @@ def _train(config: TrainConfig, data: DataSplits, device: torch.device, ddp: Dis
     else:
         state.start()
     steps = total - state.step
-    compiled = ddp.main and should_compile(config.compile, device, steps, ddp.world, "dvae train")
+    compiled = ddp.main and should_compile(config.run.compile, device, steps, ddp.world, "dvae train")
     task.compiled(compiled)
     if ddp.main:
         if resume:
-            record_overrides(run_dir, state.step, state.config_then, config.to_dict(), RESUME_OVERRIDES,
-                             "dvae train")
+            record_overrides(run_dir, state.step, flat_values(state.config_then), config.flat(),
+                             RESUME_OVERRIDES, "dvae train")
         task.announce()
     return fit(task, state, total, compiled, progress)
 
@@ -156,32 +157,34 @@ class VAETask(Task):
     def __init__(self, config: TrainConfig, data: DataSplits, device: torch.device, ddp: Distributed,
                  run_dir: Path):
         self.config, self.data, self.device, self.ddp, self.run_dir = config, data, device, ddp, run_dir
+        optim, seed = config.optim, config.run.seed
         model = build_model(config, data.dim).to(device)
-        model.check_estimator(config.k)  # a --k the estimator cannot take: before anything is written
+        model.check_estimator(config.model.k)  # a --k the estimator cannot take: before anything is written
         model.init_decoder_bias(data.train_mean.to(device))
-        model.prepare(data.train[: config.batch_size].to(device))
+        model.prepare(data.train[: optim.batch_size].to(device))
         self.model = model
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, eps=config.adam_eps,
-                                           weight_decay=config.weight_decay,
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, eps=optim.adam_eps,
+                                           weight_decay=optim.weight_decay,
                                            fused=device.type in ("cpu", "cuda"))
-        self.batches = BatchIterator(data.train, config.batch_size, config.seed,
+        self.batches = BatchIterator(data.train, optim.batch_size, seed,
                                      dynamic_binarization=data.dynamic_binarization, rank=ddp.rank,
                                      world_size=ddp.world)
         self.tau_schedule = temperature_schedule(config)
-        self.objective = model.training_objective(config.objective, config.k)
+        self.objective = model.training_objective(config.model.objective, config.model.k)
         # weight matrices and the RBM's couplings (the estimator's own networks are not the model's)
         self.penalized = [p for n, p in model.named_parameters()
                           if p.dim() == 2 and not n.startswith("estimator.")]
         self.own = list(model.estimator.parameters())  # stepped on the estimator's aux_loss only
         # fp16: both losses scaled before their backward passes (float16 gradients would underflow); the
         # step unscales, and skips a step whose gradients overflowed while the scale adapts
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.run.precision == "fp16")
         self.identity = {"data_dim": data.dim}
-        torch.manual_seed(config.seed * 7919 + ddp.rank)  # per-rank noise; weights came from `seed`
+        torch.manual_seed(seed * 7919 + ddp.rank)  # per-rank noise; weights came from `seed`
         self.net = wrap(model, ddp)  # DDP with more than one rank; the PCD chains stay each rank's own
         self.trivial = trivial_nll(data.train_mean, data.valid) if ddp.main else math.nan
 
     def total_of(self, config: dict[str, Any]) -> int:
+        config = flat_values(config)
         steps, epochs = config.get("steps"), config.get("epochs")
         return steps or (epochs * self.batches.steps_per_epoch if epochs else DEFAULT_STEPS)
 
@@ -196,12 +199,12 @@ class VAETask(Task):
     def announce(self) -> None:
         """The options in force into ``config.yaml`` (a resume's new --steps, --lr, ...), and a --k the
         estimator chose."""
-        config = self.config
-        if config.k_defaulted and config.k > 1:
+        config, k = self.config, self.config.model.k
+        if config.model.k_defaulted and k > 1:
             estimator = self.model.estimator
             unit = f" ({estimator.min_samples_are})" if estimator.min_samples_are else ""
-            note(f"dvae train: --k not given; estimator {estimator.name} needs at least {config.k} samples "
-                 f"per example{unit}, so k = {config.k} (recorded in {self.run_dir / CONFIG})")
+            note(f"dvae train: --k not given; estimator {estimator.name} needs at least {k} samples "
+                 f"per example{unit}, so k = {k} (recorded in {self.run_dir / CONFIG})")
         atomic_write_bytes(self.run_dir / CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
 
     def schedule(self, step: int, total: int) -> tuple[float, tuple[float, ...]]:
@@ -209,11 +212,11 @@ class VAETask(Task):
         return learning_rate(config, step, total), (self.tau_schedule(step), kl_weight(config, step, total))
 
     def losses(self, x: Tensor, tau: float, weight: float) -> tuple[Tensor, Tensor | None, Any]:
-        config = self.config
-        terms = self.net(x, tau, config.k, weight, self.objective)
+        l2 = self.config.optim.l2
+        terms = self.net(x, tau, self.config.model.k, weight, self.objective)
         loss = terms.loss
-        if config.l2:
-            loss = loss + 0.5 * config.l2 * sum(p.square().sum() for p in self.penalized)
+        if l2:
+            loss = loss + 0.5 * l2 * sum(p.square().sum() for p in self.penalized)
         if self.joint and terms.aux_loss is not None:
             return loss + terms.aux_loss, None, terms
         return loss, terms.aux_loss, terms
@@ -232,13 +235,13 @@ class VAETask(Task):
                 **model.estimator.stats()}
 
     def validate(self, state: RunState) -> dict[str, Any]:
-        config, model, step = self.config, self.model, state.step
+        run, model, step = self.config.run, self.model, state.step
         prior, log_z = model.prior, {}
         if not prior.normalized:  # an RBM: log Z by its own AIS settings
             log_z = estimate_log_partition(prior, prior.log_z_betas, prior.log_z_samples,
-                                           seed=config.seed + step)
-        metrics: dict[str, Any] = evaluate(model, self.data.valid, samples=config.val_samples,
-                                           tau=self.tau_schedule(step), seed=config.seed + step,
+                                           seed=run.seed + step)
+        metrics: dict[str, Any] = evaluate(model, self.data.valid, samples=run.val_samples,
+                                           tau=self.tau_schedule(step), seed=run.seed + step,
                                            log_partition=log_z.get("log_z", 0.0))
         metrics.update(log_z)
         margin = 2 * metrics.get("nll_stderr", 0.0)  # beyond the noise of the examples scored
@@ -248,7 +251,7 @@ class VAETask(Task):
                                   "marginals) by more than twice its standard error: training has diverged")
             note(f"dvae train: step {step}: {metrics['warning']}")
         tau = float(model.tau(self.tau_schedule(step)).detach())
-        save_images(model, self.data, self.run_dir, state.log, step, tau, config.seed)
+        save_images(model, self.data, self.run_dir, state.log, step, tau, run.seed)
         return metrics
 
     def finish(self, state: RunState, result: dict[str, Any]) -> dict[str, Any]:

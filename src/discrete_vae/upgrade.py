@@ -16,6 +16,10 @@ of its checkpoints are read through here, so that the rest of the package sees o
 - Before posteriors were their own axis, the model named its posterior ``family``: the tensors of those
   checkpoints are ``family.*``, today ``posterior.*``.
 
+- Before configs had sections, ``config.yaml`` held every option flat (``lr: 0.001``, not ``optim: {lr:
+  0.001}``); the configs read either form (:meth:`~discrete_vae.options.Sectioned.flat_values`), so a flat
+  mapping is today's form too, once the changes above are made.
+
 :func:`upgrade_config` turns a stored config mapping into today's form; :func:`upgrade_checkpoint`, which
 :func:`~discrete_vae.checkpoint.load_checkpoint` applies to every checkpoint it reads, upgrades a
 checkpoint's config and model state. A mapping already in today's form comes back unchanged.

@@ -28,7 +28,7 @@ def recorded(runs: type[TrainCommand] | type[SopCommand], run: Path) -> dict[str
     if not (run / CONFIG).is_file():
         return None
     try:
-        return runs.config_class().from_dict(upgrade_config(load_config_file(run / CONFIG))).to_dict()
+        return runs.config_class().from_dict(upgrade_config(load_config_file(run / CONFIG))).flat()
     except (UserError, TypeError, ValueError):
         return {CONFIG: "unreadable"}
 
@@ -47,13 +47,11 @@ class TrainCommand:
     @staticmethod
     def options() -> set[str]:
         """Every ``dvae train`` option: the config's, every posterior's and estimator's, ``preset``."""
-        from ..config import TrainConfig
-        from ..estimators import ESTIMATORS
-        from ..posteriors import POSTERIORS
+        from ..config import FLAT, KINDS
 
-        methods = {f.name for registry in (POSTERIORS, ESTIMATORS) for name in registry.names()
+        methods = {f.name for registry in KINDS.values() for name in registry.names()
                    for f in dataclasses.fields(registry.get(name).Options)}
-        return {f.name for f in dataclasses.fields(TrainConfig)} | methods | {"preset"}
+        return set(FLAT) | methods | {"preset"}
 
     @staticmethod
     def config(values: dict[str, Any]) -> Any:
@@ -65,21 +63,22 @@ class TrainCommand:
 
     @staticmethod
     def steps(config: Any) -> int | None:
-        return config.steps if config.epochs is None else None
+        return config.optim.steps if config.optim.epochs is None else None
 
     @staticmethod
     def length_free(config: Any) -> bool:
         """Whether the run's schedules ignore its length, so that a run resumed to more steps is the run a
         fresh one of that length would be (a cosine or piecewise learning rate, or a KL warm-up over a
         fraction of the steps, is not)."""
-        return config.lr_schedule == "constant" and config.kl_warmup == 0 and config.epochs is None
+        optim = config.optim
+        return optim.lr_schedule == "constant" and config.schedule.kl_warmup == 0 and optim.epochs is None
 
     @staticmethod
     def pairing(config: Any) -> str:
         """What the model a config builds depends on (seeds and lengths share a pairing)."""
         from ..runs import dumps
 
-        return dumps({k: v for k, v in config.to_dict().items()
+        return dumps({k: v for k, v in config.flat().items()
                       if k not in (*NEUTRAL, "seed", "steps", "epochs", "lr", "eval_every")})
 
     @staticmethod
@@ -97,16 +96,18 @@ class TrainCommand:
     def fresh(config: Any, run: Path) -> dict[str, Any]:
         from ..train import train
 
-        return train(dataclasses.replace(config, out=str(run)), progress=False)
+        return train(dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(run))),
+                     progress=False)
 
     @staticmethod
     def resume(config: Any, run: Path) -> dict[str, Any]:
         from ..config import resumed_config
         from ..train import train
 
-        given = {"steps": config.steps} if config.epochs is None else {"epochs": config.epochs}
-        if config.data_dir:
-            given["data_dir"] = config.data_dir
+        optim = config.optim
+        given = {"steps": optim.steps} if optim.epochs is None else {"epochs": optim.epochs}
+        if config.run.data_dir:
+            given["data_dir"] = config.run.data_dir
         return train(resumed_config(run, given), resume=run, progress=False)
 
     @staticmethod
@@ -143,7 +144,7 @@ class SopCommand:
     def options() -> set[str]:
         from ..sop import SOPConfig
 
-        return {f.name for f in dataclasses.fields(SOPConfig)}
+        return set(SOPConfig.flat_names())
 
     @staticmethod
     def config(values: dict[str, Any]) -> Any:
@@ -151,19 +152,19 @@ class SopCommand:
 
     @staticmethod
     def steps(config: Any) -> int | None:
-        return config.steps
+        return config.optim.steps
 
     @staticmethod
     def fresh(config: Any, run: Path) -> dict[str, Any]:
         from ..sop import train
 
-        return train(dataclasses.replace(config, out=str(run)))
+        return train(dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(run))))
 
     @staticmethod
     def resume(config: Any, run: Path) -> dict[str, Any]:
         from ..sop import resume_config, train
 
-        return train(resume_config(run, {"steps": config.steps}), resume=run)
+        return train(resume_config(run, {"steps": config.optim.steps}), resume=run)
 
     @staticmethod
     def evaluate(run: Path, evaluation: Any, data_dir: str | None) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def config_changes(runs: Any, folder: Path, config: Any) -> dict[str, tuple[Any,
     old = recorded(runs, folder / "run")
     if old is None:
         return {}
-    new = config.to_dict()
+    new = config.flat()
     changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
                if k not in NEUTRAL and old.get(k) != new.get(k)}
     steps = changed.get("steps")
@@ -161,7 +161,7 @@ def _run_point(job: PointJob, lock: PointLock) -> dict[str, Any]:
         if not (job.folder / TRAIN).is_file():
             # interrupted or extended: resume, with the spec's length (and data folder)
             result = runs.resume(config, run) if (run / LAST).is_file() else runs.fresh(config, run)
-            made = provenance(resolve_device(config.device))
+            made = provenance(resolve_device(config.run.device))
             write_json(job.folder / TRAIN, {**result, "provenance": made})
         for evaluation in job.evals:
             if current_eval(job.folder, evaluation) is None:  # not scored yet, or with other settings
