@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     config = TrainConfig.of(latent=args.latent)
-    spec = config.model.method.latent_spec()
+    spec = config.model.latent_spec()
     model = build_model(config, 784)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0, fused=True)
     iterator = BatchIterator(load_dataset("binarized_mnist", args.data_dir).train, 100, 0)
