@@ -18,7 +18,7 @@ from ..errors import ConfigError, UserError
 NEUTRAL = ("out", "data_dir", "device", "compile", "checkpoint_every", "log_every")
 
 
-def recorded(runs: type[TrainCommand] | type[SopCommand], run: Path) -> dict[str, Any] | None:
+def recorded(runs: type[Command], run: Path) -> dict[str, Any] | None:
     """The config the run folder ``run`` trains with (its ``config.yaml``, normalised as the command reads
     it), None when it has none yet; one that cannot be read is ``{"config.yaml": "unreadable"}``."""
     from ..config import load_config_file
@@ -33,7 +33,59 @@ def recorded(runs: type[TrainCommand] | type[SopCommand], run: Path) -> dict[str
         return {CONFIG: "unreadable"}
 
 
-class TrainCommand:
+class Command:
+    """What a sweep's point runs, for a task whose config is a :class:`~discrete_vae.options.Sectioned`: the
+    parts every task shares (its options, its length, a fresh run in the point's folder); a task's command
+    says how its config is made, checked, resumed and evaluated."""
+
+    name: str
+    metrics: tuple[str, ...]
+    splits: tuple[str, ...]
+
+    @staticmethod
+    def config_class() -> type:
+        raise NotImplementedError
+
+    @staticmethod
+    def train(config: Any, resume: Path | None = None) -> dict[str, Any]:
+        """Train the run (fresh, or resume the one in ``resume``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def options(cls) -> set[str]:
+        """Every option a point may set: the config's flat names."""
+        return set(cls.config_class().flat_names())
+
+    @classmethod
+    def config(cls, values: dict[str, Any]) -> Any:
+        return cls.config_class().from_dict(values)
+
+    @staticmethod
+    def steps(config: Any) -> int | None:
+        """The run's length in steps (None when it is given in epochs)."""
+        return config.optim.steps if getattr(config.optim, "epochs", None) is None else None
+
+    @staticmethod
+    def length_free(config: Any) -> bool:
+        """Whether the run's schedules ignore its length, so that a run resumed to more steps is the run a
+        fresh one of that length would be."""
+        return True
+
+    @staticmethod
+    def pairing(config: Any) -> str:
+        """What the model a config builds depends on (seeds and lengths share a pairing)."""
+        return ""
+
+    @staticmethod
+    def check(config: Any) -> None:
+        """One line for a point that cannot train, before anything trains (the config's own checks)."""
+
+    @classmethod
+    def fresh(cls, config: Any, run: Path) -> dict[str, Any]:
+        return cls.train(dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(run))))
+
+
+class TrainCommand(Command):
     name = "train"
     metrics = ("nll", "neg_elbo", "nll_stderr", "neg_relaxed_objective")
     splits = ("test", "valid", "train")
@@ -45,16 +97,23 @@ class TrainCommand:
         return TrainConfig
 
     @staticmethod
-    def options() -> set[str]:
-        """Every ``dvae train`` option: the config's, every posterior's and estimator's, ``preset``."""
-        from ..config import FLAT, KINDS
+    def train(config: Any, resume: Path | None = None) -> dict[str, Any]:
+        from ..train import train
+
+        return train(config, resume=resume, progress=False)
+
+    @classmethod
+    def options(cls) -> set[str]:
+        """Every ``dvae train`` option: the config's, every posterior's, estimator's and prior's options, and
+        ``preset``."""
+        from ..config import KINDS
 
         methods = {f.name for registry in KINDS.values() for name in registry.names()
                    for f in dataclasses.fields(registry.get(name).Options)}
-        return set(FLAT) | methods | {"preset"}
+        return super().options() | methods | {"preset"}
 
-    @staticmethod
-    def config(values: dict[str, Any]) -> Any:
+    @classmethod
+    def config(cls, values: dict[str, Any]) -> Any:
         """The :class:`~discrete_vae.config.TrainConfig` of a point (``preset`` and ``struct`` expanded
         under its options, as ``dvae train --preset`` does)."""
         from ..presets import fresh_config
@@ -62,20 +121,14 @@ class TrainCommand:
         return fresh_config({k: v for k, v in values.items() if k != "preset"}, values.get("preset"))
 
     @staticmethod
-    def steps(config: Any) -> int | None:
-        return config.optim.steps if config.optim.epochs is None else None
-
-    @staticmethod
     def length_free(config: Any) -> bool:
-        """Whether the run's schedules ignore its length, so that a run resumed to more steps is the run a
-        fresh one of that length would be (a cosine or piecewise learning rate, or a KL warm-up over a
-        fraction of the steps, is not)."""
+        """A cosine or piecewise learning rate, or a KL warm-up over a fraction of the steps, depends on the
+        length."""
         optim = config.optim
         return optim.lr_schedule == "constant" and config.schedule.kl_warmup == 0 and optim.epochs is None
 
     @staticmethod
     def pairing(config: Any) -> str:
-        """What the model a config builds depends on (seeds and lengths share a pairing)."""
         from ..runs import dumps
 
         return dumps({k: v for k, v in config.flat().items()
@@ -92,23 +145,15 @@ class TrainCommand:
         with torch.random.fork_rng(devices=[]):
             build_model(config, data_dim=16)
 
-    @staticmethod
-    def fresh(config: Any, run: Path) -> dict[str, Any]:
-        from ..train import train
-
-        return train(dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(run))),
-                     progress=False)
-
-    @staticmethod
-    def resume(config: Any, run: Path) -> dict[str, Any]:
+    @classmethod
+    def resume(cls, config: Any, run: Path) -> dict[str, Any]:
         from ..config import resumed_config
-        from ..train import train
 
         optim = config.optim
         given = {"steps": optim.steps} if optim.epochs is None else {"epochs": optim.epochs}
         if config.run.data_dir:
             given["data_dir"] = config.run.data_dir
-        return train(resumed_config(run, given), resume=run, progress=False)
+        return cls.train(resumed_config(run, given), resume=run)
 
     @staticmethod
     def evaluate(run: Path, evaluation: Any, data_dir: str | None) -> dict[str, Any]:
@@ -117,7 +162,10 @@ class TrainCommand:
         return evaluate_run(run, data_dir=data_dir, progress=False, **evaluation.options())
 
 
-class SopCommand:
+class SopCommand(Command):
+    """``dvae sop train`` + ``dvae sop eval``: a constant learning rate (any length resumes), one network
+    per config (no pairings), and the config's own checks."""
+
     name = "sop"
     metrics = ("nll", "relaxed_nll")
     splits = ("test", "valid")
@@ -129,42 +177,16 @@ class SopCommand:
         return SOPConfig
 
     @staticmethod
-    def length_free(config: Any) -> bool:
-        return True  # a constant learning rate
-
-    @staticmethod
-    def pairing(config: Any) -> str:
-        return ""
-
-    @staticmethod
-    def check(config: Any) -> None:
-        pass  # SOPConfig checks its pairings itself
-
-    @staticmethod
-    def options() -> set[str]:
-        from ..sop import SOPConfig
-
-        return set(SOPConfig.flat_names())
-
-    @staticmethod
-    def config(values: dict[str, Any]) -> Any:
-        return SopCommand.config_class().from_dict(values)
-
-    @staticmethod
-    def steps(config: Any) -> int | None:
-        return config.optim.steps
-
-    @staticmethod
-    def fresh(config: Any, run: Path) -> dict[str, Any]:
+    def train(config: Any, resume: Path | None = None) -> dict[str, Any]:
         from ..sop import train
 
-        return train(dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(run))))
+        return train(config, resume=resume)
 
-    @staticmethod
-    def resume(config: Any, run: Path) -> dict[str, Any]:
-        from ..sop import resume_config, train
+    @classmethod
+    def resume(cls, config: Any, run: Path) -> dict[str, Any]:
+        from ..sop import resume_config
 
-        return train(resume_config(run, {"steps": config.optim.steps}), resume=run)
+        return cls.train(resume_config(run, {"steps": config.optim.steps}), resume=run)
 
     @staticmethod
     def evaluate(run: Path, evaluation: Any, data_dir: str | None) -> dict[str, Any]:
@@ -178,7 +200,7 @@ class SopCommand:
 COMMANDS = {c.name: c for c in (TrainCommand, SopCommand)}
 
 
-def command(name: str) -> type[TrainCommand] | type[SopCommand]:
+def command(name: str) -> type[Command]:
     if name not in COMMANDS:
         raise ConfigError(f"unknown command {name!r} in the sweep spec (train or sop)")
     return COMMANDS[name]
