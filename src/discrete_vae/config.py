@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .estimators import ESTIMATORS
 from .methods import METHODS
 from .networks import ACTIVATIONS
-from .options import Sectioned, check_finite, check_seed, coerce_widths, method_options
+from .options import Sectioned, check_counts, check_finite, check_seed, coerce_widths, method_options
 from .posteriors import POSTERIORS, LatentSpec
 from .posteriors.kl import kl_kind
 from .priors import PRIORS
@@ -45,13 +45,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
-
-
-def _positive(section: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(section, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
 
 
 def _one_of(flag: str, value: str, choices: tuple[str, ...] | dict) -> None:
@@ -136,7 +129,7 @@ class ModelConfig:
                               "--min-temperature, --anneal-rate), not an estimator option")
         if self.k is None:  # not given: the estimator's minimum, which config.yaml then records
             self.k, self.k_defaulted = ESTIMATORS.get(self.estimator).min_samples, True
-        _positive(self, "k")
+        check_counts(self, "k")
 
     def latent_spec(self) -> LatentSpec:
         return LatentSpec.parse(self.latent, self.binary)
@@ -171,7 +164,7 @@ class OptimConfig:
         check_finite(self)
         if self.steps is not None and self.epochs is not None:
             raise ConfigError("give --steps or --epochs, not both")
-        _positive(self, "batch_size", "steps", "epochs")
+        check_counts(self, "batch_size", "steps", "epochs")
         if not self.lr > 0:
             raise ConfigError("--lr must be positive")
         if min(self.weight_decay, self.lr_final, self.l2) < 0:
@@ -195,7 +188,7 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         check_finite(self)
-        _positive(self, "anneal_every")
+        check_counts(self, "anneal_every")
         for name in ("temperature", "min_temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
@@ -226,7 +219,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_seed("--seed", self.seed)
-        _positive(self, "eval_every", "checkpoint_every", "log_every", "val_samples")
+        check_counts(self, "eval_every", "checkpoint_every", "log_every", "val_samples")
         _one_of("compile", self.compile, COMPILE_MODES)
         _one_of("precision", self.precision, PRECISIONS)
 

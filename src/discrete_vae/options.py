@@ -128,6 +128,16 @@ def check_finite(obj: Any) -> None:
             raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
 
 
+def check_counts(obj: Any, *names: str) -> None:
+    """Each field ``names`` of dataclass ``obj`` (default: every ``int`` field but the seed) that holds a
+    value is at least 1; one :class:`ConfigError` line naming the flag otherwise."""
+    names = names or tuple(f.name for f in dataclasses.fields(obj) if f.type == "int" and f.name != "seed")
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 SEED_MAX = 2**32 - 1  # seeds are 32-bit unsigned integers, as NumPy's; derived seeds stay within 64 bits
 
 

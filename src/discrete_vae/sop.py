@@ -20,7 +20,6 @@ loop (:mod:`discrete_vae.loop`), evaluation.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -64,7 +63,7 @@ from .models.sop_net import (  # noqa: F401  (the SOP network's names, re-export
     split_halves,
     unit_family,
 )
-from .options import Sectioned, check_finite, check_seed
+from .options import Sectioned, check_counts, check_finite, check_seed
 from .run_state import RunState
 from .runs import (
     CONFIG,
@@ -82,14 +81,6 @@ DATASETS = ("binarized_mnist", "digits")
 
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
-
-
-def _at_least_one(section: Any) -> None:
-    """Every count of ``section`` (an ``int`` field but the seed) is positive."""
-    for f in dataclasses.fields(section):
-        value = getattr(section, f.name)
-        if f.type == "int" and f.name != "seed" and value < 1:
-            raise ConfigError(f"--{f.name.replace('_', '-')} must be positive, got {value}")
 
 
 @dataclass
@@ -115,7 +106,7 @@ class SOPModelConfig:
                               f"draws through the network), not {self.estimator}")
         if self.arch not in ARCHS:
             raise ConfigError(f"unknown --arch {self.arch!r}; choose one of: {', '.join(ARCHS)}")
-        _at_least_one(self)
+        check_counts(self)
         if not self.temperature > 0 or not math.isfinite(self.temperature):
             raise ConfigError(f"--temperature must be positive, got {self.temperature}")
 
@@ -131,7 +122,7 @@ class SOPOptimConfig:
 
     def __post_init__(self) -> None:
         check_finite(self)
-        _at_least_one(self)
+        check_counts(self)
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if not self.weight_decay >= 0:
@@ -159,7 +150,7 @@ class SOPRunConfig:
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown --dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
         check_seed("--seed", self.seed)
-        _at_least_one(self)
+        check_counts(self)
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
 
