@@ -39,6 +39,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # script, its arguments ({data} and {run} are filled in), a piece of the output it must print
 CASES = [
+    ("compile_parity.py", "--data-dir {data} --steps 4 --perturbations 1 --blocks 2 --set latent=4x4 "
+     "--set hidden=[16]", "mean |difference| over steps 3–4"),
     ("compile_speed.py", "--data-dir {data} --steps 3 --warmup 2 --rounds 1 --set latent=4x4 "
      "--set hidden=[16]", '"compiled_vs_eager"'),
     ("denormals.py", "{run} --steps 3 --rounds 1", "flushed / IEEE"),
