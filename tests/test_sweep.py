@@ -196,6 +196,25 @@ def test_only_runs_the_points_named_and_the_table_shows_what_is_done(tmp_path, c
         assert len(err) == 1 and message in err[0], err
 
 
+def test_each_result_keeps_the_command_that_made_it_and_report_shows_the_only_points(tmp_path, capsys):
+    """Two parts of a grid run by two commands: a table of both names both; ``--report --only`` shows that
+    part's points alone, under the command that made them (not the sweep's last command)."""
+    spec, out = write_spec(tmp_path), tmp_path / "out"
+    assert sweep(spec, out, "--only", "seed=1") == 0
+    assert sweep(spec, out, "--only", "seed=0") == 0
+    both = (out / "table.md").read_text()
+    assert f"Command: `dvae sweep {spec} --only seed=0`; `dvae sweep {spec} --only seed=1` · " in both
+    assert "mean ± std over 2 seeds" in both
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out), "--report", "--only", "seed=1"]) == 0
+    assert set(last_json(capsys)["point_states"]) == {"model=gs,seed=1", "model=st-gs,seed=1"}
+    one = (out / "table.md").read_text()
+    assert f"Command: `dvae sweep {spec} --only seed=1` · " in one and "seed=0" not in one
+    assert "1 seed." in one
+    made = json.loads((out / "model=gs,seed=1" / "train.json").read_text())["provenance"]
+    assert made["command"] == f"dvae sweep {spec} --only seed=1"
+
+
 @pytest.mark.parametrize("parts,message", [
     ({"base": {**BASE, "not_an_option": 1}}, "not_an_option"),
     ({"grid": {"model": []}}, "grid axis 'model' is empty"),

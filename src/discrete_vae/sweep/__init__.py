@@ -117,7 +117,7 @@ def run_sweep(spec: Spec, out: Path, *, executor: str = "local", jobs: int | Non
             if not todo:
                 break
             attempted |= {(p.name, p.name in chosen) for p in todo}
-            work = jobs_for(spec, out, todo, threads, data_dir, chosen, retrain_changed)
+            work = jobs_for(spec, out, todo, threads, data_dir, chosen, retrain_changed, command)
             with sigterm_interrupts():
                 outcomes.update(run_jobs(runner, executor, work, jobs, out, wait, on_done=report))
             if not wait:
@@ -190,12 +190,14 @@ def parse_only(items: list[str]) -> dict[str, set[str]]:
     return only
 
 
-def write_tables(spec: Spec, out: Path, page: bool = False) -> None:
+def write_tables(spec: Spec, out: Path, page: bool = False, only: dict[str, set[str]] | None = None) -> None:
     """table.md, results.csv/json and the plots from what ``out`` holds now; with ``page``, the tables
-    into the spec's results page too (``page:``; never for ``--quick``)."""
+    into the spec's results page too (``page:``; never for ``--quick``); with ``only`` ({axis: labels}), of
+    those points alone."""
     if not out.is_dir():
         raise ConfigError(f"{out} holds no sweep yet")
-    written = write_report(spec, out, collect(spec, out, set(read_json(out / JOBS) or {})), page)
+    records = [r for r in collect(spec, out, set(read_json(out / JOBS) or {})) if picked(r, only or {})]
+    written = write_report(spec, out, records, page)
     if page and spec.page is not None:
         note(f"dvae sweep: wrote the tables into {written['page']}" if "page" in written else
              f"dvae sweep: --quick: its numbers are not written into {spec.page}")

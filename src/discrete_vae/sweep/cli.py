@@ -29,8 +29,8 @@ def add_sweep_parser(sub: Any) -> None:
                    "with select: waiting, unselected), of the --only points if given, and run nothing")
     p.add_argument("--report", action="store_true",
                    help="write table.md, results.csv/json and the plots from the points finished so far "
-                   "(and the tables into the spec's results page, if it names one with page:), and run "
-                   "nothing")
+                   "(and the tables into the spec's results page, if it names one with page:), of the "
+                   "--only points if given, and run nothing")
     p.add_argument("--retrain-changed", action="store_true",
                    help="train again, from scratch, the points whose run was trained with settings the spec "
                    "no longer gives (without it the sweep refuses to run and names them)")
@@ -83,7 +83,7 @@ def sweep_command(args: argparse.Namespace) -> dict[str, Any]:
     out = args.out or default_out(spec, args.quick)
     if args.status or args.report:
         if args.report:
-            write_tables(spec, out, page=True)
+            write_tables(spec, out, page=True, only=only)
         summary = sweep_status(spec, out, only=only)
         print_status(summary)
         return summary

@@ -82,12 +82,15 @@ def make_executor(kind: str, folder: Path, threads: int, slurm: Slurm | None, ti
 
 
 def jobs_for(spec: Spec, out: Path, points: list[Point], threads: int, data_dir: str | None,
-             chosen: set[str] | None = None, retrain: bool = False) -> list[PointJob]:
+             chosen: set[str] | None = None, retrain: bool = False,
+             sweep: str | None = None) -> list[PointJob]:
     """One job per point; ``chosen`` names the points a ``select:`` chose (their ``selected`` evaluations
-    run too; None: every point); ``retrain``: a point trained with another config trains again."""
+    run too; None: every point); ``retrain``: a point trained with another config trains again; ``sweep``:
+    the command line, recorded with each result."""
     extra = {"data_dir": data_dir} if data_dir else {}
     return [PointJob(out / p.name, {**p.values, **extra},
-                     spec.point_evals(p, chosen is None or p.name in chosen), threads, spec.command, retrain)
+                     spec.point_evals(p, chosen is None or p.name in chosen), threads, spec.command, retrain,
+                     sweep)
             for p in points]
 
 

@@ -14,10 +14,11 @@ from .spec import SEED, Spec
 CURVES_PNG, FINAL_PNG = "validation.png", "final.png"
 
 
-def validation_curves(spec: Spec, out: Path) -> dict[str, dict[int, list[float]]]:
-    """Per setting (every axis label but the seed), the validation bound at each step over its seeds."""
+def validation_curves(spec: Spec, out: Path, names: set[str]) -> dict[str, dict[int, list[float]]]:
+    """Per setting (every axis label but the seed), the validation bound at each step over its seeds, of
+    the points ``names``."""
     curves: dict[str, dict[int, list[float]]] = {}
-    for point in spec.points():
+    for point in (p for p in spec.points() if p.name in names):
         setting = ", ".join(f"{a}={label}" for a, label in point.labels if a != SEED) or spec.name
         path = out / point.name / "run" / "metrics.jsonl"
         try:
@@ -52,7 +53,7 @@ def write_plots(spec: Spec, out: Path, records: list[dict[str, Any]]) -> dict[st
         return out / name
 
     written = {}
-    curves = validation_curves(spec, out)
+    curves = validation_curves(spec, out, {r["point"] for r in records})
     if curves:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for setting, by_step in curves.items():

@@ -115,6 +115,7 @@ class PointJob:
     threads: int
     command: str = "train"
     retrain: bool = False  # the spec's config changed since the point trained: train it again from scratch
+    sweep: str | None = None  # the sweep's command line, recorded with the point's results
 
     def __call__(self) -> dict[str, Any]:
         return run_point(self)
@@ -138,7 +139,6 @@ def run_point(job: PointJob) -> dict[str, Any]:
 
 def _run_point(job: PointJob, lock: PointLock) -> dict[str, Any]:
     from ..progress import Stopped
-    from ..provenance import provenance
     from ..recipe import resolve_device
     from ..runs import LAST
 
@@ -161,14 +161,14 @@ def _run_point(job: PointJob, lock: PointLock) -> dict[str, Any]:
         if not (job.folder / TRAIN).is_file():
             # interrupted or extended: resume, with the spec's length (and data folder)
             result = runs.resume(config, run) if (run / LAST).is_file() else runs.fresh(config, run)
-            made = provenance(resolve_device(config.run.device))
+            made = made_by(job, resolve_device(config.run.device))
             write_json(job.folder / TRAIN, {**result, "provenance": made})
         for evaluation in job.evals:
             if current_eval(job.folder, evaluation) is None:  # not scored yet, or with other settings
                 result = runs.evaluate(run, evaluation, job.values.get("data_dir"))
                 write_json(job.folder / eval_file(evaluation),
                            {**result, "settings": evaluation.options(),
-                            "provenance": provenance(resolve_device("auto"))})
+                            "provenance": made_by(job, resolve_device("auto"))})
         return {"state": "done"}
     except Stopped as e:
         return {"state": "interrupted", "error": str(e)}
@@ -180,6 +180,14 @@ def _run_point(job: PointJob, lock: PointLock) -> dict[str, Any]:
         return {"state": "failed", "error": message}
     finally:
         lock.release()
+
+
+def made_by(job: PointJob, device: Any) -> dict[str, Any]:
+    """Where a result of ``job`` is made (:func:`~discrete_vae.provenance.provenance`) and, where the sweep
+    gave it, by which command line."""
+    from ..provenance import provenance
+
+    return {**provenance(device), **({"command": job.sweep} if job.sweep else {})}
 
 
 def short_of(folder: Path, steps: int | None) -> bool:
