@@ -207,9 +207,8 @@ def metric_title(spec: Spec, table: Table, metric: str) -> str:
 def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]], command_line: str = "") -> str:
     """The table: rows and columns by axis label in the spec's order, one column per column label and
     metric; a cell is mean ± std over seeds (or one column per seed). Below it: what every row and column
-    label sets, what all points share, each evaluation's setting, and where the numbers were made (the
-    command lines, dates, code commits and machines the shown results recorded; ``command_line``, the
-    sweep's last, for results made before they recorded theirs)."""
+    label sets, what all points share, each evaluation's setting, and where the numbers were made
+    (:func:`made_line`)."""
     by_point = {r["point"]: r for r in records}
     points = [p for p in spec.points() if p.name in by_point]  # all, or the --only points
 
@@ -277,15 +276,20 @@ def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]], comm
         notes.append(select_note(spec, table, choices))
     shown_records = [r for r in records if in_table(spec, table, r)
                      and any(measured(r, m, spec)[0] is not None for m in table.metrics)]
-    made = [p for r in shown_records for p in r.get("provenance", []) if p]
-    where = (summary(made) if shown_records else
+    notes.append(made_line(shown_records, command_line))
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+
+
+def made_line(records: list[dict[str, Any]], command_line: str) -> str:
+    """Where the results of ``records`` were made: the command lines that made them (``command_line``, the
+    sweep's last, for results made before they recorded theirs), dates, code commits and machines."""
+    made = [p for r in records for p in r.get("provenance", []) if p]
+    where = (summary(made) if records else
              "Date: none yet (no point has finished) · Code commit: none yet · Machine: none yet")
-    # each result's own command line; one made before results recorded theirs: the sweep's last
     commands = sorted({p.get("command") or command_line for p in made} - {""})
     if not commands and command_line:
         commands = [command_line]
-    notes.append(f"Command: {'; '.join(f'`{c}`' for c in commands)} · {where}" if commands else where)
-    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+    return f"Command: {'; '.join(f'`{c}`' for c in commands)} · {where}" if commands else where
 
 
 def select_note(spec: Spec, table: Table, choices: dict[tuple[str, ...], str]) -> str:
