@@ -212,6 +212,24 @@ def test_a_flipped_byte_in_a_checkpoint_is_one_line_naming_the_file(run, tmp_pat
     assert str(path) in result.err and "checksum" in result.err
 
 
+def test_validation_and_its_image_grids_leave_batch_norm_as_training_left_it(tmp_path, capsys):
+    """Batch norm's running averages count training batches only: the validations and the image grids
+    drawn beside them (reconstructions, prior draws) run in eval mode, so the best and the last
+    checkpoints hold what the training steps made of them."""
+    from discrete_vae.recipe import model_from_run
+
+    run = tmp_path / "run"
+    args = [*FAST, "--batch-norm", "--activation", "tanh", "--steps", 6, "--eval-every", 2]
+    result = dvae(capsys, "train", *args, "--checkpoint-every", 3, "--out", run)
+    assert result.rc == 0, result.err
+    assert len(list((run / "images").glob("reconstructions_*.png"))) == 3
+    for which in ("best", "last"):
+        model, _, state = model_from_run(run, which)
+        counts = {name: int(count) for name, count in model.named_buffers() if name.endswith("num_batches_tracked")}
+        assert len(counts) == 2, counts  # the encoder's hidden layer and the decoder's
+        assert set(counts.values()) == {state["step"]}, (which, counts)
+
+
 # ------------------------------------------------------------------ 2. non-finite values and divergence
 def _nan_after_optimizer_step(monkeypatch, at: int) -> None:
     """Make the ``at``-th optimizer step write NaN into a weight (the loss of that step stays finite)."""

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .models import DiscreteVAE
+from .networks import evaluating
 from .priors import Prior
 
 MAX_ROWS = 1 << 13  # decoder rows (samples x examples) per chunk: cache-sized, measured fastest
@@ -92,15 +93,11 @@ def evaluate(
     ``log_partition`` is subtracted from every log weight for priors that are not normalised.
     ``progress(examples done)`` is called after each chunk of examples.
     """
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    devices = [device] if device.type == "cuda" else []
     examples = max(1, max_rows // max(1, min(samples, max_rows)))
     iw_sum = iw_sq = elbo_sum = relaxed_sum = igr_sum = 0.0
     relaxation = model.straight_through is not None
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with evaluating(model, device, seed):
         for start in range(0, data.shape[0], examples):
             x = data[start : start + examples].to(device)
             iw, elbo, log_mean_px = iw_log_likelihood(model, x, samples, max_rows)
@@ -114,7 +111,6 @@ def evaluate(
                 igr_sum += float((terms.kl.double() - log_mean_px).sum())
             if progress is not None:
                 progress(min(start + examples, data.shape[0]))
-    model.train(was_training)
     n = data.shape[0]
     metrics = {  # every per-example log weight is short of -log Z: subtract it once from the means
         "nll": log_partition - iw_sum / n,

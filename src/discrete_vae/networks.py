@@ -6,9 +6,11 @@ The networks of the VAE (:mod:`.models`) and of the hierarchical posteriors' lat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
@@ -72,3 +74,24 @@ def build_mlp(in_dim: int, out_dim: int, config: MLPConfig) -> nn.Sequential:
         width = h
     layers.append(nn.Linear(width, out_dim))
     return nn.Sequential(*layers)
+
+
+@contextmanager
+def evaluating(module: nn.Module, device: torch.device, seed: int | None = None) -> Iterator[None]:
+    """Run ``module`` in eval mode (batch norm on its running averages, which stay as they are) with the
+    random number generator forked, and seeded when ``seed`` is given; the module's mode and the
+    generator's state are put back afterwards.
+
+    Everything that looks at a model in training without training it (validation, image grids, the
+    one pass that sizes lazy parameters) goes through here, so that it changes neither the model nor
+    the random numbers of the steps that follow.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield
+    finally:
+        module.train(was_training)

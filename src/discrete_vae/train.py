@@ -33,6 +33,7 @@ from .errors import ConfigError, UserError
 from .evaluate import estimate_log_partition, evaluate, trivial_nll
 from .loop import Task, fit
 from .models import DiscreteVAE
+from .networks import evaluating
 from .recipe import (
     build_model,
     kl_weight,
@@ -76,8 +77,7 @@ def save_images(model: DiscreteVAE, data: DataSplits, run_dir: Path, log: RunLog
     draws from the prior) under ``images/`` and in TensorBoard."""
     device = next(model.parameters()).device
     caption = f"{run_dir.name}, step {step}, tau {tau:.3f}"
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with evaluating(model, device, seed):  # batch norm's running averages stay the training batches'
         x = data.subset("valid", 32).to(device)
         figures = {
             "reconstructions": reconstruction_figure(x, model.reconstruct(x), data.image_shape, caption),

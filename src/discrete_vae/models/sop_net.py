@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..distributions import ExpIGRSB, PlanarFlow
 from ..distributions.hard import bernoulli_draws
 from ..estimators import ESTIMATORS, Latents, Pathwise, build_estimator
+from ..networks import evaluating
 
 # arch -> (stochastic layers, deterministic maps are Linear-tanh-Linear)
 ARCHS = {"double_linear": (2, False), "triple_linear": (3, False), "nonlinear": (2, True)}
@@ -240,14 +241,9 @@ def evaluate(net: SOPNet, x: Tensor, image_shape: tuple[int, int], samples: int,
     """``nll = -L^SP_S`` with hard samples and ``relaxed_nll = -L^S`` at ``tau``, seeded, RNG restored;
     ``nll_stderr`` (more than one example) is the standard error of ``nll`` over the examples."""
     upper, lower = split_halves(x, image_shape)
-    was_training = net.training
-    net.eval()
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with evaluating(net, x.device, seed):
         hard = sop_bound(net, upper, lower, samples, tau, hard=True)
         relaxed = sop_bound(net, upper, lower, samples, tau, hard=False)
-    net.train(was_training)
     metrics = {"nll": -float(hard.mean()), "relaxed_nll": -float(relaxed.mean()),
                "samples": samples, "examples": int(x.shape[0])}
     if hard.numel() > 1:

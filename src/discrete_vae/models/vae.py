@@ -21,7 +21,7 @@ from torch.distributions import Distribution
 
 from ..errors import ConfigError
 from ..estimators import Estimator, build_estimator
-from ..networks import MLPConfig, build_mlp
+from ..networks import MLPConfig, build_mlp, evaluating
 from ..posteriors import Posterior
 from ..posteriors.base import Relaxation
 from ..posteriors.kl import analytic_kl, kl_kind
@@ -163,13 +163,9 @@ class DiscreteVAE(nn.Module):
         before building the optimizer; a checkpoint's ``load_state_dict`` sizes them too."""
         if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.estimator.parameters()):
             return
-        was_training = self.training
-        self.eval()
-        devices = [x.device] if x.device.type == "cuda" else []
         # gradients stay on: control variates skip their networks under no_grad
-        with torch.random.fork_rng(devices=devices):
+        with evaluating(self, x.device):
             self(x, 1.0, max(2, self.estimator.min_samples))
-        self.train(was_training)
 
     def init_decoder_bias(self, train_mean: Tensor) -> None:
         """Start the decoder's output bias at the logit of the data's base rate (when its last layer is a
