@@ -52,6 +52,16 @@ class Command:
         raise NotImplementedError
 
     @classmethod
+    def resume(cls, config: Any, run: Path) -> dict[str, Any]:
+        """Resume the run in ``run`` to the point's length (and data folder, if the point gives one)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def evaluate(run: Path, evaluation: Any, data_dir: str | None) -> dict[str, Any]:
+        """One evaluation of the spec (:class:`~discrete_vae.sweep.spec.Evaluation`) of the run ``run``."""
+        raise NotImplementedError
+
+    @classmethod
     def options(cls) -> set[str]:
         """Every option a point may set: the config's flat names."""
         return set(cls.config_class().flat_names())
