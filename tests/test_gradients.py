@@ -196,6 +196,21 @@ def test_a_trained_run_is_measured_with_its_own_estimator_state(small_run, capsy
     assert trained["variance"] < fresh["variance"] / 10
 
 
+def test_progress_counts_the_estimators_measured(small_run, capsys, monkeypatch, tmp_path):
+    import discrete_vae.progress
+
+    monkeypatch.setattr(discrete_vae.progress, "EVERY_S", 0.0)  # a line at every estimator
+    argv = ["gradients", small_run, "--estimators", "reinforce,st", "--draws", "5", "--batch", "2",
+            "--device", "cpu", "--out", tmp_path / "g"]
+    result = dvae(capsys, *argv)
+    assert result.rc == 0, result.err
+    lines = [line for line in result.err.splitlines() if line.startswith("gradients: ")]
+    assert [line.split(", ")[0] for line in lines] == ["gradients: estimator 1/2 (50%)",
+                                                        "gradients: estimator 2/2 (100%)"]
+    assert lines[-1].endswith("last st")
+    assert "gradients: " not in dvae(capsys, *argv, "--no-progress").err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--estimators", "nope"], "unknown estimator 'nope'"),
     (["--estimators", "arm"], "supports binary latents"),

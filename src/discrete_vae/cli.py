@@ -162,6 +162,7 @@ def _add_gradients_parser(sub: Any) -> None:
                    "./gradients-<time>)")
     g.add_argument("--config", type=Path, help="YAML or TOML file of model options (fresh model)")
     g.add_argument("--preset", help="named preset of options (fresh model; see `dvae list presets`)")
+    _add_progress_flag(g)
     add_train_flags(p, skip=GRADIENTS_SKIP)
 
 
@@ -248,7 +249,8 @@ def _gradients(args: argparse.Namespace) -> dict[str, Any]:
         args.run_dir, config, checkpoint=args.checkpoint, seed=given.get("seed", seed), k=given.get("k", k),
         device=given.get("device", device), data_dir=given.get("data_dir"), split=args.split,
         batch=args.batch, batch_seed=args.batch_seed, estimators=names, draws=args.draws, tau=args.tau,
-        reference_samples=args.reference_samples, options=own, out=args.out, adapt=args.adapt)
+        reference_samples=args.reference_samples, options=own, out=args.out, adapt=args.adapt,
+        progress=args.progress)
 
 
 def estimator_option_names() -> set[str]:

@@ -39,6 +39,7 @@ from .gradients import (
     use_estimator,
 )
 from .models import DiscreteVAE
+from .progress import Progress
 
 
 def default_estimators(model: DiscreteVAE) -> list[str]:
@@ -87,7 +88,7 @@ def gradient_report(model: DiscreteVAE, x: Tensor, estimators: list[str] | None 
                     draws: int = 200, tau: float = 1.0, seed: int = 0, reference_samples: int = 10_000,
                     options: dict[str, Any] | None = None, objective: str = "auto",
                     learned_tau: bool = True, adapt: int = 0, adapt_data: Tensor | None = None,
-                    adapt_lr: float = 1e-3) -> dict[str, Any]:
+                    adapt_lr: float = 1e-3, progress: Progress | None = None) -> dict[str, Any]:
     """Measure ``estimators`` (default :func:`default_estimators`; ``NAME:K`` gives one its own ``K``) on
     the batch ``x``, ``k`` samples each.
 
@@ -95,8 +96,8 @@ def gradient_report(model: DiscreteVAE, x: Tensor, estimators: list[str] | None 
     options); ``objective`` is the relaxations' training objective (``elbo``, ``iw``, or ``auto``: iw for
     posteriors that train with it when k > 1); with ``learned_tau`` a learned temperature wins over ``tau``.
     With ``adapt``, each fresh estimator with learned parts first trains them for that many steps
-    (:func:`adapt_estimator`, on batches of ``adapt_data``, default ``x``), the model frozen.
-    The caller's model and RNG state are left as they were."""
+    (:func:`adapt_estimator`, on batches of ``adapt_data``, default ``x``), the model frozen. ``progress``
+    counts the estimators measured. The caller's model and RNG state are left as they were."""
     check_measurement(draws, k, reference_samples, tau)
     if adapt < 0:
         raise ConfigError(f"--adapt must be 0 or more steps, got {adapt}")
@@ -136,6 +137,8 @@ def gradient_report(model: DiscreteVAE, x: Tensor, estimators: list[str] | None 
             results[label] = {"estimator": name, "k": n, "evaluations": evaluations, "reference": target(iw),
                               "objective": mode, "state": state, "adapted": adapted,
                               **measure(model, x, tau, n, mode, draws, references[iw], unbiased)}
+            if progress is not None:
+                progress.update(len(results), last=label)
     refs = {target(iw): {"kind": r.kind, "detail": r.detail, "value": r.value, "norm": float(r.grad.norm()),
                          "se": None if r.var_of_mean is None else math.sqrt(float(r.var_of_mean.sum()))}
             for iw, r in references.items()}
@@ -154,10 +157,12 @@ def gradients_command(run_dir: Path | None, config: Any, *, checkpoint: str = "b
                       batch: int = 20, batch_seed: int = 0, estimators: list[str] | None = None,
                       draws: int = 200, tau: float | None = None, reference_samples: int = 10_000,
                       options: dict[str, Any] | None = None, out: Path | None = None,
-                      adapt: int = 0) -> dict[str, Any]:
+                      adapt: int = 0, progress: bool | None = None) -> dict[str, Any]:
     """``dvae gradients``: the model of ``run_dir`` (its ``checkpoint``) or a fresh one from ``config`` (a
     :class:`~discrete_vae.config.TrainConfig`; weights from its seed), ``batch`` examples of ``split`` drawn
-    with ``batch_seed``; prints the table, writes ``gradients.json`` and ``gradients.png`` into ``out``."""
+    with ``batch_seed``; prints the table, writes ``gradients.json`` and ``gradients.png`` into ``out``.
+    ``progress``: a bar over the estimators (True), nothing (False), or a bar on a terminal and otherwise a
+    line every 30 s (None)."""
     from .checkpoint import atomic_write_bytes, run_checkpoint
     from .data import load_dataset
     from .recipe import build_model, model_from_run, resolve_device, run_dataset, temperature_schedule
@@ -193,11 +198,18 @@ def gradients_command(run_dir: Path | None, config: Any, *, checkpoint: str = "b
     x = pool[indices]
     if split == "train" and data.dynamic_binarization:  # grey levels: one fixed draw, as training draws
         x = torch.bernoulli(x, generator=generator)
-    report = gradient_report(
-        model, x.to(where), estimators, k=k, draws=draws, seed=seed, options=options,
-        tau=temperature_schedule(config)(step) if tau is None else tau, learned_tau=tau is None,
-        reference_samples=reference_samples, objective=config.model.objective, adapt=adapt,
-        adapt_data=data.split("train").to(where) if adapt else None, adapt_lr=config.optim.lr)
+    wanted = estimators or default_estimators(model)
+    bar = Progress(len(dict.fromkeys(wanted)), mode=Progress.mode_for(progress), desc="gradients",
+                   unit="estimator")
+    try:
+        report = gradient_report(
+            model, x.to(where), wanted, k=k, draws=draws, seed=seed, options=options,
+            tau=temperature_schedule(config)(step) if tau is None else tau, learned_tau=tau is None,
+            reference_samples=reference_samples, objective=config.model.objective, adapt=adapt,
+            adapt_data=data.split("train").to(where) if adapt else None, adapt_lr=config.optim.lr,
+            progress=bar)
+    finally:
+        bar.close()
     m = config.model
     result = {**source, "step": step, "model": m.method, "latent": str(m.latent_spec()),
               "dataset": config.run.dataset, "split": split, "batch": batch, "batch_seed": batch_seed,
