@@ -225,7 +225,8 @@ def test_validation_and_its_image_grids_leave_batch_norm_as_training_left_it(tmp
     assert len(list((run / "images").glob("reconstructions_*.png"))) == 3
     for which in ("best", "last"):
         model, _, state = model_from_run(run, which)
-        counts = {name: int(count) for name, count in model.named_buffers() if name.endswith("num_batches_tracked")}
+        counts = {name: int(count) for name, count in model.named_buffers()
+                  if name.endswith("num_batches_tracked")}
         assert len(counts) == 2, counts  # the encoder's hidden layer and the decoder's
         assert set(counts.values()) == {state["step"]}, (which, counts)
 
@@ -278,6 +279,18 @@ def test_resume_with_a_smaller_learning_rate_is_recorded(run, tmp_path, capsys):
     assert lrs[350] == recipe.learning_rate(config, 349, 400) != recipe.learning_rate(old, 349, 400)
     refused = dvae(capsys, "train", "--resume", copy, "--batch-size", 10)
     assert refused.rc == 2 and "--lr" in refused.err and one_line(refused.err)
+
+
+def test_resume_reads_the_data_from_a_new_folder(run, tmp_path, capsys):
+    """A run moved to a machine whose datasets lie elsewhere: ``--data-dir`` on resume, recorded."""
+    copy, elsewhere = copy_run(run, tmp_path), tmp_path / "datasets"
+    elsewhere.mkdir()
+    result = dvae(capsys, "train", "--resume", copy, "--steps", 320, "--data-dir", elsewhere)
+    assert result.rc == 0, result.err
+    records = [json.loads(line) for line in (copy / "overrides.jsonl").read_text().splitlines()]
+    assert {"step": 300, "option": "data_dir", "from": None, "to": str(elsewhere)} in records
+    config = TrainConfig.from_dict(yaml.safe_load((copy / "config.yaml").read_text()))
+    assert config.run.data_dir == str(elsewhere)
 
 
 def test_finite_divergence_is_reported(tmp_path, capsys, monkeypatch):

@@ -35,7 +35,7 @@ from .upgrade import upgrade_config
 
 LR_SCHEDULES = ("constant", "cosine", "piecewise")
 # what `dvae train --resume RUN` may change; each change is recorded in RUN/overrides.jsonl with its step
-RESUME_OVERRIDES = ("steps", "epochs", "lr", "lr_final", "device", "compile", "eval_every",
+RESUME_OVERRIDES = ("steps", "epochs", "lr", "lr_final", "device", "data_dir", "compile", "eval_every",
                     "checkpoint_every", "log_every")
 OBJECTIVES = ("auto", "elbo", "iw")
 # the methods with options of their own, whose registries the config's option mappings are checked against

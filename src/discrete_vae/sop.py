@@ -218,7 +218,8 @@ def _run_dir(config: SOPConfig) -> Path:
 
 
 # what `dvae sop train --resume RUN` may change; each change is recorded in RUN/overrides.jsonl
-RESUME_OVERRIDES = ("steps", "lr", "device", "compile", "eval_every", "checkpoint_every", "log_every")
+RESUME_OVERRIDES = ("steps", "lr", "device", "data_dir", "compile", "eval_every", "checkpoint_every",
+                    "log_every")
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> SOPConfig:
     """The config of the SOP run in ``run_dir`` (its ``config.yaml``, of any version, in today's form) with
