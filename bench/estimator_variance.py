@@ -19,6 +19,13 @@ writes ``OUT/variance.json`` and ``OUT/variance.png`` (variance, and variance x 
 Resumable: a stage whose ``gradients.json`` exists is not measured again, and the run continues from
 its last checkpoint. Several hours at the full stages on one CPU core (mostly the 10^6 steps).
 
+``--reuse SETTING=RUN`` measures a stage on the last checkpoint of another run folder of the same
+training when it stands at that stage's step, instead of training there: its ``config.yaml`` must equal
+the setting's but for where it lives and its length and cadences (a constant learning rate, so the
+runs are one trajectory). The binary setting is the ``rloo`` K = 2 cell of
+``experiments/binary_protocol.yaml``, so its 10^6 stage can be that cell's finished run:
+``--reuse binary=SWEEP/seed=0,K=2,estimator=rloo/run``.
+
     OMP_NUM_THREADS=1 python bench/estimator_variance.py --data-dir ../shared/data --out runs/variance
     python bench/estimator_variance.py --settings binary --stages 20,40 --dataset digits \\
         --draws 5 --adapt 2 --out /tmp/variance   # a smoke run
@@ -32,19 +39,21 @@ import json
 import sys
 from pathlib import Path
 
+from discrete_vae.checkpoint import load_checkpoint
 from discrete_vae.cli import main as dvae
+from discrete_vae.sweep.commands import NEUTRAL, TrainCommand, recorded
 
 SETTINGS = {
     "binary": {
-        "train": ["--preset", "dong2020-nonlinear", "--prior", "uniform", "--batch-size", "100",
-                  "--lr", "1e-3", "--kl", "sampled", "--estimator", "rloo", "--k", "2"],
+        "train": {"preset": "dong2020-nonlinear", "prior": "uniform", "batch_size": 100, "lr": 1e-3,
+                  "kl": "sampled", "estimator": "rloo", "k": 2},
         "stages": [1_000, 10_000, 100_000, 1_000_000],
         "estimators": ["rloo:2", "disarm:2", "double-cv:2", "rodeo:2", "relax:1", "unordered:2",
                        "sum-and-sample:2", "rloo:3", "arms:3", "double-cv:3", "rodeo:3", "rloo:4", "arms:4",
                        "indecater:1"],
     },
     "categorical": {
-        "train": ["--latent", "20x10", "--lr-schedule", "constant"],
+        "train": {"latent": "20x10", "lr_schedule": "constant"},
         "stages": [1_000, 10_000, 100_000],
         "estimators": ["rloo:2", "disarm:2", "carms:2", "unordered:2", "sum-and-sample:2", "rloo:3",
                        "carms:3", "indecater:1"],
@@ -52,8 +61,24 @@ SETTINGS = {
 }
 
 
+def reused_run(setting: str, steps: int, args: argparse.Namespace) -> Path | None:
+    """The ``--reuse`` run of ``setting`` if it stands at ``steps``; one line if it is another training."""
+    run = args.reuse.get(setting)
+    if run is None or int(load_checkpoint(run / "last.safetensors")["step"]) != steps:
+        return None
+    expected = TrainCommand.config({**SETTINGS[setting]["train"], "dataset": args.dataset}).flat()
+    found = recorded(TrainCommand, run) or {}
+    ignored = {*NEUTRAL, "steps", "epochs", "eval_every"}
+    differ = sorted(k for k, v in expected.items() if k not in ignored and found.get(k) != v)
+    if differ:
+        raise SystemExit(f"bench/estimator_variance.py: --reuse {setting}={run} trains otherwise: "
+                         + ", ".join(f"{k} {found.get(k)!r} (the setting's {expected[k]!r})" for k in differ))
+    return run
+
+
 def run_stage(root: Path, setting: str, steps: int, args: argparse.Namespace) -> dict:
-    """Train ``setting``'s run to ``steps`` (or resume it there) and measure the estimators on it."""
+    """Train ``setting``'s run to ``steps`` (or resume it there; or take the ``--reuse`` run standing
+    there) and measure the estimators on it."""
     run, out = root / setting / "run", root / setting / f"step-{steps}"
     if (out / "gradients.json").exists():
         return json.loads((out / "gradients.json").read_text())
@@ -61,11 +86,14 @@ def run_stage(root: Path, setting: str, steps: int, args: argparse.Namespace) ->
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     common = ["--steps", str(steps), "--eval-every", str(steps),
               "--checkpoint-every", str(min(steps, 10_000))]
-    if (run / "config.yaml").exists():
+    flags = [part for k, v in spec["train"].items() for part in (f"--{k.replace('_', '-')}", str(v))]
+    if (reused := reused_run(setting, steps, args)) is not None:
+        run, argv = reused, []
+    elif (run / "config.yaml").exists():
         argv = ["train", "--resume", str(run), *common, *data]
     else:
-        argv = ["train", *spec["train"], "--dataset", args.dataset, *common, "--out", str(run), *data]
-    if dvae(argv) != 0:
+        argv = ["train", *flags, "--dataset", args.dataset, *common, "--out", str(run), *data]
+    if argv and dvae(argv) != 0:
         raise SystemExit(f"bench/estimator_variance.py: `dvae {' '.join(argv)}` failed")
     argv = ["gradients", str(run), "--checkpoint", "last", "--estimators", ",".join(spec["estimators"]),
             "--draws", str(args.draws), "--batch", str(args.batch), "--adapt", str(args.adapt),
@@ -111,6 +139,14 @@ def figure(results: dict[str, dict[int, dict]]) -> bytes:
     return buffer.getvalue()
 
 
+def reuse_entry(given: str) -> tuple[str, Path]:
+    setting, _, run = given.partition("=")
+    if setting not in SETTINGS or not (Path(run) / "last.safetensors").is_file():
+        raise SystemExit(f"--reuse takes SETTING=RUN with SETTING one of {', '.join(SETTINGS)} and RUN a run "
+                         f"folder with a last.safetensors, got {given!r}")
+    return setting, Path(run)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="binary,categorical",
@@ -123,7 +159,11 @@ def main() -> None:
     parser.add_argument("--adapt", type=int, default=1000, help="steps that train learned parts first")
     parser.add_argument("--reference-samples", type=int, default=10_000)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--reuse", action="append", default=[], metavar="SETTING=RUN",
+                        help="measure a stage on RUN's last checkpoint when RUN, a run of the setting's "
+                        "training, stands at that stage's step (see above)")
     args = parser.parse_args()
+    args.reuse = dict(reuse_entry(given) for given in args.reuse)
     results: dict[str, dict[int, dict]] = {}
     for setting in args.settings.split(","):
         if setting not in SETTINGS:

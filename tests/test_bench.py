@@ -79,3 +79,31 @@ def test_bench_script_runs(script, args, expect, data_dir, run, tmp_path):
                             text=True, timeout=TIMEOUT_S, env=subprocess_env(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert expect in result.stdout, result.stdout[-3000:]
+
+
+def test_estimator_variance_measures_a_reused_run_at_its_step_and_refuses_another_training(tmp_path):
+    """``--reuse binary=RUN``: the stage at RUN's step is measured on RUN's last checkpoint (nothing is
+    trained for it); a RUN whose config.yaml trains otherwise is one line naming the difference."""
+    import json
+
+    import yaml
+
+    def variance(out: str, *extra: str) -> subprocess.CompletedProcess:
+        argv = ["--settings", "binary", "--stages", "5", "--dataset", "digits", "--draws", "3", "--adapt",
+                "1", "--batch", "3", "--reference-samples", "100", "--out", str(tmp_path / out), *extra]
+        return subprocess.run([sys.executable, "-c", PRELUDE, str(BENCH / "estimator_variance.py"), *argv],
+                              capture_output=True, text=True, timeout=TIMEOUT_S, env=subprocess_env(tmp_path),
+                              cwd=tmp_path)
+
+    assert variance("first").returncode == 0
+    run = tmp_path / "first" / "binary" / "run"
+    result = variance("second", "--reuse", f"binary={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "second" / "binary" / "run").exists()
+    measured = json.loads((tmp_path / "second" / "binary" / "step-5" / "gradients.json").read_text())
+    assert (measured["run_dir"], measured["step"]) == (str(run), 5)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["optim"]["lr"] = 3e-4
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    result = variance("third", "--reuse", f"binary={run}")
+    assert result.returncode == 1 and "trains otherwise: lr 0.0003 (the setting's 0.001)" in result.stderr
