@@ -115,6 +115,17 @@ def table(setting: str, stages: dict[int, dict], key: str) -> str:
     return "\n".join(lines)
 
 
+def made(setting: str, stages: dict[int, dict]) -> str:
+    """Where each stage of ``setting`` was measured: its run, step, date, commit and machine."""
+    parts = []
+    for steps, result in stages.items():
+        made = result.get("provenance") or {}
+        where = ", ".join(f"{k} {made[k]}" for k in ("date", "commit", "cpu", "gpu") if made.get(k))
+        parts.append(f"{steps:,} steps: {result['run_dir']} ({result['checkpoint']} checkpoint, step "
+                     f"{result['step']:,}); {where or 'date, commit and machine not recorded'}")
+    return f"{setting}, measured at\n" + "\n".join(f"- {part}" for part in parts)
+
+
 def figure(results: dict[str, dict[int, dict]]) -> bytes:
     """PNG: per setting, variance and variance x ms against the step (log scales), a line per estimator."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -174,9 +185,12 @@ def main() -> None:
     for setting, stages in results.items():
         for key in ("variance", "variance x ms"):
             print(table(setting, stages, key) + "\n")
-    summary = {setting: {str(s): {n: {k: r[k] for k in ("k", "evaluations", "variance", "bias", "bias_z",
-                                                         "seconds", "state")}
-                                  for n, r in result["estimators"].items()}
+        print(made(setting, stages) + "\n")
+    keys = ("k", "evaluations", "variance", "bias", "bias_z", "seconds", "state")
+    summary = {setting: {str(s): {"made": {"run_dir": result["run_dir"], "step": result["step"],
+                                           **(result.get("provenance") or {})},
+                                  "estimators": {n: {k: r[k] for k in keys}
+                                                 for n, r in result["estimators"].items()}}
                          for s, result in stages.items()} for setting, stages in results.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "variance.json").write_text(json.dumps(summary, indent=1) + "\n")

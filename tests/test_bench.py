@@ -102,6 +102,11 @@ def test_estimator_variance_measures_a_reused_run_at_its_step_and_refuses_anothe
     assert not (tmp_path / "second" / "binary" / "run").exists()
     measured = json.loads((tmp_path / "second" / "binary" / "step-5" / "gradients.json").read_text())
     assert (measured["run_dir"], measured["step"]) == (str(run), 5)
+    made = measured["provenance"]
+    assert set(made) == {"date", "commit", "cpu", "gpu"} and made["commit"]
+    assert f"- 5 steps: {run} (last checkpoint, step 5); date " in result.stdout
+    summary = json.loads((tmp_path / "second" / "variance.json").read_text())["binary"]["5"]
+    assert summary["made"]["run_dir"] == str(run) and "rloo:2" in summary["estimators"]
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["optim"]["lr"] = 3e-4
     (run / "config.yaml").write_text(yaml.safe_dump(config))

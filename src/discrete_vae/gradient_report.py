@@ -160,11 +160,13 @@ def gradients_command(run_dir: Path | None, config: Any, *, checkpoint: str = "b
                       adapt: int = 0, progress: bool | None = None) -> dict[str, Any]:
     """``dvae gradients``: the model of ``run_dir`` (its ``checkpoint``) or a fresh one from ``config`` (a
     :class:`~discrete_vae.config.TrainConfig`; weights from its seed), ``batch`` examples of ``split`` drawn
-    with ``batch_seed``; prints the table, writes ``gradients.json`` and ``gradients.png`` into ``out``.
+    with ``batch_seed``; prints the table, writes ``gradients.json`` (with where it was measured: date,
+    commit, machine) and ``gradients.png`` into ``out``.
     ``progress``: a bar over the estimators (True), nothing (False), or a bar on a terminal and otherwise a
     line every 30 s (None)."""
     from .checkpoint import atomic_write_bytes, run_checkpoint
     from .data import load_dataset
+    from .provenance import provenance
     from .recipe import build_model, model_from_run, resolve_device, run_dataset, temperature_schedule
     from .runs import dumps, refuse_links
     from .viz.gradients import gradient_figure, gradient_table
@@ -213,7 +215,7 @@ def gradients_command(run_dir: Path | None, config: Any, *, checkpoint: str = "b
     m = config.model
     result = {**source, "step": step, "model": m.method, "latent": str(m.latent_spec()),
               "dataset": config.run.dataset, "split": split, "batch": batch, "batch_seed": batch_seed,
-              "indices": indices.tolist(), "seed": seed, **report,
+              "indices": indices.tolist(), "seed": seed, **report, "provenance": provenance(where),
               "files": {"json": str(out / "gradients.json"), "png": str(out / "gradients.png")}}
     caption = (f"{source.get('run_dir', 'fresh model')}, step {step}, {m.method} {m.latent}, tau "
                f"{report['tau']:.3g}, {split} batch of {batch}, {draws} draws")
