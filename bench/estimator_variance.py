@@ -14,8 +14,10 @@ learned parts of ``double-cv``, ``rodeo`` and ``relax`` are first trained on eac
 - ``categorical``: the default gs model (20 x 10, 784-512-256) at a constant learning rate 1e-3; stages
   10^3, 10^4, 10^5 steps.
 
-Prints, per setting, the variance and the variance x ms of each estimator at each stage (markdown), and
-writes ``OUT/variance.json`` and ``OUT/variance.png`` (variance, and variance x ms, against the step).
+Prints, per setting, the variance and the variance x ms of each estimator at each stage (markdown) and
+where each stage was measured, and writes ``OUT/variance.json`` and ``OUT/variance.png`` (variance, and
+variance x ms, against the step); with ``--page`` the tables go into a results page too, between the
+setting's markers (``docs/results/estimator_variance.md``).
 Resumable: a stage whose ``gradients.json`` exists is not measured again, and the run continues from
 its last checkpoint. Several hours at the full stages on one CPU core (mostly the 10^6 steps).
 
@@ -42,6 +44,10 @@ from pathlib import Path
 from discrete_vae.checkpoint import load_checkpoint
 from discrete_vae.cli import main as dvae
 from discrete_vae.sweep.commands import NEUTRAL, TrainCommand, recorded
+from discrete_vae.sweep.report import write_page
+
+# a setting's tables on a results page (--page) lie between these, as a sweep's do between its own
+MARKERS = ("<!-- bench/estimator_variance.py: {} -->", "<!-- end bench/estimator_variance.py: {} -->")
 
 SETTINGS = {
     "binary": {
@@ -170,6 +176,8 @@ def main() -> None:
     parser.add_argument("--adapt", type=int, default=1000, help="steps that train learned parts first")
     parser.add_argument("--reference-samples", type=int, default=10_000)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--page", type=Path, default=None,
+                        help="a results page to write each setting's tables into, between its markers")
     parser.add_argument("--reuse", action="append", default=[], metavar="SETTING=RUN",
                         help="measure a stage on RUN's last checkpoint when RUN, a run of the setting's "
                         "training, stands at that stage's step (see above)")
@@ -181,11 +189,13 @@ def main() -> None:
             raise SystemExit(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
         stages = [int(s) for s in args.stages.split(",")] if args.stages else SETTINGS[setting]["stages"]
         results[setting] = {s: run_stage(args.out, setting, s, args) for s in stages}
-    print(f"$ python {' '.join(sys.argv)}\n")
-    for setting, stages in results.items():
-        for key in ("variance", "variance x ms"):
-            print(table(setting, stages, key) + "\n")
-        print(made(setting, stages) + "\n")
+    command = f"python {' '.join(sys.argv)}"
+    blocks = {setting: "\n\n".join([*(table(setting, stages, key) for key in ("variance", "variance x ms")),
+                                     made(setting, stages), f"Command: `{command}`"])
+              for setting, stages in results.items()}
+    print(f"$ {command}\n\n" + "\n\n".join(blocks.values()) + "\n")
+    if args.page is not None:
+        print(f"wrote the tables into {write_page(args.page, blocks, *MARKERS)}")
     keys = ("k", "evaluations", "variance", "bias", "bias_z", "seconds", "state")
     summary = {setting: {str(s): {"made": {"run_dir": result["run_dir"], "step": result["step"],
                                            **(result.get("provenance") or {})},

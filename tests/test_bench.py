@@ -97,8 +97,14 @@ def test_estimator_variance_measures_a_reused_run_at_its_step_and_refuses_anothe
 
     assert variance("first").returncode == 0
     run = tmp_path / "first" / "binary" / "run"
-    result = variance("second", "--reuse", f"binary={run}")
+    page = tmp_path / "page.md"
+    page.write_text("# Variance\n\n<!-- bench/estimator_variance.py: binary -->\nold\n"
+                    "<!-- end bench/estimator_variance.py: binary -->\n\nWhat it shows.\n")
+    result = variance("second", "--reuse", f"binary={run}", "--page", str(page))
     assert result.returncode == 0, result.stderr[-3000:]
+    text = page.read_text()
+    assert "old" not in text and text.endswith("-->\n\nWhat it shows.\n")
+    assert "| binary: variance |" in text and "Command: `python " in text and "--reuse binary=" in text
     assert not (tmp_path / "second" / "binary" / "run").exists()
     measured = json.loads((tmp_path / "second" / "binary" / "step-5" / "gradients.json").read_text())
     assert (measured["run_dir"], measured["step"]) == (str(run), 5)

@@ -344,26 +344,25 @@ def seeds_note(counts: set[int]) -> str:
 BEGIN, END = "<!-- dvae sweep --report: {} -->", "<!-- end dvae sweep --report: {} -->"
 
 
-def write_page(spec: Spec, blocks: dict[str, str]) -> Path:
-    """Put each table's block (``blocks``: name -> Markdown) into the spec's results page, between the
-    markers ``<!-- dvae sweep --report: NAME -->`` and ``<!-- end dvae sweep --report: NAME -->``; a table
-    the page has no markers for is added at its end, under a heading of its name. The rest of the page
-    (what the tables show) is left as it is."""
+def write_page(page: Path, blocks: dict[str, str], begin: str = BEGIN, end: str = END) -> Path:
+    """Put each table's block (``blocks``: name -> Markdown) into the results page ``page``, between the
+    markers ``begin`` and ``end`` formatted with its name (a sweep's: ``<!-- dvae sweep --report: NAME -->``
+    and ``<!-- end dvae sweep --report: NAME -->``); a table the page has no markers for is added at its
+    end, under a heading of its name. The rest of the page (what the tables show) is left as it is."""
     from ..checkpoint import atomic_write_bytes
 
-    page = spec.page
     try:
         text = page.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or e
-        raise ConfigError(f"cannot read the spec's results page {page}: {reason}") from None
+        raise ConfigError(f"cannot read the results page {page}: {reason}") from None
     for name, block in blocks.items():
-        begin, end = BEGIN.format(name), END.format(name)
-        if begin in text and end in text.split(begin, 1)[1]:
-            head, rest = text.split(begin, 1)
-            text = head + begin + "\n" + block.rstrip("\n") + "\n" + end + rest.split(end, 1)[1]
+        first, last = begin.format(name), end.format(name)
+        if first in text and last in text.split(first, 1)[1]:
+            head, rest = text.split(first, 1)
+            text = head + first + "\n" + block.rstrip("\n") + "\n" + last + rest.split(last, 1)[1]
         else:
-            text = text.rstrip("\n") + f"\n\n## {name}\n\n{begin}\n{block.rstrip()}\n{end}\n"
+            text = text.rstrip("\n") + f"\n\n## {name}\n\n{first}\n{block.rstrip()}\n{last}\n"
     atomic_write_bytes(page, text.encode())
     return page
 
@@ -391,6 +390,6 @@ def write_report(spec: Spec, out: Path, records: list[dict[str, Any]], page: boo
     atomic_write_bytes(out / TABLE_MD, "\n".join(parts).encode())
     written["table"] = out / TABLE_MD
     if page and spec.page is not None and not spec.quick:
-        written["page"] = write_page(spec, blocks)
+        written["page"] = write_page(spec.page, blocks)
     written.update(write_plots(spec, out, records))
     return written
