@@ -173,6 +173,7 @@ def gradients_command(run_dir: Path | None, config: Any, *, checkpoint: str = "b
 
     check_measurement(draws, k, reference_samples, tau)
     where = resolve_device(device)
+    made = provenance(where)  # the code this process loaded, though the checkout may move on meanwhile
     if run_dir is not None:
         model, config, state = model_from_run(run_dir, checkpoint, str(where))
         step, source = int(state["step"]), {"run_dir": str(run_dir),
@@ -215,7 +216,7 @@ def gradients_command(run_dir: Path | None, config: Any, *, checkpoint: str = "b
     m = config.model
     result = {**source, "step": step, "model": m.method, "latent": str(m.latent_spec()),
               "dataset": config.run.dataset, "split": split, "batch": batch, "batch_seed": batch_seed,
-              "indices": indices.tolist(), "seed": seed, **report, "provenance": provenance(where),
+              "indices": indices.tolist(), "seed": seed, **report, "provenance": made,
               "files": {"json": str(out / "gradients.json"), "png": str(out / "gradients.png")}}
     caption = (f"{source.get('run_dir', 'fresh model')}, step {step}, {m.method} {m.latent}, tau "
                f"{report['tau']:.3g}, {split} batch of {batch}, {draws} draws")

@@ -27,7 +27,9 @@ def provenance(device: Any = "cpu") -> dict[str, str | None]:
 @functools.cache
 def commit() -> str:
     """The git commit of this package's source (short hash, ``+modified`` when its tracked files differ
-    from it), or ``discrete-vae VERSION`` when it is not installed from a git checkout."""
+    from it), or ``discrete-vae VERSION`` when it is not installed from a git checkout. Read once per
+    process: a long job calls it when it starts, so that its results name the code it loaded, not the
+    commit the checkout has reached by the time they are written."""
     source = Path(__file__).resolve().parent
 
     def git(*args: str) -> str:

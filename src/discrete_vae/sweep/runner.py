@@ -139,9 +139,11 @@ def run_point(job: PointJob) -> dict[str, Any]:
 
 def _run_point(job: PointJob, lock: PointLock) -> dict[str, Any]:
     from ..progress import Stopped
+    from ..provenance import commit
     from ..recipe import resolve_device
     from ..runs import LAST
 
+    commit()  # the code this job loaded (kept for its results), though the checkout may move on meanwhile
     runs = command(job.command)
     try:
         (job.folder / ERROR).unlink(missing_ok=True)
