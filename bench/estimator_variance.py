@@ -125,8 +125,8 @@ def made(setting: str, stages: dict[int, dict]) -> str:
     """Where each stage of ``setting`` was measured: its run, step, date, commit and machine."""
     parts = []
     for steps, result in stages.items():
-        made = result.get("provenance") or {}
-        where = ", ".join(f"{k} {made[k]}" for k in ("date", "commit", "cpu", "gpu") if made.get(k))
+        record = result.get("provenance") or {}
+        where = ", ".join(f"{k} {record[k]}" for k in ("date", "commit", "cpu", "gpu") if record.get(k))
         parts.append(f"{steps:,} steps: {result['run_dir']} ({result['checkpoint']} checkpoint, step "
                      f"{result['step']:,}); {where or 'date, commit and machine not recorded'}")
     return f"{setting}, measured at\n" + "\n".join(f"- {part}" for part in parts)
