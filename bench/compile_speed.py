@@ -11,6 +11,8 @@ each round's pair ran side by side), the cold and warm compile seconds, and the 
 
     python bench/compile_speed.py --data-dir ../shared/data --set latent=20x10
     python bench/compile_speed.py --data-dir ../shared/data --command sop --set k=50 --steps 200 --warmup 50
+    python bench/compile_speed.py --data-dir ../shared/data --set preset=dong2020-nonlinear \\
+        --set prior=uniform --set kl=sampled --set estimator=rloo --set k=2 --set batch_size=100
     python bench/compile_speed.py --data-dir ../shared/data --set model=dvaes-power \\
         --set struct=1-layer-lin --set chains=100 --set sweeps=10
 """
@@ -46,7 +48,8 @@ def run(command: str, options: dict, steps: int, compile_mode: str, data_dir: st
         torch._dynamo.reset()  # a fresh compile per run (from the on-disk cache after the first)
         if command == "sop":
             return sop.train(sop.SOPConfig.from_dict({"test_samples": 1, "val_samples": 1, **values}))
-        return train(fresh_config({"val_samples": 1, **values}), progress=False)  # as dvae train resolves it
+        preset = values.pop("preset", None)  # --set preset=NAME, as dvae train --preset NAME
+        return train(fresh_config({"val_samples": 1, **values}, preset=preset), progress=False)
 
 
 def rate(command: str, options: dict, steps: int, warmup: int, mode: str,

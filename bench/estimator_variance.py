@@ -16,8 +16,9 @@ learned parts of ``double-cv``, ``rodeo`` and ``relax`` are first trained on eac
 
 Prints, per setting, the variance and the variance x ms of each estimator at each stage (markdown) and
 where each stage was measured, and writes ``OUT/variance.json`` and ``OUT/variance.png`` (variance, and
-variance x ms, against the step); with ``--page`` the tables go into a results page too, between the
-setting's markers (``docs/results/estimator_variance.md``).
+variance x ms, against the step) over every setting and stage measured under ``OUT`` so far; with
+``--page`` the tables go into a results page too, between the setting's markers
+(``docs/results/estimator_variance.md``), and the figure beside it (``estimator_variance.png``).
 Resumable: a stage whose ``gradients.json`` exists is not measured again, and the run continues from
 its last checkpoint. Several hours at the full stages on one CPU core (mostly the 10^6 steps).
 
@@ -156,6 +157,13 @@ def figure(results: dict[str, dict[int, dict]]) -> bytes:
     return buffer.getvalue()
 
 
+def measured(root: Path, setting: str) -> dict[int, dict]:
+    """Every stage of ``setting`` measured under ``root`` so far (this run's and earlier runs'), by step."""
+    found = {int(path.parent.name.removeprefix("step-")): json.loads(path.read_text())
+             for path in (root / setting).glob("step-*/gradients.json")}
+    return dict(sorted(found.items()))
+
+
 def reuse_entry(given: str) -> tuple[str, Path]:
     setting, _, run = given.partition("=")
     if setting not in SETTINGS or not (Path(run) / "last.safetensors").is_file():
@@ -196,16 +204,20 @@ def main() -> None:
     print(f"$ {command}\n\n" + "\n\n".join(blocks.values()) + "\n")
     if args.page is not None:
         print(f"wrote the tables into {write_page(args.page, blocks, *MARKERS)}")
+    everything = {setting: stages for setting in SETTINGS if (stages := measured(args.out, setting))}
     keys = ("k", "evaluations", "variance", "bias", "bias_z", "seconds", "state")
     summary = {setting: {str(s): {"made": {"run_dir": result["run_dir"], "step": result["step"],
                                            **(result.get("provenance") or {})},
                                   "estimators": {n: {k: r[k] for k in keys}
                                                  for n, r in result["estimators"].items()}}
-                         for s, result in stages.items()} for setting, stages in results.items()}
-    args.out.mkdir(parents=True, exist_ok=True)
+                         for s, result in stages.items()} for setting, stages in everything.items()}
     (args.out / "variance.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (args.out / "variance.png").write_bytes(figure(results))
-    print(f"wrote {args.out / 'variance.json'} and {args.out / 'variance.png'}")
+    png = figure(everything)
+    (args.out / "variance.png").write_bytes(png)
+    print(f"wrote {args.out / 'variance.json'} and {args.out / 'variance.png'} (all measured there)")
+    if args.page is not None:
+        args.page.with_suffix(".png").write_bytes(png)
+        print(f"wrote the figure beside the page: {args.page.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

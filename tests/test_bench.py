@@ -105,6 +105,7 @@ def test_estimator_variance_measures_a_reused_run_at_its_step_and_refuses_anothe
     text = page.read_text()
     assert "old" not in text and text.endswith("-->\n\nWhat it shows.\n")
     assert "| binary: variance |" in text and "Command: `python " in text and "--reuse binary=" in text
+    assert (tmp_path / "page.png").read_bytes().startswith(b"\x89PNG")
     assert not (tmp_path / "second" / "binary" / "run").exists()
     measured = json.loads((tmp_path / "second" / "binary" / "step-5" / "gradients.json").read_text())
     assert (measured["run_dir"], measured["step"]) == (str(run), 5)
@@ -118,3 +119,5 @@ def test_estimator_variance_measures_a_reused_run_at_its_step_and_refuses_anothe
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     result = variance("third", "--reuse", f"binary={run}")
     assert result.returncode == 1 and "trains otherwise: lr 0.0003 (the setting's 0.001)" in result.stderr
+    assert variance("first", "--stages", "6").returncode == 0  # a later stage: the summary keeps the earlier
+    assert set(json.loads((tmp_path / "first" / "variance.json").read_text())["binary"]) == {"5", "6"}
