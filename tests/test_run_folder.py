@@ -412,3 +412,20 @@ def test_run_folders_of_earlier_versions_still_evaluate_and_resume(run, tmp_path
     result = dvae(capsys, "train", "--resume", old, "--steps", 320)
     assert result.rc == 0, result.err
     assert yaml.safe_load((old / "config.yaml").read_text())["model"]["k"] == 1
+
+
+def test_logged_step_reads_the_last_whole_record_from_the_end(tmp_path):
+    """``logged_step`` (a sweep's --status) reads a long metrics.jsonl from its end: the last whole
+    record's step, past a torn last line and a tail that starts mid-record; None before any record."""
+    from discrete_vae.runs import logged_step
+
+    assert logged_step(tmp_path) is None  # no metrics.jsonl yet
+    path = tmp_path / "metrics.jsonl"
+    records = [json.dumps({"step": step, "split": "train", "loss": 100.0 + step % 7, "pad": "x" * 300})
+               for step in range(1, 1001)]  # ~340 kB: longer than the tail that is read
+    path.write_text("\n".join(records) + "\n")
+    assert logged_step(tmp_path) == 1000
+    path.write_text("\n".join(records) + '\n{"step": 1001, "split": "tr')  # a line cut short
+    assert logged_step(tmp_path) == 1000
+    path.write_text('{"step": 3, "spl')
+    assert logged_step(tmp_path) is None

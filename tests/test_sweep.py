@@ -467,6 +467,11 @@ def test_more_steps_in_the_spec_extend_a_run_whose_schedules_ignore_its_length(t
     assert main(["sweep", str(spec), "--out", str(out), "--report"]) == 0
     assert last_json(capsys)["point_states"] == {"model=gs,seed=0": "interrupted"}
     assert "| gs | — |" in (out / "table.md").read_text()  # the 20-step numbers are not shown as 40's
+    assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
+    shown = capsys.readouterr()
+    assert "model=gs,seed=0  interrupted: step 20 of 40 (50%)" in shown.err  # how far it has come
+    progress = json.loads(shown.out.splitlines()[-1])["progress"]
+    assert progress == {"model=gs,seed=0": {"step": 20, "steps": 40}}
     assert sweep(spec, out) == 0
     assert last_json(capsys)["ran"] == 1
     assert json.loads((point / "train.json").read_text())["step"] == 40

@@ -175,6 +175,23 @@ def open_resumed_run(run_dir: Path, what: str = "run") -> RunLock:
         raise UserError(f"cannot lock {run_dir} for writing: {e.strerror}") from None
 
 
+def logged_step(run_dir: Path) -> int | None:
+    """The step of the last whole record in ``run_dir``'s ``metrics.jsonl``, read from the file's end (a
+    long run's log is not read whole); None before the first."""
+    try:
+        with (Path(run_dir) / METRICS).open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    for line in reversed(tail.split("\n")):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue  # blank, torn, or the cut first line of the tail
+    return None
+
+
 def read_metrics(path: Path, up_to: int | None = None) -> list[str]:
     """The lines of ``metrics.jsonl`` (with ``step <= up_to`` if given); a torn last line is dropped.
 

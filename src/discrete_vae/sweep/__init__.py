@@ -52,7 +52,8 @@ def sweep_status(spec: Spec, out: Path, records: bool = False,
                    for r in found if r["state"] == "changed"})
     summary = {"spec": spec.name, "out": str(out), "points": len(found),
                "states": {s: sum(v == s for v in states.values()) for s in STATES},
-               "point_states": states, "errors": errors}
+               "point_states": states, "errors": errors,
+               "progress": {r["point"]: r["progress"] for r in found if "progress" in r}}
     return {**summary, "records": found} if records else summary
 
 
@@ -213,5 +214,5 @@ def _written(out: Path) -> dict[str, Path]:
 
 
 def print_status(summary: dict[str, Any]) -> None:
-    for line in status_lines(summary["point_states"], summary["errors"]):
+    for line in status_lines(summary["point_states"], summary["errors"], summary["progress"]):
         note(line)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..provenance import summary
+from ..runs import logged_step
 from .commands import command
 from .plots import write_plots
 from .runner import (
@@ -79,6 +80,8 @@ def _record(spec: Spec, out: Path, point: Point, submitted: set[str], chosen: bo
     record["rescore"] = [] if stale or not train else [  # scored with settings the spec no longer gives
         e.name for e in evals
         if (folder / eval_file(e)).is_file() and record["evals"][e.name] is None]
+    if state in ("running", "interrupted"):  # how far its training has come
+        record["progress"] = {"step": logged_step(folder / "run"), "steps": steps}
     error = read_json(folder / ERROR)
     record["error"] = error.get("error") if error else None
     if changed:

@@ -223,11 +223,24 @@ def point_state(folder: Path, evals: tuple[Evaluation, ...], submitted: bool = F
     return "submitted" if submitted else "pending"
 
 
-def status_lines(states: dict[str, str], errors: dict[str, str]) -> list[str]:
+def status_lines(states: dict[str, str], errors: dict[str, str],
+                 progress: dict[str, dict[str, int | None]] | None = None) -> list[str]:
+    """A count of the points in each state, then a line per point: its state, and its error, or how far a
+    running or interrupted point's training has logged (``step 612,000 of 1,000,000 (61%)``)."""
     counts = {s: sum(1 for v in states.values() if v == s) for s in STATES}
     lines = [", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no points"]
     width = max((len(n) for n in states), default=0)
     for name, state in states.items():
-        if state != "unselected":
-            lines.append(f"  {name:<{width}}  {state}{': ' + errors[name] if name in errors else ''}")
+        if state == "unselected":
+            continue
+        detail = errors.get(name) or progress_text((progress or {}).get(name))
+        lines.append(f"  {name:<{width}}  {state}{': ' + detail if detail else ''}")
     return lines
+
+
+def progress_text(progress: dict[str, int | None] | None) -> str:
+    """``step S of N (P%)``; ``step S`` for a run without a length in steps; empty before a logged step."""
+    step, steps = (progress or {}).get("step"), (progress or {}).get("steps")
+    if step is None:
+        return ""
+    return f"step {step:,}" + (f" of {steps:,} ({100 * step // steps}%)" if steps else "")
