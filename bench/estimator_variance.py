@@ -134,7 +134,8 @@ def made(setting: str, stages: dict[int, dict]) -> str:
 
 
 def figure(results: dict[str, dict[int, dict]]) -> bytes:
-    """PNG: per setting, variance and variance x ms against the step (log scales), a line per estimator."""
+    """PNG: per setting, variance and variance x ms against the step (log scales), a line per estimator
+    (one colour per estimator, solid at K = 1 or 2, dashed at 3, dotted at 4)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -143,10 +144,16 @@ def figure(results: dict[str, dict[int, dict]]) -> bytes:
     axes = fig.subplots(len(results), 2, squeeze=False)
     for row, (setting, stages) in zip(axes, results.items(), strict=True):
         steps = list(stages)
-        for name in next(iter(stages.values()))["estimators"]:
+        names = list(next(iter(stages.values()))["estimators"])
+        families = list(dict.fromkeys(name.split(":")[0] for name in names))
+        for name in names:  # a colour per estimator, a line style and marker per K
+            family, _, k = name.partition(":")
+            style = {"color": f"C{families.index(family) % 10}", "label": name,
+                     **{"3": {"linestyle": "--", "marker": "s"}, "4": {"linestyle": ":", "marker": "^"}}.get(
+                         k, {"linestyle": "-", "marker": "o"})}
             rows = [stages[s]["estimators"][name] for s in steps]
-            row[0].plot(steps, [r["variance"] for r in rows], marker="o", label=name)
-            row[1].plot(steps, [r["variance"] * r["seconds"] * 1e3 for r in rows], marker="o", label=name)
+            row[0].plot(steps, [r["variance"] for r in rows], **style)
+            row[1].plot(steps, [r["variance"] * r["seconds"] * 1e3 for r in rows], **style)
         for ax, what in zip(row, ("variance: tr Cov(g_hat)", "variance x ms per estimate"), strict=True):
             ax.set(xscale="log", yscale="log", xlabel="training step", ylabel=what, title=setting)
             ax.grid(True, which="major", alpha=0.3)
@@ -159,8 +166,9 @@ def figure(results: dict[str, dict[int, dict]]) -> bytes:
 
 def measured(root: Path, setting: str) -> dict[int, dict]:
     """Every stage of ``setting`` measured under ``root`` so far (this run's and earlier runs'), by step."""
-    found = {int(path.parent.name.removeprefix("step-")): json.loads(path.read_text())
-             for path in (root / setting).glob("step-*/gradients.json")}
+    paths = (root / setting).glob("step-*/gradients.json")
+    found = {int(step): json.loads(path.read_text()) for path in paths
+             if (step := path.parent.name.removeprefix("step-")).isdigit()}  # not a renamed copy (step-N.old)
     return dict(sorted(found.items()))
 
 
