@@ -148,9 +148,9 @@ def figure(results: dict[str, dict[int, dict]]) -> bytes:
         families = list(dict.fromkeys(name.split(":")[0] for name in names))
         for name in names:  # a colour per estimator, a line style and marker per K
             family, _, k = name.partition(":")
-            style = {"color": f"C{families.index(family) % 10}", "label": name,
-                     **{"3": {"linestyle": "--", "marker": "s"}, "4": {"linestyle": ":", "marker": "^"}}.get(
-                         k, {"linestyle": "-", "marker": "o"})}
+            linestyle, marker = {"3": ("--", "s"), "4": (":", "^")}.get(k, ("-", "o"))
+            style = {"color": f"C{families.index(family) % 10}", "label": name, "linestyle": linestyle,
+                     "marker": marker}
             rows = [stages[s]["estimators"][name] for s in steps]
             row[0].plot(steps, [r["variance"] for r in rows], **style)
             row[1].plot(steps, [r["variance"] * r["seconds"] * 1e3 for r in rows], **style)
@@ -199,6 +199,8 @@ def main() -> None:
                         "training, stands at that stage's step (see above)")
     args = parser.parse_args()
     args.reuse = dict(reuse_entry(given) for given in args.reuse)
+    if args.page is not None and not args.page.is_file():  # said before hours of work, not after
+        parser.error(f"--page {args.page}: no such page (it holds the markers the tables go between)")
     results: dict[str, dict[int, dict]] = {}
     for setting in args.settings.split(","):
         if setting not in SETTINGS:
