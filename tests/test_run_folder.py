@@ -293,6 +293,32 @@ def test_resume_reads_the_data_from_a_new_folder(run, tmp_path, capsys):
     assert config.run.data_dir == str(elsewhere)
 
 
+def test_a_resumed_runs_rate_covers_every_stretch(run, tmp_path, capsys):
+    """``steps_per_s`` of a run trained in stretches is over all of them: the checkpoint carries the seconds
+    and steps timed so far. A checkpoint of an earlier version carries none: the rate covers the steps
+    since it (``timed_steps`` says how many)."""
+    copy = copy_run(run, tmp_path)
+    timed = load_checkpoint(copy / "last.safetensors")["timed"]
+    assert timed["steps"] == 300 and timed["seconds"] > 0
+    result = dvae(capsys, "train", "--resume", copy, "--steps", 400)
+    assert result.rc == 0, result.err
+    out = last_json(result.out)
+    assert out["timed_steps"] == 400 and out["train_seconds"] > timed["seconds"]
+    assert out["steps_per_s"] == pytest.approx(400 / out["train_seconds"], rel=0.01)
+    state = load_checkpoint(copy / "last.safetensors")
+    assert state["timed"]["steps"] == 400 and state["timed"]["seconds"] == pytest.approx(out["train_seconds"],
+                                                                                         abs=0.5)
+    del state["timed"]
+    save_checkpoint(copy / "last.safetensors", state)
+    out = last_json(dvae(capsys, "train", "--resume", copy, "--steps", 450).out)
+    assert out["timed_steps"] == 50
+    state = load_checkpoint(copy / "last.safetensors")
+    bad = {**state, "finished": False, "timed": {"seconds": -1.0, "steps": 3}}
+    save_checkpoint(copy / "last.safetensors", bad)
+    refused = dvae(capsys, "train", "--resume", copy, "--steps", 500)
+    assert refused.rc == 2 and "timed.seconds" in refused.err and one_line(refused.err)
+
+
 def test_finite_divergence_is_reported(tmp_path, capsys, monkeypatch):
     evaluate = train_mod.evaluate
 

@@ -196,6 +196,26 @@ def test_only_runs_the_points_named_and_the_table_shows_what_is_done(tmp_path, c
         assert len(err) == 1 and message in err[0], err
 
 
+def test_the_steps_the_rate_covers_are_a_metric_and_a_result_without_it_is_named(tmp_path, capsys):
+    """``train.timed_steps``: every step of a run trained in one go. A run of a version that did not record
+    it is a finished point whose cell is empty, and the table's notes say so rather than "no finished
+    points"."""
+    spec = write_spec(tmp_path, grid={"model": ["gs"], "seed": [0]},
+                      tables=[{"name": "timed", "rows": "model", "metric": "train.timed_steps", "digits": 0}])
+    out = tmp_path / "out"
+    assert sweep(spec, out) == 0
+    capsys.readouterr()
+    assert "| gs | 40 |" in (out / "table.md").read_text()
+    train = out / "model=gs,seed=0" / "train.json"
+    older = {k: v for k, v in json.loads(train.read_text()).items() if k != "timed_steps"}
+    train.write_text(json.dumps(older))
+    assert main(["sweep", str(spec), "--out", str(out), "--report"]) == 0
+    table = (out / "table.md").read_text()
+    assert "| gs | — |" in table and "no finished point recorded it" in table
+    assert "none yet (no finished point recorded the metric)" in table
+    assert "no point has finished" not in table
+
+
 def test_each_result_keeps_the_command_that_made_it_and_report_shows_the_only_points(tmp_path, capsys):
     """Two parts of a grid run by two commands: a table of both names both; ``--report --only`` shows that
     part's points alone, under the command that made them (not the sweep's last command)."""

@@ -105,7 +105,7 @@ def fit(task: Task, state: RunState, total: int, compiled: bool, progress: bool 
     config, model, ddp = task.config, task.model, state.ddp
     step_fn = Step(task.losses, compiled, task.device, task.command, tensors=task.scalars)
     bar = Progress(total, state.step, Progress.mode_for(progress) if ddp.main else "off", desc="train")
-    timer = Timer(task.device, state.step)
+    timer = Timer(task.device, state.step, state.timed)
     model.train()
     try:
         with GracefulStop() as stop:
@@ -123,11 +123,11 @@ def fit(task: Task, state: RunState, total: int, compiled: bool, progress: bool 
                 state.add(values)
                 with timer:
                     if state.step % config.run.checkpoint_every == 0 or state.step == total:
-                        state.checkpoint()
+                        state.checkpoint(timer.so_far(state.step))
                     after_step(task, state, total, bar)
                 signum = ddp.any(stop.signum)
                 if signum and state.step < total:  # preemption or Ctrl-C: a checkpoint, then stop
-                    state.checkpoint(logged=True)
+                    state.checkpoint(timer.so_far(state.step), logged=True)
                     raise Stopped(signum, state.step, state.resume_command)
         result = task.finish(state, {**timer.result(state.step), "compiled": step_fn.compiled,
                                      "compile_seconds": round(step_fn.compile_seconds, 3)})
@@ -195,10 +195,13 @@ def estimator_gradients(own: list[Tensor], aux_loss: Tensor | None) -> list[Tens
 
 class Timer:
     """Seconds of training: the time since the start less what ``with timer:`` blocks took (checkpoints,
-    lines, validations; on CUDA after a synchronisation, so that they are not charged the steps' kernels)."""
+    lines, validations; on CUDA after a synchronisation, so that they are not charged the steps' kernels),
+    added to ``before``, the seconds and steps timed up to the checkpoint a run resumed from (a checkpoint
+    carries them, :meth:`so_far`). A checkpoint of an earlier version has none: the timing starts at it."""
 
-    def __init__(self, device: torch.device, first_step: int):
-        self.device, self.first_step, self.busy = device, first_step, 0.0
+    def __init__(self, device: torch.device, first_step: int, before: dict[str, Any] | None = None):
+        self.device, self.first_step, self.busy, self.t0 = device, first_step, 0.0, None
+        self.before = before or {"seconds": 0.0, "steps": 0}
         self.started = time.perf_counter()
 
     def __enter__(self) -> None:
@@ -208,9 +211,19 @@ class Timer:
 
     def __exit__(self, *exc: Any) -> None:
         self.busy += time.perf_counter() - self.t0
+        self.t0 = None
+
+    def so_far(self, step: int) -> dict[str, Any]:
+        """The seconds and steps timed up to ``step`` over every stretch of the run (inside a ``with timer:``
+        block, up to its start): what a checkpoint at ``step`` carries."""
+        now = time.perf_counter() if self.t0 is None else self.t0
+        return {"seconds": float(self.before["seconds"]) + max(now - self.started - self.busy, 0.0),
+                "steps": int(self.before["steps"]) + step - self.first_step}
 
     def result(self, step: int) -> dict[str, float]:
-        seconds = time.perf_counter() - self.started - self.busy
-        return {"train_seconds": round(seconds, 3),
-                "steps_per_s": round((step - self.first_step) / max(seconds, 1e-9), 2)}
-
+        """``train_seconds``, ``steps_per_s`` and ``timed_steps`` (the steps they cover: all of them unless
+        the run resumed from a checkpoint of an earlier version)."""
+        timed = self.so_far(step)
+        return {"train_seconds": round(timed["seconds"], 3),
+                "steps_per_s": round(timed["steps"] / max(timed["seconds"], 1e-9), 2),
+                "timed_steps": timed["steps"]}

@@ -1,7 +1,8 @@
 """What a run folder holds between two steps, and how a resumed run finds it again.
 
 The training loop (:mod:`discrete_vae.loop`) keeps its progress in a :class:`RunState`: the step, the best
-validation so far and a copy of that model, the partial sums of the next loss line, and the run's log.
+validation so far and a copy of that model, the partial sums of the next loss line, the seconds and steps
+of training so far (so that a resumed run's ``steps_per_s`` covers all of its stretches), and the run's log.
 Every ``checkpoint_every`` steps (and at the last) the whole state goes atomically into ``last.safetensors``
 right after the optimizer step and *before* that step's loss line and validation, with the length of
 ``metrics.jsonl`` at that moment (``log_bytes``). A resume therefore
@@ -63,6 +64,11 @@ def check_run_state(path: Path, state: dict[str, Any], columns: int) -> None:
         raise invalid(path, f"sums is not a tensor of {columns} partial sums")
     if state.get("best_model") is not None and not isinstance(state["best_model"], dict):
         raise invalid(path, "best_model is neither a mapping of tensors nor null")
+    if state.get("timed") is not None:  # absent from checkpoints of earlier versions
+        check_entries(path, state["timed"], {"seconds": float, "steps": int}, "timed")
+        check_range(path, "timed.steps", state["timed"]["steps"], 0, state["step"])
+        if not 0 <= state["timed"]["seconds"] < math.inf:
+            raise invalid(path, f"timed.seconds {state['timed']['seconds']} is not a finite duration")
 
 
 class RunState:
@@ -79,6 +85,7 @@ class RunState:
         self.pending = False  # resumed from a checkpoint written before its step's lines
         self.finished = False
         self.last_valid: dict[str, Any] = {}  # the metrics of the last validation
+        self.timed: dict[str, Any] | None = None  # training seconds and steps up to the checkpoint resumed
         self.log: RunLog | None = None
         self.resume_command = f"{task.command} --resume {run_dir}"
 
@@ -112,6 +119,7 @@ class RunState:
         self.sums.copy_(state["sums"])
         self.count, self.pending = int(state["count"]), not state.get("logged", False)
         self.schedule = tuple(state.get("schedule", ()))
+        self.timed = state.get("timed")
         if self.finished and self.ddp.main:
             note(f"{task.command}: {self.run_dir} is already at its final step {self.step}; nothing to do "
                  "(give --steps N to train further)")
@@ -154,8 +162,9 @@ class RunState:
                                               "step": self.best["step"], "metrics": self.best["metrics"],
                                               "version": __version__, **self.task.identity})
 
-    def checkpoint(self, logged: bool = False) -> None:
+    def checkpoint(self, timed: dict[str, Any], logged: bool = False) -> None:
         """The whole state into ``last.safetensors`` (rank 0 writes; every rank gives its RNG and chains);
+        ``timed``: the seconds and steps of training so far (:meth:`~discrete_vae.loop.Timer.so_far`);
         ``logged``: written after the step's lines (a signal's stop)."""
         task = self.task
         if not finite_state(task.model, task.optimizer):
@@ -169,7 +178,7 @@ class RunState:
                 "rank_local": {k: [r[k] for r in local] for k in local[0]},
                 "step": self.step, "best": self.best, "best_model": self.best_model,
                 "sums": self.sums, "count": self.count, "log_bytes": self.log.tell(), "logged": logged,
-                "finished": False, "schedule": list(self.schedule),
+                "finished": False, "schedule": list(self.schedule), "timed": timed,
                 "config": task.config.to_dict(), "version": __version__, **task.identity,
             }
             save_checkpoint(self.run_dir / LAST, state)

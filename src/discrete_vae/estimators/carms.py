@@ -37,8 +37,11 @@ symmetric sum, and so do pairs of equal classes): RLOO's pairs reweighted. It is
 averaged over :math:`\Pi`, the law of a pair of draws not given the order. The order with :math:`a` first and
 :math:`b` last and :math:`D(x, y) \le xy` give :math:`J(a, b) \ge p_a p_b / |\Pi|`, so the weights are at
 most :math:`|\Pi|` (a floor that guards rounding). With independent draws the weights are 1 and CARMS is
-RLOO. The value is the mean of ``f`` over the ``K`` draws; the surrogate adds it for the pathwise part of the
-gradient. One call of ``f`` on all ``K`` draws; the weights take :math:`O(K^2 |\Pi|)` memory per variable.
+RLOO. The reference code trains with the weights smoothed and clipped, :math:`(p_a p_b + 10^{-3}) /
+(J(a, b) + 10^{-3})` held in :math:`[0.01, 10]`, which biases it (pairs of rare classes are pulled towards
+weight 1); here they are exact. The value is the mean of ``f`` over the ``K`` draws; the surrogate adds it
+for the pathwise part of the gradient. One call of ``f`` on all ``K`` draws; the weights take
+:math:`O(K^2 |\Pi|)` memory per variable.
 
 Binary latents are the case :math:`C = 2` (classes :math:`b = 0, 1`, one order, :math:`b = 1` iff
 :math:`u \ge 1 - p`): the form of ``arms`` with its Dirichlet copula, which CARMS generalises. ``arms`` also

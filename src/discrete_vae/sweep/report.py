@@ -274,21 +274,24 @@ def table_markdown(spec: Spec, table: Table, records: list[dict[str, Any]], comm
             row += [f"{published[key]}" if (key := (" / ".join(r), " / ".join(c))) in published else ""
                     for c in col_keys]
         lines.append("| " + " | ".join(row) + " |")
-    notes = table_notes(spec, table, counts)
+    finished = any(r["state"] == "done" for r in records if in_table(spec, table, r))
+    notes = table_notes(spec, table, counts, finished)
     if spec.select:
         notes.append(select_note(spec, table, choices))
     shown_records = [r for r in records if in_table(spec, table, r)
                      and any(measured(r, m, spec)[0] is not None for m in table.metrics)]
-    notes.append(made_line(shown_records, command_line))
+    notes.append(made_line(shown_records, command_line, finished))
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 
 
-def made_line(records: list[dict[str, Any]], command_line: str) -> str:
+def made_line(records: list[dict[str, Any]], command_line: str, finished: bool = False) -> str:
     """Where the results of ``records`` were made: the command lines that made them (``command_line``, the
-    sweep's last, for results made before they recorded theirs), dates, code commits and machines."""
+    sweep's last, for results made before they recorded theirs), dates, code commits and machines;
+    ``finished``: some point has finished, though none of ``records`` shows a result."""
     made = [p for r in records for p in r.get("provenance", []) if p]
+    why = "no finished point recorded the metric" if finished else "no point has finished"
     where = (summary(made) if records else
-             "Date: none yet (no point has finished) · Code commit: none yet · Machine: none yet")
+             f"Date: none yet ({why}) · Code commit: none yet · Machine: none yet")
     commands = sorted({p.get("command") or command_line for p in made} - {""})
     if not commands and command_line:
         commands = [command_line]
@@ -308,11 +311,11 @@ def select_note(spec: Spec, table: Table, choices: dict[tuple[str, ...], str]) -
     return f"Each cell is at the chosen {select.axis} ({how}): {made}."
 
 
-def table_notes(spec: Spec, table: Table, counts: set[int]) -> list[str]:
+def table_notes(spec: Spec, table: Table, counts: set[int], finished: bool = False) -> list[str]:
     """The settings behind a table: each row and column label's options, the options every point shares,
-    and the evaluations its metrics come from."""
+    and the evaluations its metrics come from (``finished``: some of its points have finished)."""
     axes = dict(spec.axes)
-    seeds = f"; {seeds_note(counts)}" if table.seeds == "mean" else ""
+    seeds = f"; {seeds_note(counts, finished)}" if table.seeds == "mean" else ""
     notes = [f"Metric{'s' * (len(table.metrics) > 1)}: {', '.join(table.metrics)}{seeds}. A cell of one "
              "seed shows ± the standard error over examples where the metric has one."]
     for axis in table.rows + table.columns:
@@ -335,9 +338,9 @@ def table_notes(spec: Spec, table: Table, counts: set[int]) -> list[str]:
     return notes
 
 
-def seeds_note(counts: set[int]) -> str:
+def seeds_note(counts: set[int], finished: bool = False) -> str:
     if not counts:
-        return "no finished points"
+        return "no finished point recorded it" if finished else "no finished points"
     if len(counts) == 1:
         n = next(iter(counts))
         return f"mean ± std over {n} seeds" if n > 1 else "1 seed"

@@ -45,8 +45,9 @@ the other spec's, and name and description are never inherited.
 A named axis whose name is an option (``estimator: {gs: {temperature: 0.65}, st: {}}``) also sets that
 option to the label. Metrics: ``EVAL.nll``, ``EVAL.neg_elbo`` (``nll`` alone: the first evaluation), and
 from training ``train.nll`` (the validation bound of the checkpoint training ended on), ``train.best_step``,
-``train.train_seconds``, ``train.steps_per_s``. Every point's config is built when the spec is read, so an
-unknown option or value is one line before anything runs.
+``train.train_seconds``, ``train.steps_per_s``, ``train.timed_steps`` (the steps those two cover). Every
+point's config is built when the spec is read, so an unknown option or value is one line before anything
+runs.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ EVAL_KEYS = {"name", "split", "samples", "limit", "checkpoint", "seed", "log_z",
              "log_z_samples", "selected"}
 EVAL_METRICS = ("nll", "neg_elbo", "nll_stderr", "neg_relaxed_objective", "igr_metric", "log_z",
                 "log_z_stderr", "seconds", "relaxed_nll")  # log_z: RBM priors; relaxed_nll: sop
-TRAIN_METRICS = ("nll", "neg_elbo", "best_step", "step", "train_seconds", "steps_per_s")
+TRAIN_METRICS = ("nll", "neg_elbo", "best_step", "step", "train_seconds", "steps_per_s", "timed_steps")
 TABLE_KEYS = {"name", "rows", "columns", "metric", "metrics", "seeds", "digits", "reference", "titles"}
 SPEC_KEYS = {"name", "description", "extends", "command", "base", "grid", "exclude", "select", "eval",
              "tables", "quick", "page"}
