@@ -135,17 +135,18 @@ def made(setting: str, stages: dict[int, dict]) -> str:
 
 def figure(results: dict[str, dict[int, dict]]) -> bytes:
     """PNG: per setting, variance and variance x ms against the step (log scales), a line per estimator
-    (one colour per estimator, solid at K = 1 or 2, dashed at 3, dotted at 4)."""
+    (one colour per estimator in every panel, solid at K = 1 or 2, dashed at 3, dotted at 4)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4.2 * len(results)), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(results), 2, squeeze=False)
+    families = list(dict.fromkeys(name.split(":")[0] for stages in results.values()  # same colour everywhere
+                                  for name in next(iter(stages.values()))["estimators"]))
     for row, (setting, stages) in zip(axes, results.items(), strict=True):
         steps = list(stages)
         names = list(next(iter(stages.values()))["estimators"])
-        families = list(dict.fromkeys(name.split(":")[0] for name in names))
         for name in names:  # a colour per estimator, a line style and marker per K
             family, _, k = name.partition(":")
             linestyle, marker = {"3": ("--", "s"), "4": (":", "^")}.get(k, ("-", "o"))
