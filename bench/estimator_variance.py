@@ -20,7 +20,10 @@ variance x ms, against the step) over every setting and stage measured under ``O
 ``--page`` the tables go into a results page too, between the setting's markers
 (``docs/results/estimator_variance.md``), and the figure beside it (``estimator_variance.png``).
 Resumable: a stage whose ``gradients.json`` exists is not measured again, and the run continues from
-its last checkpoint. Several hours at the full stages on one CPU core (mostly the 10^6 steps).
+its last checkpoint. Each stage keeps its model in ``OUT/SETTING/step-N/model`` (a run folder), so that
+an estimator added later can be measured on the same states:
+``dvae gradients OUT/SETTING/step-N/model --checkpoint last --estimators NAME:K ...``. Several hours at
+the full stages on one CPU core (mostly the 10^6 steps).
 
 ``--reuse SETTING=RUN`` measures a stage on the last checkpoint of another run folder of the same
 training when it stands at that stage's step, instead of training there: its ``config.yaml`` must equal
@@ -39,6 +42,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -83,6 +87,16 @@ def reused_run(setting: str, steps: int, args: argparse.Namespace) -> Path | Non
     return run
 
 
+def keep_model(run: Path, model: Path) -> None:
+    """The stage's model as a run folder of its own (``config.yaml`` and ``last.safetensors``), which the
+    next stage's training moves on from: ``dvae gradients MODEL --checkpoint last`` measures estimators
+    added later on the same state."""
+    model.mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "last.safetensors"):
+        shutil.copyfile(run / name, model / f".{name}.part")
+        (model / f".{name}.part").replace(model / name)
+
+
 def run_stage(root: Path, setting: str, steps: int, args: argparse.Namespace) -> dict:
     """Train ``setting``'s run to ``steps`` (or resume it there; or take the ``--reuse`` run standing
     there) and measure the estimators on it."""
@@ -102,6 +116,7 @@ def run_stage(root: Path, setting: str, steps: int, args: argparse.Namespace) ->
         argv = ["train", *flags, "--dataset", args.dataset, *common, "--out", str(run), *data]
     if argv and dvae(argv) != 0:
         raise SystemExit(f"bench/estimator_variance.py: `dvae {' '.join(argv)}` failed")
+    keep_model(run, out / "model")
     argv = ["gradients", str(run), "--checkpoint", "last", "--estimators", ",".join(spec["estimators"]),
             "--draws", str(args.draws), "--batch", str(args.batch), "--adapt", str(args.adapt),
             "--reference-samples", str(args.reference_samples), "--out", str(out), *data]

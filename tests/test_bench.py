@@ -88,6 +88,8 @@ def test_estimator_variance_measures_a_reused_run_at_its_step_and_refuses_anothe
 
     import yaml
 
+    from discrete_vae.checkpoint import load_checkpoint
+
     def variance(out: str, *extra: str) -> subprocess.CompletedProcess:
         argv = ["--settings", "binary", "--stages", "5", "--dataset", "digits", "--draws", "3", "--adapt",
                 "1", "--batch", "3", "--reference-samples", "100", "--out", str(tmp_path / out), *extra]
@@ -107,6 +109,9 @@ def test_estimator_variance_measures_a_reused_run_at_its_step_and_refuses_anothe
     assert "| binary: variance |" in text and "Command: `python " in text and "--reuse binary=" in text
     assert (tmp_path / "page.png").read_bytes().startswith(b"\x89PNG")
     assert not (tmp_path / "second" / "binary" / "run").exists()
+    kept = tmp_path / "second" / "binary" / "step-5" / "model"  # for estimators added later
+    assert {p.name for p in kept.iterdir()} == {"config.yaml", "last.safetensors"}
+    assert load_checkpoint(kept / "last.safetensors")["step"] == 5
     measured = json.loads((tmp_path / "second" / "binary" / "step-5" / "gradients.json").read_text())
     assert (measured["run_dir"], measured["step"]) == (str(run), 5)
     made = measured["provenance"]
