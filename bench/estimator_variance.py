@@ -88,9 +88,9 @@ def reused_run(setting: str, steps: int, args: argparse.Namespace) -> Path | Non
 
 
 def keep_model(run: Path, model: Path) -> None:
-    """The stage's model as a run folder of its own (``config.yaml`` and ``last.safetensors``), which the
-    next stage's training moves on from: ``dvae gradients MODEL --checkpoint last`` measures estimators
-    added later on the same state."""
+    """A copy of the stage's model as a run folder of its own (``config.yaml`` and ``last.safetensors``),
+    since the next stage trains ``run`` on: ``dvae gradients MODEL --checkpoint last`` measures an
+    estimator added later on the same state."""
     model.mkdir(parents=True, exist_ok=True)
     for name in ("config.yaml", "last.safetensors"):
         shutil.copyfile(run / name, model / f".{name}.part")
