@@ -440,6 +440,21 @@ def test_run_folders_of_earlier_versions_still_evaluate_and_resume(run, tmp_path
     assert yaml.safe_load((old / "config.yaml").read_text())["model"]["k"] == 1
 
 
+def test_timed_rate_reads_the_checkpoint_header(tmp_path):
+    """``timed_rate`` (a sweep's --status): steps per second from the seconds and steps ``last.safetensors``
+    carries; None without a checkpoint, for a file that is not one, and for a checkpoint without them."""
+    from discrete_vae.runs import timed_rate
+
+    last = tmp_path / "last.safetensors"
+    assert timed_rate(tmp_path) is None
+    last.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header....")
+    assert timed_rate(tmp_path) is None
+    save_checkpoint(last, {"step": 30, "w": torch.zeros(3), "timed": {"seconds": 4.0, "steps": 10}})
+    assert timed_rate(tmp_path) == 2.5
+    save_checkpoint(last, {"step": 30, "w": torch.zeros(3)})  # a version that did not carry them
+    assert timed_rate(tmp_path) is None
+
+
 def test_logged_step_reads_the_last_whole_record_from_the_end(tmp_path):
     """``logged_step`` (a sweep's --status) reads a long metrics.jsonl from its end: the last whole
     record's step, past a torn last line and a tail that starts mid-record; None before any record."""

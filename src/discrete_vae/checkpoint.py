@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load, save
 
 from .errors import UserError
@@ -146,6 +146,18 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
     except (KeyError, TypeError) as e:
         raise invalid(path, f"its state names a tensor it does not hold ({one_line(e)})") from None
     return upgrade_checkpoint(state)
+
+
+def peek_state(path: Path) -> dict[str, Any] | None:
+    """The entries of a checkpoint's state that are not tensors (tensors as ``{"__tensor__": name}``), read
+    from its header alone and unverified: for a glance such as a sweep's ``--status``, never for a resume.
+    None if the file is missing or is not a checkpoint."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = json.loads((f.metadata() or {})["state"])
+    except (OSError, SafetensorError, KeyError, ValueError, TypeError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 STEP_MAX = 2**53  # beyond any run; a larger step (or a negative one) is a crafted or damaged file

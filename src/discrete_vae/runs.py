@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_bytes
+from .checkpoint import atomic_write_bytes, peek_state
 from .errors import UserError
 
 LAST, BEST, CONFIG, METRICS = "last.safetensors", "best.safetensors", "config.yaml", "metrics.jsonl"
@@ -190,6 +190,18 @@ def logged_step(run_dir: Path) -> int | None:
         except (ValueError, KeyError, TypeError):
             continue  # blank, torn, or the cut first line of the tail
     return None
+
+
+def timed_rate(run_dir: Path) -> float | None:
+    """The steps per second of training so far, from the seconds and steps timed that ``run_dir``'s
+    ``last.safetensors`` carries (its header only); None without them (no checkpoint yet, or one of a
+    version that did not carry them)."""
+    timed = (peek_state(Path(run_dir) / LAST) or {}).get("timed")
+    try:
+        seconds, steps = float(timed["seconds"]), int(timed["steps"])
+    except (TypeError, KeyError, ValueError):
+        return None
+    return steps / seconds if steps > 0 and 0 < seconds < math.inf else None
 
 
 def read_metrics(path: Path, up_to: int | None = None) -> list[str]:

@@ -26,7 +26,9 @@ def add_sweep_parser(sub: Any) -> None:
                    help="the spec's quick form: the same grid with its quick: overrides (digits, few steps)")
     p.add_argument("--status", action="store_true",
                    help="show each point's state (done, running, failed, interrupted, submitted, pending; "
-                   "with select: waiting, unselected), of the --only points if given, and run nothing")
+                   "with select: waiting, unselected; how far a running or interrupted one has come, "
+                   "its steps per second and the time left at that rate), of the --only points if given, "
+                   "and run nothing")
     p.add_argument("--report", action="store_true",
                    help="write table.md, results.csv/json and the plots from the points finished so far "
                    "(and the tables into the spec's results page, if it names one with page:), of the "

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..provenance import summary
-from ..runs import logged_step
+from ..runs import logged_step, timed_rate
 from .commands import command
 from .plots import write_plots
 from .runner import (
@@ -81,7 +81,8 @@ def _record(spec: Spec, out: Path, point: Point, submitted: set[str], chosen: bo
         e.name for e in evals
         if (folder / eval_file(e)).is_file() and record["evals"][e.name] is None]
     if state in ("running", "interrupted"):  # how far its training has come
-        record["progress"] = {"step": logged_step(folder / "run"), "steps": steps}
+        record["progress"] = {"step": logged_step(folder / "run"), "steps": steps,
+                              "steps_per_s": timed_rate(folder / "run")}
     error = read_json(folder / ERROR)
     record["error"] = error.get("error") if error else None
     if changed:
