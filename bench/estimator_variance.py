@@ -42,11 +42,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import shutil
 import sys
 from pathlib import Path
 
-from discrete_vae.checkpoint import load_checkpoint
+from discrete_vae.checkpoint import atomic_write_bytes, load_checkpoint
 from discrete_vae.cli import main as dvae
 from discrete_vae.sweep.commands import NEUTRAL, TrainCommand, recorded
 from discrete_vae.sweep.report import write_page
@@ -91,10 +90,8 @@ def keep_model(run: Path, model: Path) -> None:
     """A copy of the stage's model as a run folder of its own (``config.yaml`` and ``last.safetensors``),
     since the next stage trains ``run`` on: ``dvae gradients MODEL --checkpoint last`` measures an
     estimator added later on the same state."""
-    model.mkdir(parents=True, exist_ok=True)
     for name in ("config.yaml", "last.safetensors"):
-        shutil.copyfile(run / name, model / f".{name}.part")
-        (model / f".{name}.part").replace(model / name)
+        atomic_write_bytes(model / name, (run / name).read_bytes())
 
 
 def run_stage(root: Path, setting: str, steps: int, args: argparse.Namespace) -> dict:

@@ -321,14 +321,13 @@ def test_nothing_a_spec_names_is_written_outside_the_sweep_folder(tmp_path, caps
 
 
 def test_progress_says_how_far_how_fast_and_how_long_is_left():
-    from discrete_vae.sweep.runner import duration, progress_text
+    from discrete_vae.sweep.runner import progress_text
 
     assert progress_text({"step": 612_000, "steps": 1_000_000, "steps_per_s": 38.5}) == (
-        "step 612,000 of 1,000,000 (61%), 38.5 steps/s, about 2 h 48 min left")  # 388,000 / 38.5 s
+        "step 612,000 of 1,000,000 (61%), 38.5 steps/s, ETA 2:47:57")  # 388,000 / 38.5 = 10,077.9 s
     assert progress_text({"step": 20, "steps": 40, "steps_per_s": None}) == "step 20 of 40 (50%)"
     assert progress_text({"step": 5, "steps": None, "steps_per_s": 2.0}) == "step 5, 2 steps/s"
     assert progress_text({"step": None, "steps": 40}) == "" and progress_text(None) == ""
-    assert [duration(s) for s in (40, 420, 3599, 7500)] == ["40 s", "7 min", "1 h 00 min", "2 h 05 min"]
 
 
 def test_a_world_writable_sweep_folder_is_refused(tmp_path, capsys):
@@ -502,7 +501,7 @@ def test_more_steps_in_the_spec_extend_a_run_whose_schedules_ignore_its_length(t
     assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
     shown = capsys.readouterr()
     assert "model=gs,seed=0  interrupted: step 20 of 40 (50%), " in shown.err  # how far it has come
-    assert " steps/s, about " in shown.err  # and how fast, from the seconds its checkpoint timed
+    assert " steps/s, ETA " in shown.err  # and how fast, from the seconds its checkpoint timed
     progress = json.loads(shown.out.splitlines()[-1])["progress"]
     timed = load_checkpoint(point / "run" / "last.safetensors")["timed"]
     assert progress == {"model=gs,seed=0": {"step": 20, "steps": 40, "steps_per_s": pytest.approx(

@@ -22,7 +22,8 @@ from tqdm import tqdm
 EVERY_S = float(os.environ.get("DVAE_PROGRESS_EVERY", "30"))
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """``h:mm:ss`` (a progress line's ETA; a sweep's time left)."""
     s = int(max(0.0, seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
@@ -71,7 +72,7 @@ class Progress:
         rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         parts = [f"{self.unit} {self.done}/{self.total} ({100 * self.done / max(1, self.total):.0f}%)",
-                 f"{rate:.1f} {self.unit}s/s", "ETA " + (_clock(eta) if eta != float("inf") else "?")]
+                 f"{rate:.1f} {self.unit}s/s", "ETA " + (clock(eta) if eta != float("inf") else "?")]
         parts += [f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in self.fields.items()]
         return (f"{self.desc}: " if self.desc else "") + ", ".join(parts)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, UserError
+from ..progress import clock
 from .commands import command
 from .spec import Evaluation
 
@@ -227,7 +228,7 @@ def status_lines(states: dict[str, str], errors: dict[str, str],
                  progress: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """A count of the points in each state, then a line per point: its state, and its error, or how far a
     running or interrupted point's training has logged and how fast it has gone
-    (``step 612,000 of 1,000,000 (61%), 38.5 steps/s, about 2 h 48 min left``)."""
+    (``step 612,000 of 1,000,000 (61%), 38.5 steps/s, ETA 2:47:57``)."""
     counts = {s: sum(1 for v in states.values() if v == s) for s in STATES}
     lines = [", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no points"]
     width = max((len(n) for n in states), default=0)
@@ -241,7 +242,7 @@ def status_lines(states: dict[str, str], errors: dict[str, str],
 
 def progress_text(progress: dict[str, Any] | None) -> str:
     """``step S of N (P%)``, then the rate its checkpoint timed and the time the rest takes at that rate
-    (``, R steps/s, about T left``) where it has one; ``step S`` for a run without a length in steps;
+    (``, R steps/s, ETA h:mm:ss``) where it has one; ``step S`` for a run without a length in steps;
     empty before a logged step."""
     progress = progress or {}
     step, steps, rate = progress.get("step"), progress.get("steps"), progress.get("steps_per_s")
@@ -250,13 +251,6 @@ def progress_text(progress: dict[str, Any] | None) -> str:
     text = f"step {step:,}" + (f" of {steps:,} ({100 * step // steps}%)" if steps else "")
     if rate:
         text += f", {rate:.3g} steps/s"
-        text += f", about {duration(max(steps - step, 0) / rate)} left" if steps else ""
+        text += f", ETA {clock(max(steps - step, 0) / rate)}" if steps else ""
     return text
 
-
-def duration(seconds: float) -> str:
-    """``2 h 05 min``, ``7 min``, ``40 s``."""
-    minutes = round(seconds / 60)
-    if seconds < 60:
-        return f"{round(seconds)} s"
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
