@@ -514,10 +514,12 @@ BAD_INPUT = {
     "latent 20 without --binary": lambda t, r: ["train", *FAST, "--latent", "20"],
     "latent 20x1": lambda t, r: ["train", *FAST, "--latent", "20x1"],
     "latent abc": lambda t, r: ["train", *FAST, "--latent", "abc"],
+    "latent 20x": lambda t, r: ["train", *FAST, "--latent", "20x"],
     "batch size 0": lambda t, r: ["train", *FAST, "--batch-size", "0"],
     "steps and epochs": lambda t, r: ["train", *FAST, "--steps", "5", "--epochs", "1"],
     "hidden not a list": lambda t, r: ["train", *FAST, "--hidden", "3,x"],
     "hidden width 0": lambda t, r: ["train", *FAST, "--hidden", "32,0"],
+    "cv-hidden width -3": lambda t, r: ["train", *FAST, "--estimator", "rodeo", "--cv-hidden", "-3"],
     "lr not a number": lambda t, r: ["train", *FAST, "--lr", "abc"],
     "unknown device": lambda t, r: ["train", *FAST, "--device", "tpu7"],
     "unknown flag": lambda t, r: ["train", *FAST, "--frobnicate", "3"],
@@ -575,6 +577,13 @@ def test_bad_input_exits_2_with_one_line(case, run, tmp_path, capsys):
     assert len(result.err.strip().splitlines()) == 1 and result.err.startswith("dvae"), result.err
     assert "Traceback" not in result.err and result.out == ""
     assert (run / "config.yaml").read_bytes() == config_yaml  # a failed command changes no run
+
+
+@pytest.mark.parametrize("flag", ["--hidden", "--cv-hidden"])
+def test_a_bad_width_names_its_own_flag(flag, capsys):
+    result = dvae(capsys, "train", *FAST, "--estimator", "rodeo", flag, "32,-3")
+    assert result.rc == 2
+    assert f"argument {flag}: widths must be at least 1, got '32,-3'" in result.err, result.err
 
 
 @pytest.mark.parametrize(

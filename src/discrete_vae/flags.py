@@ -21,10 +21,10 @@ def add_k_flags(parser: argparse.ArgumentParser, help_text: str) -> None:
 def hidden_widths(text: str) -> tuple[int, ...]:
     from .options import coerce_widths
 
-    try:
-        return coerce_widths("--hidden", text)
+    try:  # argparse names the flag ("argument --cv-hidden: ..."), so the message does not
+        return coerce_widths("", text)
     except UserError as e:  # argparse reports only ArgumentTypeError/ValueError as usage errors
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise argparse.ArgumentTypeError(str(e).strip()) from None
 
 
 def seed_value(text: str) -> int:

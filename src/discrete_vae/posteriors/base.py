@@ -46,10 +46,10 @@ class LatentSpec:
         """``"20x10"`` -> 20 variables of 10 classes; ``"200x2"`` (or ``"200"`` with ``binary``) ->
         200 Bernoullis."""
         n_text, sep, k_text = text.lower().partition("x")
-        if not sep and not binary:
+        if (not sep and not binary) or (sep and not k_text):
             raise ConfigError(f"--latent must look like NxK (e.g. 20x10), got {text!r}")
         try:
-            n, k = int(n_text), int(k_text) if k_text else 2
+            n, k = int(n_text), int(k_text) if sep else 2
         except ValueError:
             raise ConfigError(f"--latent must look like NxK (e.g. 20x10), got {text!r}") from None
         if n < 1 or k < 2:
