@@ -55,14 +55,18 @@ def default_estimators(model: DiscreteVAE) -> list[str]:
 
 def parse_estimators(names: list[str]) -> dict[str, tuple[str, int | None]]:
     """``NAME`` or ``NAME:K`` (``K`` samples per estimate for that estimator) -> ``{label: (name, K)}``, in
-    order; the label is what was given. One :class:`ConfigError` line for a bad ``K`` or a repeat."""
+    order; the label is what was given. One :class:`ConfigError` line for a bad ``K`` (below the estimator's
+    minimum included) or a repeat."""
     parsed: dict[str, tuple[str, int | None]] = {}
     for given in names:
         name, colon, k = given.partition(":")
         if colon and not (k.isdigit() and int(k) >= 1):
             raise ConfigError(f"--estimators takes NAME or NAME:K with K a positive number of samples, "
                               f"got {given!r}")
-        ESTIMATORS.get(name)  # an unknown name: the registry's one line
+        least = ESTIMATORS.get(name).min_samples  # an unknown name: the registry's one line
+        if colon and int(k) < least:  # a plain NAME is raised to its minimum; an explicit K is not
+            raise ConfigError(f"--estimators: {name} needs at least {least} samples per estimate, "
+                              f"got {given!r}")
         if given in parsed:
             raise ConfigError(f"--estimators names {given} twice")
         parsed[given] = (name, int(k) if colon else None)
