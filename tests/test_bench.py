@@ -56,6 +56,7 @@ CASES = [
     ("gpu_speed.py", "--data-dir {data} --device cpu --steps 3 --dvae-steps 2 --precisions fp32 --seeds 2 "
      "--bound-samples 10 --eval-limit 5 --no-compiled", "| fp32 | 3"),
     ("matmul_flops.py", "", "flop"),
+    ("peer_storchastic.py", "--settings binary --ks 2 --rows 50 --batch 5 --repeats 1", "| unordered:2 |"),
     ("precision_speed.py", "--batch-sizes 10 --rounds 1 --steps 1 --precisions fp32,bf16,fp16",
      "fp32 / fp16"),
     ("seed_loop.py", "--data-dir {data} --steps 3", "steps"),
@@ -67,6 +68,8 @@ CASES = [
     ("sweep_throughput.py", "--settings 1x1 --points 1 --steps 3 --rounds 1", "runs per hour"),
 ]
 
+NEEDS = {"peer_storchastic.py": "storch"}  # a peer installed apart (.ci/run installs it)
+
 
 def test_every_script_has_a_case():
     assert {p.name for p in BENCH.glob("*.py")} == {c[0] for c in CASES}
@@ -74,6 +77,8 @@ def test_every_script_has_a_case():
 
 @pytest.mark.parametrize("script,args,expect", CASES, ids=[c[0] for c in CASES])
 def test_bench_script_runs(script, args, expect, data_dir, run, tmp_path):
+    if script in NEEDS:
+        pytest.importorskip(NEEDS[script])
     argv = args.format(data=data_dir, run=run, tmp=tmp_path).split()
     result = subprocess.run([sys.executable, "-c", PRELUDE, str(BENCH / script), *argv], capture_output=True,
                             text=True, timeout=TIMEOUT_S, env=subprocess_env(tmp_path), cwd=tmp_path)

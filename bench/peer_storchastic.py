@@ -1,0 +1,218 @@
+"""Our estimators against storchastic's implementations of the same estimators, on one problem with an exact
+gradient: bias, variance and time side by side.
+
+storchastic (van Krieken, Tomczak & ten Teije, NeurIPS 2021) is the one other library that ships the
+without-replacement estimators; it is a peer to check against, never a dependency (AGPL; install it apart,
+``pip install --no-deps storchastic==0.3.7 entmax pyro-ppl opt_einsum``). The problem is ``E_q[f]`` for a
+factorial ``q`` of one example's latents, the ``logits`` drawn once from ``--seed``, and
+``f(z) = l - l^2 / 2`` with ``l = <w, z>`` (nonlinear, so no estimator is exact by accident). The exact
+gradient with respect to the logits comes from enumerating the joint configurations.
+
+Pairs (ours | storchastic), each at the same number of evaluations of ``f``:
+
+- ``rloo:K`` | ``ScoreFunction(n_samples=K, baseline_factory="batch_average")``: REINFORCE leave-one-out;
+- ``unordered:k`` | ``UnorderedSetEstimator(k)``: the unordered set estimator with its built-in baseline over
+  the joint configuration (storchastic runs a stochastic beam search over the variables and integrates the
+  leave-one-out ratios numerically, with 1000 points; ours draws without replacement exactly and sums the
+  set probabilities exactly);
+- ``sum-and-sample:k`` with ``--baseline none`` | ``RaoBlackwellSF(n_samples=k)``: ``k - 1`` most probable
+  joint configurations summed, one draw from the rest (storchastic has no baseline; ours by default adds
+  one, at one more evaluation, so the default is listed too, unpaired);
+- binary only: ``arm`` | ``ARM`` and ``disarm`` | ``DisARM`` (one antithetic pair: two evaluations).
+
+Each row of a batch of ``--rows`` is an independent copy of the problem, so one call gives that many
+independent estimates. Per estimator: the largest |z| of the mean over the rows against the exact gradient
+(Bonferroni: at a false-alarm rate of 1e-4 an unbiased estimator stays under the ``limit`` printed), the
+variance (trace of the covariance over the coordinates), and for a pair the ratio of the variances with a
+Welch z of the difference of the per-row squared errors (both unbiased, so each row's squared error has
+the variance's trace as its mean): |z| below 3.9 is no evidence that the two variances differ, at a
+false-alarm rate of 1e-4. Time: the median of ``--repeats`` calls on a batch of ``--batch`` rows, forward
+and backward, the two libraries interleaved after a round of warm-up; with one thread (``OMP_NUM_THREADS=1``)
+it is the thread's CPU time, else the wall clock.
+
+    OMP_NUM_THREADS=1 python bench/peer_storchastic.py --json peer.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.distributions import Bernoulli, Distribution, OneHotCategorical
+
+from discrete_vae.estimators import build_estimator, exact_expectation
+
+SETTINGS = {"categorical": (3, 4), "binary": (6, 2)}  # name -> (variables, classes): 64 joint states each
+
+
+class Problem:
+    """``E_q[f]``: one example's logits and weights, and their exact gradient by enumeration."""
+
+    def __init__(self, kind: str, seed: int):
+        n, c = SETTINGS[kind]
+        shape = (n,) if kind == "binary" else (n, c)
+        gen = torch.Generator().manual_seed(seed)
+        self.kind = kind
+        self.logits = torch.randn(shape, generator=gen, dtype=torch.float64)
+        self.w = torch.randn(shape, generator=gen, dtype=torch.float64)
+        leaf = self.logits.unsqueeze(0).clone().requires_grad_()
+        exact_expectation(self.dist(leaf), self.f).sum().backward()
+        self.exact = leaf.grad[0].reshape(-1)
+
+    def dist(self, logits: Tensor) -> Distribution:
+        return Bernoulli(logits=logits) if self.kind == "binary" else OneHotCategorical(logits=logits)
+
+    def f(self, z: Tensor) -> Tensor:
+        """(..., B, *shape) -> (..., B)."""
+        linear = (z * self.w).flatten(-len(self.w.shape)).sum(-1)
+        return linear - 0.5 * linear.square()
+
+    def rows(self, n: int) -> Tensor:
+        return self.logits.unsqueeze(0).repeat((n,) + (1,) * self.logits.dim()).requires_grad_()
+
+
+def ours(name: str, k: int, **options) -> Callable[[Problem, int], Tensor]:
+    """Our estimator ``name`` at ``k`` samples: ``rows`` independent gradients (rows, P)."""
+    estimator = build_estimator(name, **options)
+
+    def run(problem: Problem, rows: int) -> Tensor:
+        logits = problem.rows(rows)
+        estimator(problem.dist(logits), problem.f, k).surrogate.sum().backward()
+        return logits.grad.reshape(rows, -1)
+
+    return run
+
+
+def theirs(make: Callable[[], object]) -> Callable[[Problem, int], Tensor]:
+    """storchastic's method ``make()``: ``rows`` independent gradients (rows, P). storchastic minimises the
+    mean cost over the independent ``data`` plate, so the gradient of ``E[f]`` per row is ``-rows`` times the
+    logits' gradient of ``-f``."""
+    import storch
+
+    def run(problem: Problem, rows: int) -> Tensor:
+        logits = problem.rows(rows)
+        z = make()(problem.dist(storch.denote_independent(logits, 0, "data")))
+        storch.add_cost(-problem.f(z), "f")
+        storch.backward()
+        grad = torch.zeros_like(logits) if logits.grad is None else logits.grad  # None: no path to the logits
+        return -rows * grad.reshape(rows, -1)
+
+    return run
+
+
+def pairs(kind: str, ks: list[int]) -> list[tuple[str, Callable, str | None, Callable | None]]:
+    """``(our label, ours, their label, theirs)`` for ``kind``; an unpaired row has no storchastic side."""
+    import storch.method as m
+
+    out = []
+    for k in ks:
+        out.append((f"rloo:{k}", ours("rloo", k), f"ScoreFunction(n_samples={k}, batch_average)",
+                    theirs(lambda k=k: m.ScoreFunction("z", n_samples=k, baseline_factory="batch_average"))))
+        out.append((f"unordered:{k}", ours("unordered", k), f"UnorderedSetEstimator(k={k})",
+                    theirs(lambda k=k: m.UnorderedSetEstimator("z", k=k))))
+        out.append((f"sum-and-sample:{k} (baseline none)", ours("sum-and-sample", k, baseline="none"),
+                    f"RaoBlackwellSF(n_samples={k})", theirs(lambda k=k: m.RaoBlackwellSF("z", n_samples=k))))
+        out.append((f"sum-and-sample:{k} (baseline sample)", ours("sum-and-sample", k), None, None))
+    if kind == "binary":
+        out.append(("arm:2", ours("arm", 2), "ARM(n_samples=1)", theirs(lambda: m.ARM("z", n_samples=1))))
+        out.append(("disarm:2", ours("disarm", 2), "DisARM(n_samples=1)",
+                    theirs(lambda: m.DisARM("z", n_samples=1))))
+    return out
+
+
+def summary(grads: Tensor, exact: Tensor) -> dict[str, float]:
+    """Bias z, variance (trace) and the per-row squared errors' mean and standard error."""
+    rows = grads.shape[0]
+    mean = grads.mean(0)
+    se = grads.std(0) / math.sqrt(rows)
+    sq = (grads - exact).square().sum(1)  # (rows,): mean is the variance's trace for an unbiased estimator
+    return {"max_abs_z": float(((mean - exact) / se.clamp_min(1e-300)).abs().max()),
+            "variance": float(grads.var(0).sum()), "sq_mean": float(sq.mean()),
+            "sq_se": float(sq.std() / math.sqrt(rows))}
+
+
+def timed(run: Callable[[Problem, int], Tensor], problem: Problem, batch: int) -> float:
+    """Seconds of one call: the thread's CPU time with one thread (other processes on a shared machine
+    inflate it far less than the wall clock), else the wall clock."""
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+    start = clock()
+    run(problem, batch)
+    return clock() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--settings", default="categorical,binary", help="comma list of: " + ", ".join(SETTINGS))
+    p.add_argument("--ks", default="2,3", help="samples per estimate, comma list")
+    p.add_argument("--rows", type=int, default=4000, help="independent estimates per estimator")
+    p.add_argument("--batch", type=int, default=100, help="rows per timed call")
+    p.add_argument("--repeats", type=int, default=7, help="timed calls per estimator")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the results here too")
+    args = p.parse_args(argv)
+    try:
+        import storch  # noqa: F401
+    except ImportError:
+        sys.exit("peer_storchastic.py: storchastic is not installed "
+                 "(pip install --no-deps storchastic==0.3.7 entmax pyro-ppl opt_einsum)")
+    ks = [int(k) for k in args.ks.split(",")]
+    results: dict = {"command": " ".join(["python bench/peer_storchastic.py", *(argv or sys.argv[1:])]),
+                     "rows": args.rows, "batch": args.batch, "settings": {}}
+    for kind in args.settings.split(","):
+        problem = Problem(kind, args.seed)
+        n, c = SETTINGS[kind]
+        print(f"\n{kind}: {n} variables x {c} classes ({c ** n} joint states), {args.rows} rows; an unbiased "
+              f"estimator's max abs z stays under {bias_limit(problem.exact.numel()):.2f} at a false-alarm "
+              f"rate of 1e-4 ({problem.exact.numel()} coordinates)")
+        print("| ours | max abs z | variance | storchastic | max abs z | variance | ours / theirs | Welch z "
+              "| ours ms | theirs ms | theirs / ours |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        rows = []
+        for label, mine, their_label, peer in pairs(kind, ks):
+            runs = [mine] if peer is None else [mine, peer]
+            stats = []
+            for run in runs:  # each from the same seed: where both draw alike, they see the same draws
+                torch.manual_seed(args.seed)
+                stats.append(summary(run(problem, args.rows), problem.exact))
+            times: list[list[float]] = [[] for _ in runs]
+            for r in range(args.repeats + 1):  # interleaved; the first round warms up
+                for run, spent in zip(runs, times, strict=True):
+                    spent.extend([timed(run, problem, args.batch)] if r else [])
+            ms = [1e3 * statistics.median(spent) for spent in times]
+            a = stats[0]
+            row = {"ours": label, "ours_stats": a, "ours_ms": ms[0]}
+            cells = [label, f"{a['max_abs_z']:.2f}", f"{a['variance']:.4g}"]
+            if peer is None:
+                cells += [""] * 5 + [f"{ms[0]:.2f}", "", ""]
+            else:
+                b = stats[1]
+                welch = (a["sq_mean"] - b["sq_mean"]) / math.hypot(a["sq_se"], b["sq_se"])
+                row.update(theirs=their_label, theirs_stats=b, ratio=a["variance"] / b["variance"],
+                           welch_z=welch, theirs_ms=ms[1])
+                cells += [their_label, f"{b['max_abs_z']:.2f}", f"{b['variance']:.4g}", f"{row['ratio']:.3f}",
+                          f"{welch:+.2f}", f"{ms[0]:.2f}", f"{ms[1]:.2f}", f"{ms[1] / ms[0]:.1f}x"]
+            print("| " + " | ".join(cells) + " |")
+            rows.append(row)
+        results["settings"][kind] = rows
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    return results
+
+
+def bias_limit(coordinates: int) -> float:
+    """Two-sided normal quantile at 1e-4 split over ``coordinates`` (the bias check's limit)."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(1 - 1e-4 / (2 * coordinates)))
+
+
+if __name__ == "__main__":
+    main()
