@@ -104,6 +104,32 @@ def test_unordered_estimate_is_exact_in_expectation_over_every_set(kind, shape, 
     torch.testing.assert_close(w.grad.sum(0), g_w, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("kind,shape", [("binary", (3,)), ("categorical", (2, 3)), ("categorical", (3, 4))])
+def test_unordered_estimate_of_every_pair_is_the_papers_closed_form(kind, shape):
+    """k = 2, deterministic: for the set {a, b} the estimator with its built-in baseline is
+    w_a (1 - q_a)(f_a - f_b) grad log q_a + w_b (1 - q_b)(f_b - f_a) grad log q_b, with
+    w_a = q_a q_b / ((1 - q_a) p(S)) and p(S) the sum of the two orders (b_a = q_a f_a + (1 - q_a) f_b). Every
+    pair's gradient with respect to the logits is that (1e-10): the estimate of each set is the paper's, so
+    its variance is too, not only its mean."""
+    problem = Problem(kind, shape, seed=4)
+    latents = Latents.of(problem.dist(problem.logits.unsqueeze(0)))
+    configs = states(latents)  # (M, ...)
+    q = latents.log_prob(configs.unsqueeze(1)).exp()[:, 0]  # (M,)
+    f = problem.f(problem.w.unsqueeze(0))(configs.unsqueeze(1))[:, 0].detach()  # (M,)
+    mean = torch.sigmoid(problem.logits) if kind == "binary" else problem.logits.softmax(-1)
+    score = configs - mean  # (M, ...): grad of log q with respect to the logits
+    a, b = torch.tensor(list(itertools.combinations(range(len(configs)), 2))).T  # (rows,) each
+    logits, w = problem.leaves(len(a))
+    unordered_estimate(Latents.of(problem.dist(logits)), problem.f(w), configs[torch.stack([a, b])]) \
+        .surrogate.sum().backward()
+    first_a, first_b = q[a] * q[b] / (1 - q[a]), q[a] * q[b] / (1 - q[b])  # (rows,): a first, b first
+    w_a, w_b = first_a / (first_a + first_b), first_b / (first_a + first_b)
+    pad = (-1,) + (1,) * len(shape)
+    want = ((w_a * (1 - q[a]) * (f[a] - f[b])).view(pad) * score[a]
+            + (w_b * (1 - q[b]) * (f[b] - f[a])).view(pad) * score[b])
+    torch.testing.assert_close(logits.grad, want, rtol=0, atol=1e-10)
+
+
 def pooled_chisquare(observed: torch.Tensor, expected: torch.Tensor) -> float:
     """The chi-square test's p-value, bins expecting fewer than 5 counts pooled into one."""
     small = expected < 5

@@ -4,7 +4,11 @@
 Both sides are unbiased, so the mean squared error of a row is the variance's trace; where the two
 libraries implement one estimator, the two means agree (a Welch z below 3.89: false-failure rate 1e-4 per
 pair). Runs where storchastic is installed (``.ci/run`` installs it apart; the package never imports it).
-storchastic's ``DisARM`` is left out: it returns no gradient (see the bench's page).
+
+Left out, as the bench's page reports: storchastic's ``DisARM`` (its mean gradient is near zero), and its
+``UnorderedSetEstimator`` on categorical latents, whose variance measures 7-12 % below the exact variance of
+the estimator it implements (ours is that estimator set by set:
+``test_unordered_estimate_of_every_pair_is_the_papers_closed_form``); on binary latents the two agree.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import peer_storchastic as peer  # noqa: E402
 
 # rows per pair: at 4000, our reinforce against storchastic's RLOO (variances 1.45 and 2.0 times apart,
-# categorical and binary) gives Welch z -12.7 and -10.3; storchastic's unordered set estimator takes about
-# 10 ms a row, so its pair gets 800 (z scales with the root of the rows)
+# categorical and binary) gives Welch z -12.7 and -10.3; storchastic's unordered set estimator is slower, so
+# its pair gets 800 (z scales with the root of the rows)
 ROWS = 4000
 UNORDERED_ROWS = 800
 FALSE_FAILURE = 1e-4  # per pair, for the bias checks and for the comparison of variances
@@ -35,7 +39,7 @@ def test_where_both_libraries_implement_an_estimator_they_agree(kind):
     limit = peer.bias_limit(problem.exact.numel())
     compared = []
     for label, ours, their_label, theirs in peer.pairs(kind, [2]):
-        if theirs is None or label.startswith("disarm"):
+        if theirs is None or label.startswith("disarm") or (kind, label) == ("categorical", "unordered:2"):
             continue
         rows = UNORDERED_ROWS if label.startswith("unordered") else ROWS
         stats = []
@@ -49,5 +53,5 @@ def test_where_both_libraries_implement_an_estimator_they_agree(kind):
         assert abs(welch) < WELCH_LIMIT, (f"{label}: mean squared error {a['sq_mean']:.4g} against "
                                           f"{their_label}'s {b['sq_mean']:.4g} (Welch z {welch:.2f})")
         compared.append(label)
-    assert compared == ["rloo:2", "unordered:2", "sum-and-sample:2 (baseline none)"] + (
-        ["arm:2"] if kind == "binary" else [])
+    assert compared == ["rloo:2"] + (["unordered:2"] if kind == "binary" else []) + [
+        "sum-and-sample:2 (baseline none)"] + (["arm:2"] if kind == "binary" else [])
