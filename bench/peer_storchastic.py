@@ -28,8 +28,9 @@ Welch z of the difference of the per-row squared errors (both unbiased, so each 
 the variance's trace as its mean): |z| below 3.9 is no evidence that the two variances differ, at a
 false-alarm rate of 1e-4. Time: the median of ``--repeats`` calls on a batch of ``--batch`` rows, forward
 and backward, the two libraries interleaved after a round of warm-up; with one thread (``OMP_NUM_THREADS=1``)
-it is the thread's CPU time, else the wall clock. Last, per setting, the exact variance of ``unordered`` at
-``k = 2`` (:func:`exact_unordered_variance`) beside both libraries' mean squared errors, with their z.
+it is the thread's CPU time, else the wall clock. Last, per setting, the exact variances of ``unordered`` and
+of ``sum-and-sample`` without a baseline at ``k = 2`` (by enumeration: :func:`exact_unordered_variance`,
+:func:`exact_sum_and_sample_variance`) beside both libraries' mean squared errors, with their z.
 
     OMP_NUM_THREADS=1 python bench/peer_storchastic.py --json peer.json
 """
@@ -142,29 +143,53 @@ def summary(grads: Tensor, exact: Tensor) -> dict[str, float]:
             "sq_se": float(sq.std() / math.sqrt(rows))}
 
 
-def exact_unordered_variance(problem: Problem) -> float:
-    r"""The variance (trace) of ``unordered`` at ``k = 2``, by enumerating every ordered pair of distinct
-    joint configurations ``(a, b)``, drawn in that order with probability :math:`q_a q_b / (1 - q_a)`. For
-    the set :math:`\{a, b\}`, :math:`p(S)` sums the two orders, :math:`w_a = q_a q_b / ((1 - q_a) p(S))`
-    and the built-in baseline is :math:`b_a = q_a f_a + (1 - q_a) f_b`, so the estimate is
-    :math:`w_a (1 - q_a)(f_a - f_b) \nabla\log q_a + w_b (1 - q_b)(f_b - f_a) \nabla\log q_b`."""
+def enumerated(problem: Problem) -> tuple[Tensor, Tensor, Tensor]:
+    """``(q, f, score)`` at every joint configuration: (M,), (M,) and (M, P), the score being the gradient of
+    ``log q`` with respect to the logits."""
     logits = problem.logits.unsqueeze(0)
-    latents = Latents.of(problem.dist(logits))
-    z = states(latents)  # (M, *shape)
-    q = problem.dist(logits).log_prob(z.unsqueeze(1)).squeeze(1)
-    q = (q.flatten(1).sum(1) if problem.kind == "binary" else q.sum(-1)).exp()  # (M,)
-    f = problem.f(z)  # (M,)
+    z = states(Latents.of(problem.dist(logits)))  # (M, *shape)
+    log_q = problem.dist(logits).log_prob(z.unsqueeze(1)).squeeze(1)
+    q = (log_q.flatten(1).sum(1) if problem.kind == "binary" else log_q.sum(-1)).exp()  # (M,)
     mean = torch.sigmoid(problem.logits) if problem.kind == "binary" else problem.logits.softmax(-1)
-    score = (z - mean).flatten(1)  # (M, P): grad of log q with respect to the logits
+    return q, problem.f(z), (z - mean).flatten(1)
+
+
+def trace_variance(problem: Problem, prob: Tensor, estimates: Tensor) -> float:
+    """The variance (trace) of an estimator that gives ``estimates`` (..., P) with probabilities ``prob``
+    (...), checked to be unbiased."""
+    expected = (prob.unsqueeze(-1) * estimates).flatten(0, -2).sum(0)
+    assert torch.allclose(expected, problem.exact, atol=1e-12), "the enumeration's mean is not the gradient"
+    return float((prob * estimates.square().sum(-1)).sum() - expected.square().sum())
+
+
+def exact_unordered_variance(problem: Problem) -> float:
+    r"""The variance of ``unordered`` at ``k = 2``, by enumerating every ordered pair of distinct joint
+    configurations ``(a, b)``, drawn in that order with probability :math:`q_a q_b / (1 - q_a)`. For the
+    set :math:`\{a, b\}`, :math:`p(S)` sums the two orders, :math:`w_a = q_a q_b / ((1 - q_a) p(S))` and
+    the built-in baseline is :math:`b_a = q_a f_a + (1 - q_a) f_b`, so the estimate is
+    :math:`w_a (1 - q_a)(f_a - f_b) \nabla\log q_a + w_b (1 - q_b)(f_b - f_a) \nabla\log q_b`."""
+    q, f, score = enumerated(problem)
     first = q[:, None] * q[None, :] / (1 - q[:, None])  # (M, M): a, then b
     first.fill_diagonal_(0)
     set_prob = first + first.T
     w = first / set_prob.masked_fill(set_prob == 0, 1)  # w_a of {a, b}, a's row
     coef = w * (1 - q[:, None]) * (f[:, None] - f[None, :])  # (M, M): the factor of grad log q_a
-    g = coef[..., None] * score[:, None, :] + coef.T[..., None] * score[None, :, :]  # (M, M, P)
-    expected = (first[..., None] * g).sum((0, 1))
-    assert torch.allclose(expected, problem.exact, atol=1e-12), "the enumeration's mean is not the gradient"
-    return float((first * g.square().sum(-1)).sum() - expected.square().sum())
+    return trace_variance(problem, first, coef[..., None] * score[:, None, :] + coef.T[..., None] * score)
+
+
+def exact_sum_and_sample_variance(problem: Problem) -> float:
+    r"""The variance of ``sum-and-sample`` at ``k = 2`` without a baseline: the most probable configuration
+    ``t`` summed, one draw ``z`` from the rest (probability :math:`q_z / (1 - q_t)`), the estimate
+    :math:`q_t f_t \nabla\log q_t + (1 - q_t) f_z \nabla\log q_z`."""
+    q, f, score = enumerated(problem)
+    t = int(q.argmax())
+    rest = torch.arange(len(q)) != t
+    estimates = q[t] * f[t] * score[t] + (1 - q[t]) * f[rest, None] * score[rest]
+    return trace_variance(problem, q[rest] / (1 - q[t]), estimates)
+
+
+EXACT = {"unordered:2": exact_unordered_variance,
+         "sum-and-sample:2 (baseline none)": exact_sum_and_sample_variance}
 
 
 def timed(run: Callable[[Problem, int], Tensor], problem: Problem, batch: int) -> float:
@@ -235,16 +260,16 @@ def main(argv: list[str] | None = None) -> dict:
                 if st is not None and st["max_abs_z"] > bias_limit(problem.exact.numel()):
                     print(f"{name}: biased; the norm of its mean gradient is {st['mean_norm']:.3g} of the "
                           f"exact gradient's, of its error {st['error_norm']:.3g}")
-        exact = exact_unordered_variance(problem)
-        line = [f"unordered:2's exact variance, by enumerating the ordered pairs: {exact:.4g};"]
         for row in rows:
-            if row["ours"] == "unordered:2":
-                for side, name in (("ours", "ours"), ("theirs", "storchastic's")):
-                    st = row[f"{side}_stats"]
-                    z = (st["sq_mean"] - exact) / st["sq_se"]
-                    line.append(f"{name} measures {st['sq_mean']:.4g} +- {st['sq_se']:.2g} (z {z:+.2f})")
-                row["exact_variance"] = exact
-        print(" ".join(line[:1]) + " " + "; ".join(line[1:]))
+            if row["ours"] not in EXACT:
+                continue
+            row["exact_variance"] = exact = EXACT[row["ours"]](problem)
+            line = [f"{row['ours']}'s exact variance, by enumeration: {exact:.4g}"]
+            for side, name in (("ours", "ours"), ("theirs", "storchastic's")):
+                st = row[f"{side}_stats"]
+                z = (st["sq_mean"] - exact) / st["sq_se"]
+                line.append(f"{name} measures {st['sq_mean']:.4g} +- {st['sq_se']:.2g} (z {z:+.2f})")
+            print("; ".join(line))
         results["settings"][kind] = rows
     if args.json:
         with open(args.json, "w") as fh:
