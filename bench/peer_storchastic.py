@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--settings", default="categorical,binary", help="comma list of: " + ", ".join(SETTINGS))
     p.add_argument("--ks", default="2,3", help="samples per estimate, comma list")
     p.add_argument("--rows", type=int, default=4000, help="independent estimates per estimator")
+    p.add_argument("--chunk", type=int, default=25000,
+                   help="rows per call when measuring (storchastic's unordered set estimator holds about "
+                        "0.1 MB a row)")
     p.add_argument("--batch", type=int, default=100, help="rows per timed call")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per estimator")
     p.add_argument("--seed", type=int, default=0)
@@ -234,7 +237,9 @@ def main(argv: list[str] | None = None) -> dict:
             stats = []
             for run in runs:  # each from the same seed: where both draw alike, they see the same draws
                 torch.manual_seed(args.seed)
-                stats.append(summary(run(problem, args.rows), problem.exact))
+                sizes = [min(args.chunk, args.rows - i) for i in range(0, args.rows, args.chunk)]
+                grads = [run(problem, size) for size in sizes]
+                stats.append(summary(torch.cat(grads), problem.exact))
             times: list[list[float]] = [[] for _ in runs]
             for r in range(args.repeats + 1):  # interleaved; the first round warms up
                 for run, spent in zip(runs, times, strict=True):
