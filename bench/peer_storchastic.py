@@ -93,15 +93,24 @@ def ours(name: str, k: int, **options) -> Callable[[Problem, int], Tensor]:
     return run
 
 
-def theirs(make: Callable[[], object]) -> Callable[[Problem, int], Tensor]:
-    """storchastic's method ``make()``: ``rows`` independent gradients (rows, P). storchastic minimises the
+Spec = tuple[str, dict]  # a storchastic method: its class in storch.method and its keyword arguments
+
+
+def theirs(spec: Spec) -> Callable[[Problem, int], Tensor]:
+    """storchastic's method ``spec``: ``rows`` independent gradients (rows, P). storchastic minimises the
     mean cost over the independent ``data`` plate, so the gradient of ``E[f]`` per row is ``-rows`` times the
-    logits' gradient of ``-f``."""
+    logits' gradient of ``-f``. Only in :class:`Storchastic`'s process: importing storchastic patches torch
+    (``torch.is_tensor``, ``Tensor.to``, ``Tensor.le``, ``Tensor.gt``, argument validation off), which would
+    slow and change the code it is compared with."""
     import storch
+    import storch.method
+
+    name, kwargs = spec
 
     def run(problem: Problem, rows: int) -> Tensor:
         logits = problem.rows(rows)
-        z = make()(problem.dist(storch.denote_independent(logits, 0, "data")))
+        method = getattr(storch.method, name)("z", **kwargs)
+        z = method(problem.dist(storch.denote_independent(logits, 0, "data")))
         storch.add_cost(-problem.f(z), "f")
         storch.backward()
         grad = torch.zeros_like(logits) if logits.grad is None else logits.grad  # None: no path to the logits
@@ -110,23 +119,70 @@ def theirs(make: Callable[[], object]) -> Callable[[Problem, int], Tensor]:
     return run
 
 
-def pairs(kind: str, ks: list[int]) -> list[tuple[str, Callable, str | None, Callable | None]]:
-    """``(our label, ours, their label, theirs)`` for ``kind``; an unpaired row has no storchastic side."""
-    import storch.method as m
+def gradients(run: Callable[[Problem, int], Tensor], problem: Problem, sizes: list[int], seed: int) -> Tensor:
+    """``run``'s gradients in calls of ``sizes`` rows, from ``seed``: (sum(sizes), P)."""
+    torch.manual_seed(seed)
+    return torch.cat([run(problem, size) for size in sizes])
 
+
+def serve(conn) -> None:
+    """:class:`Storchastic`'s process: answers ``(what, kind, problem seed, spec, argument, seed)``."""
+    try:
+        import storch  # noqa: F401
+    except ImportError as e:
+        conn.send(e)
+        return
+    conn.send(None)
+    while (request := conn.recv()) is not None:
+        what, kind, problem_seed, spec, arg, seed = request
+        problem, run = Problem(kind, problem_seed), theirs(spec)
+        conn.send(gradients(run, problem, arg, seed) if what == "gradients" else timed(run, problem, arg))
+
+
+class NotInstalled(Exception):
+    """storchastic cannot be imported."""
+
+
+class Storchastic:
+    """storchastic in a process of its own (spawned, so that this one's torch stays unpatched)."""
+
+    def __enter__(self) -> Storchastic:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=serve, args=(child,), daemon=True)
+        self.process.start()
+        error = self.conn.recv()
+        if error is not None:
+            self.process.join(60)
+            raise NotInstalled(str(error))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.conn.send(None)
+        self.process.join(60)
+
+    def ask(self, *request):
+        self.conn.send(request)
+        return self.conn.recv()
+
+
+def pairs(kind: str, ks: list[int]) -> list[tuple[str, Callable, str | None, Spec | None]]:
+    """``(our label, ours, their label, their spec)`` for ``kind``; an unpaired row has no storchastic
+    side."""
     out = []
     for k in ks:
         out.append((f"rloo:{k}", ours("rloo", k), f"ScoreFunction(n_samples={k}, batch_average)",
-                    theirs(lambda k=k: m.ScoreFunction("z", n_samples=k, baseline_factory="batch_average"))))
+                    ("ScoreFunction", {"n_samples": k, "baseline_factory": "batch_average"})))
         out.append((f"unordered:{k}", ours("unordered", k), f"UnorderedSetEstimator(k={k})",
-                    theirs(lambda k=k: m.UnorderedSetEstimator("z", k=k))))
+                    ("UnorderedSetEstimator", {"k": k})))
         out.append((f"sum-and-sample:{k} (baseline none)", ours("sum-and-sample", k, baseline="none"),
-                    f"RaoBlackwellSF(n_samples={k})", theirs(lambda k=k: m.RaoBlackwellSF("z", n_samples=k))))
+                    f"RaoBlackwellSF(n_samples={k})", ("RaoBlackwellSF", {"n_samples": k})))
         out.append((f"sum-and-sample:{k} (baseline sample)", ours("sum-and-sample", k), None, None))
     if kind == "binary":
-        out.append(("arm:2", ours("arm", 2), "ARM(n_samples=1)", theirs(lambda: m.ARM("z", n_samples=1))))
-        out.append(("disarm:2", ours("disarm", 2), "DisARM(n_samples=1)",
-                    theirs(lambda: m.DisARM("z", n_samples=1))))
+        out.append(("arm:2", ours("arm", 2), "ARM(n_samples=1)", ("ARM", {"n_samples": 1})))
+        out.append(("disarm:2", ours("disarm", 2), "DisARM(n_samples=1)", ("DisARM", {"n_samples": 1})))
     return out
 
 
@@ -214,13 +270,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args(argv)
+    command = " ".join(["python bench/peer_storchastic.py", *(argv or sys.argv[1:])])
     try:
-        import storch  # noqa: F401
-    except ImportError:
+        with Storchastic() as peer:
+            return measure(args, peer, command)
+    except NotInstalled:
         sys.exit("peer_storchastic.py: storchastic is not installed "
                  "(pip install --no-deps storchastic==0.3.7 entmax pyro-ppl opt_einsum)")
+
+
+def measure(args: argparse.Namespace, peer: Storchastic, command: str) -> dict:
     ks = [int(k) for k in args.ks.split(",")]
-    results: dict = {"command": " ".join(["python bench/peer_storchastic.py", *(argv or sys.argv[1:])]),
+    results: dict = {"command": command,
                      "rows": args.rows, "batch": args.batch, "settings": {}}
     for kind in args.settings.split(","):
         problem = Problem(kind, args.seed)
@@ -232,23 +293,25 @@ def main(argv: list[str] | None = None) -> dict:
               "| ours ms | theirs ms | theirs / ours |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         rows = []
-        for label, mine, their_label, peer in pairs(kind, ks):
-            runs = [mine] if peer is None else [mine, peer]
-            stats = []
-            for run in runs:  # each from the same seed: where both draw alike, they see the same draws
-                torch.manual_seed(args.seed)
-                sizes = [min(args.chunk, args.rows - i) for i in range(0, args.rows, args.chunk)]
-                grads = [run(problem, size) for size in sizes]
-                stats.append(summary(torch.cat(grads), problem.exact))
-            times: list[list[float]] = [[] for _ in runs]
+        sizes = [min(args.chunk, args.rows - i) for i in range(0, args.rows, args.chunk)]
+        for label, mine, their_label, spec in pairs(kind, ks):
+            # each from the same seed: where both draw alike, they see the same draws
+            stats = [summary(gradients(mine, problem, sizes, args.seed), problem.exact)]
+            if spec is not None:
+                grads = peer.ask("gradients", kind, args.seed, spec, sizes, args.seed)
+                stats.append(summary(grads, problem.exact))
+            times: list[list[float]] = [[] for _ in stats]
             for r in range(args.repeats + 1):  # interleaved; the first round warms up
-                for run, spent in zip(runs, times, strict=True):
-                    spent.extend([timed(run, problem, args.batch)] if r else [])
+                spent = [timed(mine, problem, args.batch)]
+                if spec is not None:
+                    spent.append(peer.ask("time", kind, args.seed, spec, args.batch, 0))
+                for mine_or_theirs, seconds in zip(times, spent, strict=True):
+                    mine_or_theirs.extend([seconds] if r else [])
             ms = [1e3 * statistics.median(spent) for spent in times]
             a = stats[0]
             row = {"ours": label, "ours_stats": a, "ours_ms": ms[0]}
             cells = [label, f"{a['max_abs_z']:.2f}", f"{a['variance']:.4g}"]
-            if peer is None:
+            if spec is None:
                 cells += [""] * 5 + [f"{ms[0]:.2f}", "", ""]
             else:
                 b = stats[1]
