@@ -3,7 +3,6 @@ test writes (the scripts' figures are measured by hand; this only keeps the scri
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -69,8 +68,6 @@ CASES = [
     ("sweep_throughput.py", "--settings 1x1 --points 1 --steps 3 --rounds 1", "runs per hour"),
 ]
 
-NEEDS = {"peer_storchastic.py": "storch"}  # a peer installed apart (.ci/run installs it)
-
 
 def test_every_script_has_a_case():
     assert {p.name for p in BENCH.glob("*.py")} == {c[0] for c in CASES}
@@ -78,8 +75,6 @@ def test_every_script_has_a_case():
 
 @pytest.mark.parametrize("script,args,expect", CASES, ids=[c[0] for c in CASES])
 def test_bench_script_runs(script, args, expect, data_dir, run, tmp_path):
-    if script in NEEDS and importlib.util.find_spec(NEEDS[script]) is None:  # not imported: it patches torch
-        pytest.skip(f"{NEEDS[script]} is not installed")
     argv = args.format(data=data_dir, run=run, tmp=tmp_path).split()
     result = subprocess.run([sys.executable, "-c", PRELUDE, str(BENCH / script), *argv], capture_output=True,
                             text=True, timeout=TIMEOUT_S, env=subprocess_env(tmp_path), cwd=tmp_path)
