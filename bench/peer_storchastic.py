@@ -199,6 +199,11 @@ def summary(grads: Tensor, exact: Tensor) -> dict[str, float]:
             "sq_se": float(sq.std() / math.sqrt(rows))}
 
 
+def welch_z(a: dict[str, float], b: dict[str, float]) -> float:
+    """Welch z of two :func:`summary` results' mean squared errors (each unbiased estimator's variance)."""
+    return (a["sq_mean"] - b["sq_mean"]) / math.hypot(a["sq_se"], b["sq_se"])
+
+
 def enumerated(problem: Problem) -> tuple[Tensor, Tensor, Tensor]:
     """``(q, f, score)`` at every joint configuration: (M,), (M,) and (M, P), the score being the gradient of
     ``log q`` with respect to the logits."""
@@ -315,7 +320,7 @@ def measure(args: argparse.Namespace, peer: Storchastic, command: str) -> dict:
                 cells += [""] * 5 + [f"{ms[0]:.2f}", "", ""]
             else:
                 b = stats[1]
-                welch = (a["sq_mean"] - b["sq_mean"]) / math.hypot(a["sq_se"], b["sq_se"])
+                welch = welch_z(a, b)
                 row.update(theirs=their_label, theirs_stats=b, ratio=a["variance"] / b["variance"],
                            welch_z=welch, theirs_ms=ms[1])
                 cells += [their_label, f"{b['max_abs_z']:.2f}", f"{b['variance']:.4g}", f"{row['ratio']:.3f}",
